@@ -1,0 +1,10 @@
+.PHONY: demo test lint bench
+demo:  ## set up .venv and run FGA on the bundled model and example images
+	bash scripts/demo.sh
+test:  ## set up .venv when missing and run the offline test suite
+	bash scripts/test.sh
+lint:
+	.venv/bin/ruff check hf_fga scripts tests spaces
+bench:
+	.venv/bin/python scripts/bench_attribution.py
+	.venv/bin/python scripts/bench_faithfulness.py

@@ -1,0 +1,99 @@
+"""Configuration of a sparse autoencoder trained on one block of a Vision Transformer's residual stream."""
+
+from __future__ import annotations
+
+from transformers import PretrainedConfig
+
+ACTIVATIONS = ("relu", "topk")
+HOOK_POINTS = ("resid_pre", "resid_post")
+TOKEN_SCOPES = ("patches", "all", "cls")
+NORMALIZATIONS = ("none", "constant_scale", "layer_norm")
+
+
+def _check_choice(field: str, value, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"SparseAutoencoderConfig.{field} must be one of {list(allowed)}, got {value!r}.")
+
+
+class SparseAutoencoderConfig(PretrainedConfig):
+    r"""
+    Configuration of a [`SparseAutoencoder`] (method.md §4).
+
+    Args:
+        d_in (`int`, *optional*, defaults to 768):
+            Width of the residual stream the SAE reads (the base model's `hidden_size`).
+        d_sae (`int`, *optional*, defaults to 49152):
+            Number of dictionary features (64 × 768 in the thesis).
+        activation (`str`, *optional*, defaults to `"topk"`):
+            `"relu"` (vanilla SAE, L1 penalty) or `"topk"` (Gao et al. 2024: keep the `k` largest pre-activations).
+        k (`int`, *optional*, defaults to 128):
+            Active features per token of a Top-K SAE; ignored by ReLU SAEs.
+        l1_coefficient (`float`, *optional*, defaults to 0.0):
+            λ of the L1 sparsity penalty (ReLU SAEs).
+        hook_layer (`int`, *optional*, defaults to 0):
+            0-indexed transformer block whose residual stream the SAE reads.
+        hook_point (`str`, *optional*, defaults to `"resid_post"`):
+            `"resid_pre"` (input of block `hook_layer`) or `"resid_post"` (its output).
+        token_scope (`str`, *optional*, defaults to `"patches"`):
+            Tokens it was trained on: `"patches"`, `"all"` or `"cls"`.
+        normalize_activations (`str`, *optional*, defaults to `"none"`):
+            Input normalisation: `"none"`; `"constant_scale"` (x is multiplied by `norm_scaling_factor` before
+            encoding and the reconstruction divided by it); `"layer_norm"` (Prisma's runtime layer norm, per token).
+        norm_scaling_factor (`float`, *optional*, defaults to 1.0):
+            The constant of `"constant_scale"` normalisation.
+        apply_b_dec_to_input (`bool`, *optional*, defaults to `True`):
+            Encode `x - b_dec` (method.md §4) rather than `x`.
+        base_model_name_or_path (`str`, *optional*):
+            The model whose activations the SAE was trained on.
+    """
+
+    model_type = "sparse_autoencoder"
+
+    def __init__(
+        self,
+        d_in: int = 768,
+        d_sae: int = 49152,
+        activation: str = "topk",
+        k: int = 128,
+        l1_coefficient: float = 0.0,
+        hook_layer: int = 0,
+        hook_point: str = "resid_post",
+        token_scope: str = "patches",
+        normalize_activations: str = "none",
+        norm_scaling_factor: float = 1.0,
+        apply_b_dec_to_input: bool = True,
+        base_model_name_or_path: str | None = None,
+        **kwargs,
+    ):
+        for field, value in (("d_in", d_in), ("d_sae", d_sae)):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"SparseAutoencoderConfig.{field} must be a positive integer, got {value!r}.")
+        _check_choice("activation", activation, ACTIVATIONS)
+        _check_choice("hook_point", hook_point, HOOK_POINTS)
+        _check_choice("token_scope", token_scope, TOKEN_SCOPES)
+        _check_choice("normalize_activations", normalize_activations, NORMALIZATIONS)
+        if activation == "topk" and not (isinstance(k, int) and 0 < k <= d_sae):
+            raise ValueError(f"SparseAutoencoderConfig.k must be an integer in [1, d_sae={d_sae}] for a Top-K SAE, got {k!r}.")
+        if l1_coefficient < 0:
+            raise ValueError(f"SparseAutoencoderConfig.l1_coefficient must be >= 0, got {l1_coefficient!r}.")
+        if not isinstance(hook_layer, int) or isinstance(hook_layer, bool) or hook_layer < 0:
+            raise ValueError(f"SparseAutoencoderConfig.hook_layer must be a non-negative integer, got {hook_layer!r}.")
+        if not norm_scaling_factor > 0:
+            raise ValueError(f"SparseAutoencoderConfig.norm_scaling_factor must be > 0, got {norm_scaling_factor!r}.")
+        self.d_in = d_in
+        self.d_sae = d_sae
+        self.activation = activation
+        self.k = k
+        self.l1_coefficient = float(l1_coefficient)
+        self.hook_layer = hook_layer
+        self.hook_point = hook_point
+        self.token_scope = token_scope
+        self.normalize_activations = normalize_activations
+        self.norm_scaling_factor = float(norm_scaling_factor)
+        self.apply_b_dec_to_input = bool(apply_b_dec_to_input)
+        self.base_model_name_or_path = base_model_name_or_path
+        super().__init__(**kwargs)
+
+    @property
+    def expansion_factor(self) -> float:
+        return self.d_sae / self.d_in

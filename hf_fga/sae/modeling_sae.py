@@ -1,0 +1,193 @@
+"""Sparse autoencoders (ReLU and Top-K) as Hugging Face `PreTrainedModel`s, named and shaped as in SAELens / Prisma."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .configuration_sae import SparseAutoencoderConfig
+
+LAYER_NORM_EPS = 1e-5
+
+
+@dataclass
+class SparseAutoencoderOutput(ModelOutput):
+    """
+    Output of [`SparseAutoencoder.forward`].
+
+    Args:
+        reconstruction (`torch.Tensor` of shape `(..., d_in)`): x̂, in the space of the input x.
+        features (`torch.Tensor` of shape `(..., d_sae)`): f, the non-negative feature activations.
+        loss (`torch.Tensor`, scalar): `mse_loss + l1_coefficient * l1_loss`.
+        mse_loss (`torch.Tensor`, scalar): mean over tokens of ‖x − x̂‖² (in the normalised space).
+        l1_loss (`torch.Tensor`, scalar): mean over tokens of ‖f‖₁.
+    """
+
+    reconstruction: Tensor | None = None
+    features: Tensor | None = None
+    loss: Tensor | None = None
+    mse_loss: Tensor | None = None
+    l1_loss: Tensor | None = None
+
+
+class SparseAutoencoder(PreTrainedModel):
+    r"""
+    A sparse autoencoder on one block's residual stream (method.md §4):
+
+        f = act(W_enc (x − b_dec) + b_enc),   x̂ = W_dec f + b_dec,
+
+    with `act` = ReLU or Top-K (the `k` largest pre-activations after ReLU). Parameters are stored as in SAELens and
+    Prisma: `W_enc (d_in, d_sae)`, `b_enc (d_sae)`, `W_dec (d_sae, d_in)`, `b_dec (d_in)`, so `x @ W_enc` encodes.
+
+    Example:
+    ```python
+    >>> import torch
+    >>> from hf_fga import SparseAutoencoder, SparseAutoencoderConfig
+    >>> sae = SparseAutoencoder(SparseAutoencoderConfig(d_in=16, d_sae=64, k=4))
+    >>> out = sae(torch.randn(3, 16))
+    >>> out.features.shape, int((out.features > 0).sum(-1).max()) <= 4
+    (torch.Size([3, 64]), True)
+    ```
+    """
+
+    config_class = SparseAutoencoderConfig
+    base_model_prefix = "sae"
+    main_input_name = "hidden_states"
+    _no_split_modules: list[str] = []
+
+    def __init__(self, config: SparseAutoencoderConfig):
+        super().__init__(config)
+        self.W_enc = nn.Parameter(torch.empty(config.d_in, config.d_sae))
+        self.b_enc = nn.Parameter(torch.zeros(config.d_sae))
+        self.W_dec = nn.Parameter(torch.empty(config.d_sae, config.d_in))
+        self.b_dec = nn.Parameter(torch.zeros(config.d_in))
+        self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Unit-norm decoder rows with the encoder as their transpose (Gao et al. 2024), zero biases."""
+        if module is not self:
+            return
+        gen = torch.Generator().manual_seed(getattr(self.config, "seed", 0) or 0)
+        w = torch.randn(self.config.d_sae, self.config.d_in, generator=gen)
+        w = w / w.norm(dim=-1, keepdim=True)
+        self.W_dec.copy_(w)
+        self.W_enc.copy_(w.T)
+        self.b_enc.zero_()
+        self.b_dec.zero_()
+
+    # ----------------------------------------------------------------------------------------------- normalisation
+    def _normalize(self, x: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+        mode = self.config.normalize_activations
+        if mode == "constant_scale":
+            return x * self.config.norm_scaling_factor, None
+        if mode == "layer_norm":
+            mu = x.mean(dim=-1, keepdim=True)
+            centred = x - mu
+            std = centred.std(dim=-1, keepdim=True)
+            return centred / (std + LAYER_NORM_EPS), (mu, std)
+        return x, None
+
+    def _denormalize(self, x_hat: Tensor, stats: tuple[Tensor, Tensor] | None) -> Tensor:
+        mode = self.config.normalize_activations
+        if mode == "constant_scale":
+            return x_hat / self.config.norm_scaling_factor
+        if mode == "layer_norm":
+            if stats is None:
+                raise ValueError("A layer-norm SAE needs the statistics of its input to decode into the residual space.")
+            mu, std = stats
+            return x_hat * (std + LAYER_NORM_EPS) + mu
+        return x_hat
+
+    # ---------------------------------------------------------------------------------------------- encode/decode
+    def pre_activations(self, x: Tensor) -> Tensor:
+        """`W_enc (x_n − b_dec) + b_enc` for already-normalised input `x_n` of shape `(..., d_in)`."""
+        if self.config.apply_b_dec_to_input:
+            x = x - self.b_dec
+        return x @ self.W_enc + self.b_enc
+
+    def _activate(self, pre: Tensor) -> Tensor:
+        acts = F.relu(pre)
+        if self.config.activation == "topk":
+            values, indices = acts.topk(self.config.k, dim=-1)
+            acts = torch.zeros_like(acts).scatter(-1, indices, values)
+        return acts
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Features `f (..., d_sae)` of residual vectors `x (..., d_in)`, input normalisation included."""
+        self._check_width(x)
+        x_n, _ = self._normalize(x)
+        return self._activate(self.pre_activations(x_n))
+
+    def encode_topk(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """
+        The sparse active set of a Top-K SAE: `(values, indices)`, each `(..., k)`, with `values >= 0`.
+
+        Equal to `encode(x)` scattered back into `d_sae` slots; never materialises the dense feature vector after
+        the encoder matmul.
+        """
+        if self.config.activation != "topk":
+            raise ValueError("encode_topk needs a Top-K SAE (config.activation='topk').")
+        self._check_width(x)
+        x_n, _ = self._normalize(x)
+        values, indices = self.pre_activations(x_n).topk(self.config.k, dim=-1)
+        return F.relu(values), indices
+
+    def decode(self, f: Tensor) -> Tensor:
+        """`W_dec f + b_dec` in the SAE's (normalised) space; for constant-scale SAEs divided back to the residual."""
+        x_hat = f @ self.W_dec + self.b_dec
+        if self.config.normalize_activations == "constant_scale":
+            return x_hat / self.config.norm_scaling_factor
+        return x_hat
+
+    def decoder_in_residual_space(self) -> Tensor:
+        """
+        D as rows, `(d_sae, d_in)`: the decoder directions in the residual space where gradients live, with a constant
+        output scaling folded in and the decoder bias excluded (method.md §3). For a layer-norm SAE the raw decoder is
+        returned, as the thesis code projects the raw residual gradient onto it.
+        """
+        if self.config.normalize_activations == "constant_scale":
+            return self.W_dec / self.config.norm_scaling_factor
+        return self.W_dec
+
+    def decoder_bias_in_residual_space(self) -> Tensor:
+        """b_dec mapped to the residual space (`(d_in,)`), so that x̂ = D f + b_dec there."""
+        if self.config.normalize_activations == "constant_scale":
+            return self.b_dec / self.config.norm_scaling_factor
+        return self.b_dec
+
+    def decode_sparse(self, values: Tensor, indices: Tensor) -> Tensor:
+        """`D f` in the residual space from an active set `(values, indices)` of shape `(..., k)`, without the bias."""
+        lead = values.shape[:-1]
+        flat = F.embedding_bag(
+            indices.reshape(-1, indices.shape[-1]),
+            self.decoder_in_residual_space(),
+            per_sample_weights=values.reshape(-1, values.shape[-1]).to(self.W_dec.dtype),
+            mode="sum",
+        )
+        return flat.reshape(*lead, -1)
+
+    def forward(self, hidden_states: Tensor, return_dict: bool | None = None) -> SparseAutoencoderOutput:
+        """Reconstruct `hidden_states (..., d_in)`; losses are computed in the SAE's normalised space."""
+        self._check_width(hidden_states)
+        x_n, stats = self._normalize(hidden_states)
+        f = self._activate(self.pre_activations(x_n))
+        x_hat_n = f @ self.W_dec + self.b_dec
+        mse = (x_hat_n - x_n).pow(2).sum(-1).mean()
+        l1 = f.abs().sum(-1).mean()
+        loss = mse + self.config.l1_coefficient * l1
+        return SparseAutoencoderOutput(
+            reconstruction=self._denormalize(x_hat_n, stats), features=f, loss=loss, mse_loss=mse, l1_loss=l1
+        )
+
+    def _check_width(self, x: Tensor) -> None:
+        if x.shape[-1] != self.config.d_in:
+            raise ValueError(
+                f"This SAE reads vectors of width d_in={self.config.d_in} but got shape {tuple(x.shape)}: "
+                "it was trained for a model of a different hidden size."
+            )
