@@ -37,7 +37,7 @@ def tiny_clip(num_layers: int = 3, hidden: int = 32, seed: int = 0) -> CLIPModel
     config = CLIPConfig(
         text_config=dict(
             hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=4,
-            vocab_size=99, max_position_embeddings=16,
+            vocab_size=99, max_position_embeddings=16, bos_token_id=0, eos_token_id=2, pad_token_id=1,
         ),
         vision_config=dict(
             hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=num_layers, num_attention_heads=4,
