@@ -37,7 +37,7 @@ def tiny_clip(num_layers: int = 3, hidden: int = 32, seed: int = 0) -> CLIPModel
     config = CLIPConfig(
         text_config=dict(
             hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=4,
-            vocab_size=99, max_position_embeddings=16, bos_token_id=0, eos_token_id=2, pad_token_id=1,
+            vocab_size=514, max_position_embeddings=77, bos_token_id=512, eos_token_id=513, pad_token_id=513,
         ),
         vision_config=dict(
             hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=num_layers, num_attention_heads=4,
@@ -47,6 +47,18 @@ def tiny_clip(num_layers: int = 3, hidden: int = 32, seed: int = 0) -> CLIPModel
         attn_implementation="eager",
     )
     return CLIPModel(config).eval()
+
+
+def tiny_clip_tokenizer():
+    """A byte-level CLIP tokenizer with no merges (ids 0–511 bytes, 512 start, 513 end), matching `tiny_clip`."""
+    from transformers import CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": 256 + i for i, c in enumerate(chars)})
+    vocab.update({"<|startoftext|>": 512, "<|endoftext|>": 513})
+    return CLIPTokenizer(vocab=vocab, merges=[])
 
 
 def tiny_sae(
