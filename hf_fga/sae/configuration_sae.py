@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+import warnings
+from importlib import metadata
+
 from transformers import PretrainedConfig
 
 ACTIVATIONS = ("relu", "topk")
@@ -10,9 +14,24 @@ TOKEN_SCOPES = ("patches", "all", "cls")
 NORMALIZATIONS = ("none", "constant_scale", "layer_norm")
 
 
+def library_version() -> str:
+    """The installed `hf_fga` version (read lazily: the package may still be importing)."""
+    module = sys.modules.get("hf_fga")
+    version = getattr(module, "__version__", None)
+    if version is None:
+        try:
+            version = metadata.version("hf_fga")
+        except metadata.PackageNotFoundError:
+            version = "unknown"
+    return version
+
+
 def _check_choice(field: str, value, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"SparseAutoencoderConfig.{field} must be one of {list(allowed)}, got {value!r}.")
+
+
+_KNOWN_BASE_KEYS = set(PretrainedConfig().to_dict()) | {"name_or_path", "torch_dtype", "num_labels"}
 
 
 class SparseAutoencoderConfig(PretrainedConfig):
@@ -45,6 +64,12 @@ class SparseAutoencoderConfig(PretrainedConfig):
             Encode `x - b_dec` (method.md §4) rather than `x`.
         base_model_name_or_path (`str`, *optional*):
             The model whose activations the SAE was trained on.
+        training_info (`dict`, *optional*):
+            Provenance written by the training harness or an importer (dataset, training tokens, seed, command,
+            held-out quality figures, source format); the model card is filled in from it.
+        hf_fga_version (`str`, *optional*):
+            The `hf_fga` version that wrote the config. A config from another version loads with a warning (naming
+            both versions and any field this version does not know), never an error.
     """
 
     model_type = "sparse_autoencoder"
@@ -63,6 +88,8 @@ class SparseAutoencoderConfig(PretrainedConfig):
         norm_scaling_factor: float = 1.0,
         apply_b_dec_to_input: bool = True,
         base_model_name_or_path: str | None = None,
+        training_info: dict | None = None,
+        hf_fga_version: str | None = None,
         **kwargs,
     ):
         for field, value in (("d_in", d_in), ("d_sae", d_sae)):
@@ -73,7 +100,9 @@ class SparseAutoencoderConfig(PretrainedConfig):
         _check_choice("token_scope", token_scope, TOKEN_SCOPES)
         _check_choice("normalize_activations", normalize_activations, NORMALIZATIONS)
         if activation == "topk" and not (isinstance(k, int) and 0 < k <= d_sae):
-            raise ValueError(f"SparseAutoencoderConfig.k must be an integer in [1, d_sae={d_sae}] for a Top-K SAE, got {k!r}.")
+            raise ValueError(
+                f"SparseAutoencoderConfig.k must be an integer in [1, d_sae={d_sae}] for a Top-K SAE, got {k!r}."
+            )
         if l1_coefficient < 0:
             raise ValueError(f"SparseAutoencoderConfig.l1_coefficient must be >= 0, got {l1_coefficient!r}.")
         if not isinstance(hook_layer, int) or isinstance(hook_layer, bool) or hook_layer < 0:
@@ -92,6 +121,18 @@ class SparseAutoencoderConfig(PretrainedConfig):
         self.norm_scaling_factor = float(norm_scaling_factor)
         self.apply_b_dec_to_input = bool(apply_b_dec_to_input)
         self.base_model_name_or_path = base_model_name_or_path
+        self.training_info = dict(training_info) if training_info else {}
+        current = library_version()
+        if hf_fga_version is not None and hf_fga_version != current:
+            unknown = sorted(set(kwargs) - _KNOWN_BASE_KEYS)
+            extra = f"; fields this version does not know, kept as attributes: {unknown}" if unknown else ""
+            warnings.warn(
+                f"This SAE config was written by hf_fga {hf_fga_version}, you are running hf_fga {current}{extra}. "
+                "It loads as is; re-save it to record the current version.",
+                UserWarning,
+                stacklevel=2,
+            )
+        self.hf_fga_version = current
         super().__init__(**kwargs)
 
     @property

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub import HfApi
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration_sae import SparseAutoencoderConfig
+from .model_card import render_sae_card
+
+MODEL_CARD_NAME = "README.md"
 
 LAYER_NORM_EPS = 1e-5
 
@@ -99,7 +106,9 @@ class SparseAutoencoder(PreTrainedModel):
             return x_hat / self.config.norm_scaling_factor
         if mode == "layer_norm":
             if stats is None:
-                raise ValueError("A layer-norm SAE needs the statistics of its input to decode into the residual space.")
+                raise ValueError(
+                    "A layer-norm SAE needs the statistics of its input to decode into the residual space."
+                )
             mu, std = stats
             return x_hat * (std + LAYER_NORM_EPS) + mu
         return x_hat
@@ -184,6 +193,45 @@ class SparseAutoencoder(PreTrainedModel):
         return SparseAutoencoderOutput(
             reconstruction=self._denormalize(x_hat_n, stats), features=f, loss=loss, mse_loss=mse, l1_loss=l1
         )
+
+    # -------------------------------------------------------------------------------------------------- saving
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
+        """`PreTrainedModel.save_pretrained` (config.json + model.safetensors) plus the filled-in model card."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            card = render_sae_card(self.config)
+            (Path(save_directory) / MODEL_CARD_NAME).write_text(card, encoding="utf-8")
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: str | None = None,
+        commit_description: str | None = None,
+        private: bool | None = None,
+        token: bool | str | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        **save_kwargs,
+    ):
+        """
+        Upload config.json, model.safetensors and the model card from `hub_cards/sae_card.md` to the Hub.
+
+        transformers' own `push_to_hub` replaces README.md with a generic card, so this saves with
+        [`save_pretrained`] into a temporary folder and uploads that folder as is.
+        """
+        api = HfApi(token=token)
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        with tempfile.TemporaryDirectory() as work_dir:
+            self.save_pretrained(work_dir, **save_kwargs)
+            return api.upload_folder(
+                repo_id=repo_id,
+                folder_path=work_dir,
+                commit_message=commit_message or "Upload sparse autoencoder",
+                commit_description=commit_description,
+                revision=revision,
+                create_pr=create_pr,
+            )
 
     def _check_width(self, x: Tensor) -> None:
         if x.shape[-1] != self.config.d_in:

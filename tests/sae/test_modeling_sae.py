@@ -84,7 +84,7 @@ def test_config_validation_names_the_field(kwargs, field):
 def test_save_and_auto_load_round_trip(tmp_path):
     sae = tiny_sae(layer=2)
     sae.save_pretrained(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "config.json", "model.safetensors"]
     assert isinstance(AutoConfig.from_pretrained(tmp_path), SparseAutoencoderConfig)
     loaded = AutoModel.from_pretrained(tmp_path)
     assert isinstance(loaded, SparseAutoencoder) and loaded.config.hook_layer == 2
