@@ -1,0 +1,66 @@
+"""Patch deletion AUC (Petsiuk et al. 2018; the CaFE feature tests of Han, Kim & Kwak 2025), from per-image curves."""
+
+import datasets
+import evaluate
+import numpy as np
+
+_CITATION = """\
+@inproceedings{petsiuk2018rise,
+  title={RISE: Randomized Input Sampling for Explanation of Black-box Models},
+  author={Petsiuk, Vitali and Das, Abir and Saenko, Kate},
+  booktitle={British Machine Vision Conference (BMVC)},
+  year={2018}
+}
+"""
+
+_DESCRIPTION = """\
+Patch deletion (method.md §5): the curve starts from the clean image and perturbs patches in descending attribution
+order, so s_0 is the score of the clean image and s_N that of the fully perturbed image (the Pixel Flipping curve).
+Lower is better.
+The tracked score is a class probability or any other target quantity (e.g. an SAE feature activation). The
+normalised AUC puts the N + 1 points at k / N: AUC = (1/N) Σ_{k=1..N} (s_{k-1} + s_k) / 2.
+"""
+
+_KWARGS_DESCRIPTION = """
+Args:
+    curves (`list` of `list` of `float`): per image, the N + 1 scores s_0..s_N.
+    return_per_image (`bool`, *optional*, defaults to `False`): also return the per-image scores.
+Returns:
+    deletion (`float`): the mean normalised AUC over the images.
+    deletion_per_image (`list` of `float`): the per-image AUCs, only with `return_per_image=True`.
+Examples:
+    >>> import evaluate
+    >>> from hf_fga.metrics import metric_path
+    >>> deletion = evaluate.load(metric_path("deletion"))
+    >>> print(deletion.compute(curves=[[1.0, 0.5, 0.0], [1.0, 1.0, 0.0]], return_per_image=True))
+    {'deletion': 0.625, 'deletion_per_image': [0.5, 0.75]}
+"""
+
+
+@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
+class Deletion(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(
+            description=_DESCRIPTION,
+            citation=_CITATION,
+            inputs_description=_KWARGS_DESCRIPTION,
+            features=datasets.Features({"curves": datasets.List(datasets.Value("float64"))}),
+            reference_urls=["https://arxiv.org/abs/1806.07421"],
+        )
+
+    def _compute(self, curves, return_per_image=False):
+        if len(curves) == 0:
+            raise ValueError("deletion got no images: pass at least one curve of N + 1 scores.")
+        scores = []
+        for index, curve in enumerate(curves):
+            curve = np.asarray(curve, dtype=np.float64)
+            if curve.size < 2 or not np.isfinite(curve).all():
+                raise ValueError(
+                    f"deletion: image {index} has a curve of {curve.size} values; expected at least 2 finite "
+                    "scores s_0..s_N."
+                )
+            scores.append(float(((curve[:-1] + curve[1:]) / 2).sum()) / (curve.size - 1))
+        result = {"deletion": float(np.mean(scores))}
+        if return_per_image:
+            result["deletion_per_image"] = scores
+        return result
