@@ -30,10 +30,14 @@ def vision_layers(model: PreTrainedModel) -> torch.nn.ModuleList:
 
 
 @torch.no_grad()
-def clip_text_embeddings(model: CLIPModel, tokenizer, candidate_labels: list[str], template: str = CLIP_TEMPLATE) -> Tensor:
+def clip_text_embeddings(
+    model: CLIPModel, tokenizer, candidate_labels: list[str], template: str = CLIP_TEMPLATE
+) -> Tensor:
     """L2-normalised text embeddings `(C, projection_dim)` of `template.format(label)` for each candidate label."""
     if not candidate_labels:
-        raise ValueError("CLIP needs candidate_labels: pass the zero-shot labels, e.g. candidate_labels=['cat', 'dog'].")
+        raise ValueError(
+            "CLIP needs candidate_labels: pass the zero-shot labels, e.g. candidate_labels=['cat', 'dog']."
+        )
     prompts = [template.format(label) for label in candidate_labels]
     inputs = tokenizer(prompts, padding=True, return_tensors="pt").to(model.device)
     out = model.get_text_features(**inputs)
