@@ -1,0 +1,472 @@
+"""Train the bundled chest X-ray ViT from scratch (issue 4, "The bundled model").
+
+The model is a `ViTForImageClassification` with the thesis's patch grid (224 px, patch 16: 14 x 14 patches). Training
+is progressive: most epochs at a low resolution (112 px: 7 x 7 patches, about 4x cheaper), where the 14 x 14 position
+embeddings are resized on the fly with `interpolate_pos_encoding=True` (bicubic, CLS embedding kept), then the last
+epochs at 224 px on the native grid. The shipped model therefore needs no interpolation.
+
+Data: the `chest_xray_pneumonia` train split, with a validation split carved out **by patient_id** (seeded; the
+validation patients and file names are written to `--splits_path` so other tools reuse the same split). Images are
+grey (R = G = B), so they are decoded once into a uint8 tensor cache of shape (N, 224, 224); augmentation is done with
+torch ops on whole batches (random resized crop with mild scale and aspect ratio, small rotation, brightness and
+contrast jitter; no horizontal flip, so that the anatomy, e.g. the heart's side, stays consistent for attribution
+maps). Classes are balanced with a class-weighted cross-entropy. Checkpoints are written every epoch (model,
+optimiser, scheduler, RNG states, epoch, history); re-running the same command resumes. The checkpoint is selected on
+validation balanced accuracy at 224 px, and the untouched test split is evaluated once at the end, through the saved
+image processor.
+
+Usage:
+    python scripts/train_classifier.py --output_dir runs/classifier --export_dir hf_fga/bundled/model
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import HfArgumentParser, ViTConfig, ViTForImageClassification, get_cosine_schedule_with_warmup
+from transformers.models.vit import ViTImageProcessorPil
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "chest_xray_pneumonia"
+LABELS = ("NORMAL", "PNEUMONIA")
+FULL_RES = 224
+
+
+@dataclass
+class TrainClassifierArguments:
+    """Command-line arguments (parsed with `HfArgumentParser`)."""
+
+    output_dir: str = field(default="runs/classifier", metadata={"help": "Checkpoints, logs and the best model."})
+    export_dir: str | None = field(
+        default=None, metadata={"help": "Where the final model and processor are saved (e.g. hf_fga/bundled/model)."}
+    )
+    data_dir: str = field(default=str(DEFAULT_DATA), metadata={"help": "The chest_xray_pneumonia dataset folder."})
+    splits_path: str | None = field(
+        default=None, metadata={"help": "JSON file for the validation split (default: <output_dir>/splits.json)."}
+    )
+    seed: int = field(default=0)
+    val_fraction: float = field(default=0.12, metadata={"help": "Fraction of train patients held out."})
+    hidden_size: int = field(default=192)
+    num_hidden_layers: int = field(default=6)
+    num_attention_heads: int = field(default=3)
+    intermediate_size: int = field(default=384)
+    image_size: int = field(default=FULL_RES, metadata={"help": "Final resolution (the model's native grid)."})
+    patch_size: int = field(default=16)
+    low_res: int = field(default=112, metadata={"help": "Resolution of the first --low_res_epochs epochs."})
+    low_res_epochs: int = field(default=20)
+    epochs: int = field(default=24, metadata={"help": "Total epochs (low-res plus full-res)."})
+    batch_size: int = field(default=64)
+    learning_rate: float = field(default=1e-3)
+    weight_decay: float = field(default=0.05)
+    warmup_epochs: float = field(default=1.0)
+    label_smoothing: float = field(default=0.1)
+    max_grad_norm: float = field(default=1.0)
+    crop_scale_min: float = field(default=0.75, metadata={"help": "Smallest area fraction of the random crop."})
+    max_rotation_deg: float = field(default=7.0)
+    brightness: float = field(default=0.15, metadata={"help": "Additive brightness jitter (fraction of range)."})
+    contrast: float = field(default=0.15, metadata={"help": "Multiplicative contrast jitter (+- fraction)."})
+    num_threads: int = field(default=2)
+    max_train_samples: int | None = field(default=None, metadata={"help": "Subsample train (smoke tests)."})
+    max_steps_per_epoch: int | None = field(default=None, metadata={"help": "Cap steps per epoch (smoke tests)."})
+    evaluate_test: bool = field(default=True, metadata={"help": "Evaluate the test split once at the end."})
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}: pass e.g. 0.12.")
+        if not 0 <= self.low_res_epochs <= self.epochs:
+            raise ValueError(
+                f"low_res_epochs must be between 0 and epochs={self.epochs}, got {self.low_res_epochs}: lower it."
+            )
+        for name in ("image_size", "low_res"):
+            if getattr(self, name) % self.patch_size:
+                raise ValueError(f"{name}={getattr(self, name)} must be a multiple of patch_size={self.patch_size}.")
+
+
+# ----------------------------------------------------------------------------------------------------------- data
+
+
+def load_split(data_dir: str, split: str, cache_dir: Path) -> dict:
+    """Decode a split once into grey uint8 images `(N, H, W)` plus labels and ids (cached as a `.pt` file)."""
+    cache = cache_dir / f"cache_{split}.pt"
+    if cache.exists():
+        return torch.load(cache)
+    import datasets
+
+    ds = datasets.load_dataset(data_dir, split=split)
+    images = torch.stack([torch.from_numpy(np.array(im.convert("L"))) for im in ds["image"]])
+    data = {
+        "images": images,
+        "labels": torch.tensor(ds["label"], dtype=torch.long),
+        "patient_ids": list(ds["patient_id"]),
+        "file_names": list(ds["file_name"]),
+    }
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(data, cache)
+    return data
+
+
+def patient_keys(patient_ids: list[str], file_names: list[str]) -> list[str]:
+    """One key per patient: the dataset's `patient_id`, except for its catch-all id `NORMAL2-IM`.
+
+    The dataset gives all 743 (train) `NORMAL2-IM-NNNN-...` files the single `patient_id` "NORMAL2-IM"; their patient
+    number is the `NNNN` (as for `IM-NNNN`), so the key is `NORMAL2-IM-NNNN`. Any other id is kept as it is.
+    """
+    keys = []
+    for pid, name in zip(patient_ids, file_names):
+        match = re.match(r"NORMAL2-IM-\d+", name) if pid == "NORMAL2-IM" else None
+        keys.append(match.group(0) if match else pid)
+    return keys
+
+
+def patient_split(keys: list[str], labels: list[int], val_fraction: float, seed: int) -> set[str]:
+    """The validation patients: a seeded random `val_fraction` of the patients of each class (stratified)."""
+    label_of = dict(zip(keys, labels))
+    rng = np.random.default_rng(seed)
+    val = set()
+    for label in sorted(set(labels)):
+        unique = sorted(k for k, v in label_of.items() if v == label)
+        n_val = max(1, round(val_fraction * len(unique)))
+        val.update(unique[i] for i in rng.permutation(len(unique))[:n_val])
+    return val
+
+
+def write_splits(path: Path, data: dict, val_patients: set[str], args: TrainClassifierArguments) -> None:
+    is_val = [p in val_patients for p in data["patient_keys"]]
+    record = {
+        "dataset": "chest_xray_pneumonia",
+        "split_of": "train",
+        "seed": args.seed,
+        "val_fraction": args.val_fraction,
+        "patient_key": "patient_id, except NORMAL2-IM-NNNN (file name prefix) for the catch-all id NORMAL2-IM",
+        "validation_patient_keys": sorted(val_patients),
+        "validation_file_names": sorted(f for f, v in zip(data["file_names"], is_val) if v),
+        "num_train": len(is_val) - sum(is_val),
+        "num_validation": sum(is_val),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1) + "\n")
+
+
+def subset(data: dict, index: torch.Tensor) -> dict:
+    idx = index.tolist()
+    return {
+        "images": data["images"][index],
+        "labels": data["labels"][index],
+        "patient_ids": [data["patient_ids"][i] for i in idx],
+        "file_names": [data["file_names"][i] for i in idx],
+    }
+
+
+# --------------------------------------------------------------------------------------------------- augmentation
+
+
+def augment(images: torch.Tensor, size: int, args: TrainClassifierArguments, gen: torch.Generator) -> torch.Tensor:
+    """Random resized crop + rotation in one affine resampling, then brightness/contrast jitter.
+
+    Args:
+        images (`torch.Tensor` of shape `(B, H, W)`, float in [0, 1]): grey images.
+        size (`int`): output side in pixels.
+
+    Returns:
+        `torch.Tensor` of shape `(B, size, size)` in [0, 1].
+    """
+    b = images.shape[0]
+    u = lambda lo, hi: lo + (hi - lo) * torch.rand(b, generator=gen)  # noqa: E731
+    area = u(args.crop_scale_min, 1.0)
+    log_ratio = u(math.log(3 / 4), math.log(4 / 3)) * 0.5
+    sx = (area * torch.exp(log_ratio)).sqrt().clamp(max=1.0)
+    sy = (area / torch.exp(log_ratio)).sqrt().clamp(max=1.0)
+    tx = (1 - sx) * u(-1.0, 1.0)
+    ty = (1 - sy) * u(-1.0, 1.0)
+    angle = u(-args.max_rotation_deg, args.max_rotation_deg) * math.pi / 180
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.stack(
+        [torch.stack([sx * cos, -sy * sin, tx], 1), torch.stack([sx * sin, sy * cos, ty], 1)], 1
+    )
+    src = images.unsqueeze(1)
+    if size < src.shape[-1]:  # anti-alias before the (bilinear) resampling
+        src = F.interpolate(src, size=(size, size), mode="area")
+    grid = F.affine_grid(theta, [b, 1, size, size], align_corners=False)
+    out = F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False).squeeze(1)
+    contrast = u(1 - args.contrast, 1 + args.contrast).view(b, 1, 1)
+    brightness = u(-args.brightness, args.brightness).view(b, 1, 1)
+    mean = out.mean(dim=(1, 2), keepdim=True)
+    return ((out - mean) * contrast + mean + brightness).clamp(0.0, 1.0)
+
+
+def to_pixels(grey: torch.Tensor, mean: float, std: float, size: int | None = None) -> torch.Tensor:
+    """Grey `(B, H, W)` in [0, 1] -> normalised 3-channel `pixel_values` `(B, 3, size, size)`."""
+    x = grey.unsqueeze(1)
+    if size is not None and size != x.shape[-1]:
+        x = F.interpolate(x, size=(size, size), mode="area")
+    return ((x - mean) / std).expand(-1, 3, -1, -1)
+
+
+# ------------------------------------------------------------------------------------------------ model & metrics
+
+
+def build_model(args: TrainClassifierArguments) -> ViTForImageClassification:
+    config = ViTConfig(
+        image_size=args.image_size,
+        patch_size=args.patch_size,
+        num_channels=3,
+        hidden_size=args.hidden_size,
+        num_hidden_layers=args.num_hidden_layers,
+        num_attention_heads=args.num_attention_heads,
+        intermediate_size=args.intermediate_size,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        num_labels=len(LABELS),
+        id2label=dict(enumerate(LABELS)),
+        label2id={name: i for i, name in enumerate(LABELS)},
+    )
+    return ViTForImageClassification(config)
+
+
+def forward_flops(config: ViTConfig, image_size: int | None = None) -> int:
+    """FLOPs (2 x multiply-accumulates) of one forward pass of a `ViTForImageClassification` on one image.
+
+    Counts the matrix products: patch embedding, Q/K/V/output projections, the two attention products, the MLP and
+    the classifier head (layer norms, softmax, GELU and additions are negligible and left out).
+    """
+    size = image_size or config.image_size
+    patches = (size // config.patch_size) ** 2
+    tokens = patches + 1
+    d, m = config.hidden_size, config.intermediate_size
+    patch_embed = patches * config.num_channels * config.patch_size**2 * d
+    per_block = tokens * (4 * d * d + 2 * d * m) + 2 * tokens * tokens * d
+    head = d * config.num_labels
+    return 2 * (patch_embed + config.num_hidden_layers * per_block + head)
+
+
+def confusion(preds: torch.Tensor, labels: torch.Tensor, num_labels: int = len(LABELS)) -> list[list[int]]:
+    """Confusion matrix, rows = true label, columns = predicted label."""
+    cm = torch.zeros(num_labels, num_labels, dtype=torch.long)
+    cm.index_put_((labels, preds), torch.ones_like(labels), accumulate=True)
+    return cm.tolist()
+
+
+def classification_metrics(preds: torch.Tensor, labels: torch.Tensor) -> dict:
+    cm = confusion(preds, labels)
+    recalls = [row[i] / max(1, sum(row)) for i, row in enumerate(cm)]
+    return {
+        "accuracy": float((preds == labels).float().mean()),
+        "balanced_accuracy": float(sum(recalls) / len(recalls)),
+        "recall_per_class": dict(zip(LABELS, recalls)),
+        "confusion_matrix": cm,
+        "num_examples": int(labels.numel()),
+    }
+
+
+@torch.no_grad()
+def predict(model: ViTForImageClassification, pixel_batches) -> torch.Tensor:
+    model.eval()
+    size = model.config.image_size
+    preds = []
+    for pixels in pixel_batches:
+        interpolate = pixels.shape[-1] != size
+        preds.append(model(pixel_values=pixels, interpolate_pos_encoding=interpolate).logits.argmax(-1))
+    return torch.cat(preds)
+
+
+def evaluate_cached(model, data: dict, mean: float, std: float, size: int, batch_size: int = 128) -> dict:
+    images = data["images"]
+    batches = (
+        to_pixels(images[i : i + batch_size].float() / 255, mean, std, size) for i in range(0, len(images), batch_size)
+    )
+    return classification_metrics(predict(model, batches), data["labels"])
+
+
+def evaluate_with_processor(model, processor, data_dir: str, split: str, batch_size: int = 64) -> dict:
+    """Evaluate through the saved image processor on the dataset's own (RGB) images, as a user would."""
+    import datasets
+
+    ds = datasets.load_dataset(data_dir, split=split)
+    batches = (
+        processor(images=ds[i : i + batch_size]["image"], return_tensors="pt")["pixel_values"]
+        for i in range(0, len(ds), batch_size)
+    )
+    return classification_metrics(predict(model, batches), torch.tensor(ds["label"]))
+
+
+def make_processor(mean: float, std: float, size: int) -> ViTImageProcessorPil:
+    return ViTImageProcessorPil(
+        do_resize=True,
+        size={"height": size, "width": size},
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=[mean] * 3,
+        image_std=[std] * 3,
+    )
+
+
+# -------------------------------------------------------------------------------------------------------- training
+
+
+def rng_state(gen: torch.Generator) -> dict:
+    return {"torch": torch.get_rng_state(), "gen": gen.get_state(), "numpy": np.random.get_state(), "py": random.getstate()}
+
+
+def set_rng_state(state: dict, gen: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    gen.set_state(state["gen"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["py"])
+
+
+def log(out: Path, record: dict) -> None:
+    line = json.dumps(record)
+    print(line, flush=True)
+    with open(out / "log.jsonl", "a") as f:
+        f.write(line + "\n")
+
+
+def train(args: TrainClassifierArguments) -> dict:
+    torch.set_num_threads(args.num_threads)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "args.json").write_text(json.dumps(asdict(args), indent=1) + "\n")
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+
+    data = load_split(args.data_dir, "train", out)
+    data["patient_keys"] = patient_keys(data["patient_ids"], data["file_names"])
+    val_patients = patient_split(data["patient_keys"], data["labels"].tolist(), args.val_fraction, args.seed)
+    write_splits(Path(args.splits_path or out / "splits.json"), data, val_patients, args)
+    is_val = torch.tensor([p in val_patients for p in data["patient_keys"]])
+    train_idx, val_idx = (~is_val).nonzero().squeeze(1), is_val.nonzero().squeeze(1)
+    if args.max_train_samples is not None:
+        train_idx = train_idx[torch.randperm(len(train_idx), generator=gen)[: args.max_train_samples]]
+        val_idx = val_idx[: args.max_train_samples]
+    train_data, val_data = subset(data, train_idx), subset(data, val_idx)
+    pixels01 = train_data["images"].float() / 255
+    mean, std = float(pixels01.mean()), float(pixels01.std())
+    del pixels01
+
+    model = build_model(args)
+    print(f"forward FLOPs at {args.image_size} px: {forward_flops(model.config) / 1e9:.3f} GFLOP", flush=True)
+    counts = torch.bincount(train_data["labels"], minlength=len(LABELS)).float()
+    class_weights = counts.sum() / (len(LABELS) * counts.clamp(min=1))
+    n = len(train_idx)
+    steps_per_epoch = math.ceil(n / args.batch_size)
+    if args.max_steps_per_epoch is not None:
+        steps_per_epoch = min(steps_per_epoch, args.max_steps_per_epoch)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(
+        optimizer, round(args.warmup_epochs * steps_per_epoch), args.epochs * steps_per_epoch
+    )
+    state = {"epoch": 0, "best_balanced_accuracy": -1.0, "best_epoch": None, "train_seconds": 0.0}
+    ckpt = out / "last.pt"
+    if ckpt.exists():
+        saved = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        set_rng_state(saved["rng"], gen)
+        state = saved["state"]
+        print(f"resumed from {ckpt} at epoch {state['epoch']}", flush=True)
+
+    while state["epoch"] < args.epochs:
+        epoch = state["epoch"]
+        size = args.low_res if epoch < args.low_res_epochs else args.image_size
+        model.train()
+        start = time.time()
+        order = torch.randperm(n, generator=gen)
+        total_loss, seen = 0.0, 0
+        for step in range(steps_per_epoch):
+            idx = order[step * args.batch_size : (step + 1) * args.batch_size]
+            grey = augment(train_data["images"][idx].float() / 255, size, args, gen)
+            labels = train_data["labels"][idx]
+            logits = model(pixel_values=to_pixels(grey, mean, std), interpolate_pos_encoding=size != args.image_size)
+            loss = F.cross_entropy(
+                logits.logits, labels, weight=class_weights, label_smoothing=args.label_smoothing
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            total_loss += loss.item() * len(idx)
+            seen += len(idx)
+        train_seconds = time.time() - start
+        val = evaluate_cached(model, val_data, mean, std, size)
+        state["train_seconds"] += train_seconds
+        state["epoch"] = epoch + 1
+        selectable = size == args.image_size
+        if selectable and val["balanced_accuracy"] > state["best_balanced_accuracy"]:
+            state["best_balanced_accuracy"], state["best_epoch"] = val["balanced_accuracy"], epoch + 1
+            model.save_pretrained(out / "best")
+            make_processor(mean, std, args.image_size).save_pretrained(out / "best")
+        log(out, {
+            "epoch": epoch + 1, "resolution": size, "train_loss": total_loss / max(1, seen),
+            "lr": scheduler.get_last_lr()[0], "epoch_seconds": round(train_seconds, 1),
+            "val_accuracy": round(val["accuracy"], 4), "val_balanced_accuracy": round(val["balanced_accuracy"], 4),
+            "val_confusion_matrix": val["confusion_matrix"], "best_epoch": state["best_epoch"],
+        })
+        torch.save(
+            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "rng": rng_state(gen), "state": state, "mean": mean, "std": std},
+            out / "last.pt.tmp",
+        )
+        (out / "last.pt.tmp").replace(ckpt)
+
+    return finish(args, out, state, mean, std, len(train_idx), len(val_idx))
+
+
+def finish(args: TrainClassifierArguments, out: Path, state: dict, mean: float, std: float, n_train: int, n_val: int):
+    """Load the selected checkpoint, evaluate the test split once and export the model with its processor."""
+    if state["best_epoch"] is None:
+        raise ValueError("No full-resolution epoch was run, so no checkpoint was selected: set low_res_epochs < epochs.")
+    model = ViTForImageClassification.from_pretrained(out / "best").eval()
+    processor = ViTImageProcessorPil.from_pretrained(out / "best")
+    result = {
+        "best_epoch": state["best_epoch"],
+        "validation_balanced_accuracy": state["best_balanced_accuracy"],
+        "train_seconds": round(state["train_seconds"], 1),
+        "epochs": args.epochs,
+        "num_train_images": n_train,
+        "num_validation_images": n_val,
+        "forward_gflops": forward_flops(model.config) / 1e9,
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "pixel_mean": mean,
+        "pixel_std": std,
+        "torch_version": torch.__version__,
+        "num_threads": args.num_threads,
+    }
+    test_path = out / "test_metrics.json"
+    if args.evaluate_test:
+        if test_path.exists():  # the test split is evaluated once; re-runs reuse that result
+            result["test"] = json.loads(test_path.read_text())
+        else:
+            result["test"] = evaluate_with_processor(model, processor, args.data_dir, "test")
+            test_path.write_text(json.dumps(result["test"], indent=1) + "\n")
+    (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result), flush=True)
+    if args.export_dir:
+        export = Path(args.export_dir)
+        model.save_pretrained(export)
+        processor.save_pretrained(export)
+        (export / "training_results.json").write_text(json.dumps({**result, "args": asdict(args)}, indent=1) + "\n")
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    (args,) = HfArgumentParser(TrainClassifierArguments).parse_args_into_dataclasses(args=argv)
+    return train(args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
