@@ -122,7 +122,7 @@ def patient_keys(patient_ids: list[str], file_names: list[str]) -> list[str]:
     number is the `NNNN` (as for `IM-NNNN`), so the key is `NORMAL2-IM-NNNN`. Any other id is kept as it is.
     """
     keys = []
-    for pid, name in zip(patient_ids, file_names):
+    for pid, name in zip(patient_ids, file_names, strict=True):
         match = re.match(r"NORMAL2-IM-\d+", name) if pid == "NORMAL2-IM" else None
         keys.append(match.group(0) if match else pid)
     return keys
@@ -130,7 +130,7 @@ def patient_keys(patient_ids: list[str], file_names: list[str]) -> list[str]:
 
 def patient_split(keys: list[str], labels: list[int], val_fraction: float, seed: int) -> set[str]:
     """The validation patients: a seeded random `val_fraction` of the patients of each class (stratified)."""
-    label_of = dict(zip(keys, labels))
+    label_of = dict(zip(keys, labels, strict=True))
     rng = np.random.default_rng(seed)
     val = set()
     for label in sorted(set(labels)):
@@ -149,7 +149,7 @@ def write_splits(path: Path, data: dict, val_patients: set[str], args: TrainClas
         "val_fraction": args.val_fraction,
         "patient_key": "patient_id, except NORMAL2-IM-NNNN (file name prefix) for the catch-all id NORMAL2-IM",
         "validation_patient_keys": sorted(val_patients),
-        "validation_file_names": sorted(f for f, v in zip(data["file_names"], is_val) if v),
+        "validation_file_names": sorted(f for f, v in zip(data["file_names"], is_val, strict=True) if v),
         "num_train": len(is_val) - sum(is_val),
         "num_validation": sum(is_val),
     }
@@ -262,7 +262,7 @@ def classification_metrics(preds: torch.Tensor, labels: torch.Tensor) -> dict:
     return {
         "accuracy": float((preds == labels).float().mean()),
         "balanced_accuracy": float(sum(recalls) / len(recalls)),
-        "recall_per_class": dict(zip(LABELS, recalls)),
+        "recall_per_class": dict(zip(LABELS, recalls, strict=True)),
         "confusion_matrix": cm,
         "num_examples": int(labels.numel()),
     }
@@ -315,7 +315,9 @@ def make_processor(mean: float, std: float, size: int) -> ViTImageProcessorPil:
 
 
 def rng_state(gen: torch.Generator) -> dict:
-    return {"torch": torch.get_rng_state(), "gen": gen.get_state(), "numpy": np.random.get_state(), "py": random.getstate()}
+    return {
+        "torch": torch.get_rng_state(), "gen": gen.get_state(), "numpy": np.random.get_state(), "py": random.getstate()
+    }
 
 
 def set_rng_state(state: dict, gen: torch.Generator) -> None:
@@ -429,7 +431,9 @@ def train(args: TrainClassifierArguments) -> dict:
 def finish(args: TrainClassifierArguments, out: Path, state: dict, mean: float, std: float, n_train: int, n_val: int):
     """Load the selected checkpoint, evaluate the test split once and export the model with its processor."""
     if state["best_epoch"] is None:
-        raise ValueError("No full-resolution epoch was run, so no checkpoint was selected: set low_res_epochs < epochs.")
+        raise ValueError(
+            "No full-resolution epoch was run, so no checkpoint was selected: set low_res_epochs < epochs."
+        )
     model = ViTForImageClassification.from_pretrained(out / "best").eval()
     processor = ViTImageProcessorPil.from_pretrained(out / "best")
     result = {
