@@ -196,7 +196,8 @@ def load_prisma_sae(folder: str | Path) -> SparseAutoencoder:
         norm_scaling_factor=factor,
         apply_b_dec_to_input=True,
         base_model_name_or_path=cfg.get("model_name"),
-        training_info={"source_format": "Prisma", "dataset": cfg.get("dataset_path")} if cfg.get("dataset_path")
+        training_info={"source_format": "Prisma", "dataset": cfg.get("dataset_path")}
+        if cfg.get("dataset_path")
         else {"source_format": "Prisma"},
     )
     return _build(config, weights, where)
