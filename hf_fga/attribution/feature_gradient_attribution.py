@@ -411,7 +411,7 @@ class FeatureGradientAttribution:
         mean = mean.to(x.device, x.dtype) if mean is not None else None
 
         with torch.no_grad():
-            scores = block_scores(variant, flat_x, flat_g, codes, mean, permutation).reshape(batch, patches)
+            scores = block_scores(variant, flat_x, flat_g, sae, codes, mean, permutation).reshape(batch, patches)
             gates, mad = gates_from_scores(scores, options.kappa, options.cmax)
             if variant != "activation":
                 degenerate = degenerate_images(mad, x, g)

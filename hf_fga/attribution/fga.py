@@ -117,6 +117,7 @@ def block_scores(
     variant: str,
     x: Tensor,
     g: Tensor,
+    sae: SparseAutoencoder | None = None,
     codes: FeatureCodes | None = None,
     mean: Tensor | None = None,
     permutation: Tensor | None = None,
@@ -129,6 +130,7 @@ def block_scores(
     - `activation`: Σ_k f^k;
     - `gradient`: Σ_k |(Dᵀg)_k| (thesis eq. 6.6; the thesis *code* summed signed values, i.e. g · D𝟙);
     - `no-sae`: g · x;  `centered`: g · (x − b_dec);  `mean-centered`: g · (x − μ_ℓ).
+    `codes` (the block's encoded features) is needed by `combined`, `shuffled` and `activation`.
     For an SAE with a runtime layer norm (Prisma), f is computed on the normalised input but the raw residual
     gradient is projected onto the raw decoder, as the thesis code does.
     """
@@ -136,7 +138,6 @@ def block_scores(
         return _dot(g, x)
     if variant == "mean-centered":
         return _dot(g, x - mean)
-    sae = codes.sae
     if variant == "centered":
         return _dot(g, x - sae.decoder_bias_in_residual_space())
     if variant == "activation":
