@@ -53,6 +53,7 @@ from .configuration_sae import ACTIVATIONS, HOOK_POINTS, TOKEN_SCOPES, SparseAut
 from .model_card import QUALITY_FIELDS
 from .modeling_sae import SparseAutoencoder
 from .sae_set import save_sae_set
+from .training_ops import encoder_pre_activations, topk_pre_activations
 
 CHECKPOINT_NAME = "checkpoint.pt"
 HARVEST_META = "harvest.json"
@@ -269,12 +270,17 @@ def sae_training_loss(sae: SparseAutoencoder, x: Tensor, dead: Tensor | None, au
     Loss and statistics of one batch `x (B, d_in)` already in the SAE's normalised space (method.md §4 + AuxK).
 
     Top-K: `topk` on the pre-activations and ReLU on the k values; the decoder sums only the active rows
-    (`embedding_bag`). ReLU: dense decoder and λ‖f‖₁.
+    (`embedding_bag`) and the encoder backward touches only the selected entries (`training_ops`). ReLU: dense
+    decoder and λ‖f‖₁. `dead (d_sae,)` marks the features the AuxK term may use (None or all False: no AuxK).
     """
     config = sae.config
-    pre = sae.pre_activations(x)
+    n_dead = int(dead.sum()) if dead is not None and aux_coefficient > 0 else 0
+    k_aux = min(aux_k, n_dead)
+    aux_hat = None
     if config.activation == "topk":
-        values, indices = pre.topk(config.k, dim=-1)
+        values, indices, aux_values, aux_indices = topk_pre_activations(
+            x, sae.W_enc, sae.b_enc, sae.b_dec, config.k, dead if k_aux else None, k_aux
+        )
         values = F.relu(values)
         x_hat = F.embedding_bag(indices, sae.W_dec, per_sample_weights=values, mode="sum") + sae.b_dec
         active = values > 0
@@ -282,21 +288,23 @@ def sae_training_loss(sae: SparseAutoencoder, x: Tensor, dead: Tensor | None, au
         fired[indices[active]] = True
         l0 = active.sum(-1).float().mean()
         sparsity = x.new_zeros(())
+        if k_aux:
+            aux_hat = F.embedding_bag(aux_indices, sae.W_dec, per_sample_weights=F.relu(aux_values), mode="sum")
     else:
+        pre = encoder_pre_activations(x, sae.W_enc, sae.b_enc, sae.b_dec)
         f = F.relu(pre)
         x_hat = f @ sae.W_dec + sae.b_dec
         fired = (f > 0).any(0)
         l0 = (f > 0).sum(-1).float().mean()
         sparsity = config.l1_coefficient * f.sum(-1).mean()
+        if k_aux:
+            aux_values, aux_indices = pre.masked_fill(~dead, float("-inf")).topk(k_aux, dim=-1)
+            aux_hat = F.embedding_bag(aux_indices, sae.W_dec, per_sample_weights=F.relu(aux_values), mode="sum")
     err = x - x_hat
     sum_sq_err = err.pow(2).sum()
     mse = sum_sq_err / x.shape[0]
     loss = mse + sparsity
-    if dead is not None and aux_coefficient > 0 and (n_dead := int(dead.sum())) > 0:
-        k_aux = min(aux_k, n_dead)
-        dead_pre = pre.masked_fill(~dead, float("-inf"))
-        aux_values, aux_indices = dead_pre.topk(k_aux, dim=-1)
-        aux_hat = F.embedding_bag(aux_indices, sae.W_dec, per_sample_weights=F.relu(aux_values), mode="sum")
+    if aux_hat is not None:
         aux = (err.detach() - aux_hat).pow(2).sum(-1).mean()
         loss = loss + aux_coefficient * min(1.0, n_dead / aux_k) * aux
     centred = x - x.mean(0)

@@ -227,3 +227,34 @@ def test_script_help_runs():
         [sys.executable, "scripts/train_sae.py", "--help"], capture_output=True, text=True, check=True
     )
     assert "--model_name_or_path" in out.stdout and "--blocks" in out.stdout
+
+
+@pytest.mark.parametrize("activation", ["topk", "relu"])
+@pytest.mark.parametrize("with_aux", [False, True])
+def test_training_gradients_equal_plain_autograd_float64(activation, with_aux):
+    sae = tiny_sae(activation=activation, k=8, l1_coefficient=0.01).double()
+    x = torch.randn(16, 32, dtype=torch.float64)
+    dead = torch.zeros(128, dtype=torch.bool)
+    if with_aux:
+        dead[::3] = True
+    stats = sae_training_loss(sae, x, dead, aux_k=16, aux_coefficient=0.5)
+    stats.loss.backward()
+    fast = {n: p.grad.clone() for n, p in sae.named_parameters()}
+    sae.zero_grad()
+    pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+    f = torch.relu(pre)
+    if activation == "topk":
+        keep = pre.topk(8, dim=-1).indices
+        f = torch.zeros_like(f).scatter(-1, keep, f.gather(-1, keep))
+    x_hat = f @ sae.W_dec + sae.b_dec
+    loss = (x - x_hat).pow(2).sum(-1).mean()
+    if activation == "relu":
+        loss = loss + 0.01 * f.sum(-1).mean()
+    if with_aux:
+        top = pre.masked_fill(~dead, float("-inf")).topk(16, dim=-1)
+        aux_f = torch.zeros_like(pre).scatter(-1, top.indices, torch.relu(top.values))
+        loss = loss + 0.5 * ((x - x_hat).detach() - aux_f @ sae.W_dec).pow(2).sum(-1).mean()
+    torch.testing.assert_close(stats.loss, loss)
+    loss.backward()
+    for name, p in sae.named_parameters():
+        torch.testing.assert_close(fast[name], p.grad, msg=name)
