@@ -1,0 +1,38 @@
+"""Batched perturbation engine for the faithfulness metrics of method.md §5 (SaCo, FC, Pixel Flipping, …)."""
+
+from .baselines import BASELINES, PatchGrid, patch_grid
+from .evaluation import (
+    METRICS,
+    evaluate_faithfulness,
+    evaluate_presets,
+    faithfulness_records,
+    faithfulness_records_for_presets,
+    forward_passes_per_image,
+    make_runner,
+    score_records,
+)
+from .presets import PRESETS, FaithfulnessPreset, resolve_preset
+from .records import CurveRecord, FaithfulnessCorrelationRecord, SaCoRecord
+from .runner import PerturbationRunner, ResponseCache
+
+__all__ = [
+    "BASELINES",
+    "METRICS",
+    "PRESETS",
+    "CurveRecord",
+    "FaithfulnessCorrelationRecord",
+    "FaithfulnessPreset",
+    "PatchGrid",
+    "PerturbationRunner",
+    "ResponseCache",
+    "SaCoRecord",
+    "evaluate_faithfulness",
+    "evaluate_presets",
+    "faithfulness_records",
+    "faithfulness_records_for_presets",
+    "forward_passes_per_image",
+    "make_runner",
+    "patch_grid",
+    "resolve_preset",
+    "score_records",
+]

@@ -1,0 +1,288 @@
+"""One call for users: faithfulness scores of patch attributions, in either preset of method.md §5."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Callable, Sequence
+
+import evaluate
+import numpy as np
+import torch
+from torch import Tensor
+from transformers import PreTrainedModel
+
+from ..attribution.targets import clip_text_embeddings, is_clip, model_logits
+from ..metrics import metric_path
+from .baselines import BASELINES, check_attributions, default_normalization, patch_grid
+from .presets import FaithfulnessPreset, resolve_preset
+from .records import Plan, plan_curve, plan_faithfulness_correlation, plan_saco
+from .runner import PerturbationRunner, ResponseCache
+
+METRICS = ("saco", "faithfulness_correlation", "pixel_flipping", "insertion", "deletion")
+DEFAULT_METRICS = ("saco", "faithfulness_correlation", "pixel_flipping")
+
+
+def make_runner(
+    model: PreTrainedModel | Callable[[Tensor], Tensor],
+    pixel_values: Tensor,
+    *,
+    text_embeds: Tensor | None = None,
+    candidate_labels: Sequence[str] | None = None,
+    tokenizer=None,
+    batch_size: int = 64,
+    seed: int = 0,
+    image_ids: Sequence[int] | None = None,
+    targets: Sequence[int] | None = None,
+    image_mean: Sequence[float] | None = None,
+    image_std: Sequence[float] | None = None,
+    blur_sigma: float | None = None,
+    patch_size: int | None = None,
+    cache: ResponseCache | None = None,
+    progress: bool = True,
+) -> PerturbationRunner:
+    """
+    A `PerturbationRunner` for a ViT-family classifier, a CLIPModel (with `text_embeds`, or `candidate_labels` and
+    `tokenizer`), or any callable `pixel_values -> scores (b, num_outputs)` (then pass `patch_size`).
+
+    Scores are the model logits (`hf_fga.attribution.targets.model_logits`); probabilities are their softmax (for
+    CLIP, over the candidate labels). `image_mean`/`image_std` default to the processor defaults of the model family
+    (pass `processor.image_mean`, `processor.image_std`); they are used by the `black` and `uniform` baselines only.
+    """
+    grid = patch_grid(model, pixel_values, patch_size)
+    if isinstance(model, PreTrainedModel):
+        if is_clip(model) and text_embeds is None:
+            if candidate_labels is None or tokenizer is None:
+                raise ValueError("CLIP needs text_embeds, or candidate_labels with a tokenizer, to score images.")
+            text_embeds = clip_text_embeddings(model, tokenizer, list(candidate_labels))
+        pixel_values = pixel_values.to(device=model.device, dtype=model.dtype)
+        embeds = text_embeds
+
+        def forward(batch: Tensor) -> Tensor:
+            return model_logits(model, batch, embeds)
+
+        label_key = None
+        if text_embeds is not None:
+            label_key = hashlib.blake2b(text_embeds.detach().cpu().double().numpy().tobytes()).hexdigest()
+        model_key = (id(model), label_key)
+    else:
+        forward, model_key = model, (id(model), None)
+    default_mean, default_std = default_normalization(model)
+    return PerturbationRunner(
+        forward,
+        pixel_values,
+        grid,
+        image_mean=list(default_mean if image_mean is None else image_mean),
+        image_std=list(default_std if image_std is None else image_std),
+        batch_size=batch_size,
+        seed=seed,
+        image_ids=image_ids,
+        targets=targets,
+        blur_sigma=blur_sigma,
+        cache=cache,
+        model_key=model_key,
+        progress=progress,
+    )
+
+
+def plan_metrics(
+    runner: PerturbationRunner,
+    attributions: np.ndarray,
+    metrics: Sequence[str],
+    preset: FaithfulnessPreset,
+    baseline: str,
+    seed: int,
+) -> dict[str, Plan]:
+    """The plan of every metric under one preset (see `records.py`)."""
+    unknown = [name for name in metrics if name not in METRICS]
+    if unknown or not metrics:
+        raise ValueError(f"metrics={tuple(metrics)} is not a non-empty subset of {METRICS}.")
+    if baseline not in BASELINES:
+        raise ValueError(f"baseline={baseline!r} is unknown: expected one of {BASELINES}.")
+    fill = runner.fill_key(baseline, preset.mean_fill)
+    builders = {
+        "saco": lambda: plan_saco(
+            runner, attributions, num_groups=preset.saco_num_groups, group_size=preset.saco_group_size,
+            target=preset.saco_target, fill=fill,
+        ),
+        "faithfulness_correlation": lambda: plan_faithfulness_correlation(
+            runner, attributions, runs=preset.fc_runs, subset_size=preset.subset_size(runner.grid.patch_size),
+            trials=preset.fc_trials, seed=seed, fill=fill,
+        ),
+        "pixel_flipping": lambda: plan_curve(
+            runner, attributions, fill=fill, recompute_mean=baseline == "mean" and preset.mean_fill == "scalar",
+        ),
+        "insertion": lambda: plan_curve(runner, attributions, insert=True, fill=fill),
+        "deletion": lambda: plan_curve(runner, attributions, fill=fill),
+    }
+    return {name: builders[name]() for name in metrics}
+
+
+@functools.cache
+def _module(name: str) -> evaluate.EvaluationModule:
+    return evaluate.load(metric_path(name))
+
+
+def score_records(records: dict[str, object], preset: str | FaithfulnessPreset = "papers") -> dict[str, np.ndarray]:
+    """Per-image scores `{metric: (B,)}` of records, computed by the bundled `evaluate` modules."""
+    preset = resolve_preset(preset)
+    scores = {}
+    for name, record in records.items():
+        if name == "saco":
+            kwargs = dict(saliences=record.saliences.tolist(), drops=record.drops.tolist())
+        elif name == "faithfulness_correlation":
+            flat = record.attribution_sums.shape[0], -1
+            kwargs = dict(
+                attribution_sums=record.attribution_sums.reshape(flat).tolist(),
+                drops=record.drops.reshape(flat).tolist(),
+                correlation=preset.fc_correlation,
+                trials=record.attribution_sums.shape[1],
+            )
+        elif name == "pixel_flipping":
+            kwargs = dict(curves=record.curves.tolist(), auc=preset.pf_auc)
+        else:
+            kwargs = dict(curves=record.curves.tolist())
+        result = _module(name).compute(**kwargs, return_per_image=True)
+        scores[name] = np.asarray(result[f"{name}_per_image"], dtype=np.float64)
+    return scores
+
+
+def faithfulness_records(
+    model: PreTrainedModel | Callable[[Tensor], Tensor],
+    pixel_values: Tensor,
+    attributions: Tensor | np.ndarray,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    preset: str | FaithfulnessPreset = "papers",
+    baseline: str = "mean",
+    seed: int = 0,
+    batch_size: int = 64,
+    **options,
+) -> dict[str, object]:
+    """
+    The per-image records `{metric: record}` (`SaCoRecord`, `FaithfulnessCorrelationRecord`, `CurveRecord`) that the
+    `evaluate` modules score. All metrics' perturbed inputs are batched together. Arguments as `evaluate_faithfulness`.
+    """
+    return faithfulness_records_for_presets(
+        model, pixel_values, attributions, metrics, (preset,), baseline, seed, batch_size, **options
+    )[0]
+
+
+def faithfulness_records_for_presets(
+    model: PreTrainedModel | Callable[[Tensor], Tensor],
+    pixel_values: Tensor,
+    attributions: Tensor | np.ndarray,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    presets: Sequence[str | FaithfulnessPreset] = ("papers", "thesis"),
+    baseline: str = "mean",
+    seed: int = 0,
+    batch_size: int = 64,
+    **options,
+) -> list[dict[str, object]]:
+    """
+    Records for several presets from one runner: every distinct perturbed input runs once (see `ResponseCache` for
+    what the presets share). Keyword options are `make_runner`'s, then preset overrides applied to every preset.
+    """
+    runner_options = {k: options.pop(k) for k in list(options) if k in _RUNNER_OPTIONS}
+    resolved = [resolve_preset(preset, **options) for preset in presets]
+    runner = make_runner(model, pixel_values, batch_size=batch_size, seed=seed, **runner_options)
+    values = check_attributions(attributions, runner.grid, runner.num_images)
+    plans = [plan_metrics(runner, values, metrics, preset, baseline, seed) for preset in resolved]
+    runner.prefetch(runner.clean_requests() + [r for per in plans for plan in per.values() for r in plan.requests])
+    return [{name: plan.build(runner.responses(plan.requests)) for name, plan in per.items()} for per in plans]
+
+
+_RUNNER_OPTIONS = (
+    "text_embeds", "candidate_labels", "tokenizer", "image_ids", "targets", "image_mean", "image_std", "blur_sigma",
+    "patch_size", "cache", "progress",
+)
+
+
+def evaluate_faithfulness(
+    model: PreTrainedModel | Callable[[Tensor], Tensor],
+    pixel_values: Tensor,
+    attributions: Tensor | np.ndarray,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    preset: str | FaithfulnessPreset = "papers",
+    baseline: str = "mean",
+    seed: int = 0,
+    batch_size: int = 64,
+    **overrides,
+) -> dict[str, np.ndarray]:
+    """
+    Per-image faithfulness scores of patch attributions (method.md §5).
+
+    Args:
+        model (`PreTrainedModel` or callable): a ViT-family classifier, a CLIPModel (pass `text_embeds`, or
+            `candidate_labels` and `tokenizer`), or a callable `pixel_values -> scores (b, num_outputs)` (pass
+            `patch_size`).
+        pixel_values (`torch.Tensor` of shape `(B, C, H, W)`): preprocessed images.
+        attributions (`torch.Tensor` or `np.ndarray` of shape `(B, h, w)`): one value per patch of the model's grid.
+        metrics (`Sequence[str]`, *optional*): any of `"saco"`, `"faithfulness_correlation"`, `"pixel_flipping"`,
+            `"insertion"`, `"deletion"`.
+        preset (`str` or `FaithfulnessPreset`, *optional*, defaults to `"papers"`): `"papers"` or `"thesis"` (the
+            thesis code's protocol, method.md §5 table).
+        baseline (`str`, *optional*, defaults to `"mean"`): `"mean"`, `"zero"`, `"black"`, `"blur"` or `"uniform"`.
+        seed (`int`, *optional*, defaults to 0): seeds the random subsets and the noise, per image.
+        batch_size (`int`, *optional*, defaults to 64): perturbed inputs per forward pass; scores do not depend on it.
+        overrides: `make_runner` options (`text_embeds`, `candidate_labels`, `tokenizer`, `image_ids`, `targets`,
+            `image_mean`, `image_std`, `blur_sigma`, `patch_size`, `cache`, `progress`) and any `FaithfulnessPreset`
+            field (e.g. `fc_runs=50`, `saco_num_groups=5`).
+
+    Returns:
+        `dict[str, np.ndarray]`: per-image scores `(B,)` per metric. SaCo, Faithfulness Correlation and insertion:
+        higher is better; Pixel Flipping and deletion: lower is better.
+
+    Forward passes per image: SaCo K, Faithfulness Correlation runs × trials, Pixel Flipping N, insertion N − 1
+    (the fully perturbed image is Pixel Flipping's last step when the fills agree), deletion N (shared with Pixel
+    Flipping in the papers preset), plus one clean forward shared by all.
+
+    Example:
+    ```python
+    >>> scores = evaluate_faithfulness(model, inputs.pixel_values, attributions, preset="thesis")
+    >>> scores["saco"].mean()
+    ```
+    """
+    records = faithfulness_records(model, pixel_values, attributions, metrics, preset, baseline, seed, batch_size,
+                                   **overrides)
+    preset_overrides = {k: v for k, v in overrides.items() if k not in _RUNNER_OPTIONS}
+    return score_records(records, resolve_preset(preset, **preset_overrides))
+
+
+def evaluate_presets(
+    model: PreTrainedModel | Callable[[Tensor], Tensor],
+    pixel_values: Tensor,
+    attributions: Tensor | np.ndarray,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    presets: Sequence[str | FaithfulnessPreset] = ("papers", "thesis"),
+    baseline: str = "mean",
+    seed: int = 0,
+    batch_size: int = 64,
+    **overrides,
+) -> dict[str, dict[str, np.ndarray]]:
+    """
+    `evaluate_faithfulness` under several presets at once, `{preset name: {metric: (B,) scores}}`, sharing the
+    model responses wherever the perturbed inputs coincide (one `ResponseCache`; see its docstring for what is
+    shared: always the clean forward; with a non-`mean` baseline also the Pixel Flipping curve and Faithfulness
+    Correlation's first-trial subsets when the subset sizes agree).
+    """
+    records = faithfulness_records_for_presets(
+        model, pixel_values, attributions, metrics, presets, baseline, seed, batch_size, **overrides
+    )
+    preset_overrides = {k: v for k, v in overrides.items() if k not in _RUNNER_OPTIONS}
+    resolved = [resolve_preset(preset, **preset_overrides) for preset in presets]
+    return {preset.name: score_records(record, preset) for preset, record in zip(resolved, records, strict=True)}
+
+
+def forward_passes_per_image(preset: str | FaithfulnessPreset, num_patches: int, patch_size: int,
+                             **overrides) -> dict[str, int]:
+    """The minimum forward passes per image each metric needs beyond the shared clean forward."""
+    preset = resolve_preset(preset, **overrides)
+    k = preset.saco_num_groups or -(-num_patches // preset.saco_group_size)
+    return {
+        "clean (shared)": 1,
+        "saco": k,
+        "faithfulness_correlation": preset.fc_runs * preset.fc_trials,
+        "pixel_flipping": num_patches,
+        "insertion": num_patches - 1,
+        "deletion": num_patches,
+    }
