@@ -1,6 +1,11 @@
-"""hf_fga: Feature-Gradient Attribution for Vision Transformers, native to the Hugging Face stack."""
+"""hf_fga: Feature-Gradient Attribution for Vision Transformers, native to the Hugging Face stack.
+
+`import hf_fga` registers the `feature-gradient-attribution` pipeline task and the SAE classes with
+`AutoConfig` / `AutoModel`.
+"""
 
 from transformers import AutoConfig, AutoModel
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .sae import SparseAutoencoder, SparseAutoencoderConfig, SparseAutoencoderOutput
 
@@ -8,7 +13,7 @@ __version__ = "0.1.0"
 
 
 def _register() -> None:
-    """Register the SAE auto classes (idempotent: re-importing never raises)."""
+    """Register the SAE auto classes and the pipeline task (idempotent: re-importing never raises or warns)."""
     try:
         AutoConfig.register(SparseAutoencoderConfig.model_type, SparseAutoencoderConfig)
     except ValueError:
@@ -17,6 +22,15 @@ def _register() -> None:
         AutoModel.register(SparseAutoencoderConfig, SparseAutoencoder)
     except ValueError:
         pass
+    from .pipelines import TASK, AutoModelForFeatureGradientAttribution, FeatureGradientAttributionPipeline
+
+    if TASK not in PIPELINE_REGISTRY.get_supported_tasks():
+        PIPELINE_REGISTRY.register_pipeline(
+            TASK,
+            pipeline_class=FeatureGradientAttributionPipeline,
+            pt_model=AutoModelForFeatureGradientAttribution,
+            type="image",
+        )
 
 
 _register()

@@ -31,7 +31,9 @@ def _from_array(array: np.ndarray, name: str) -> Image.Image:
         if not np.isfinite(array).all():
             raise ImageInputError(f"{name}: the array contains NaN or infinite pixel values; clean the image first.")
         if array.min() < 0:
-            raise ImageInputError(f"{name}: float pixel values must be in [0, 1] or [0, 255], got a minimum of {array.min():.3g}.")
+            raise ImageInputError(
+                f"{name}: float pixel values must be in [0, 1] or [0, 255], got a minimum of {array.min():.3g}."
+            )
         scale = 255.0 if array.max() <= 1.0 else 1.0
         array = np.clip(array * scale, 0, 255).round().astype(np.uint8)
     elif array.dtype == np.uint16 or (array.dtype.kind in "iu" and array.max(initial=0) > 255):
@@ -94,14 +96,17 @@ def load_image(item: Any, name: str | None = None) -> Image.Image:
         )
     if image.width * image.height > MAX_PIXELS:
         raise ImageInputError(
-            f"{name}: {image.width}×{image.height} is larger than {MAX_PIXELS:,} pixels; downscale it before explaining it."
+            f"{name}: {image.width}×{image.height} is larger than {MAX_PIXELS:,} pixels; "
+            "downscale it before explaining it."
         )
     return _to_rgb(image, name)
 
 
 def as_image_list(inputs: Any) -> tuple[list[Any], bool]:
     """`(items, was_single)`: a single image or any iterable of images (lists, `datasets` columns) as a list."""
-    single = isinstance(inputs, (str, os.PathLike, Image.Image, np.ndarray, dict, io.BytesIO)) or hasattr(inputs, "numpy")
+    single = isinstance(inputs, (str, os.PathLike, Image.Image, np.ndarray, dict, io.BytesIO)) or hasattr(
+        inputs, "numpy"
+    )
     if single:
         if isinstance(inputs, np.ndarray) and inputs.ndim == 4:
             return list(inputs), False

@@ -56,11 +56,12 @@ def attribution_figure(
     fig, axes = plt.subplots(1, ncols, figsize=(2.6 * ncols, 3.0), squeeze=False)
     axes = axes[0]
     panels = [("image", image), ("TransMM", overlay(image, baseline)), ("FGA", overlay(image, attribution))]
-    for ax, (name, picture) in zip(axes, panels):
+    for ax, (name, picture) in zip(axes[:3], panels, strict=True):
         ax.imshow(picture)
         ax.set_title(name, fontsize=10)
-    for ax, (block, gate) in zip(axes[3:], sorted(gates.items())):
-        im = ax.imshow(gate, cmap="RdYlGn", norm=matplotlib.colors.LogNorm(vmin=min(gate.min(), 0.99), vmax=max(gate.max(), 1.01)))
+    for ax, (block, gate) in zip(axes[3:], sorted(gates.items()), strict=True):
+        norm = matplotlib.colors.LogNorm(vmin=min(gate.min(), 0.99), vmax=max(gate.max(), 1.01))
+        im = ax.imshow(gate, cmap="RdYlGn", norm=norm)
         ax.set_title(f"gates, block {block}", fontsize=10)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     for ax in axes:
