@@ -1,0 +1,443 @@
+"""
+The Feature-Gradient Attribution Space: FGA against TransMM on the bundled chest X-ray ViT (offline), the gates of
+each gated block, this image's faithfulness scores, and the SAE features that changed the map, with their prototypes.
+
+Run it with `python spaces/app.py`; tests build it with `build_demo(explainer)` and never launch it at import.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported: no analytics, ever
+
+import functools  # noqa: E402
+import importlib.util  # noqa: E402
+import re  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # the Space's own helpers (fga_space/)
+if importlib.util.find_spec("hf_fga") is None:  # running from a checkout of the repository without installing it
+    sys.path.insert(0, str(HERE.parent))
+
+import gradio as gr  # noqa: E402
+import matplotlib  # noqa: E402
+import numpy as np  # noqa: E402
+from fga_space import PrototypeIndex, feature_findings  # noqa: E402
+from fga_space.prototypes import card  # noqa: E402
+from fga_space.quick_metrics import QUICK_SETTINGS, quick_faithfulness  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+from transformers import pipeline  # noqa: E402
+
+import hf_fga  # noqa: E402, F401  (registers the feature-gradient-attribution task)
+from hf_fga.attribution import VARIANTS  # noqa: E402
+from hf_fga.attribution.targets import is_clip  # noqa: E402
+from hf_fga.images import load_image  # noqa: E402
+from hf_fga.pipelines.feature_gradient_attribution import FEATURE_VARIANTS, TASK  # noqa: E402
+from hf_fga.viz import overlay  # noqa: E402
+
+ASSETS = HERE / "assets"
+MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+MAX_UPLOAD_PIXELS = 25_000_000
+DISPLAY_SIDE = 448  # images are shown (and overlaid) at most this many pixels on their long side
+NUM_CHANGED_PATCHES = 8  # the most changed patches whose features are explained (method.md §7)
+MAX_FEATURE_CARDS = 6
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+AMPLIFIER_COLOUR, SUPPRESSOR_COLOUR = "#00c853", "#ff1744"
+
+
+class SpaceInputError(ValueError):
+    """Something the visitor can fix (an image, a model id): shown in the page, never as a traceback."""
+
+
+@dataclass
+class Explainer:
+    """
+    What the Space explains with: a loaded `feature-gradient-attribution` pipeline and its context.
+
+    Args:
+        pipe: the pipeline (model, image processor, SAEs and the `FeatureGradientAttribution` attributor).
+        name (`str`): shown in the page.
+        default_blocks (`list[int]`): the gated blocks ticked at start.
+        examples (`list[str]`): example image paths.
+        prototypes (`PrototypeIndex`, *optional*): precomputed feature prototypes for these SAEs.
+    """
+
+    pipe: object
+    name: str
+    default_blocks: list[int]
+    examples: list[str]
+    prototypes: PrototypeIndex | None = None
+
+    @property
+    def blocks(self) -> list[int]:
+        return sorted(self.pipe.saes)
+
+    @property
+    def labels(self) -> list[str]:
+        config = self.pipe.model.config
+        return [config.id2label[i] for i in range(config.num_labels)]
+
+
+def default_blocks(blocks: Sequence[int], num_layers: int) -> list[int]:
+    """
+    Blocks ticked by default: those with an SAE, less the last two when others remain (at the output of the last
+    block every patch gradient is 0, and at block L−2 the `combined` score is degenerate: method.md §3).
+    """
+    usable = [b for b in blocks if b < num_layers - 2]
+    return usable or list(blocks)
+
+
+def make_explainer(model, sae, name: str, examples: Sequence[str] = (), assets: Path | None = ASSETS) -> Explainer:
+    """Load the pipeline once, and the prototypes in `assets` when they were computed for these SAEs."""
+    pipe = pipeline(TASK, model=model, sae=sae)
+    if is_clip(pipe.model):
+        raise SpaceInputError(
+            f"{name} is a CLIP model: this Space explains image classifiers only (CLIP needs candidate labels). "
+            "Use the library's pipeline with candidate_labels=[...] instead."
+        )
+    prototypes = None
+    if assets is not None and (Path(assets) / "prototypes.json").is_file():
+        index = PrototypeIndex.load(assets)
+        if index.matches(pipe.saes) and index.meta.get("model") == name:
+            prototypes = index
+    num_layers = pipe.attributor.num_layers
+    return Explainer(pipe, name, default_blocks(sorted(pipe.saes), num_layers), [str(p) for p in examples], prototypes)
+
+
+@functools.cache
+def bundled_explainer() -> Explainer:
+    """The bundled chest X-ray ViT, its SAE set, example images and prototypes (loaded once, offline)."""
+    from hf_fga import bundled
+
+    return make_explainer(str(bundled.model_dir()), str(bundled.sae_dir()), "bundled", bundled.example_images())
+
+
+def check_hub_id(value: str, what: str) -> str:
+    """A Hub repo id `owner/name`; local paths and anything else are refused with a message."""
+    value = (value or "").strip()
+    if not HUB_ID.match(value) or ".." in value:
+        raise SpaceInputError(
+            f"{what} must be a Hugging Face Hub id of the form `owner/name` (letters, digits, `-`, `_`, `.`), got "
+            f"`{value[:80]}`. Local paths are not accepted."
+        )
+    return value
+
+
+@functools.lru_cache(maxsize=2)
+def hub_explainer(model_id: str, sae_id: str) -> Explainer:
+    """A Hub classifier and SAE set, loaded on first use and kept (two at most)."""
+    try:
+        return make_explainer(model_id, sae_id, f"{model_id} + {sae_id}", assets=None)
+    except SpaceInputError:
+        raise
+    except Exception as error:  # network, missing repo, incompatible SAE: all end up as a message in the page
+        raise SpaceInputError(
+            f"Could not load `{model_id}` with SAEs `{sae_id}` from the Hub ({type(error).__name__}: {error}). "
+            "Without a network connection only the bundled model is available."
+        ) from error
+
+
+def read_upload(path: str | None) -> Image.Image:
+    """The uploaded file as an RGB image, or a `SpaceInputError` saying what is wrong with it."""
+    if path is None:
+        raise SpaceInputError("Pick an example or upload an image first.")
+    if isinstance(path, Image.Image):
+        return load_image(path)
+    file = Path(path)
+    if not file.is_file():
+        raise SpaceInputError("The uploaded file could not be found; please upload it again.")
+    size = file.stat().st_size
+    if size > MAX_UPLOAD_BYTES:
+        raise SpaceInputError(
+            f"The upload is {size / 2**20:.1f} MB; the limit is {MAX_UPLOAD_BYTES // 2**20} MB. Use a smaller image."
+        )
+    try:
+        with Image.open(file) as probe:
+            width, height = probe.size
+    except Exception as error:
+        raise SpaceInputError(
+            "The upload is not a readable image (JPEG, PNG, BMP, TIFF or WebP expected)."
+        ) from error
+    if width * height > MAX_UPLOAD_PIXELS:
+        raise SpaceInputError(
+            f"The image is {width}×{height} pixels; the limit is {MAX_UPLOAD_PIXELS:,} pixels. Downscale it first."
+        )
+    try:
+        return load_image(str(file))
+    except Exception as error:
+        raise SpaceInputError(f"The image could not be decoded: {error}") from error
+
+
+def display_copy(image: Image.Image) -> Image.Image:
+    scale = DISPLAY_SIDE / max(image.size)
+    if scale >= 1:
+        return image
+    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BILINEAR)
+
+
+def gate_image(gate: np.ndarray, cmax: float, size: int = 224) -> Image.Image:
+    """A gate map on a log colour scale over [1/c_max, c_max]: red suppressed (< 1), yellow 1, green amplified."""
+    norm = matplotlib.colors.LogNorm(vmin=1.0 / cmax, vmax=cmax)
+    rgb = (matplotlib.colormaps["RdYlGn"](norm(np.clip(gate, 1.0 / cmax, cmax)))[..., :3] * 255).astype(np.uint8)
+    return Image.fromarray(rgb).resize((size, size), Image.NEAREST)
+
+
+def numbered_boxes(image: Image.Image, marks: Sequence[tuple[int, str, str]], grid: tuple[int, int]) -> Image.Image:
+    """Patch boxes `(patch, colour, label)` with their label in the box's corner."""
+    out = image.convert("RGB").copy()
+    draw = ImageDraw.Draw(out)
+    ph, pw = out.height / grid[0], out.width / grid[1]
+    for patch, colour, label in marks:
+        row, col = divmod(patch, grid[1])
+        box = [col * pw, row * ph, (col + 1) * pw - 1, (row + 1) * ph - 1]
+        draw.rectangle(box, outline=colour, width=3)
+        draw.rectangle([box[0], box[1], box[0] + 7 * len(label) + 4, box[1] + 12], fill=colour)
+        draw.text((box[0] + 2, box[1]), label, fill="black")
+    return out
+
+
+def metrics_markdown(scores: dict[str, dict[str, float]]) -> str:
+    rows = [
+        "| metric | TransMM | FGA | change |",
+        "| --- | --- | --- | --- |",
+    ]
+    for key, title, better in (
+        ("saco", "SaCo ↑", 1),
+        ("faithfulness_correlation", "Faithfulness Correlation ↑", 1),
+        ("pixel_flipping", "Pixel Flipping AUC ↓", -1),
+    ):
+        base, fga = scores["TransMM"][key], scores["FGA"][key]
+        delta = fga - base
+        verdict = "better" if better * delta > 0 else ("worse" if better * delta < 0 else "same")
+        rows.append(f"| {title} | {base:.3f} | {fga:.3f} | {delta:+.3f} ({verdict}) |")
+    return "\n".join(rows) + f"\n\n<sub>This image only; quick settings: {QUICK_SETTINGS}.</sub>"
+
+
+def feature_panel(explainer: Explainer, image: Image.Image, output, variant: str):
+    """(boxed image, gallery of feature cards, Markdown table) for the features that changed the map most."""
+    grid = output.grid
+    findings = feature_findings(output, 0, NUM_CHANGED_PATCHES)[:MAX_FEATURE_CARDS]
+    if not findings:
+        why = (
+            f"The `{variant}` variant does not read SAE features; choose `combined` (or `shuffled`) to see them."
+            if variant not in FEATURE_VARIANTS
+            else "No feature contributed to the most changed patches."
+        )
+        return image, [], why
+    marks, cards = [], []
+    rows = ["| # | block | feature | role | push on ŝ | patches |", "| --- | --- | --- | --- | --- | --- |"]
+    for n, finding in enumerate(findings, start=1):
+        colour = AMPLIFIER_COLOUR if finding.sign == "amplifier" else SUPPRESSOR_COLOUR
+        marks.extend((p, colour, str(n)) for p in finding.patches)
+        strip, note = None, "Prototypes are precomputed for\nthe bundled model's SAEs only."
+        if explainer.prototypes is not None:
+            strip = explainer.prototypes.strip(finding.block, finding.index)
+            note = "This feature never fired on\nthe reference split."
+        boxes = [(p // grid[1], p % grid[1], colour) for p in finding.patches]
+        caption = (
+            f"#{n} · block {finding.block} · feature {finding.index} · {finding.sign} "
+            f"({finding.contribution:+.2f}) · right: its top reference images, yellow = where it fires"
+        )
+        cards.append((card(image, boxes, grid, strip, note), caption))
+        rows.append(
+            f"| {n} | {finding.block} | {finding.index} | {finding.sign} | {finding.contribution:+.2f} | "
+            f"{len(finding.patches)} |"
+        )
+    legend = (
+        "Green boxes: the feature **amplified** the gate of that patch; red: it **suppressed** it. Each feature is "
+        "the one that pushed hardest on the normalised score ŝ of one of the patches whose attribution FGA changed "
+        "most against TransMM (method.md §7)."
+    )
+    return numbered_boxes(image, marks, grid), cards, legend + "\n\n" + "\n".join(rows)
+
+
+@dataclass
+class Explanation:
+    """Everything one click shows, in the order of the page's output components."""
+
+    message: str
+    prediction: dict[str, float] | None
+    image: Image.Image | None
+    transmm: Image.Image | None
+    fga: Image.Image | None
+    gates: list[tuple[Image.Image, str]]
+    metrics: str
+    feature_image: Image.Image | None
+    feature_cards: list[tuple[Image.Image, str]]
+    features: str
+
+    def as_tuple(self) -> tuple:
+        return (self.message, self.prediction, self.image, self.transmm, self.fga, self.gates, self.metrics,
+                self.feature_image, self.feature_cards, self.features)
+
+    @classmethod
+    def failure(cls, message: str) -> Explanation:
+        return cls(f"⚠️ {message}", None, None, None, None, [], "", None, [], "")
+
+
+def explain(
+    explainer: Explainer,
+    image: Image.Image,
+    variant: str = "combined",
+    blocks: Sequence[int] | None = None,
+    kappa: float = 0.5,
+    cmax: float = 10.0,
+    metrics: bool = True,
+) -> Explanation:
+    """Attribute one image with FGA and TransMM (one pass), score both, and find the features behind the change."""
+    if variant not in VARIANTS:
+        raise SpaceInputError(f"Unknown variant `{variant}`; choose one of {', '.join(VARIANTS)}.")
+    available = explainer.blocks
+    chosen = sorted({int(b) for b in (blocks if blocks is not None else explainer.default_blocks)})
+    if not chosen:
+        raise SpaceInputError(f"Tick at least one gated block (this SAE set has blocks {available}).")
+    missing = [b for b in chosen if b not in available]
+    if missing:
+        raise SpaceInputError(f"Blocks {missing} have no SAE; this SAE set covers blocks {available}.")
+    if not (kappa > 0 and cmax > 1):
+        raise SpaceInputError(f"κ must be > 0 and c_max > 1; got κ={kappa}, c_max={cmax}.")
+    pipe = explainer.pipe
+    pixel_values = pipe.image_processor(images=image, return_tensors="pt")["pixel_values"].to(pipe.model.dtype)
+    output = pipe.attributor.attribute(
+        pixel_values, method="fga", variant=variant, layers=chosen, kappa=float(kappa), cmax=float(cmax),
+        return_contributions=variant in FEATURE_VARIANTS,
+    )
+    shown = display_copy(image)
+    labels = explainer.labels
+    probabilities = output.probabilities[0].tolist()
+    target = int(output.target[0])
+    gates = [
+        (gate_image(g[0].numpy(), float(cmax)), f"block {b}: gates {float(g.min()):.2f} – {float(g.max()):.2f}")
+        for b, g in sorted(output.gates.items())
+    ]
+    table = ""
+    if metrics:
+        scores = quick_faithfulness(
+            pipe.model, pixel_values, {"TransMM": output.baseline[0], "FGA": output.attribution[0]}
+        )
+        table = metrics_markdown(scores)
+    feature_image, cards, features = feature_panel(explainer, shown, output, variant)
+    message = (
+        f"**{labels[target]}** with probability {probabilities[target]:.3f} · model: {explainer.name} · variant "
+        f"`{variant}`, blocks {chosen}, κ = {kappa:g}, c_max = {cmax:g}"
+    )
+    return Explanation(
+        message,
+        dict(zip(labels, probabilities, strict=True)),
+        shown,
+        overlay(shown, output.baseline[0].numpy()),
+        overlay(shown, output.attribution[0].numpy()),
+        gates,
+        table,
+        feature_image,
+        cards,
+        features,
+    )
+
+
+def resolve_explainer(default: Explainer, model_id: str, sae_id: str) -> Explainer:
+    if not (model_id or "").strip() and not (sae_id or "").strip():
+        return default
+    return hub_explainer(check_hub_id(model_id, "The model id"), check_hub_id(sae_id, "The SAE repo id"))
+
+
+def make_handler(default: Explainer):
+    """The click handler: every visitor-facing failure becomes a warning and a message, never a traceback."""
+
+    def handle(image_path, variant, blocks, kappa, cmax, model_id="", sae_id=""):
+        try:
+            explainer = resolve_explainer(default, model_id, sae_id)
+            if explainer is not default:
+                blocks = [b for b in blocks if b in explainer.blocks] or explainer.default_blocks
+            return explain(explainer, read_upload(image_path), variant, blocks, kappa, cmax).as_tuple()
+        except SpaceInputError as error:
+            gr.Warning(str(error))
+            return Explanation.failure(str(error)).as_tuple()
+
+    return handle
+
+
+def tolerant_upload(component: gr.Image) -> gr.Image:
+    """
+    Make an `gr.Image` hand the handler the uploaded file's path even when it is not a decodable image, so that the
+    handler reports the problem in the page instead of Gradio failing in its preprocessing. (An instance attribute,
+    not a subclass: Gradio writes a `.pyi` stub next to the module of every component subclass.)
+    """
+    decode = component.preprocess
+
+    def preprocess(payload):
+        try:
+            return decode(payload)
+        except Exception:
+            return None if payload is None else payload.path
+
+    component.preprocess = preprocess
+    return component
+
+
+INTRO = """
+# Feature-Gradient Attribution
+**TransMM** (Chefer et al. 2021) weighs attention by its gradient. **FGA** adds, at the gated blocks, a per-patch
+gate from sparse-autoencoder features: a patch's score is Σₖ fₖ · (Dᵀg)ₖ (feature activation × the gradient
+projected onto the feature), robustly normalised and mapped to a gate in [1/c_max, c_max]. Pick an example or upload
+a chest X-ray, then press **Explain**.
+"""
+
+
+def build_demo(explainer: Explainer | None = None) -> gr.Blocks:
+    """The Space's page. `explainer` defaults to the bundled model (loaded once); tests pass a small one."""
+    explainer = explainer or bundled_explainer()
+    handle = make_handler(explainer)
+    with gr.Blocks(title="Feature-Gradient Attribution") as demo:
+        gr.Markdown(INTRO)
+        with gr.Row():
+            with gr.Column(scale=1):
+                image = tolerant_upload(
+                    gr.Image(type="filepath", label="Image", sources=["upload"], elem_id="fga-input")
+                )
+                variant = gr.Dropdown(list(VARIANTS), value="combined", label="Variant", elem_id="fga-variant")
+                blocks = gr.CheckboxGroup(
+                    explainer.blocks, value=explainer.default_blocks, label="Gated blocks", elem_id="fga-blocks"
+                )
+                kappa = gr.Slider(0.05, 5.0, value=0.5, step=0.05, label="κ (gate sensitivity)")
+                cmax = gr.Slider(1.5, 100.0, value=10.0, step=0.5, label="c_max (gates lie in [1/c_max, c_max])")
+                with gr.Accordion("Another model from the Hub (needs a network)", open=False):
+                    model_id = gr.Textbox(label="Model id (owner/name)", placeholder="google/vit-base-patch16-224")
+                    sae_id = gr.Textbox(label="SAE set repo id (owner/name)")
+                run = gr.Button("Explain", variant="primary", elem_id="fga-run")
+            with gr.Column(scale=3):
+                message = gr.Markdown(elem_id="fga-message")
+                prediction = gr.Label(num_top_classes=3, label="Prediction", elem_id="fga-prediction")
+                with gr.Row():
+                    shown = gr.Image(label="Image", interactive=False, elem_id="fga-image")
+                    transmm = gr.Image(label="TransMM", interactive=False, elem_id="fga-transmm")
+                    fga = gr.Image(label="FGA", interactive=False, elem_id="fga-fga")
+                gates = gr.Gallery(label="Gates per block (red < 1 < green, log scale)", columns=4, height=260,
+                                   elem_id="fga-gates")
+                metrics = gr.Markdown(elem_id="fga-metrics")
+        gr.Markdown("## The features behind the change")
+        with gr.Row(elem_id="fga-feature-panel"):
+            feature_image = gr.Image(label="Features (green amplifier, red suppressor)", interactive=False,
+                                     elem_id="fga-feature-image", scale=1)
+            with gr.Column(scale=2):
+                features = gr.Markdown(elem_id="fga-features")
+                cards = gr.Gallery(label="Features and their prototypes", columns=1, height="auto",
+                                   elem_id="fga-feature-cards")
+        inputs = [image, variant, blocks, kappa, cmax, model_id, sae_id]
+        outputs = [message, prediction, shown, transmm, fga, gates, metrics, feature_image, cards, features]
+        if explainer.examples:
+            gr.Examples(
+                [[path] for path in explainer.examples], inputs=[image], label="Examples (bundled test images)",
+                examples_per_page=12, elem_id="fga-examples",
+            )
+        run.click(handle, inputs=inputs, outputs=outputs, api_name="explain")
+    return demo
+
+
+if __name__ == "__main__":
+    build_demo().queue(default_concurrency_limit=1, max_size=16).launch(max_file_size="10mb")
