@@ -1,0 +1,173 @@
+"""The configurations an evaluation compares (method.md §6): methods, FGA variants, gated-block sets, κ and c_max."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+REFERENCE_METHOD = "transmm"
+GATED_METHOD = "fga"
+KNOWN_METHODS = ("transmm", "fga", "rollout", "raw-attention")
+KNOWN_VARIANTS = ("combined", "activation", "gradient", "no-sae", "shuffled", "centered", "mean-centered")
+
+
+@dataclass(frozen=True, order=True)
+class EvaluationConfiguration:
+    """
+    One attribution configuration of an evaluation grid.
+
+    Args:
+        method (`str`): one of `KNOWN_METHODS`.
+        variant (`str`, *optional*, defaults to `""`): the FGA variant; empty for the other methods.
+        layers (`tuple[int, ...]`, *optional*, defaults to `()`): the gated blocks (FGA only).
+        kappa (`float`, *optional*, defaults to `0.0`): κ of the gate (FGA only; 0 for the other methods).
+        cmax (`float`, *optional*, defaults to `0.0`): c_max of the gate (FGA only; 0 for the other methods).
+    """
+
+    method: str
+    variant: str = ""
+    layers: tuple[int, ...] = ()
+    kappa: float = 0.0
+    cmax: float = 0.0
+
+    @property
+    def is_gated(self) -> bool:
+        return self.method == GATED_METHOD
+
+    @property
+    def layers_text(self) -> str:
+        return ",".join(str(layer) for layer in self.layers)
+
+    @property
+    def key(self) -> str:
+        """A stable text key, e.g. `fga|combined|4,5,6|0.5|10` or `transmm||||` (used to resume and to join)."""
+        if not self.is_gated:
+            return f"{self.method}||||"
+        return f"{self.method}|{self.variant}|{self.layers_text}|{self.kappa:g}|{self.cmax:g}"
+
+    @property
+    def label(self) -> str:
+        """A short human-readable name for reports and figures, e.g. `FGA combined [4,5,6] κ=0.5 c=10`."""
+        if not self.is_gated:
+            return {"transmm": "TransMM", "rollout": "Rollout", "raw-attention": "Raw attention"}.get(
+                self.method, self.method
+            )
+        return f"FGA {self.variant} [{self.layers_text}] κ={self.kappa:g} c={self.cmax:g}"
+
+    def columns(self) -> dict[str, object]:
+        """The configuration columns of a result row."""
+        return {
+            "config": self.key,
+            "method": self.method,
+            "variant": self.variant,
+            "layers": self.layers_text,
+            "kappa": float(self.kappa),
+            "cmax": float(self.cmax),
+        }
+
+    @classmethod
+    def from_columns(
+        cls, method: str, variant: str, layers: str, kappa: float, cmax: float
+    ) -> EvaluationConfiguration:
+        parsed = tuple(int(part) for part in str(layers).split(",") if part != "")
+        return cls(str(method), str(variant or ""), parsed, float(kappa), float(cmax))
+
+
+REFERENCE = EvaluationConfiguration(REFERENCE_METHOD)
+
+
+def parse_list(text: str | Sequence[str] | None, field: str) -> list[str]:
+    """`"a,b , c"` (or a list of such strings) → `["a", "b", "c"]`; empty entries are dropped."""
+    if text is None:
+        return []
+    parts = [text] if isinstance(text, str) else list(text)
+    values = [item.strip() for part in parts for item in str(part).split(",") if item.strip()]
+    if not values:
+        raise ValueError(f"`{field}` is empty: give at least one value, comma-separated.")
+    return values
+
+
+def parse_floats(text: str | Sequence[str] | Sequence[float], field: str) -> list[float]:
+    """`"0.1,0.5,1"` → `[0.1, 0.5, 1.0]`, with an error naming `field` on anything that is not a number."""
+    values = [text] if isinstance(text, int | float) else text
+    if not isinstance(values, str) and all(isinstance(v, int | float) for v in values):
+        return [float(v) for v in values]
+    out = []
+    for item in parse_list(values, field):
+        try:
+            out.append(float(item))
+        except ValueError:
+            raise ValueError(f"`{field}` must be comma-separated numbers, e.g. '0.1,0.5,1.0'; got {item!r}.") from None
+    return out
+
+
+def parse_layer_sets(text: str | Sequence[Sequence[int]] | None) -> list[tuple[int, ...]]:
+    """
+    Gated-block sets from `"4;5;6;4,5;4,5,6"` (sets separated by `;`, blocks by `,`), or a list of lists.
+
+    `None` or `"default"` gives `[()]`: the attribution's default (every block that has an SAE or a mean residual).
+    """
+    if text is None or (isinstance(text, str) and text.strip().lower() in ("", "default", "all")):
+        return [()]
+    if not isinstance(text, str):
+        return [tuple(sorted({int(block) for block in group})) for group in text]
+    sets = []
+    for group in text.split(";"):
+        group = group.strip()
+        if not group:
+            continue
+        try:
+            blocks = tuple(sorted({int(block) for block in group.split(",") if block.strip()}))
+        except ValueError:
+            raise ValueError(
+                f"`layer_sets` must look like '4;5;6;4,5;4,5,6' (sets separated by ';', blocks by ','); got {text!r}."
+            ) from None
+        if any(block < 0 for block in blocks):
+            raise ValueError(f"`layer_sets` holds a negative block in {group!r}: blocks are 0-indexed.")
+        sets.append(blocks)
+    if not sets:
+        raise ValueError(f"`layer_sets` {text!r} names no block: use e.g. '4;5;6;4,5'.")
+    return list(dict.fromkeys(sets))
+
+
+def expand_grid(
+    methods: Iterable[str],
+    variants: Iterable[str] = ("combined",),
+    layer_sets: Iterable[tuple[int, ...]] = ((),),
+    kappas: Iterable[float] = (0.5,),
+    cmaxes: Iterable[float] = (10.0,),
+) -> list[EvaluationConfiguration]:
+    """
+    Every configuration of the grid, reference first: TransMM (always included: it is the reference of every
+    comparison, and free, since every FGA output carries it as `baseline`), the other non-FGA methods, then FGA over
+    variants × layer sets × κ × c_max. Duplicates are dropped, order is stable.
+
+    Example:
+    ```python
+    >>> [c.key for c in expand_grid(["fga"], ["combined"], [(4,), (4, 5)], [0.5], [10])]
+    ['transmm||||', 'fga|combined|4|0.5|10', 'fga|combined|4,5|0.5|10']
+
+    ```
+    """
+    methods = list(dict.fromkeys(methods))
+    unknown = [m for m in methods if m not in KNOWN_METHODS]
+    if unknown:
+        raise ValueError(f"Unknown method(s) {unknown}: expected some of {list(KNOWN_METHODS)}.")
+    variants, layer_sets = list(dict.fromkeys(variants)), list(dict.fromkeys(layer_sets))
+    unknown = [v for v in variants if v not in KNOWN_VARIANTS]
+    if unknown:
+        raise ValueError(f"Unknown variant(s) {unknown}: expected some of {list(KNOWN_VARIANTS)}.")
+    kappas, cmaxes = list(dict.fromkeys(kappas)), list(dict.fromkeys(cmaxes))
+    if any(k <= 0 for k in kappas):
+        raise ValueError(f"`kappas` must all be > 0 (the gate's slope); got {kappas}.")
+    if any(c <= 1 for c in cmaxes):
+        raise ValueError(f"`cmaxes` must all be > 1 (the gate's range is [1/c_max, c_max]); got {cmaxes}.")
+    grid = [REFERENCE]
+    grid += [EvaluationConfiguration(m) for m in methods if m not in (REFERENCE_METHOD, GATED_METHOD)]
+    if GATED_METHOD in methods:
+        if not variants:
+            raise ValueError("`variants` is empty but method 'fga' was asked for: name at least one variant.")
+        for variant, layers, kappa, cmax in itertools.product(variants, layer_sets, kappas, cmaxes):
+            grid.append(EvaluationConfiguration(GATED_METHOD, variant, tuple(layers), float(kappa), float(cmax)))
+    return list(dict.fromkeys(grid))

@@ -1,0 +1,100 @@
+"""
+Incremental, resumable parquet storage of per-image results.
+
+Each process writes one file per chunk of images (`results/part-{rank}-{chunk}-{digest}.parquet`), first to a hidden
+temporary file in the same folder and then renamed (`os.replace`, atomic on one file system), so a killed run leaves
+only complete files behind and loses at most the chunk in flight. A row is identified by its key columns (image id,
+configuration, preset, perturbation baseline); re-running skips every key already stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+KEY_COLUMNS = ("image_id", "config", "preset", "baseline")
+RESULTS_FOLDER = "results"
+DIAGNOSTICS_FOLDER = "diagnostics"
+RUN_FILE = "run.json"
+
+Key = tuple[str, str, str, str]
+
+
+def _digest(keys: Iterable[tuple]) -> str:
+    return hashlib.sha1(json.dumps(sorted(map(list, keys))).encode()).hexdigest()[:10]
+
+
+def write_part(folder: str | os.PathLike, rows: list[Mapping[str, object]], rank: int, chunk: int) -> Path | None:
+    """
+    Write `rows` atomically as one parquet file in `folder` (created if missing); returns its path (None if empty).
+
+    The file name holds the process rank, the chunk index and a digest of the rows' keys, so a later run that adds
+    configurations to the same chunk writes a new file rather than replacing the old one.
+    """
+    if not rows:
+        return None
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    keys = [tuple(row[c] for c in KEY_COLUMNS if c in row) + (row.get("block", ""),) for row in rows]
+    path = folder / f"part-{rank:03d}-{chunk:06d}-{_digest(keys)}.parquet"
+    temporary = folder / f".tmp-{path.name}-{os.getpid()}"
+    pq.write_table(pa.Table.from_pylist(list(rows)), temporary)
+    os.replace(temporary, path)
+    return path
+
+
+def part_files(folder: str | os.PathLike) -> list[Path]:
+    """The complete part files of `folder` (temporary files of a killed run are ignored), in name order."""
+    folder = Path(folder)
+    return sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
+
+
+def read_parts(folder: str | os.PathLike, columns: list[str] | None = None) -> pd.DataFrame:
+    """
+    Every row of `folder`'s part files as one DataFrame; duplicate keys (a chunk redone after a crash between two
+    writes) keep the last file's row. Sorted by key, so the result does not depend on how the work was sharded.
+    """
+    files = part_files(folder)
+    if not files:
+        return pd.DataFrame(columns=columns or list(KEY_COLUMNS))
+    frames = [pq.read_table(path, columns=columns).to_pandas() for path in files]
+    frame = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else frames[0]
+    keys = [c for c in (*KEY_COLUMNS, "block") if c in frame.columns]
+    frame = frame.drop_duplicates(subset=keys, keep="last")
+    return frame.sort_values(keys, kind="stable").reset_index(drop=True)
+
+
+def completed_keys(output_dir: str | os.PathLike) -> set[Key]:
+    """The `(image_id, config, preset, baseline)` keys already stored under `output_dir/results`."""
+    frame = read_parts(Path(output_dir) / RESULTS_FOLDER, columns=list(KEY_COLUMNS))
+    return set(frame[list(KEY_COLUMNS)].astype(str).itertuples(index=False, name=None))
+
+
+def check_run_description(output_dir: str | os.PathLike, description: Mapping[str, object]) -> None:
+    """
+    Record what the results in `output_dir` were computed from (model, SAEs, dataset, …) in `run.json`; a later run
+    into the same folder must describe the same inputs, else its rows would silently mix with others.
+    """
+    path = Path(output_dir) / RUN_FILE
+    description = json.loads(json.dumps(dict(description), default=str))
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        changed = {k: (stored.get(k), v) for k, v in description.items() if stored.get(k) != v}
+        if changed:
+            details = "; ".join(f"{k}: stored {old!r}, now {new!r}" for k, (old, new) in changed.items())
+            raise ValueError(
+                f"{path} describes a run with other inputs ({details}). Resuming would mix results: use a new "
+                "--output_dir, or delete the folder to start over."
+            )
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".tmp-{RUN_FILE}-{os.getpid()}")
+    temporary.write_text(json.dumps(description, indent=1, sort_keys=True))
+    os.replace(temporary, path)
