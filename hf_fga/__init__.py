@@ -7,7 +7,9 @@
 from transformers import AutoConfig, AutoModel
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .sae import SparseAutoencoder, SparseAutoencoderConfig, SparseAutoencoderOutput
+from .attribution import AttributionOutput, FeatureGradientAttribution
+from .metrics import metric_path
+from .sae import SparseAutoencoder, SparseAutoencoderConfig, SparseAutoencoderOutput, load_saes, save_sae_set
 
 __version__ = "0.1.0"
 
@@ -35,4 +37,14 @@ def _register() -> None:
 
 _register()
 
-__all__ = ["SparseAutoencoder", "SparseAutoencoderConfig", "SparseAutoencoderOutput", "__version__"]
+__all__ = [
+    "AttributionOutput",
+    "FeatureGradientAttribution",
+    "SparseAutoencoder",
+    "SparseAutoencoderConfig",
+    "SparseAutoencoderOutput",
+    "__version__",
+    "load_saes",
+    "metric_path",
+    "save_sae_set",
+]
