@@ -12,7 +12,6 @@ import os
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported: no analytics, ever
 
 import functools  # noqa: E402
-import importlib.util  # noqa: E402
 import re  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
@@ -21,8 +20,8 @@ from pathlib import Path  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the Space's own helpers (fga_space/)
-if importlib.util.find_spec("hf_fga") is None:  # running from a checkout of the repository without installing it
-    sys.path.insert(0, str(HERE.parent))
+if (HERE.parent / "hf_fga" / "__init__.py").is_file():  # running from a checkout of the repository: use its hf_fga
+    sys.path.insert(1, str(HERE.parent))
 
 import gradio as gr  # noqa: E402
 import matplotlib  # noqa: E402

@@ -1,0 +1,123 @@
+"""
+Precompute the Space's feature prototypes (method.md §7): for every feature of every SAE of the bundled set, its
+top activating images of a reference split with the patches where it fires, written to `spaces/assets/` as small
+JPEG thumbnails, a JSON index and one compressed array file (see `spaces/fga_space/prototypes.py`).
+
+The reference split is the bundled model's validation split (`hf_fga/bundled/splits.json`: patients carved out of
+the chest X-ray train split), never the test split. Only images that are some feature's prototype get a thumbnail.
+
+    python scripts/build_space_assets.py                       # bundled model and SAEs -> spaces/assets
+    python scripts/build_space_assets.py --limit 64 --output /tmp/assets   # a quick trial
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "spaces"), str(ROOT)]
+
+from fga_space.prototypes import (  # noqa: E402, I001
+    ARRAYS_NAME, INDEX_NAME, THUMBS_DIR, PrototypeIndex, compute_prototypes, write_thumbnails,
+)
+from transformers import pipeline  # noqa: E402
+
+import hf_fga  # noqa: E402, F401  (registers the pipeline task)
+from hf_fga import bundled  # noqa: E402
+from hf_fga.images import load_image  # noqa: E402
+from hf_fga.pipelines import TASK  # noqa: E402
+
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "chest_xray_pneumonia"
+
+
+def reference_split(data: Path, limit: int | None):
+    """The validation images of `splits.json` (file names within the train split), in file-name order."""
+    from datasets import load_dataset
+
+    splits = json.loads(bundled.splits_path().read_text())
+    wanted = set(splits["validation_file_names"])
+    train = load_dataset(str(data), split=splits.get("split_of", "train"))
+    rows = [i for i, name in enumerate(train["file_name"]) if name in wanted]
+    rows.sort(key=lambda i: train[i]["file_name"])
+    if limit is not None:
+        rows = rows[:limit]
+    if not rows:
+        raise SystemExit(f"No validation image of {bundled.splits_path()} was found in {data}.")
+    return train.select(rows), f"{splits['dataset']} validation split ({len(wanted)} images, by patient id)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the chest X-ray dataset folder")
+    parser.add_argument("--model", default=None, help="model folder (default: the bundled classifier)")
+    parser.add_argument("--sae", default=None, help="SAE set folder (default: the bundled SAEs)")
+    parser.add_argument("--name", default="bundled", help="the model name the app matches the assets against")
+    parser.add_argument("--output", type=Path, default=ROOT / "spaces" / "assets")
+    parser.add_argument("--top", type=int, default=10, help="prototypes per feature (the thesis: 10)")
+    parser.add_argument("--thumbnail-size", type=int, default=112)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N reference images")
+    args = parser.parse_args(argv)
+
+    torch.set_grad_enabled(False)
+    pipe = pipeline(TASK, model=args.model or str(bundled.model_dir()), sae=args.sae or str(bundled.sae_dir()))
+    config = pipe.model.config
+    grid = (config.image_size // config.patch_size,) * 2
+    dataset, description = reference_split(args.data, args.limit)
+    names = dataset.features["label"].names if hasattr(dataset.features["label"], "names") else None
+    print(f"{len(dataset)} reference images, SAEs for blocks {sorted(pipe.saes)}, grid {grid}")
+
+    def batches():
+        for start in range(0, len(dataset), args.batch_size):
+            images = [load_image(image) for image in dataset[start : start + args.batch_size]["image"]]
+            yield pipe.image_processor(images=images, return_tensors="pt")["pixel_values"].to(pipe.model.dtype)
+
+    begin = time.perf_counter()
+    tables = compute_prototypes(pipe.model, pipe.saes, batches(), grid, top=args.top)
+    print(f"Activations of {len(dataset)} images: {time.perf_counter() - begin:.1f} s")
+
+    used = sorted({int(i) for table in tables.values() for i in table.images.ravel() if i >= 0})
+    remap = np.full(len(dataset), -1, dtype=np.int64)
+    remap[used] = np.arange(len(used))
+    for table in tables.values():
+        table.images = np.where(table.images >= 0, remap[np.maximum(table.images, 0)], -1)
+    for stale in (args.output / THUMBS_DIR, args.output / INDEX_NAME, args.output / ARRAYS_NAME):
+        if stale.is_dir():
+            shutil.rmtree(stale)
+        elif stale.exists():
+            stale.unlink()
+    files = write_thumbnails((load_image(dataset[i]["image"]) for i in used), args.output, args.thumbnail_size)
+    records = [
+        {
+            "file": file,
+            "file_name": dataset[i]["file_name"],
+            "label": names[dataset[i]["label"]] if names else config.id2label[int(dataset[i]["label"])],
+        }
+        for file, i in zip(files, used, strict=True)
+    ]
+    meta = {
+        "model": args.name,
+        "reference_split": description,
+        "grid": list(grid),
+        "thumbnail_size": args.thumbnail_size,
+        "top": args.top,
+        "d_sae": {str(b): sae.config.d_sae for b, sae in pipe.saes.items()},
+        "hook_points": {str(b): sae.config.hook_point for b, sae in pipe.saes.items()},
+        "images": records,
+    }
+    PrototypeIndex(args.output, meta, tables).save()
+    size = sum(p.stat().st_size for p in args.output.rglob("*") if p.is_file())
+    print(f"Wrote {len(used)} thumbnails and the index to {args.output} ({size / 2**20:.2f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
