@@ -119,7 +119,7 @@ def bundled_explainer() -> Explainer:
 def check_hub_id(value: str, what: str) -> str:
     """A Hub repo id `owner/name`; local paths and anything else are refused with a message."""
     value = (value or "").strip()
-    if not HUB_ID.match(value) or ".." in value:
+    if not HUB_ID.match(value) or ".." in value or Path(value).exists():  # a relative folder would load locally
         raise SpaceInputError(
             f"{what} must be a Hugging Face Hub id of the form `owner/name` (letters, digits, `-`, `_`, `.`), got "
             f"`{value[:80]}`. Local paths are not accepted."

@@ -1,0 +1,126 @@
+"""The Space's page: builds without launching, explains an example, turns bad input into messages, serves clients."""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# gr.Warning outside a request also emits a Python warning: the page message is what the tests check
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:gradio.helpers")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def handler(app_module, space_explainer):
+    return app_module.make_handler(space_explainer)
+
+
+def test_blocks_build_without_launching(app_module, space_explainer):
+    import gradio as gr
+
+    demo = app_module.build_demo(space_explainer)
+    assert isinstance(demo, gr.Blocks)
+    ids = {getattr(block, "elem_id", None) for block in demo.blocks.values()}
+    assert {"fga-image", "fga-transmm", "fga-fga", "fga-gates", "fga-metrics", "fga-feature-cards"} <= ids
+    assert not demo.is_running
+    blocks = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "fga-blocks")
+    assert [c[1] for c in blocks.choices] == space_explainer.blocks
+
+
+def test_explain_gives_every_output(app_module, space_explainer, handler):
+    example = space_explainer.examples[0]
+    out = handler(example, "combined", space_explainer.default_blocks, 0.5, 10.0, "", "")
+    message, prediction, image, transmm, fga, gates, metrics, feature_image, cards, features = out
+    assert "⚠️" not in message and "probability" in message
+    assert set(prediction) == set(space_explainer.labels)
+    assert sum(prediction.values()) == pytest.approx(1.0, abs=1e-5)
+    for picture in (image, transmm, fga, feature_image):
+        assert isinstance(picture, Image.Image) and picture.size == image.size
+    assert not np.array_equal(np.asarray(transmm), np.asarray(image))
+    assert len(gates) == len(space_explainer.default_blocks)
+    for table_row in ("SaCo", "Faithfulness Correlation", "Pixel Flipping"):
+        assert table_row in metrics
+    assert cards, "the combined variant must show the features behind the change"
+    assert all(isinstance(card, Image.Image) and caption.startswith("#") for card, caption in cards)
+    assert "amplifier" in features or "suppressor" in features
+
+
+def test_variants_without_features_say_so(handler, space_explainer):
+    out = handler(space_explainer.examples[0], "no-sae", space_explainer.default_blocks, 0.5, 10.0, "", "")
+    assert "⚠️" not in out[0]
+    assert out[8] == [] and "does not read SAE features" in out[9]
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (b"this is not an image at all", "not a readable image"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, "not a readable image"),
+    ],
+)
+def test_unreadable_uploads_give_a_message(handler, tmp_path, content, expected):
+    path = tmp_path / "upload.png"
+    path.write_bytes(content)
+    out = handler(str(path), "combined", [], 0.5, 10.0, "", "")
+    assert out[0].startswith("⚠️") and expected in out[0]
+    assert out[2] is None and out[8] == []
+
+
+def test_too_large_uploads_give_a_message(app_module, handler, tmp_path, monkeypatch):
+    path = tmp_path / "big.png"
+    Image.new("RGB", (300, 200)).save(path)
+    monkeypatch.setattr(app_module, "MAX_UPLOAD_PIXELS", 300 * 200 - 1)
+    assert "Downscale" in handler(str(path), "combined", [1], 0.5, 10.0, "", "")[0]
+    monkeypatch.setattr(app_module, "MAX_UPLOAD_BYTES", 10)
+    assert "limit is" in handler(str(path), "combined", [1], 0.5, 10.0, "", "")[0]
+
+
+def test_missing_image_and_bad_controls_give_messages(handler, space_explainer):
+    example = space_explainer.examples[0]
+    assert "Pick an example" in handler(None, "combined", [1], 0.5, 10.0, "", "")[0]
+    assert "at least one gated block" in handler(example, "combined", [], 0.5, 10.0, "", "")[0]
+    assert "no SAE" in handler(example, "combined", [99], 0.5, 10.0, "", "")[0]
+
+
+LOCAL_OR_MALFORMED = ["/etc/passwd", "../hf_fga/bundled/model", "./model", "owner", "a/b/c", "~/x", "tests/spaces"]
+
+
+@pytest.mark.parametrize("model_id", LOCAL_OR_MALFORMED)
+def test_hub_ids_refuse_local_paths(handler, space_explainer, model_id):
+    out = handler(space_explainer.examples[0], "combined", [1], 0.5, 10.0, model_id, "owner/saes")
+    assert out[0].startswith("⚠️") and "owner/name" in out[0]
+
+
+def test_unreachable_hub_model_gives_a_message(handler, space_explainer):
+    out = handler(space_explainer.examples[0], "combined", [1], 0.5, 10.0, "nobody-xyz/no-such-model", "nobody/saes")
+    assert out[0].startswith("⚠️") and "Could not load" in out[0]
+
+
+def test_launched_app_serves_a_client(app_module, space_explainer):
+    from gradio_client import Client, handle_file
+
+    demo = app_module.build_demo(space_explainer)
+    port = free_port()
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        result = client.predict(
+            handle_file(space_explainer.examples[0]), "combined", space_explainer.default_blocks, 0.5, 10.0, "", "",
+            api_name="/explain",
+        )
+    finally:
+        demo.close()
+    message, prediction, image, transmm, fga, gates, metrics, feature_image, cards, features = result
+    assert "probability" in message and prediction["label"] in space_explainer.labels
+    for path in (image, transmm, fga, feature_image):
+        assert Image.open(path).size[0] > 0
+    assert len(gates) == len(space_explainer.default_blocks) and cards
+    assert "SaCo" in metrics and ("amplifier" in features or "suppressor" in features)
