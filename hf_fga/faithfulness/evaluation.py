@@ -8,7 +8,6 @@ from collections.abc import Callable, Sequence
 
 import evaluate
 import numpy as np
-import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
