@@ -55,6 +55,13 @@ class EvaluationConfiguration:
             )
         return f"FGA {self.variant} [{self.layers_text}] κ={self.kappa:g} c={self.cmax:g}"
 
+    @property
+    def sort_key(self) -> tuple:
+        """Report order: TransMM, the other baselines, then FGA by variant, block set, κ and c_max."""
+        method = KNOWN_METHODS.index(self.method) if self.method in KNOWN_METHODS else len(KNOWN_METHODS)
+        variant = KNOWN_VARIANTS.index(self.variant) if self.variant in KNOWN_VARIANTS else -1
+        return (self.is_gated, method, variant, len(self.layers), self.layers, self.kappa, self.cmax)
+
     def columns(self) -> dict[str, object]:
         """The configuration columns of a result row."""
         return {

@@ -102,6 +102,7 @@ def block_curve_figure(summary: pd.DataFrame, reference: pd.DataFrame, path: str
         ref = reference[reference["metric"] == metric]
         if len(ref):
             axis.axhline(float(ref["mean"].iloc[0]), color="tab:red", linestyle="--", label="TransMM")
+        axis.set_xticks(sorted({int(block) for block in rows["layers"]}))
         axis.set_xlabel("gated block")
         axis.set_title(_metric_title(metric))
         axis.legend(fontsize=7)

@@ -196,7 +196,8 @@ def write_report(output_dir: str | os.PathLike, metrics: list[str] | None = None
             "error-to-centered ratio means the gates are driven by the centred residual, not by what the features "
             "add (method.md §3). NaN: the block was gated without an SAE.",
             "",
-            "| block | hook point | n | |g·(x−b_dec)| | |g·e| | |g·x| | |g·e| / |g·(x−b_dec)| |",
+            "| block | hook point | n | mean \\|g·(x−b_dec)\\| | mean \\|g·e\\| | mean \\|g·x\\| "
+            "| ratio \\|g·e\\| / \\|g·(x−b_dec)\\| |",
             "| --- | --- | --- | --- | --- | --- | --- |",
         ]
         for row in table.to_dict("records"):

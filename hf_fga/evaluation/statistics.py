@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .configuration import REFERENCE
+from .configuration import REFERENCE, EvaluationConfiguration
 
 METRICS = ("saco", "faithfulness_correlation", "pixel_flipping")
 LOWER_IS_BETTER = frozenset({"pixel_flipping"})
@@ -86,9 +86,15 @@ def summarize(results: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd
     One row per (preset, baseline, configuration, metric) of the per-image `results`, with n, mean, sem,
     pct_change / pct_improvement against TransMM, welch_p, welch_stars, n_paired, mean_difference, wilcoxon_p,
     paired_t_p, paired_stars (of the Wilcoxon p) and beats_fraction. NaN scores are left out (pairwise for the paired
-    tests). Configurations keep the order in which they first appear; TransMM rows have NaN comparisons.
+    tests). Configurations are in report order (`EvaluationConfiguration.sort_key`); TransMM rows have NaN
+    comparisons.
     """
     metrics = [m for m in (metrics or METRICS) if m in results.columns]
+    order = {
+        key: EvaluationConfiguration.from_columns(*values).sort_key
+        for key, *values in results[list(CONFIG_COLUMNS)].drop_duplicates("config").itertuples(index=False)
+    }
+    results = results.assign(_order=results["config"].map(order)).sort_values("_order", kind="stable")
     rows = []
     for (preset, baseline), group in results.groupby(list(GROUP_COLUMNS), sort=True):
         reference = group[group["config"] == REFERENCE.key].set_index("image_id")
