@@ -36,6 +36,8 @@ import torch.nn.functional as F
 from transformers import HfArgumentParser, ViTConfig, ViTForImageClassification, get_cosine_schedule_with_warmup
 from transformers.models.vit import ViTImageProcessorPil
 
+from hf_fga.bundled.model_card import RESULTS_NAME, write_classifier_card
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "chest_xray_pneumonia"
 LABELS = ("NORMAL", "PNEUMONIA")
@@ -425,10 +427,11 @@ def train(args: TrainClassifierArguments) -> dict:
         )
         (out / "last.pt.tmp").replace(ckpt)
 
-    return finish(args, out, state, mean, std, len(train_idx), len(val_idx))
+    counts = {"num_train_images": len(train_idx), "num_validation_images": len(val_idx)}
+    return finish(args, out, state, mean, std, {**counts, "num_validation_patients": len(val_patients)})
 
 
-def finish(args: TrainClassifierArguments, out: Path, state: dict, mean: float, std: float, n_train: int, n_val: int):
+def finish(args: TrainClassifierArguments, out: Path, state: dict, mean: float, std: float, counts: dict) -> dict:
     """Load the selected checkpoint, evaluate the test split once and export the model with its processor."""
     if state["best_epoch"] is None:
         raise ValueError(
@@ -441,8 +444,7 @@ def finish(args: TrainClassifierArguments, out: Path, state: dict, mean: float, 
         "validation_balanced_accuracy": state["best_balanced_accuracy"],
         "train_seconds": round(state["train_seconds"], 1),
         "epochs": args.epochs,
-        "num_train_images": n_train,
-        "num_validation_images": n_val,
+        **counts,
         "forward_gflops": forward_flops(model.config) / 1e9,
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "pixel_mean": mean,
@@ -463,7 +465,10 @@ def finish(args: TrainClassifierArguments, out: Path, state: dict, mean: float, 
         export = Path(args.export_dir)
         model.save_pretrained(export)
         processor.save_pretrained(export)
-        (export / "training_results.json").write_text(json.dumps({**result, "args": asdict(args)}, indent=1) + "\n")
+        (export / RESULTS_NAME).write_text(json.dumps({**result, "args": asdict(args)}, indent=1) + "\n")
+        if args.evaluate_test:
+            sae_dir = export.parent / "saes"
+            write_classifier_card(export, sae_dir if sae_dir.is_dir() else None)
     return result
 
 

@@ -1,0 +1,135 @@
+"""The bundled classifier's model card (README.md with YAML metadata), filled in from `hub_cards/classifier_card.md`.
+
+Every number comes from the run's `training_results.json` (written by `scripts/train_classifier.py`) and, once the
+SAEs exist, from the SAE set's per-block quality figures; the commands are quoted from
+`scripts/build_bundled_assets.sh`. Nothing is hard-coded.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from string import Template
+
+REPO = Path(__file__).resolve().parents[2]
+CARD_TEMPLATE = REPO / "hub_cards" / "classifier_card.md"
+BUILD_SCRIPT = REPO / "scripts" / "build_bundled_assets.sh"
+RESULTS_NAME = "training_results.json"
+SAE_QUALITY = (
+    ("explained_variance", "explained variance"),
+    ("l0", "L0"),
+    ("dead_fraction", "dead features"),
+    ("cosine_similarity", "cosine(x, x̂)"),
+)
+
+
+def build_commands(script: str | Path = BUILD_SCRIPT) -> list[str]:
+    """The command lines of the build script (comments, `set`, `cd` and `export` lines left out)."""
+    skip = ("#", "set ", "cd ", "export ")
+    lines = Path(script).read_text(encoding="utf-8").splitlines()
+    return [line for line in lines if line.strip() and not line.lstrip().startswith(skip)]
+
+
+def sae_rows(sae_dir: str | Path) -> list[dict]:
+    """One dict per block of an SAE set: block, architecture, d_sae, k and the held-out quality figures."""
+    rows = []
+    for config_path in sorted(Path(sae_dir).glob("block_*/config.json"), key=lambda p: int(p.parent.name[6:])):
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        info = config.get("training_info") or {}
+        rows.append({
+            "block": config["hook_layer"],
+            "hook_point": config.get("hook_point"),
+            "d_in": config["d_in"],
+            "d_sae": config["d_sae"],
+            "k": config.get("k") if config.get("activation") == "topk" else None,
+            "training_tokens": info.get("training_tokens"),
+            **{key: (info.get("metrics") or {}).get(key) for key, _ in SAE_QUALITY},
+        })
+    return rows
+
+
+def sae_table(rows: list[dict]) -> str:
+    """A markdown table of the SAE set's quality per block (like Table 7.1 of the thesis)."""
+    header = "| block | hook point | d_sae | k | training tokens | " + " | ".join(label for _, label in SAE_QUALITY)
+    lines = [header + " |", "|" + " --- |" * (5 + len(SAE_QUALITY))]
+    for row in rows:
+        figures = ["n/a" if row[key] is None else f"{row[key]:.4f}" for key, _ in SAE_QUALITY]
+        tokens = f"{row['training_tokens']:,}" if isinstance(row["training_tokens"], int) else "n/a"
+        cells = [str(row["block"]), f"`{row['hook_point']}`", str(row["d_sae"]), str(row["k"]), tokens, *figures]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def sae_section(sae_dir: str | Path | None) -> str:
+    if sae_dir is None or not Path(sae_dir).is_dir() or not sae_rows(sae_dir):
+        return ""
+    return (
+        "## Bundled SAEs\n\nTop-K SAEs for every block, shipped in `hf_fga/bundled/saes/` (read with "
+        "`hf_fga.sae.load_saes(bundled.sae_dir())`); quality on held-out tokens of the train split's patients:\n\n"
+        f"{sae_table(sae_rows(sae_dir))}\n"
+    )
+
+
+def render_classifier_card(results: dict, commands: list[str], sae_dir: str | Path | None = None) -> str:
+    """
+    The README.md of the bundled classifier.
+
+    Args:
+        results (`dict`): the content of `training_results.json` (written by `scripts/train_classifier.py`); needs
+            `test` (accuracy, balanced_accuracy, recall_per_class, confusion_matrix, num_examples), `args` and the
+            run's figures.
+        commands (`list[str]`): the commands that produced the assets, quoted verbatim.
+        sae_dir (`str` or `Path`, *optional*): the bundled SAE set; its quality table is added when present.
+    """
+    if "test" not in results:
+        raise ValueError("results has no 'test' entry: run train_classifier.py with --evaluate_test True first.")
+    args, test = results["args"], results["test"]
+    cm = test["confusion_matrix"]
+    grid, low_grid = args["image_size"] // args["patch_size"], args["low_res"] // args["patch_size"]
+    values = dict(
+        num_test=test["num_examples"],
+        test_accuracy=f"{test['accuracy']:.4f}",
+        test_balanced_accuracy=f"{test['balanced_accuracy']:.4f}",
+        test_recall_normal=f"{test['recall_per_class']['NORMAL']:.4f}",
+        test_recall_pneumonia=f"{test['recall_per_class']['PNEUMONIA']:.4f}",
+        cm00=cm[0][0], cm01=cm[0][1], cm10=cm[1][0], cm11=cm[1][1],
+        val_balanced_accuracy=f"{results['validation_balanced_accuracy']:.4f}",
+        num_val=results["num_validation_images"],
+        num_val_patients=results.get("num_validation_patients", "n/a"),
+        val_percent=f"{100 * args['val_fraction']:g}",
+        best_epoch=results["best_epoch"],
+        train_seconds=f"{results['train_seconds']:.0f}",
+        train_minutes=f"{results['train_seconds'] / 60:.0f}",
+        num_threads=results["num_threads"],
+        torch_version=results["torch_version"],
+        num_parameters=f"{results['num_parameters']:,}",
+        gflops=f"{results['forward_gflops']:.3f}",
+        pixel_mean=f"{results['pixel_mean']:.4f}",
+        pixel_std=f"{results['pixel_std']:.4f}",
+        num_layers=args["num_hidden_layers"],
+        hidden_size=args["hidden_size"],
+        num_heads=args["num_attention_heads"],
+        grid=grid,
+        low_grid=low_grid,
+        first_full_epoch=args["low_res_epochs"] + 1,
+        commands="\n".join(commands),
+        sae_section=sae_section(sae_dir),
+        **{key: args[key] for key in (
+            "intermediate_size", "image_size", "patch_size", "seed", "low_res_epochs", "low_res", "epochs",
+            "crop_scale_min", "max_rotation_deg", "brightness", "contrast", "label_smoothing", "learning_rate",
+            "weight_decay", "batch_size", "warmup_epochs", "max_grad_norm",
+        )},
+    )
+    return Template(CARD_TEMPLATE.read_text(encoding="utf-8")).substitute(values).rstrip() + "\n"
+
+
+def write_classifier_card(model_dir: str | Path, sae_dir: str | Path | None = None) -> Path:
+    """Render the card from `<model_dir>/training_results.json` and the build script; write `<model_dir>/README.md`."""
+    model_dir = Path(model_dir)
+    results_path = model_dir / RESULTS_NAME
+    if not results_path.is_file():
+        raise FileNotFoundError(f"{results_path} is missing: export the model with scripts/train_classifier.py first.")
+    results = json.loads(results_path.read_text(encoding="utf-8"))
+    card = render_classifier_card(results, build_commands(), sae_dir)
+    (model_dir / "README.md").write_text(card, encoding="utf-8")
+    return model_dir / "README.md"
