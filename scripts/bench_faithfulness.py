@@ -1,0 +1,120 @@
+"""
+Benchmark of the batched faithfulness engine on a ViT-B/16-shaped random model (CPU by default).
+
+Prints the forward passes per image each metric needs, seconds per image for the engine and for a naive loop (one
+perturbed input and one forward at a time, every metric on its own with its own clean forward, as a plain
+re-implementation would run), their ratio, and the bare model-forward time for as many inputs as the engine ran.
+
+    .venv/bin/python scripts/bench_faithfulness.py --images 2 --naive-images 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from transformers import ViTConfig, ViTForImageClassification
+
+from hf_fga.faithfulness import ResponseCache, evaluate_faithfulness, forward_passes_per_image, resolve_preset
+from hf_fga.faithfulness.evaluation import _module
+from hf_fga.faithfulness.records import ranking
+from hf_fga.metrics import METRIC_NAMES
+
+METRICS = ("saco", "faithfulness_correlation", "pixel_flipping")
+
+
+def naive_loop(model, pixel_values: torch.Tensor, attributions: np.ndarray, patch: int, metrics) -> int:
+    """Every perturbed input the papers preset needs, built patch by patch and run alone; returns the forwards."""
+    preset = resolve_preset("papers")
+    side = pixel_values.shape[-1] // patch
+    forwards = 0
+    for b in range(pixel_values.shape[0]):
+        image = pixel_values[b]
+        fill = image.mean(dim=(1, 2), keepdim=True).expand_as(image)
+        order = ranking(attributions[b : b + 1])[0]
+        masks = {
+            "saco": [group for group in np.array_split(order, preset.saco_num_groups)],
+            "faithfulness_correlation": [
+                np.random.default_rng([0, b, 0]).choice(side * side, 20, replace=False) for _ in range(preset.fc_runs)
+            ],
+            "pixel_flipping": [order[: k + 1] for k in range(side * side)],
+        }
+        for metric in metrics:
+            with torch.inference_mode():
+                model(pixel_values=image[None])  # each metric computes its own clean prediction
+                forwards += 1
+                for patches in masks[metric]:
+                    perturbed = image.clone()
+                    for p in patches:
+                        r, c = divmod(int(p), side)
+                        perturbed[:, r * patch : (r + 1) * patch, c * patch : (c + 1) * patch] = fill[
+                            :, r * patch : (r + 1) * patch, c * patch : (c + 1) * patch
+                        ]
+                    torch.softmax(model(pixel_values=perturbed[None]).logits, dim=-1)
+                    forwards += 1
+    return forwards
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=2, help="images for the engine and the bare forward")
+    parser.add_argument("--naive-images", type=int, default=1, help="images for the naive loop (it is slow)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--attn", default="sdpa", choices=("sdpa", "eager"))
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--metrics", nargs="+", default=list(METRICS), choices=METRICS)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    config = ViTConfig(num_labels=10, attn_implementation=args.attn)  # ViT-B/16: 224 px, 14×14 patches
+    model = ViTForImageClassification(config).eval().to(args.device)
+    grid = config.image_size // config.patch_size
+    pixels = torch.randn(args.images, 3, config.image_size, config.image_size, device=args.device)
+    attributions = torch.rand(args.images, grid, grid, generator=torch.Generator().manual_seed(0))
+    print(f"model: ViT-B/16-shaped random ViTForImageClassification ({args.attn}), device {args.device}, "
+          f"torch threads {torch.get_num_threads()}, batch size {args.batch_size}")
+    for preset in ("papers", "thesis"):
+        counts = forward_passes_per_image(preset, grid * grid, config.patch_size)
+        print(f"forward passes per image ({preset}): " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+
+    # Warm up: the evaluate modules are loaded once per process, and the first forward allocates.
+    evaluate_faithfulness(model, pixels[:1], attributions[:1], metrics=("saco",), progress=False)
+    for name in METRIC_NAMES:
+        _module(name)
+
+    cache = ResponseCache()
+    start = time.perf_counter()
+    scores = evaluate_faithfulness(model, pixels, attributions, metrics=tuple(args.metrics),
+                                   batch_size=args.batch_size, cache=cache, progress=False)
+    engine = time.perf_counter() - start
+    forwards = len(cache)
+    print(f"engine: {forwards} forwards for {args.images} images ({forwards / args.images:.0f} per image), "
+          f"{engine / args.images:.2f} s per image")
+    print("mean scores (random model, attributions): " + ", ".join(f"{k} {v.mean():.3f}" for k, v in scores.items()))
+
+    inputs = torch.randn(min(args.batch_size, forwards), 3, config.image_size, config.image_size, device=args.device)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        done = 0
+        while done < forwards:
+            size = min(args.batch_size, forwards - done)
+            model(pixel_values=inputs[:size])
+            done += size
+    bare = time.perf_counter() - start
+    print(f"bare model forward, {forwards} inputs in batches of {args.batch_size}: {bare / args.images:.2f} s per "
+          f"image; engine / bare = {engine / bare:.3f} (overhead {100 * (engine / bare - 1):+.1f} %)")
+
+    start = time.perf_counter()
+    naive_forwards = naive_loop(model, pixels[: args.naive_images], attributions.numpy()[: args.naive_images],
+                                config.patch_size, args.metrics)
+    naive = (time.perf_counter() - start) / args.naive_images
+    print(f"naive loop: {naive_forwards / args.naive_images:.0f} forwards per image one at a time, {naive:.2f} s per "
+          f"image; naive / engine = {naive / (engine / args.images):.2f}x")
+
+
+if __name__ == "__main__":
+    main()
