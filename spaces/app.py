@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 from fga_space import PrototypeIndex, feature_findings  # noqa: E402
 from fga_space.prototypes import card  # noqa: E402
 from fga_space.quick_metrics import QUICK_SETTINGS, quick_faithfulness  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
+from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 from transformers import pipeline  # noqa: E402
 
 import hf_fga  # noqa: E402, F401  (registers the feature-gradient-attribution task)
@@ -186,6 +186,20 @@ def gate_image(gate: np.ndarray, cmax: float, size: int = 224) -> Image.Image:
     return Image.fromarray(rgb).resize((size, size), Image.NEAREST)
 
 
+def stack_cards(cards: Sequence[tuple[Image.Image, str]], gap: int = 6) -> Image.Image:
+    """The feature cards one below the other, each under its caption."""
+    font = ImageFont.load_default(size=15)
+    width = max(c.width for c, _ in cards)
+    band = 24
+    sheet = Image.new("RGB", (width, sum(c.height + band + gap for c, _ in cards)), "white")
+    draw, top = ImageDraw.Draw(sheet), 0
+    for picture, caption in cards:
+        draw.text((4, top + 3), caption, fill="black", font=font)
+        sheet.paste(picture, (0, top + band))
+        top += picture.height + band + gap
+    return sheet
+
+
 def numbered_boxes(image: Image.Image, marks: Sequence[tuple[int, str, str]], grid: tuple[int, int]) -> Image.Image:
     """Patch boxes `(patch, colour, label)` with their label in the box's corner."""
     out = image.convert("RGB").copy()
@@ -218,7 +232,7 @@ def metrics_markdown(scores: dict[str, dict[str, float]]) -> str:
 
 
 def feature_panel(explainer: Explainer, image: Image.Image, output, variant: str):
-    """(boxed image, gallery of feature cards, Markdown table) for the features that changed the map most."""
+    """(boxed image, sheet of feature cards, Markdown table) for the features that changed the map most."""
     grid = output.grid
     findings = feature_findings(output, 0, NUM_CHANGED_PATCHES)[:MAX_FEATURE_CARDS]
     if not findings:
@@ -227,7 +241,7 @@ def feature_panel(explainer: Explainer, image: Image.Image, output, variant: str
             if variant not in FEATURE_VARIANTS
             else "No feature contributed to the most changed patches."
         )
-        return image, [], why
+        return image, None, why
     marks, cards = [], []
     rows = ["| # | block | feature | role | push on ŝ | patches |", "| --- | --- | --- | --- | --- | --- |"]
     for n, finding in enumerate(findings, start=1):
@@ -252,7 +266,7 @@ def feature_panel(explainer: Explainer, image: Image.Image, output, variant: str
         "the one that pushed hardest on the normalised score ŝ of one of the patches whose attribution FGA changed "
         "most against TransMM (method.md §7)."
     )
-    return numbered_boxes(image, marks, grid), cards, legend + "\n\n" + "\n".join(rows)
+    return numbered_boxes(image, marks, grid), stack_cards(cards), legend + "\n\n" + "\n".join(rows)
 
 
 @dataclass
@@ -267,7 +281,7 @@ class Explanation:
     gates: list[tuple[Image.Image, str]]
     metrics: str
     feature_image: Image.Image | None
-    feature_cards: list[tuple[Image.Image, str]]
+    feature_cards: Image.Image | None
     features: str
 
     def as_tuple(self) -> tuple:
@@ -276,7 +290,7 @@ class Explanation:
 
     @classmethod
     def failure(cls, message: str) -> Explanation:
-        return cls(f"⚠️ {message}", None, None, None, None, [], "", None, [], "")
+        return cls(f"⚠️ {message}", None, None, None, None, [], "", None, None, "")
 
 
 def explain(
@@ -409,6 +423,11 @@ def build_demo(explainer: Explainer | None = None) -> gr.Blocks:
                     model_id = gr.Textbox(label="Model id (owner/name)", placeholder="google/vit-base-patch16-224")
                     sae_id = gr.Textbox(label="SAE set repo id (owner/name)")
                 run = gr.Button("Explain", variant="primary", elem_id="fga-run")
+                if explainer.examples:
+                    gr.Examples(
+                        [[path] for path in explainer.examples], inputs=[image], label="Examples (test X-rays)",
+                        examples_per_page=12, elem_id="fga-examples",
+                    )
             with gr.Column(scale=3):
                 message = gr.Markdown(elem_id="fga-message")
                 prediction = gr.Label(num_top_classes=3, label="Prediction", elem_id="fga-prediction")
@@ -416,8 +435,8 @@ def build_demo(explainer: Explainer | None = None) -> gr.Blocks:
                     shown = gr.Image(label="Image", interactive=False, elem_id="fga-image")
                     transmm = gr.Image(label="TransMM", interactive=False, elem_id="fga-transmm")
                     fga = gr.Image(label="FGA", interactive=False, elem_id="fga-fga")
-                gates = gr.Gallery(label="Gates per block (red < 1 < green, log scale)", columns=4, height=260,
-                                   elem_id="fga-gates")
+                gates = gr.Gallery(label="Gates per block (red < 1 < green, log scale)", columns=4, height=250,
+                                   object_fit="contain", fit_columns=False, elem_id="fga-gates")
                 metrics = gr.Markdown(elem_id="fga-metrics")
         gr.Markdown("## The features behind the change")
         with gr.Row(elem_id="fga-feature-panel"):
@@ -425,15 +444,10 @@ def build_demo(explainer: Explainer | None = None) -> gr.Blocks:
                                      elem_id="fga-feature-image", scale=1)
             with gr.Column(scale=2):
                 features = gr.Markdown(elem_id="fga-features")
-                cards = gr.Gallery(label="Features and their prototypes", columns=1, height="auto",
-                                   elem_id="fga-feature-cards")
+                cards = gr.Image(label="Features and their prototypes", show_label=False, interactive=False,
+                                 elem_id="fga-feature-cards")
         inputs = [image, variant, blocks, kappa, cmax, model_id, sae_id]
         outputs = [message, prediction, shown, transmm, fga, gates, metrics, feature_image, cards, features]
-        if explainer.examples:
-            gr.Examples(
-                [[path] for path in explainer.examples], inputs=[image], label="Examples (bundled test images)",
-                examples_per_page=12, elem_id="fga-examples",
-            )
         run.click(handle, inputs=inputs, outputs=outputs, api_name="explain")
     return demo
 
