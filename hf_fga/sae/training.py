@@ -53,7 +53,7 @@ from .configuration_sae import ACTIVATIONS, HOOK_POINTS, TOKEN_SCOPES, SparseAut
 from .model_card import QUALITY_FIELDS
 from .modeling_sae import SparseAutoencoder
 from .sae_set import save_sae_set
-from .training_ops import encoder_pre_activations, topk_pre_activations
+from .training_ops import encoder_pre_activations, sparse_decode, topk_pre_activations
 
 CHECKPOINT_NAME = "checkpoint.pt"
 HARVEST_META = "harvest.json"
@@ -108,6 +108,9 @@ class SaeTrainingArguments:
     checkpoint_every: int = field(default=500, metadata={"help": "Steps between checkpoints."})
     log_every: int = field(default=10, metadata={"help": "Steps between progress-bar updates."})
     seed: int = field(default=0)
+    torch_threads: int | None = field(
+        default=None, metadata={"help": "torch.set_num_threads for this run (e.g. 1 on a machine shared with others)."}
+    )
     dataset_label: str | None = field(default=None, metadata={"help": "Dataset name for the model card."})
     license: str = field(default="apache-2.0", metadata={"help": "License in the model cards."})
     command: str | None = field(default=None, metadata={"help": "Recorded in the cards (set by the script)."})
@@ -282,14 +285,14 @@ def sae_training_loss(sae: SparseAutoencoder, x: Tensor, dead: Tensor | None, au
             x, sae.W_enc, sae.b_enc, sae.b_dec, config.k, dead if k_aux else None, k_aux
         )
         values = F.relu(values)
-        x_hat = F.embedding_bag(indices, sae.W_dec, per_sample_weights=values, mode="sum") + sae.b_dec
+        x_hat = sparse_decode(values, indices, sae.W_dec) + sae.b_dec
         active = values > 0
         fired = torch.zeros(config.d_sae, dtype=torch.bool, device=x.device)
         fired[indices[active]] = True
         l0 = active.sum(-1).float().mean()
         sparsity = x.new_zeros(())
         if k_aux:
-            aux_hat = F.embedding_bag(aux_indices, sae.W_dec, per_sample_weights=F.relu(aux_values), mode="sum")
+            aux_hat = sparse_decode(F.relu(aux_values), aux_indices, sae.W_dec)
     else:
         pre = encoder_pre_activations(x, sae.W_enc, sae.b_enc, sae.b_dec)
         f = F.relu(pre)
@@ -299,7 +302,7 @@ def sae_training_loss(sae: SparseAutoencoder, x: Tensor, dead: Tensor | None, au
         sparsity = config.l1_coefficient * f.sum(-1).mean()
         if k_aux:
             aux_values, aux_indices = pre.masked_fill(~dead, float("-inf")).topk(k_aux, dim=-1)
-            aux_hat = F.embedding_bag(aux_indices, sae.W_dec, per_sample_weights=F.relu(aux_values), mode="sum")
+            aux_hat = sparse_decode(F.relu(aux_values), aux_indices, sae.W_dec)
     err = x - x_hat
     sum_sq_err = err.pow(2).sum()
     mse = sum_sq_err / x.shape[0]
@@ -545,6 +548,8 @@ def train_saes(
     from accelerate import Accelerator
 
     accelerator = Accelerator()
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     torch.manual_seed(args.seed)
     if model is None:
         model = load_vision_model(args.model_name_or_path)
