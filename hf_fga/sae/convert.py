@@ -219,6 +219,11 @@ def load_saelens_sae(folder: str | Path) -> SparseAutoencoder:
     architecture = cfg.get("architecture")
     if architecture is not None and architecture not in SUPPORTED_ARCHITECTURES:
         _activation(architecture, None, None, where)
+    if cfg.get("rescale_acts_by_decoder_norm"):
+        raise ValueError(
+            f"{where}: rescale_acts_by_decoder_norm=True scales the features by the decoder norms at run time, "
+            "which hf_fga does not support; fold the norms into W_enc / b_enc / W_dec first."
+        )
     name = architecture if architecture in ("topk",) else cfg.get("activation_fn_str", architecture)
     activation, k = _activation(name, cfg.get("activation_fn_kwargs"), cfg.get("k"), where)
     normalization, factor = _normalization(cfg.get("normalize_activations"), cfg, where)
