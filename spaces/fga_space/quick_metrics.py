@@ -41,7 +41,13 @@ def sampled_auc(curve: np.ndarray, steps: np.ndarray, num_patches: int) -> float
 
 @torch.no_grad()
 def quick_faithfulness(
-    model, pixel_values: torch.Tensor, maps: Mapping[str, torch.Tensor], seed: int = 0, batch_size: int = 64
+    model,
+    pixel_values: torch.Tensor,
+    maps: Mapping[str, torch.Tensor],
+    seed: int = 0,
+    batch_size: int = 64,
+    fc_runs: int = FC_RUNS,
+    pf_points: int = PF_POINTS,
 ) -> dict[str, dict[str, float]]:
     """
     SaCo ↑, Faithfulness Correlation ↑ and (sampled) Pixel Flipping AUC ↓ of each map of one image.
@@ -52,6 +58,8 @@ def quick_faithfulness(
         maps (`Mapping[str, Tensor]`): patch maps `(h, w)` by name (e.g. `"TransMM"`, `"FGA"`).
         seed (`int`, defaults to 0): seeds the Faithfulness Correlation subsets (the same for every map).
         batch_size (`int`, defaults to 64): perturbed inputs per forward pass.
+        fc_runs (`int`, defaults to `FC_RUNS`): Faithfulness Correlation subsets.
+        pf_points (`int`, defaults to `PF_POINTS`): points of the Pixel Flipping curve (N + 1: the exact curve).
 
     Returns:
         `{name: {"saco", "faithfulness_correlation", "pixel_flipping": float}}`.
@@ -67,11 +75,11 @@ def quick_faithfulness(
     plans = {
         "saco": plan_saco(runner, attributions, num_groups=PRESET.saco_num_groups, fill=fill),
         "faithfulness_correlation": plan_faithfulness_correlation(
-            runner, attributions, runs=FC_RUNS, subset_size=PRESET.subset_size(runner.grid.patch_size),
+            runner, attributions, runs=fc_runs, subset_size=PRESET.subset_size(runner.grid.patch_size),
             trials=1, seed=seed, fill=fill,
         ),
     }
-    steps = curve_steps(num_patches)
+    steps = curve_steps(num_patches, pf_points)
     order = ranking(attributions)
     flips = []
     for image in range(len(names)):
@@ -80,7 +88,8 @@ def quick_faithfulness(
             mask[order[image, :k]] = True
             flips.append(runner.request(image, fill, mask))
     runner.prefetch(runner.clean_requests() + [r for plan in plans.values() for r in plan.requests] + flips)
-    scores = score_records({name: plan.build(runner.responses(plan.requests)) for name, plan in plans.items()}, PRESET)
+    records = {name: plan.build(runner.responses(plan.requests)) for name, plan in plans.items()}
+    scores = score_records(records, resolve_preset("papers", fc_runs=fc_runs))
     targets = runner.targets()
     probabilities = softmax(runner.responses(flips).reshape(len(names), len(steps), -1))
     results = {}
