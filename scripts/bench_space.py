@@ -2,9 +2,10 @@
 Time the Space from click to full result on this machine's CPU: attribution (FGA + TransMM, one pass), the quick
 faithfulness metrics of both maps and the feature view, per bundled example image.
 
-Three measurements per image, after one warm-up click:
+Measurements per image, after one warm-up click:
 - `attribution only`: `app.explain(..., metrics=False)` (the map, gates and feature view, no metrics),
-- `handler`: the app's click handler (everything the page shows),
+- `first view`: the click handler's first update (the same, plus the handler's input checks),
+- `handler`: the click handler to its last update (everything the page shows, metrics included),
 - `gradio_client`: the same click through a launched app on 127.0.0.1 and `gradio_client` (adds HTTP, the queue and
   the encoding of the images).
 
@@ -72,13 +73,19 @@ def main(argv: list[str] | None = None) -> int:
           f"torch threads: {torch.get_num_threads()}")
     handle = app.make_handler(explainer)
     click = (explainer.examples[0], "combined", explainer.default_blocks, 0.5, 10.0, "", "")
-    handle(*click)  # warm-up: first-call costs (evaluate modules, kernels)
+    list(handle(*click))  # warm-up: first-call costs (evaluate modules, kernels)
 
-    attribution, handler = [], []
+    attribution, first_view, handler = [], [], []
     for path in images:
         picture = app.read_upload(path)
         attribution += timed(lambda picture=picture: app.explain(explainer, picture, metrics=False), args.repeats)
-        handler += timed(lambda path=path: handle(path, *click[1:]), args.repeats)
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            updates = handle(path, *click[1:])
+            next(updates)
+            first_view.append(time.perf_counter() - start)
+            list(updates)
+            handler.append(time.perf_counter() - start)
 
     from gradio_client import Client, handle_file
 
@@ -98,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         demo.close()
     print(summary("attribution only", attribution))
+    print(summary("first view", first_view))
     print(summary("handler", handler))
     print(summary("gradio_client", remote))
     return 0

@@ -283,6 +283,7 @@ class Explanation:
     feature_image: Image.Image | None
     feature_cards: Image.Image | None
     features: str
+    pending: tuple | None = None  # (model, pixel_values, maps) until `score` fills in the metrics
 
     def as_tuple(self) -> tuple:
         return (self.message, self.prediction, self.image, self.transmm, self.fga, self.gates, self.metrics,
@@ -328,29 +329,34 @@ def explain(
         (gate_image(g[0].numpy(), float(cmax)), f"block {b}: gates {float(g.min()):.2f} – {float(g.max()):.2f}")
         for b, g in sorted(output.gates.items())
     ]
-    table = ""
-    if metrics:
-        scores = quick_faithfulness(
-            pipe.model, pixel_values, {"TransMM": output.baseline[0], "FGA": output.attribution[0]}
-        )
-        table = metrics_markdown(scores)
     feature_image, cards, features = feature_panel(explainer, shown, output, variant)
     message = (
         f"**{labels[target]}** with probability {probabilities[target]:.3f} · model: {explainer.name} · variant "
         f"`{variant}`, blocks {chosen}, κ = {kappa:g}, c_max = {cmax:g}"
     )
-    return Explanation(
+    explanation = Explanation(
         message,
         dict(zip(labels, probabilities, strict=True)),
         shown,
         overlay(shown, output.baseline[0].numpy()),
         overlay(shown, output.attribution[0].numpy()),
         gates,
-        table,
+        "_Computing this image's faithfulness scores…_",
         feature_image,
         cards,
         features,
+        (pipe.model, pixel_values, {"TransMM": output.baseline[0], "FGA": output.attribution[0]}),
     )
+    return score(explanation) if metrics else explanation
+
+
+def score(explanation: Explanation) -> Explanation:
+    """Fill in the faithfulness table of an explanation made with `metrics=False`."""
+    if explanation.pending is not None:
+        model, pixel_values, maps = explanation.pending
+        explanation.metrics = metrics_markdown(quick_faithfulness(model, pixel_values, maps))
+        explanation.pending = None
+    return explanation
 
 
 def resolve_explainer(default: Explainer, model_id: str, sae_id: str) -> Explainer:
@@ -360,17 +366,23 @@ def resolve_explainer(default: Explainer, model_id: str, sae_id: str) -> Explain
 
 
 def make_handler(default: Explainer):
-    """The click handler: every visitor-facing failure becomes a warning and a message, never a traceback."""
+    """
+    The click handler, a generator: it shows the maps, gates and features first, then adds the faithfulness scores
+    (the slower part). Every visitor-facing failure becomes a warning and a message, never a traceback.
+    """
 
     def handle(image_path, variant, blocks, kappa, cmax, model_id="", sae_id=""):
         try:
             explainer = resolve_explainer(default, model_id, sae_id)
             if explainer is not default:
                 blocks = [b for b in blocks if b in explainer.blocks] or explainer.default_blocks
-            return explain(explainer, read_upload(image_path), variant, blocks, kappa, cmax).as_tuple()
+            explanation = explain(explainer, read_upload(image_path), variant, blocks, kappa, cmax, metrics=False)
         except SpaceInputError as error:
             gr.Warning(str(error))
-            return Explanation.failure(str(error)).as_tuple()
+            yield Explanation.failure(str(error)).as_tuple()
+            return
+        yield explanation.as_tuple()
+        yield score(explanation).as_tuple()
 
     return handle
 

@@ -20,7 +20,15 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def handler(app_module, space_explainer):
-    return app_module.make_handler(space_explainer)
+    """The click handler, returning what the page shows once it is done (the handler streams two updates)."""
+    handle = app_module.make_handler(space_explainer)
+
+    def final(*args):
+        updates = list(handle(*args))
+        assert 1 <= len(updates) <= 2
+        return updates[-1]
+
+    return final
 
 
 def test_blocks_build_without_launching(app_module, space_explainer):
@@ -51,6 +59,14 @@ def test_explain_gives_every_output(app_module, space_explainer, handler):
     assert isinstance(cards, Image.Image), "the combined variant must show the features behind the change"
     assert cards.width > image.width and np.asarray(cards).std() > 10
     assert "amplifier" in features or "suppressor" in features
+
+
+def test_maps_come_before_the_metrics(app_module, space_explainer):
+    first, last = app_module.make_handler(space_explainer)(
+        space_explainer.examples[0], "combined", space_explainer.default_blocks, 0.5, 10.0, "", ""
+    )
+    assert first[4] is not None and "Computing" in first[6]
+    assert "SaCo" in last[6] and first[0] == last[0]
 
 
 def test_variants_without_features_say_so(handler, space_explainer):
