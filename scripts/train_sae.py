@@ -3,7 +3,10 @@ Train sparse autoencoders for the blocks of a ViT / CLIP model (see `hf_fga.sae.
 
     python scripts/train_sae.py --model_name_or_path path/to/vit --dataset_name_or_path path/to/dataset \
         --output_dir saes --blocks 3 4 5 --expansion_factor 16 --k 32
-    accelerate launch scripts/train_sae.py ...   # data-parallel over processes
+    accelerate launch --multi_gpu --num_processes 2 scripts/train_sae.py ...   # data-parallel over processes
+
+On a CPU-only machine use `--multi_gpu` too (the harness then runs gloo on CPU): `accelerate launch --cpu` always
+starts a single process.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from hf_fga.sae.training import SaeTrainingArguments, train_saes
 
 def command_line() -> str:
     """The command that is running, as recorded in the model cards."""
-    launched = any(name.startswith("ACCELERATE_") for name in os.environ) and "LOCAL_RANK" in os.environ
-    return f"{'accelerate launch' if launched else 'python'} {shlex.join(sys.argv)}"
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    launcher = f"accelerate launch --multi_gpu --num_processes {world}" if world > 1 else "python"
+    return f"{launcher} {shlex.join(sys.argv)}"
 
 
 def main() -> None:
@@ -28,7 +32,10 @@ def main() -> None:
     if args.command is None:
         args.command = command_line()
     saes = train_saes(args)
-    print(f"Saved SAEs for blocks {sorted(saes)} to {args.output_dir} (quality table: {args.output_dir}/metrics.md)")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(
+            f"Saved SAEs for blocks {sorted(saes)} to {args.output_dir} (quality table: {args.output_dir}/metrics.md)"
+        )
 
 
 if __name__ == "__main__":
