@@ -120,7 +120,7 @@ def test_unreachable_hub_model_gives_a_message(handler, space_explainer):
     assert out[0].startswith("⚠️") and "Could not load" in out[0]
 
 
-def test_launched_app_serves_a_client(app_module, space_explainer):
+def test_launched_app_serves_a_client(app_module, space_explainer, tmp_path):
     from gradio_client import Client, handle_file
 
     demo = app_module.build_demo(space_explainer)
@@ -132,6 +132,11 @@ def test_launched_app_serves_a_client(app_module, space_explainer):
             handle_file(space_explainer.examples[0]), "combined", space_explainer.default_blocks, 0.5, 10.0, "", "",
             api_name="/explain",
         )
+        not_an_image = tmp_path / "notes.png"
+        not_an_image.write_text("not an image")
+        refused = client.predict(
+            handle_file(str(not_an_image)), "combined", [1], 0.5, 10.0, "", "", api_name="/explain"
+        )
     finally:
         demo.close()
     message, prediction, image, transmm, fga, gates, metrics, feature_image, cards, features = result
@@ -140,3 +145,4 @@ def test_launched_app_serves_a_client(app_module, space_explainer):
         assert Image.open(path).size[0] > 0
     assert len(gates) == len(space_explainer.default_blocks)
     assert "SaCo" in metrics and ("amplifier" in features or "suppressor" in features)
+    assert refused[0].startswith("⚠️") and "not a readable image" in refused[0]
