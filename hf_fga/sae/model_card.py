@@ -8,7 +8,9 @@ from string import Template
 
 from .configuration_sae import SparseAutoencoderConfig
 
-CARD_TEMPLATE = Path(__file__).resolve().parents[2] / "hub_cards" / "sae_card.md"
+HUB_CARDS = Path(__file__).resolve().parents[2] / "hub_cards"
+CARD_TEMPLATE = HUB_CARDS / "sae_card.md"
+SET_CARD_TEMPLATE = HUB_CARDS / "sae_set_card.md"
 QUALITY_FIELDS = (
     ("explained_variance", "explained variance"),
     ("l0", "L0"),
@@ -36,6 +38,46 @@ def quality_table(metrics: dict[str, float]) -> str:
     return "\n".join([header, rule, "| " + " | ".join(cells) + " |"])
 
 
+def _read_template(path: Path) -> Template:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"SAE card template not found at {path}: it ships in the repository's hub_cards/ folder; pass "
+            "template=... to use another one."
+        )
+    return Template(path.read_text(encoding="utf-8"))
+
+
+def _metrics_row(label: str, metrics: dict) -> str:
+    cells = ["n/a" if metrics.get(key) is None else f"{metrics[key]:.4f}" for key, _ in QUALITY_FIELDS]
+    return f"| {label} | " + " | ".join(cells) + " |"
+
+
+def render_sae_set_card(configs: dict[int, SparseAutoencoderConfig], template: str | Path | None = None) -> str:
+    """The README.md at the root of an SAE set: metadata, one quality row per block, the training command."""
+    blocks = sorted(configs)
+    infos = {b: dict(configs[b].training_info or {}) for b in blocks}
+    bases = sorted({c.base_model_name_or_path for c in configs.values() if c.base_model_name_or_path})
+    datasets = sorted({i["dataset"] for i in infos.values() if i.get("dataset")})
+    hook_points = sorted({c.hook_point for c in configs.values()})
+    commands = sorted({i["command"] for i in infos.values() if i.get("command")})
+    header = "| block | " + " | ".join(label for _, label in QUALITY_FIELDS) + " |"
+    rows = [header, "|---|" + "---|" * len(QUALITY_FIELDS)]
+    rows += [_metrics_row(str(b), infos[b].get("metrics", {})) for b in blocks]
+    values = dict(
+        license=json.dumps(infos[blocks[0]].get("license", "apache-2.0")),
+        base_model_yaml=_yaml_list("base_model", bases),
+        datasets_yaml=_yaml_list("datasets", datasets),
+        base_model_display=", ".join(bases) or "an unrecorded base model",
+        blocks=", ".join(map(str, blocks)),
+        first_block=blocks[0],
+        hook_point=" / ".join(hook_points),
+        quality="\n".join(rows) if any(i.get("metrics") for i in infos.values()) else quality_table({}),
+        command_block="\n\n".join(f"```bash\n{c}\n```" for c in commands) or "The training command was not recorded.",
+    )
+    path = Path(template) if template is not None else SET_CARD_TEMPLATE
+    return _read_template(path).substitute(values).rstrip() + "\n"
+
+
 def render_sae_card(config: SparseAutoencoderConfig, template: str | Path | None = None) -> str:
     """
     The README.md of one SAE: YAML metadata (library_name, license, tags, base_model, datasets) and a body with the
@@ -43,11 +85,6 @@ def render_sae_card(config: SparseAutoencoderConfig, template: str | Path | None
     training command and seed, all read from `config` and its `training_info` (written by the harness or importer).
     """
     path = Path(template) if template is not None else CARD_TEMPLATE
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"SAE card template not found at {path}: it ships in the repository's hub_cards/ folder; pass "
-            "template=... to use another one."
-        )
     info = dict(config.training_info or {})
     base = config.base_model_name_or_path
     datasets = [info["dataset"]] if info.get("dataset") else []
@@ -83,4 +120,4 @@ def render_sae_card(config: SparseAutoencoderConfig, template: str | Path | None
         command_block=command_block,
         provenance=provenance,
     )
-    return Template(path.read_text(encoding="utf-8")).substitute(values).rstrip() + "\n"
+    return _read_template(path).substitute(values).rstrip() + "\n"

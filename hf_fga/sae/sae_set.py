@@ -16,7 +16,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from .configuration_sae import library_version
-from .modeling_sae import SparseAutoencoder
+from .model_card import render_sae_set_card
+from .modeling_sae import MODEL_CARD_NAME, SparseAutoencoder
 
 SET_INDEX_NAME = "sae_set.json"
 SET_FORMAT = "hf_fga.sae_set"
@@ -50,8 +51,9 @@ def save_sae_set(
     ```python
     >>> from hf_fga.sae import SparseAutoencoder, SparseAutoencoderConfig, load_saes, save_sae_set
     >>> saes = {b: SparseAutoencoder(SparseAutoencoderConfig(d_in=8, d_sae=16, k=2, hook_layer=b)) for b in (1, 2)}
-    >>> folder = save_sae_set(saes, tempfile.mkdtemp())  # doctest: +SKIP
-    >>> sorted(load_saes(folder))  # doctest: +SKIP
+    >>> import tempfile
+    >>> folder = save_sae_set(saes, tempfile.mkdtemp())
+    >>> sorted(load_saes(folder))
     [1, 2]
     ```
     """
@@ -83,7 +85,46 @@ def save_sae_set(
         **dict(extra_index or {}),
     }
     (root / SET_INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    card = render_sae_set_card({b: saes[b].config for b in blocks})
+    (root / MODEL_CARD_NAME).write_text(card, encoding="utf-8")
     return root
+
+
+def push_sae_set_to_hub(
+    saes: Mapping[int, SparseAutoencoder] | str | os.PathLike,
+    repo_id: str,
+    *,
+    commit_message: str = "Upload SAE set",
+    private: bool | None = None,
+    token: str | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+):
+    """
+    Upload an SAE set to one Hub repo (`sae_set.json`, README.md, `block_<i>/`): either SAEs keyed by block (saved
+    with [`save_sae_set`] into a temporary folder) or the folder of a saved set. Returns the commit info.
+    """
+    import tempfile
+
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    with tempfile.TemporaryDirectory() as work_dir:
+        if isinstance(saes, Mapping):
+            folder = save_sae_set(saes, work_dir)
+        else:
+            folder = Path(saes)
+            if not (folder / SET_INDEX_NAME).is_file():
+                raise ValueError(f"{folder} is not an SAE set (no {SET_INDEX_NAME}): save it with save_sae_set first.")
+        return api.upload_folder(
+            repo_id=repo_id,
+            folder_path=str(folder),
+            commit_message=commit_message,
+            revision=revision,
+            create_pr=create_pr,
+            ignore_patterns=["activations/*", "checkpoints/*"],
+        )
 
 
 def _resolve_folder(source: str | os.PathLike, hub_kwargs: dict) -> Path:

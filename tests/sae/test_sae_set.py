@@ -11,7 +11,7 @@ import yaml
 from huggingface_hub import ModelCard
 
 from hf_fga import SparseAutoencoder, SparseAutoencoderConfig
-from hf_fga.sae import load_saes, save_sae_set
+from hf_fga.sae import load_saes, push_sae_set_to_hub, save_sae_set
 from hf_fga.sae.model_card import render_sae_card
 from tests.helpers import tiny_sae
 
@@ -187,3 +187,51 @@ def test_same_version_loads_silently(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         SparseAutoencoderConfig.from_pretrained(tmp_path)
+
+
+def _fake_hub(monkeypatch):
+    uploaded = {}
+
+    def fake_create_repo(self, repo_id, **kwargs):
+        return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def fake_upload_folder(self, *, repo_id, folder_path, **kwargs):
+        root = Path(folder_path)
+        uploaded.update(repo_id=repo_id, kwargs=kwargs)
+        uploaded["files"] = {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+        return "commit-info"
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", fake_create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", fake_upload_folder)
+    return uploaded
+
+
+@pytest.mark.parametrize("from_folder", [False, True])
+def test_push_sae_set_uploads_index_card_and_blocks(tmp_path, monkeypatch, from_folder):
+    saes, folder = _set(tmp_path, blocks=(0, 3))
+    uploaded = _fake_hub(monkeypatch)
+    assert push_sae_set_to_hub(folder if from_folder else saes, "me/sae-set") == "commit-info"
+    files = set(uploaded["files"])
+    assert {"sae_set.json", "README.md", "block_0/config.json", "block_3/model.safetensors"} <= files
+    assert "block_3/README.md" in files and uploaded["repo_id"] == "me/sae-set"
+    (tmp_path / "card.md").write_bytes(uploaded["files"]["README.md"])
+    card = ModelCard.load(tmp_path / "card.md")
+    assert card.data.library_name == "hf_fga" and card.data.base_model == ["org/tiny-vit"]
+
+
+def test_push_set_from_a_folder_that_is_not_a_set(tmp_path, monkeypatch):
+    _fake_hub(monkeypatch)
+    with pytest.raises(ValueError, match="not an SAE set"):
+        push_sae_set_to_hub(tmp_path, "me/x")
+
+
+def test_set_card_has_one_quality_row_per_block(tmp_path):
+    saes = {b: tiny_sae(layer=b, base_model_name_or_path="org/vit") for b in (2, 5)}
+    for b, sae in saes.items():
+        sae.config.training_info = {
+            "command": "python scripts/train_sae.py",
+            "metrics": {"explained_variance": 0.9 + b / 100},
+        }
+    folder = save_sae_set(saes, tmp_path / "s")
+    card = (folder / "README.md").read_text()
+    assert "| 2 | 0.9200 |" in card and "| 5 | 0.9500 |" in card and card.count("python scripts/train_sae.py") == 1
