@@ -91,9 +91,14 @@ def default_blocks(blocks: Sequence[int], num_layers: int) -> list[int]:
     return usable or list(blocks)
 
 
-def make_explainer(model, sae, name: str, examples: Sequence[str] = (), assets: Path | None = ASSETS) -> Explainer:
-    """Load the pipeline once, and the prototypes in `assets` when they were computed for these SAEs."""
-    pipe = pipeline(TASK, model=model, sae=sae)
+def make_explainer(
+    model, sae, name: str, examples: Sequence[str] = (), assets: Path | None = ASSETS, mean_residuals=None
+) -> Explainer:
+    """
+    Load the pipeline once (with the mean residuals that the `mean-centered` control needs, when given), and the
+    prototypes in `assets` when they were computed for these SAEs.
+    """
+    pipe = pipeline(TASK, model=model, sae=sae, mean_residuals=mean_residuals)
     if is_clip(pipe.model):
         raise SpaceInputError(
             f"{name} is a CLIP model: this Space explains image classifiers only (CLIP needs candidate labels). "
@@ -113,7 +118,13 @@ def bundled_explainer() -> Explainer:
     """The bundled chest X-ray ViT, its SAE set, example images and prototypes (loaded once, offline)."""
     from hf_fga import bundled
 
-    return make_explainer(str(bundled.model_dir()), str(bundled.sae_dir()), "bundled", bundled.example_images())
+    try:
+        means = str(bundled.mean_residuals_path())
+    except FileNotFoundError:
+        means = None
+    return make_explainer(
+        str(bundled.model_dir()), str(bundled.sae_dir()), "bundled", bundled.example_images(), mean_residuals=means
+    )
 
 
 def check_hub_id(value: str, what: str) -> str:
@@ -317,10 +328,18 @@ def explain(
         raise SpaceInputError(f"κ must be > 0 and c_max > 1; got κ={kappa}, c_max={cmax}.")
     pipe = explainer.pipe
     pixel_values = pipe.image_processor(images=image, return_tensors="pt")["pixel_values"].to(pipe.model.dtype)
-    output = pipe.attributor.attribute(
-        pixel_values, method="fga", variant=variant, layers=chosen, kappa=float(kappa), cmax=float(cmax),
-        return_contributions=variant in FEATURE_VARIANTS,
-    )
+    if variant == "mean-centered" and any(b not in pipe.attributor.mean_residuals for b in chosen):
+        raise SpaceInputError(
+            "The `mean-centered` control needs the model's mean patch residuals, which this model does not ship; "
+            "choose another variant."
+        )
+    try:
+        output = pipe.attributor.attribute(
+            pixel_values, method="fga", variant=variant, layers=chosen, kappa=float(kappa), cmax=float(cmax),
+            return_contributions=variant in FEATURE_VARIANTS,
+        )
+    except ValueError as error:  # the library's checks name what is wrong (e.g. an SAE for another model)
+        raise SpaceInputError(f"This model and SAE set cannot be explained together: {error}") from error
     shown = display_copy(image)
     labels = explainer.labels
     probabilities = output.probabilities[0].tolist()

@@ -39,6 +39,7 @@ def standin_explainer(root: Path):
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil
 
     from hf_fga import bundled
+    from hf_fga.attribution import compute_mean_residuals
     from hf_fga.images import load_image
     from hf_fga.sae import save_sae_set
 
@@ -69,8 +70,11 @@ def standin_explainer(root: Path):
     meta = {"model": "stand-in", "grid": list(grid), "thumbnail_size": 64, "top": 3,
             "d_sae": {str(b): 64 for b in saes}, "images": [{"file": f, "label": ""} for f in files]}
     PrototypeIndex(assets, meta, tables).save()
+    means = compute_mean_residuals(model, [pixels], layers=sorted(saes), progress=False)
     app = load_app()
-    return app.make_explainer(str(root / "model"), str(root / "saes"), "stand-in", examples, assets=assets)
+    return app.make_explainer(
+        str(root / "model"), str(root / "saes"), "stand-in", examples, assets=assets, mean_residuals=means
+    )
 
 
 @pytest.fixture(scope="session")

@@ -69,6 +69,21 @@ def test_maps_come_before_the_metrics(app_module, space_explainer):
     assert "SaCo" in last[6] and first[0] == last[0]
 
 
+@pytest.mark.parametrize("variant", ["activation", "gradient", "no-sae", "shuffled", "centered", "mean-centered"])
+def test_every_variant_explains(app_module, space_explainer, variant):
+    image = app_module.read_upload(space_explainer.examples[1])
+    out = app_module.explain(space_explainer, image, variant, space_explainer.default_blocks, metrics=False)
+    assert out.fga is not None and len(out.gates) == len(space_explainer.default_blocks)
+    assert (out.feature_cards is not None) == (variant == "shuffled")
+
+
+def test_mean_centered_without_means_gives_a_message(app_module, space_explainer, monkeypatch):
+    monkeypatch.setattr(space_explainer.pipe.attributor, "mean_residuals", {})
+    image = app_module.read_upload(space_explainer.examples[0])
+    with pytest.raises(app_module.SpaceInputError, match="mean patch residuals"):
+        app_module.explain(space_explainer, image, "mean-centered", space_explainer.default_blocks, metrics=False)
+
+
 def test_variants_without_features_say_so(handler, space_explainer):
     out = handler(space_explainer.examples[0], "no-sae", space_explainer.default_blocks, 0.5, 10.0, "", "")
     assert "⚠️" not in out[0]
