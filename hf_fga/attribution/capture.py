@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -38,6 +38,8 @@ class Capture:
         attention_grads (`list[Tensor]`, same shapes): ∂y/∂A_ℓ.
         residuals (`dict[tuple[int, str], Tensor]`, `(B, T, d)`): x at each requested `(block, hook_point)`.
         residual_grads (`dict[tuple[int, str], Tensor]`, `(B, T, d)`): ∂y/∂x there.
+        cache (`dict`): results derived from this capture that several maps share (the SAE codes of a block), so
+            deriving many configurations from one capture encodes each block once.
     """
 
     logits: Tensor
@@ -46,6 +48,7 @@ class Capture:
     attention_grads: list[Tensor]
     residuals: dict[tuple[int, str], Tensor]
     residual_grads: dict[tuple[int, str], Tensor]
+    cache: dict = field(default_factory=dict)
 
 
 def vision_config(model: PreTrainedModel) -> PretrainedConfig:

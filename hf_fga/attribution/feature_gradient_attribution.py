@@ -103,6 +103,20 @@ class FeatureGradientAttribution:
         hook_point (`str`, *optional*, defaults to `"resid_post"`): where x is read for blocks gated without an SAE
             (`no-sae`, `mean-centered`); blocks with an SAE always use the SAE's hook point.
 
+    Notes:
+        - TransMM follows the authors' reference code: R ← I, then R ← R + Ā_ℓ R with Ā_ℓ = mean_h((∇A ⊙ A)^+)
+          (the thesis' printed Ā = I + … would add the identity twice).
+        - The gate of a gated block scales the columns of Ā_ℓ: Ā_ℓ · diag(w), w = 1 on CLS and other non-patch tokens.
+        - Degenerate blocks (method.md §3): the output reads only non-patch tokens, so at the output of the last
+          block every patch gradient is 0, and at the output of block L−2 a patch reaches the output only through the
+          last block's scale-invariant LayerNorm, so g·x = 0 exactly. There `no-sae` is rounding noise and `combined`
+          measures −g·(b_dec + e) (e the SAE's reconstruction error), i.e. how the *error and bias* of the SAE align
+          with the gradient, not the features. For every variant but `activation`, scores whose spread is at rounding
+          level (MAD ≤ 1e-6 · max_t ‖g_t‖‖x_t‖) give gates of 1 and one warning naming the block.
+        - SAEs with a runtime layer norm (Prisma): f is computed on the normalised input, but the raw residual
+          gradient is projected onto the raw decoder (as the thesis code does); `combined` = `centered` − g·e then
+          holds only approximately.
+
     Example:
     ```python
     >>> attr = FeatureGradientAttribution(model, saes={4: sae4, 5: sae5})
@@ -403,7 +417,12 @@ class FeatureGradientAttribution:
         flat_x, flat_g = x.reshape(-1, width), g.reshape(-1, width)
         variant = options.variant
         needs_codes = variant in CODE_VARIANTS or options.return_diagnostics or options.return_contributions
-        codes = FeatureCodes.encode(sae, flat_x) if sae is not None and needs_codes else None
+        codes = None
+        if sae is not None and needs_codes:
+            key = ("codes", block, hook_point, id(sae))
+            if key not in capture.cache:
+                capture.cache[key] = FeatureCodes.encode(sae, flat_x)
+            codes = capture.cache[key]
         permutation = None
         if variant == "shuffled":
             permutation = shuffle_permutation(sae.config.d_sae, options.shuffle_seed).to(x.device)

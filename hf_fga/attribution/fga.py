@@ -21,7 +21,7 @@ SAE_VARIANTS = ("combined", "activation", "gradient", "shuffled", "centered")
 MAD_SCALE = 1.4826
 MAD_EPS = 1e-8
 DEGENERATE_TOLERANCE = 1e-6
-CHUNK_TOKENS = 256  # rows of a dense (tokens, d_sae) intermediate: 256 × 49152 floats = 50 MB
+CHUNK_TOKENS = 1024  # rows of a dense (tokens, d_sae) intermediate: 1024 × 49152 floats = 200 MB
 
 
 def _chunks(*tensors: Tensor, size: int = CHUNK_TOKENS) -> Iterator[tuple[Tensor, ...]]:
