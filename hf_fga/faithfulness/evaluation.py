@@ -91,8 +91,13 @@ def plan_metrics(
     preset: FaithfulnessPreset,
     baseline: str,
     seed: int,
+    curve_quantity: str = "probability",
 ) -> dict[str, Plan]:
-    """The plan of every metric under one preset (see `records.py`)."""
+    """
+    The plan of every metric under one preset (see `records.py`). `curve_quantity` is what insertion and deletion
+    track: `"probability"` (softmax of the scores) or `"score"` (the raw output, e.g. an SAE feature activation
+    returned by a callable model); SaCo and Pixel Flipping always use probabilities, FC the raw logit.
+    """
     unknown = [name for name in metrics if name not in METRICS]
     if unknown or not metrics:
         raise ValueError(f"metrics={tuple(metrics)} is not a non-empty subset of {METRICS}.")
@@ -111,8 +116,8 @@ def plan_metrics(
         "pixel_flipping": lambda: plan_curve(
             runner, attributions, fill=fill, recompute_mean=baseline == "mean" and preset.mean_fill == "scalar",
         ),
-        "insertion": lambda: plan_curve(runner, attributions, insert=True, fill=fill),
-        "deletion": lambda: plan_curve(runner, attributions, fill=fill),
+        "insertion": lambda: plan_curve(runner, attributions, insert=True, fill=fill, quantity=curve_quantity),
+        "deletion": lambda: plan_curve(runner, attributions, fill=fill, quantity=curve_quantity),
     }
     return {name: builders[name]() for name in metrics}
 
@@ -182,17 +187,18 @@ def faithfulness_records_for_presets(
     what the presets share). Keyword options are `make_runner`'s, then preset overrides applied to every preset.
     """
     runner_options = {k: options.pop(k) for k in list(options) if k in _RUNNER_OPTIONS}
+    curve_quantity = runner_options.pop("curve_quantity", "probability")
     resolved = [resolve_preset(preset, **options) for preset in presets]
     runner = make_runner(model, pixel_values, batch_size=batch_size, seed=seed, **runner_options)
     values = check_attributions(attributions, runner.grid, runner.num_images)
-    plans = [plan_metrics(runner, values, metrics, preset, baseline, seed) for preset in resolved]
+    plans = [plan_metrics(runner, values, metrics, preset, baseline, seed, curve_quantity) for preset in resolved]
     runner.prefetch(runner.clean_requests() + [r for per in plans for plan in per.values() for r in plan.requests])
     return [{name: plan.build(runner.responses(plan.requests)) for name, plan in per.items()} for per in plans]
 
 
 _RUNNER_OPTIONS = (
     "text_embeds", "candidate_labels", "tokenizer", "image_ids", "targets", "image_mean", "image_std", "blur_sigma",
-    "patch_size", "cache", "progress",
+    "patch_size", "cache", "progress", "curve_quantity",
 )
 
 
@@ -224,8 +230,9 @@ def evaluate_faithfulness(
         seed (`int`, *optional*, defaults to 0): seeds the random subsets and the noise, per image.
         batch_size (`int`, *optional*, defaults to 64): perturbed inputs per forward pass; scores do not depend on it.
         overrides: `make_runner` options (`text_embeds`, `candidate_labels`, `tokenizer`, `image_ids`, `targets`,
-            `image_mean`, `image_std`, `blur_sigma`, `patch_size`, `cache`, `progress`) and any `FaithfulnessPreset`
-            field (e.g. `fc_runs=50`, `saco_num_groups=5`).
+            `image_mean`, `image_std`, `blur_sigma`, `patch_size`, `cache`, `progress`), `curve_quantity`
+            (`"probability"` or `"score"`: what insertion/deletion track; see `plan_metrics`) and any
+            `FaithfulnessPreset` field (e.g. `fc_runs=50`, `saco_num_groups=5`).
 
     Returns:
         `dict[str, np.ndarray]`: per-image scores `(B,)` per metric. SaCo, Faithfulness Correlation and insertion:
@@ -235,10 +242,18 @@ def evaluate_faithfulness(
     (the fully perturbed image is Pixel Flipping's last step when the fills agree), deletion N (shared with Pixel
     Flipping in the papers preset), plus one clean forward shared by all.
 
-    Example:
+    Example (a toy "model" whose 3 scores are the channel means; any ViT classifier or CLIPModel works the same):
     ```python
-    >>> scores = evaluate_faithfulness(model, inputs.pixel_values, attributions, preset="thesis")
-    >>> scores["saco"].mean()
+    >>> import torch
+    >>> from hf_fga.faithfulness import evaluate_faithfulness
+    >>> pixel_values, attributions = torch.rand(2, 3, 32, 32), torch.rand(2, 4, 4)
+    >>> scores = evaluate_faithfulness(
+    ...     lambda x: x.mean(dim=(2, 3)), pixel_values, attributions, preset="thesis", baseline="zero",
+    ...     patch_size=8, fc_subset_size=4, progress=False,
+    ... )
+    >>> {name: values.shape for name, values in scores.items()}
+    {'saco': (2,), 'faithfulness_correlation': (2,), 'pixel_flipping': (2,)}
+
     ```
     """
     records = faithfulness_records(model, pixel_values, attributions, metrics, preset, baseline, seed, batch_size,

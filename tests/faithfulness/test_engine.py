@@ -378,3 +378,25 @@ def test_invalid_inputs_raise_clear_errors():
         patch_grid(model, torch.rand(1, 3, 16, 16))
     with pytest.raises(ValueError, match="patch_size"):
         patch_grid(lambda x: x, torch.rand(1, 3, 16, 16))
+
+
+def test_curves_can_track_a_raw_score():
+    model, pixels = toy()  # e.g. an SAE feature activation returned by a callable: tracked as is, no softmax
+    scores = evaluate_faithfulness(
+        model, pixels, torch.tensor([[[4.0, 3.0], [2.0, 1.0]]]), metrics=("insertion", "deletion"), baseline="zero",
+        patch_size=2, targets=[0], curve_quantity="score", progress=False,
+    )
+    auc = lambda s: sum((s[k - 1] + s[k]) / 2 for k in range(1, 5)) / 4  # noqa: E731
+    assert scores["deletion"][0] == pytest.approx(auc([6.5, 5.5, 2.5, 0.5, 0.0]), abs=1e-12)
+    assert scores["insertion"][0] == pytest.approx(auc([0.0, 1.0, 4.0, 6.0, 6.5]), abs=1e-12)
+
+
+def test_evaluate_faithfulness_docstring_example():
+    import doctest
+
+    from hf_fga.faithfulness import evaluation
+
+    test = doctest.DocTestFinder().find(evaluation.evaluate_faithfulness, "evaluate_faithfulness")[0]
+    runner = doctest.DocTestRunner()
+    runner.run(test)
+    assert test.examples and runner.summarize(verbose=False).failed == 0
