@@ -1,14 +1,16 @@
 """
 Faithfulness evaluation of TransMM, FGA and baselines on a dataset (method.md §5–7), resumable and sharded.
 
-Plain `python scripts/evaluate_faithfulness.py ...` or `accelerate launch [--num_processes N] scripts/...`: each
-process takes every N-th chunk of images; the merged results equal a single process's. Per-image rows go to
+Plain `python scripts/evaluate_faithfulness.py ...` or `accelerate launch --num_processes N scripts/...`: each
+process takes every N-th chunk of images; the merged results equal a single process's. On a machine without GPUs,
+launch N CPU processes with `accelerate launch --multi_gpu --num_processes N` (torchrun + gloo; accelerate 1.15's
+`--cpu --num_processes N` starts a single process unless given `--mpirun_hostfile`). Per-image rows go to
 OUTPUT/results/part-*.parquet as each chunk finishes (re-running skips what is stored); the report (report.md,
 summary.csv, diagnostics.csv, figures/) is rebuilt at the end, or alone with --report_only.
 
 Example (validation sweep of single blocks on the bundled chest X-ray model):
 
-    accelerate launch --cpu --num_processes 2 scripts/evaluate_faithfulness.py \
+    accelerate launch --multi_gpu --num_processes 2 scripts/evaluate_faithfulness.py \
         --dataset ../shared/data/chest_xray_pneumonia --split train --id_column file_name \
         --include_ids hf_fga/bundled/splits.json --ids_key validation_file_names \
         --model MODEL_DIR --sae SAE_DIR --methods transmm,fga --variants combined,activation,gradient \

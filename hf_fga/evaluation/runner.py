@@ -276,6 +276,18 @@ def evaluate_chunk(
 
 
 # ------------------------------------------------------------------------------------------------------------ run
+def process_state() -> PartialState:
+    """
+    accelerate's view of this process. Without a GPU (or under `accelerate launch --cpu`) it is a CPU state, so a
+    multi-process launch on a CPU-only machine shards over gloo: `PartialState()` alone would treat every process as
+    a lone rank 0. (accelerate 1.15 starts several CPU processes only with `--multi_gpu` on a machine without GPUs,
+    or with `--cpu --mpirun_hostfile`; `--cpu --num_processes N` alone starts one.)
+    """
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
+
+
 def preset_overrides(eval_args: EvaluationArguments) -> dict:
     """The `--preset_overrides` JSON object (validated against the preset fields)."""
     if not eval_args.preset_overrides:
@@ -317,7 +329,7 @@ def run_evaluation(
     Evaluate this process's shard (see the module docstring), skipping every row already stored in
     `eval_args.output_dir`, then (main process, after all processes finish) write the report.
     """
-    state = state or PartialState()
+    state = state or process_state()
     output_dir = Path(eval_args.output_dir)
     summary = RunSummary()
     metrics = parse_list(eval_args.metrics, "metrics")

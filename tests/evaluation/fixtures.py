@@ -10,7 +10,7 @@ from transformers import ViTImageProcessorPil
 from hf_fga.sae import save_sae_set
 from tests.helpers import IMAGE_SIZE, tiny_sae, tiny_vit
 
-NUM_LAYERS = 3
+NUM_LAYERS = 4  # gated blocks 0 and 1 are not the degenerate blocks L-2, L-1
 SAE_BLOCKS = (0, 1)
 
 

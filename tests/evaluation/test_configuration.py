@@ -1,0 +1,58 @@
+import pytest
+
+from hf_fga.evaluation.configuration import (
+    REFERENCE,
+    EvaluationConfiguration,
+    expand_grid,
+    parse_floats,
+    parse_layer_sets,
+    parse_list,
+)
+
+
+def test_parse_layer_sets():
+    assert parse_layer_sets("4;5;6;4,5;4,5,6") == [(4,), (5,), (6,), (4, 5), (4, 5, 6)]
+    assert parse_layer_sets("5,4; 4,5 ;") == [(4, 5)]
+    assert parse_layer_sets(None) == [()] and parse_layer_sets("default") == [()]
+    assert parse_layer_sets([[6, 4]]) == [(4, 6)]
+    with pytest.raises(ValueError, match="layer_sets"):
+        parse_layer_sets("4;x")
+    with pytest.raises(ValueError, match="negative"):
+        parse_layer_sets("-1")
+
+
+def test_parse_lists_and_floats():
+    assert parse_list("a, b,,c", "methods") == ["a", "b", "c"]
+    assert parse_floats("0.1,0.5,1", "kappas") == [0.1, 0.5, 1.0]
+    with pytest.raises(ValueError, match="kappas"):
+        parse_floats("0.1,big", "kappas")
+
+
+def test_expand_grid_counts_and_reference_first():
+    grid = expand_grid(["fga", "rollout"], ["combined", "gradient"], [(4,), (4, 5)], [0.1, 0.5, 1.0], [2, 10, 50])
+    assert grid[0] == REFERENCE and grid[1].method == "rollout"
+    assert len(grid) == 2 + 2 * 2 * 3 * 3
+    assert len({c.key for c in grid}) == len(grid)
+
+
+def test_expand_grid_errors():
+    with pytest.raises(ValueError, match="Unknown method"):
+        expand_grid(["gradcam"])
+    with pytest.raises(ValueError, match="Unknown variant"):
+        expand_grid(["fga"], ["best"])
+    with pytest.raises(ValueError, match="kappas"):
+        expand_grid(["fga"], kappas=[0.0])
+    with pytest.raises(ValueError, match="cmaxes"):
+        expand_grid(["fga"], cmaxes=[1.0])
+
+
+def test_columns_round_trip_and_sort_key():
+    configuration = EvaluationConfiguration("fga", "centered", (4, 5), 0.5, 10.0)
+    columns = configuration.columns()
+    assert columns["config"] == "fga|centered|4,5|0.5|10"
+    rebuilt = EvaluationConfiguration.from_columns(
+        columns["method"], columns["variant"], columns["layers"], columns["kappa"], columns["cmax"]
+    )
+    assert rebuilt == configuration
+    ordered = sorted([configuration, EvaluationConfiguration("rollout"), REFERENCE], key=lambda c: c.sort_key)
+    assert [c.method for c in ordered] == ["transmm", "rollout", "fga"]

@@ -1,0 +1,34 @@
+import pytest
+
+from hf_fga.evaluation.storage import check_run_description, completed_keys, read_parts, write_part
+
+
+def _row(image, config="transmm||||", preset="papers", value=1.0):
+    return {"image_id": image, "config": config, "preset": preset, "baseline": "mean", "saco": value}
+
+
+def test_write_part_is_atomic_and_read_back_sorted(tmp_path):
+    folder = tmp_path / "results"
+    write_part(folder, [_row("b"), _row("a")], rank=1, chunk=3)
+    assert write_part(folder, [], rank=0, chunk=0) is None
+    files = sorted(p.name for p in folder.iterdir())
+    assert len(files) == 1 and files[0].startswith("part-001-000003-")
+    frame = read_parts(folder)
+    assert list(frame["image_id"]) == ["a", "b"]
+
+
+def test_read_parts_ignores_temporary_files_and_drops_duplicates(tmp_path):
+    folder = tmp_path / "results"
+    write_part(folder, [_row("a", value=1.0)], rank=0, chunk=0)
+    write_part(folder, [_row("a", value=2.0), _row("a", preset="thesis")], rank=0, chunk=0)
+    (folder / ".tmp-part-000-000001-x.parquet-123").write_bytes(b"half written")
+    frame = read_parts(folder)
+    assert len(frame) == 2
+    assert completed_keys(tmp_path) == {("a", "transmm||||", "papers", "mean"), ("a", "transmm||||", "thesis", "mean")}
+
+
+def test_run_description_refuses_other_inputs(tmp_path):
+    check_run_description(tmp_path, {"model": "m1", "split": "test"})
+    check_run_description(tmp_path, {"model": "m1", "split": "test"})
+    with pytest.raises(ValueError, match="model: stored 'm1', now 'm2'"):
+        check_run_description(tmp_path, {"model": "m2", "split": "test"})
