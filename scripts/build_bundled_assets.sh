@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The exact commands that produced the bundled assets in hf_fga/bundled/ (run from the repository root, on CPU).
-# The model card (hf_fga/bundled/model/README.md) quotes the commands below verbatim.
+# The model card (hf_fga/bundled/model/README.md) quotes the commands below verbatim. The last line re-runs the
+# (finished) classifier command: it resumes, reuses the one recorded test evaluation and re-writes the model card
+# with the SAE table.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
@@ -8,3 +10,6 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 .venv/bin/python scripts/export_bundled_examples.py --seed 0 --per_class 6
 .venv/bin/python scripts/export_sae_images.py --output_dir runs/chest_xray_train_without_validation
 .venv/bin/python scripts/train_sae.py --model_name_or_path hf_fga/bundled/model --output_dir runs/saes --dataset_name_or_path runs/chest_xray_train_without_validation --dataset_label chest_xray_pneumonia --license cc-by-4.0 --expansion_factor 8 --k 32 --epochs 2 --batch_size 2048 --warmup_steps 100 --cache_dir runs/sae_activations --seed 0
+.venv/bin/python scripts/compute_bundled_mean_residuals.py --data_dir runs/chest_xray_train_without_validation
+rm -rf hf_fga/bundled/saes && mkdir -p hf_fga/bundled/saes && cp -r runs/saes/block_* runs/saes/sae_set.json runs/saes/metrics.md hf_fga/bundled/saes/
+.venv/bin/python scripts/train_classifier.py --output_dir runs/classifier --export_dir hf_fga/bundled/model --splits_path hf_fga/bundled/splits.json --epochs 50 --low_res_epochs 42 --warmup_epochs 2 --seed 0
