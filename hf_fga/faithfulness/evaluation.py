@@ -124,7 +124,8 @@ def plan_metrics(
 
 @functools.cache
 def _module(name: str) -> evaluate.EvaluationModule:
-    return evaluate.load(metric_path(name))
+    # In memory: no cache files or file locks, so parallel processes (e.g. under accelerate) never collide.
+    return evaluate.load(metric_path(name), keep_in_memory=True)
 
 
 def score_records(records: dict[str, object], preset: str | FaithfulnessPreset = "papers") -> dict[str, np.ndarray]:
