@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -88,3 +89,19 @@ def space_explainer(tmp_path_factory, app_module):
     if bundle_complete() and os.environ.get("FGA_SPACE_STANDIN") != "1":
         return app_module.bundled_explainer()
     return standin_explainer(tmp_path_factory.mktemp("space_standin"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def space_url(app_module, space_explainer):
+    """The app launched once on 127.0.0.1 (a free port), with its queue, for the client and browser tests."""
+    demo = app_module.build_demo(space_explainer)
+    port = free_port()
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()

@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import socket
-
 import numpy as np
 import pytest
 from PIL import Image
 
 # gr.Warning outside a request also emits a Python warning: the page message is what the tests check
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:gradio.helpers")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -135,25 +127,17 @@ def test_unreachable_hub_model_gives_a_message(handler, space_explainer):
     assert out[0].startswith("⚠️") and "Could not load" in out[0]
 
 
-def test_launched_app_serves_a_client(app_module, space_explainer, tmp_path):
+def test_launched_app_serves_a_client(space_url, space_explainer, tmp_path):
     from gradio_client import Client, handle_file
 
-    demo = app_module.build_demo(space_explainer)
-    port = free_port()
-    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-        result = client.predict(
-            handle_file(space_explainer.examples[0]), "combined", space_explainer.default_blocks, 0.5, 10.0, "", "",
-            api_name="/explain",
-        )
-        not_an_image = tmp_path / "notes.png"
-        not_an_image.write_text("not an image")
-        refused = client.predict(
-            handle_file(str(not_an_image)), "combined", [1], 0.5, 10.0, "", "", api_name="/explain"
-        )
-    finally:
-        demo.close()
+    client = Client(space_url, verbose=False)
+    result = client.predict(
+        handle_file(space_explainer.examples[0]), "combined", space_explainer.default_blocks, 0.5, 10.0, "", "",
+        api_name="/explain",
+    )
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("not an image")
+    refused = client.predict(handle_file(str(not_an_image)), "combined", [1], 0.5, 10.0, "", "", api_name="/explain")
     message, prediction, image, transmm, fga, gates, metrics, feature_image, cards, features = result
     assert "probability" in message and prediction["label"] in space_explainer.labels
     for path in (image, transmm, fga, feature_image, cards):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import time
 from pathlib import Path
 
@@ -28,21 +27,6 @@ pytestmark = pytest.mark.skipif(
     CHROMIUM is None or CHROMEDRIVER is None,
     reason="headless Chromium is not installed (apt-get install chromium chromium-driver; .ci/run does this)",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def served(app_module, space_explainer):
-    demo = app_module.build_demo(space_explainer)
-    port = free_port()
-    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/"
-    demo.close()
 
 
 @pytest.fixture(scope="module")
@@ -80,10 +64,10 @@ def wait_for(condition, timeout: float, what: str):
     raise AssertionError(f"Timed out after {timeout:.0f} s waiting for {what}.")
 
 
-def test_browser_runs_an_example_and_shows_everything(browser, served, tmp_path):
+def test_browser_runs_an_example_and_shows_everything(browser, space_url, tmp_path):
     from selenium.webdriver.common.by import By
 
-    browser.get(served)
+    browser.get(space_url)
     example = wait_for(
         lambda: browser.find_elements(By.CSS_SELECTOR, "#fga-examples button, #fga-examples .gallery-item"),
         60, "the examples",
