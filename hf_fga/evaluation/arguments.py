@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 class DataArguments:
     """Which images are evaluated."""
 
-    dataset: str = field(metadata={"help": "A local dataset folder or a Hub id, loaded with datasets.load_dataset."})
+    dataset: str | None = field(
+        default=None, metadata={"help": "A local dataset folder or a Hub id, loaded with datasets.load_dataset."}
+    )
     dataset_config: str | None = field(default=None, metadata={"help": "The dataset configuration name, if any."})
     split: str = field(default="test", metadata={"help": "The split to evaluate."})
     image_column: str = field(default="image", metadata={"help": "The column holding the images."})
@@ -37,7 +39,9 @@ class DataArguments:
 class ModelArguments:
     """What is explained, and with what."""
 
-    model: str = field(metadata={"help": "A model folder or Hub id (ViT-family classifier or CLIPModel)."})
+    model: str | None = field(
+        default=None, metadata={"help": "A model folder or Hub id (ViT-family classifier or CLIPModel)."}
+    )
     sae: str | None = field(
         default=None,
         metadata={"help": "SAEs as hf_fga.sae.load_saes takes them: a set folder / Hub id, or several separated by "

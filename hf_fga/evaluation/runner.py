@@ -10,6 +10,7 @@ image (by its dataset row index), so merged results are identical for any number
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -159,9 +160,12 @@ def _mean_residuals(
     blocks: list[int], processor, state: PartialState, batch_size: int,
 ) -> dict[int, torch.Tensor]:
     """μ_ℓ for the mean-centered variant: from --mean_residuals, or computed once (main process) and stored."""
-    if model_args.mean_residuals:
-        return load_mean_residuals(model_args.mean_residuals)
     stored = output_dir / MEAN_RESIDUALS_FILE
+    if model_args.mean_residuals:
+        if state.is_main_process and not stored.is_file():  # kept with the results they produced
+            output_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(model_args.mean_residuals, stored)
+        return load_mean_residuals(model_args.mean_residuals)
     if not stored.is_file():
         if not model_args.mean_residuals_split:
             raise ValueError(
@@ -337,6 +341,8 @@ def run_evaluation(
         if state.is_main_process:
             summary.report = str(write_report(output_dir, metrics))
         return summary
+    if not data_args.dataset or not model_args.model:
+        raise ValueError("--dataset and --model are required (only --report_only runs without them).")
     if eval_args.target not in ("predicted", "label"):
         raise ValueError(f"--target must be 'predicted' or 'label', got {eval_args.target!r}.")
     if eval_args.batch_size < 1:
@@ -345,11 +351,17 @@ def run_evaluation(
     label_column = None if (data_args.label_column or "").lower() in ("", "none") else data_args.label_column
 
     dataset = load_split(data_args)
+    for column in (data_args.image_column, label_column):
+        if column is not None and column not in dataset.column_names:
+            raise ValueError(
+                f"Column {column!r} is not in the dataset (columns: {dataset.column_names}): set --image_column / "
+                "--label_column (or --label_column none)."
+            )
     selection = select_images(dataset, data_args)
     device = torch.device(model_args.device) if model_args.device else state.device
     model, processor, text_embeds = load_model(model_args, device, _label_names(dataset, label_column))
     saes = {}
-    if model_args.sae:
+    if model_args.sae and model_args.sae.lower() != "none":
         from ..sae import load_saes
 
         saes = {block: sae.to(device) for block, sae in load_saes(parse_list(model_args.sae, "sae")).items()}

@@ -173,3 +173,23 @@ def test_accelerate_two_processes_match_one(setup, tmp_path):
         for folder in (out, setup["reference"])
     ]
     assert bodies[0] == bodies[1]
+
+
+def test_clip_zero_shot_with_mean_centered_and_no_sae(tmp_path):
+    from transformers import ViTImageProcessorPil
+
+    from tests.helpers import IMAGE_SIZE, tiny_clip, tiny_clip_tokenizer
+
+    model_dir = tmp_path / "clip"
+    tiny_clip(num_layers=4).save_pretrained(model_dir)
+    tiny_clip_tokenizer().save_pretrained(model_dir)
+    ViTImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(model_dir)
+    setup = {"dataset": str(write_dataset(tmp_path, 3)), "model": str(model_dir), "sae": ""}
+    out = tmp_path / "out"
+    summary = _run(setup, out, methods="transmm,fga,raw-attention", variants="no-sae,mean-centered",
+                   layer_sets="0,1", mean_residuals_split="test", presets="papers", sae="none")
+    results = _results(out)
+    assert summary.rows_written == len(results) == 3 * 4
+    assert (out / "mean_residuals.safetensors").is_file()
+    assert set(results["prediction"]) <= {0, 1, 2}  # the three class names are the candidate labels
+    assert results["saco"].between(-1, 1).all()
