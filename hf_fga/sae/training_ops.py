@@ -25,7 +25,8 @@ def feature_sums(indices: Tensor, weights: Tensor, rows: Tensor, d_sae: int) -> 
     (stable, so the sums are reproducible) and summed with one `embedding_bag` whose bags are the features.
     """
     flat = indices.reshape(-1)
-    order = flat.argsort(stable=True)
+    # int32 keys: their sort stays fast when the CPU is shared (the int64 path stalls under thread contention).
+    order = flat.to(torch.int32).argsort(stable=True)
     counts = torch.bincount(flat, minlength=d_sae)
     offsets = counts.cumsum(0) - counts
     tokens = order // indices.shape[1]
