@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -220,6 +221,10 @@ def harvest(args: SaeTrainingArguments, model, dataset, processor, accelerator) 
         meta = json.loads(meta_file.read_text())
         if meta.get("settings") == settings:
             return meta
+    if accelerator.is_main_process:  # an interrupted harvest leaves partial shards: start the cache afresh
+        for block in blocks:
+            shutil.rmtree(root / f"block_{block}", ignore_errors=True)
+    accelerator.wait_for_everyone()
     writer = ShardWriter(root, accelerator.process_index, args.shard_tokens, DTYPES[args.cache_dtype])
     device = accelerator.device
     model.to(device)
@@ -573,6 +578,13 @@ def train_saes(
         model.train(was_training)
     checkpoint_file = args.checkpoint_dir / CHECKPOINT_NAME
     resume = torch.load(checkpoint_file, weights_only=True) if checkpoint_file.is_file() else None
+    run_settings = _resume_settings(args)
+    if resume is not None and resume.get("settings", run_settings) != run_settings:
+        changed = sorted(k for k in run_settings if resume.get("settings", {}).get(k) != run_settings[k])
+        raise ValueError(
+            f"{checkpoint_file} belongs to a run with other settings ({changed}): use a fresh output_dir, or delete "
+            f"{args.checkpoint_dir} to start over."
+        )
     done = dict(resume["done"]) if resume else {}
     saes: dict[int, SparseAutoencoder] = {}
     metrics: dict[int, dict] = {}
@@ -588,7 +600,7 @@ def train_saes(
 
         def save_checkpoint(state: dict, done=done) -> None:
             if accelerator.is_main_process:
-                _atomic_torch_save({"done": done, "current": state}, checkpoint_file)
+                _atomic_torch_save({"settings": run_settings, "done": done, "current": state}, checkpoint_file)
 
         trainer.train(save_checkpoint)
         sae = trainer.sae.cpu()
@@ -606,6 +618,25 @@ def train_saes(
         _write_outputs(args, saes, metrics, out)
     accelerator.wait_for_everyone()
     return saes
+
+
+RESUME_IRRELEVANT = (
+    "output_dir",
+    "command",
+    "log_every",
+    "checkpoint_every",
+    "keep_cache",
+    "save_dtype",
+    "torch_threads",
+    "dataset_label",
+    "license",
+    "cache_dir",
+)
+
+
+def _resume_settings(args: SaeTrainingArguments) -> dict:
+    """The arguments a checkpoint must agree with to be resumed (everything that changes the trained weights)."""
+    return {k: v for k, v in asdict(args).items() if k not in RESUME_IRRELEVANT}
 
 
 def _training_info(args: SaeTrainingArguments, metrics: dict) -> dict:
@@ -638,8 +669,6 @@ def _write_outputs(args: SaeTrainingArguments, saes: dict, metrics: dict, out: P
     (out / "metrics.md").write_text(quality_markdown(metrics))
     (out / "training_args.json").write_text(json.dumps(asdict(args), indent=2) + "\n")
     if not args.keep_cache:
-        import shutil
-
         shutil.rmtree(args.cache_path, ignore_errors=True)
 
 

@@ -258,3 +258,31 @@ def test_training_gradients_equal_plain_autograd_float64(activation, with_aux):
     loss.backward()
     for name, p in sae.named_parameters():
         torch.testing.assert_close(fast[name], p.grad, msg=name)
+
+
+def test_resume_with_other_settings_is_refused(tmp_path, monkeypatch):
+    data = _dataset()
+    original = training.normalize_decoder
+    calls = {"n": 0}
+
+    def interrupt(sae):
+        original(sae)
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "normalize_decoder", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train_saes(_args(tmp_path, "run"), tiny_vit(), data, _processor())
+    monkeypatch.setattr(training, "normalize_decoder", original)
+    with pytest.raises(ValueError, match=r"other settings \(\['k'\]\)"):
+        train_saes(_args(tmp_path, "run", k=6), tiny_vit(), data, _processor())
+
+
+def test_interrupted_harvest_is_redone_from_scratch(tmp_path):
+    args = _args(tmp_path, "h", blocks=[1], epochs=0.2)
+    stale = args.cache_path / "block_1" / "train" / "r001_000000.safetensors"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"partial")
+    train_saes(args, tiny_vit(), _dataset(), _processor())
+    assert not stale.exists()
