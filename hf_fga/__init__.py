@@ -7,6 +7,7 @@
 from transformers import AutoConfig, AutoModel
 from transformers.pipelines import PIPELINE_REGISTRY
 
+from . import bundled
 from .attribution import AttributionOutput, FeatureGradientAttribution
 from .metrics import metric_path
 from .sae import SparseAutoencoder, SparseAutoencoderConfig, SparseAutoencoderOutput, load_saes, save_sae_set
@@ -44,6 +45,7 @@ __all__ = [
     "SparseAutoencoderConfig",
     "SparseAutoencoderOutput",
     "__version__",
+    "bundled",
     "load_saes",
     "metric_path",
     "save_sae_set",
