@@ -570,12 +570,13 @@ def train_saes(
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     args.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    was_training = model.training
+    was_training, device = model.training, next(model.parameters()).device
     model.eval()
     try:
         meta = harvest(args, model, dataset, image_processor, accelerator)
-    finally:
+    finally:  # the caller's model comes back as it was given
         model.train(was_training)
+        model.to(device)
     checkpoint_file = args.checkpoint_dir / CHECKPOINT_NAME
     resume = torch.load(checkpoint_file, weights_only=True) if checkpoint_file.is_file() else None
     run_settings = _resume_settings(args)
