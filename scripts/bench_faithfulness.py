@@ -62,6 +62,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2, help="images for the engine and the bare forward")
     parser.add_argument("--naive-images", type=int, default=1, help="images for the naive loop (it is slow)")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=2, help="alternating engine/bare timings; the best counts")
     parser.add_argument("--attn", default="sdpa", choices=("sdpa", "eager"))
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
     parser.add_argument("--device", default="cpu")
@@ -86,31 +87,33 @@ def main() -> None:
     for name in METRIC_NAMES:
         _module(name)
 
-    cache = ResponseCache()
-    start = time.perf_counter()
-    scores = evaluate_faithfulness(model, pixels, attributions, metrics=tuple(args.metrics),
-                                   batch_size=args.batch_size, cache=cache, progress=False)
-    engine = time.perf_counter() - start
-    forwards = len(cache)
+    # Engine and bare forwards alternate, best of --repeats each, so a busy machine hurts both alike.
+    engine_times, bare_times = [], []
+    for _ in range(args.repeats):
+        cache = ResponseCache()
+        start = time.perf_counter()
+        scores = evaluate_faithfulness(model, pixels, attributions, metrics=tuple(args.metrics),
+                                       batch_size=args.batch_size, cache=cache, progress=False)
+        engine_times.append(time.perf_counter() - start)
+        forwards = len(cache)
+        inputs = torch.randn(min(args.batch_size, forwards), 3, config.image_size, config.image_size,
+                             device=args.device)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for done in range(0, forwards, args.batch_size):
+                model(pixel_values=inputs[: min(args.batch_size, forwards - done)])
+        bare_times.append(time.perf_counter() - start)
+    engine, bare = min(engine_times), min(bare_times)
     print(f"engine: {forwards} forwards for {args.images} images ({forwards / args.images:.0f} per image), "
-          f"{engine / args.images:.2f} s per image")
+          f"{engine / args.images:.2f} s per image (runs: {', '.join(f'{t:.1f}' for t in engine_times)} s)")
     print("mean scores (random model, attributions): " + ", ".join(f"{k} {v.mean():.3f}" for k, v in scores.items()))
-
-    inputs = torch.randn(min(args.batch_size, forwards), 3, config.image_size, config.image_size, device=args.device)
-    start = time.perf_counter()
-    with torch.inference_mode():
-        done = 0
-        while done < forwards:
-            size = min(args.batch_size, forwards - done)
-            model(pixel_values=inputs[:size])
-            done += size
-    bare = time.perf_counter() - start
     print(f"bare model forward, {forwards} inputs in batches of {args.batch_size}: {bare / args.images:.2f} s per "
-          f"image; engine / bare = {engine / bare:.3f} (overhead {100 * (engine / bare - 1):+.1f} %)")
+          f"image (runs: {', '.join(f'{t:.1f}' for t in bare_times)} s); engine / bare = {engine / bare:.3f} "
+          f"(overhead {100 * (engine / bare - 1):+.1f} %)")
 
     start = time.perf_counter()
-    naive_forwards = naive_loop(model, pixels[: args.naive_images], attributions.numpy()[: args.naive_images],
-                                config.patch_size, args.metrics)
+    flat = attributions.reshape(args.images, -1).numpy()[: args.naive_images]
+    naive_forwards = naive_loop(model, pixels[: args.naive_images], flat, config.patch_size, args.metrics)
     naive = (time.perf_counter() - start) / args.naive_images
     print(f"naive loop: {naive_forwards / args.naive_images:.0f} forwards per image one at a time, {naive:.2f} s per "
           f"image; naive / engine = {naive / (engine / args.images):.2f}x")

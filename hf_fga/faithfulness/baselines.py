@@ -124,7 +124,8 @@ def baseline_fill(
     blur_sigma: float = 1.0,
 ) -> Tensor:
     """
-    The image `(B, C, H, W)` a perturbed patch takes its pixels from.
+    The image a perturbed patch takes its pixels from: `(B, C, H, W)`, or a broadcastable `(B or 1, C or 1, 1, 1)`
+    for the constant fills (mean, zero, black), which saves memory and copies.
 
     - `mean`: the clean image's per-channel mean (`mean_fill="per_channel"`) or its scalar mean (`"scalar"`).
     - `zero`: 0 in the preprocessed space (the dataset mean colour for a mean/std-normalising processor).
@@ -136,9 +137,9 @@ def baseline_fill(
     images = pixel_values
     if baseline == "mean":
         dims = (1, 2, 3) if mean_fill == "scalar" else (2, 3)
-        return images.mean(dim=dims, keepdim=True).expand_as(images)
+        return images.mean(dim=dims, keepdim=True)
     if baseline == "zero":
-        return torch.zeros_like(images)
+        return images.new_zeros(1, 1, 1, 1)
     mean = torch.tensor(image_mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
     std = torch.tensor(image_std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
     if mean.shape[1] != images.shape[1] or std.shape[1] != images.shape[1]:
@@ -147,7 +148,7 @@ def baseline_fill(
             f"{images.shape[1]} channels: pass the image processor's image_mean and image_std."
         )
     if baseline == "black":
-        return (-mean / std).expand_as(images)
+        return -mean / std
     if baseline == "blur":
         return gaussian_blur(images, blur_sigma)
     if baseline == "uniform":

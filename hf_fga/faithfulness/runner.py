@@ -167,19 +167,29 @@ class PerturbationRunner:
     def _materialise(self, requests: list[Request]) -> Tensor:
         images = torch.tensor([r[0] for r in requests], device=self.pixel_values.device)
         clean = self.pixel_values[images]
-        if all(r[1] == CLEAN for r in requests):
+        keys = {fill for _, fill, _ in requests} - {CLEAN}
+        if not keys:
             return clean
-        fills = torch.stack(
-            [
-                clean[j] if fill == CLEAN
-                else self._image_fills[(image, fill)] if (image, fill) in self._image_fills
-                else self._fills[fill][image]
-                for j, (image, fill, _) in enumerate(requests)
-            ]
-        )
-        masks = np.stack([np.frombuffer(r[2], dtype=bool) for r in requests])
-        pixel_mask = self.grid.pixel_mask(torch.from_numpy(masks).to(clean.device))
-        return torch.where(pixel_mask, fills, clean)
+        key = next(iter(keys))
+        if len(keys) == 1 and key in self._fills:
+            source = self._fills[key]
+            fills = source[images] if source.shape[0] > 1 else source
+        else:
+            fills = clean.clone()
+            for j, (image, fill, _) in enumerate(requests):
+                if fill != CLEAN:
+                    source = self._image_fills.get((image, fill))
+                    if source is None:
+                        source = self._fills[fill][image if len(self._fills[fill]) > 1 else 0]
+                    fills[j] = source
+        # Select at patch level: (R, C, h, p, w, p) against a (R, 1, h, 1, w, 1) mask, with no pixel-size mask.
+        rows, channels, p = len(requests), clean.shape[1], self.grid.patch_size
+        h, w = self.grid.height, self.grid.width
+        masks = np.stack([np.frombuffer(r[2], dtype=bool) for r in requests]).reshape(rows, 1, h, 1, w, 1)
+        mask = torch.from_numpy(masks).to(clean.device)
+        fills = fills.reshape(fills.shape[0], fills.shape[1], *((h, p, w, p) if fills.shape[-1] > 1 else (1,) * 4))
+        out = torch.where(mask, fills, clean.reshape(rows, channels, h, p, w, p))
+        return out.reshape(rows, channels, h * p, w * p)
 
     def prefetch(self, requests: Sequence[Request]) -> None:
         """Run every request whose response is not cached yet, each distinct input once, in batches."""
