@@ -56,3 +56,12 @@ def test_columns_round_trip_and_sort_key():
     assert rebuilt == configuration
     ordered = sorted([configuration, EvaluationConfiguration("rollout"), REFERENCE], key=lambda c: c.sort_key)
     assert [c.method for c in ordered] == ["transmm", "rollout", "fga"]
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from hf_fga.evaluation import configuration
+
+    result = doctest.testmod(configuration, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 1 and result.failed == 0
