@@ -251,6 +251,7 @@ def evaluate_chunk(
     scores = _score_chunk(loaded, pixel_values, grid.maps, configurations, row_indices, grid.target, presets, metrics,
                           eval_args)
     prediction = grid.logits.argmax(dim=-1)
+    blocks = {c.key: gated_blocks(loaded.attribution, c) for c in configurations}
     rows = []
     for b, (index, image_id) in enumerate(items):
         label = labels[b]
@@ -267,6 +268,10 @@ def evaluate_chunk(
                 entry = scores[(configuration.key, preset)]
                 row = {**shared, **configuration.columns(), "preset": preset}
                 row.update({metric: float(entry[metric][b]) for metric in metrics})
+                row["diagnostics"] = json.dumps({
+                    str(block): {key: float(value[b]) for key, value in grid.diagnostics[block].items()}
+                    for block in blocks[configuration.key]
+                }) if blocks[configuration.key] else ""
                 if CURVE_COLUMN in entry:
                     row[CURVE_COLUMN] = entry[CURVE_COLUMN][b].astype(np.float64).tolist()
                 rows.append(row)

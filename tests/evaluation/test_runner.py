@@ -67,6 +67,9 @@ def test_end_to_end_writes_parquet_report_and_figures(setup):
     papers = results[results["preset"] == "papers"]
     assert papers["pixel_flipping"].between(0, 1).all() and papers["saco"].between(-1, 1).all()
     assert (results["correct"] == (results["prediction"] == results["label"])).all()
+    fga = results[results["method"] == "fga"].iloc[0]
+    assert list(json.loads(fga["diagnostics"])) == [fga["layers"]]  # one single-block FGA configuration
+    assert (results.loc[results["method"] == "transmm", "diagnostics"] == "").all()
     diagnostics = read_parts(out / DIAGNOSTICS_FOLDER)
     assert len(diagnostics) == NUM_IMAGES * 2 and set(diagnostics["block"]) == {0, 1}
     assert (diagnostics[["g_dot_centered", "g_dot_error", "g_dot_x"]] >= 0).all().all()
