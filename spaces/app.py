@@ -5,39 +5,41 @@ each gated block, this image's faithfulness scores, and the SAE features that ch
 Run it with `python spaces/app.py`; tests build it with `build_demo(explainer)` and never launch it at import.
 """
 
+# ruff: noqa: E402  (analytics must be switched off, and the import paths set, before gradio and hf_fga load)
 from __future__ import annotations
 
 import os
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported: no analytics, ever
 
-import functools  # noqa: E402
-import re  # noqa: E402
-import sys  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
+import functools
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the Space's own helpers (fga_space/)
 if (HERE.parent / "hf_fga" / "__init__.py").is_file():  # running from a checkout of the repository: use its hf_fga
     sys.path.insert(1, str(HERE.parent))
 
-import gradio as gr  # noqa: E402
-import matplotlib  # noqa: E402
-import numpy as np  # noqa: E402
-from fga_space import PrototypeIndex, feature_findings  # noqa: E402
-from fga_space.prototypes import card  # noqa: E402
-from fga_space.quick_metrics import QUICK_SETTINGS, quick_faithfulness  # noqa: E402
-from PIL import Image, ImageDraw, ImageFont  # noqa: E402
-from transformers import pipeline  # noqa: E402
+import gradio as gr
+import matplotlib
+import numpy as np
+from fga_space import PrototypeIndex, feature_findings
+from fga_space.prototypes import card
+from fga_space.quick_metrics import QUICK_SETTINGS, quick_faithfulness
+from PIL import Image, ImageDraw, ImageFont
+from transformers import pipeline
 
-import hf_fga  # noqa: E402, F401  (registers the feature-gradient-attribution task)
-from hf_fga.attribution import VARIANTS  # noqa: E402
-from hf_fga.attribution.targets import is_clip  # noqa: E402
-from hf_fga.images import load_image  # noqa: E402
-from hf_fga.pipelines.feature_gradient_attribution import FEATURE_VARIANTS, TASK  # noqa: E402
-from hf_fga.viz import overlay  # noqa: E402
+import hf_fga  # noqa: F401  (registers the feature-gradient-attribution task)
+from hf_fga.attribution import VARIANTS
+from hf_fga.attribution.targets import is_clip
+from hf_fga.images import load_image
+from hf_fga.pipelines import TASK, FeatureGradientAttributionPipeline
+from hf_fga.pipelines.feature_gradient_attribution import FEATURE_VARIANTS
+from hf_fga.viz import overlay
 
 ASSETS = HERE / "assets"
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
@@ -47,6 +49,9 @@ NUM_CHANGED_PATCHES = 8  # the most changed patches whose features are explained
 MAX_FEATURE_CARDS = 6
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 AMPLIFIER_COLOUR, SUPPRESSOR_COLOUR = "#00c853", "#ff1744"
+
+
+METRICS_OUTPUT = 6  # position of the metrics table among the handler's outputs (see `Explanation.as_tuple`)
 
 
 class SpaceInputError(ValueError):
@@ -66,7 +71,7 @@ class Explainer:
         prototypes (`PrototypeIndex`, *optional*): precomputed feature prototypes for these SAEs.
     """
 
-    pipe: object
+    pipe: FeatureGradientAttributionPipeline
     name: str
     default_blocks: list[int]
     examples: list[str]
@@ -297,6 +302,7 @@ class Explanation:
     pending: tuple | None = None  # (model, pixel_values, maps) until `score` fills in the metrics
 
     def as_tuple(self) -> tuple:
+        """The outputs in page order (`METRICS_OUTPUT` is the index of the metrics table)."""
         return (self.message, self.prediction, self.image, self.transmm, self.fga, self.gates, self.metrics,
                 self.feature_image, self.feature_cards, self.features)
 
@@ -401,7 +407,9 @@ def make_handler(default: Explainer):
             yield Explanation.failure(str(error)).as_tuple()
             return
         yield explanation.as_tuple()
-        yield score(explanation).as_tuple()
+        # Only the metrics change: re-sending the images would make Gradio rewrite files the browser may be reading.
+        metrics = score(explanation).metrics
+        yield tuple(metrics if n == METRICS_OUTPUT else gr.skip() for n in range(len(explanation.as_tuple())))
 
     return handle
 

@@ -10,6 +10,18 @@ from PIL import Image
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:gradio.helpers")
 
 
+def merge(updates: list[tuple]) -> tuple:
+    """What the page shows after a stream of updates: later values replace earlier ones unless skipped."""
+    import gradio as gr
+
+    shown = list(updates[0])
+    for update in updates[1:]:
+        for n, value in enumerate(update):
+            if not (isinstance(value, dict) and value == gr.skip()):
+                shown[n] = value
+    return tuple(shown)
+
+
 @pytest.fixture(scope="module")
 def handler(app_module, space_explainer):
     """The click handler, returning what the page shows once it is done (the handler streams two updates)."""
@@ -18,7 +30,7 @@ def handler(app_module, space_explainer):
     def final(*args):
         updates = list(handle(*args))
         assert 1 <= len(updates) <= 2
-        return updates[-1]
+        return merge(updates)
 
     return final
 
@@ -58,7 +70,8 @@ def test_maps_come_before_the_metrics(app_module, space_explainer):
         space_explainer.examples[0], "combined", space_explainer.default_blocks, 0.5, 10.0, "", ""
     )
     assert first[4] is not None and "Computing" in first[6]
-    assert "SaCo" in last[6] and first[0] == last[0]
+    assert "SaCo" in last[app_module.METRICS_OUTPUT]
+    assert merge([first, last])[:6] == first[:6]  # the second update re-sends nothing but the metrics
 
 
 @pytest.mark.parametrize("variant", ["activation", "gradient", "no-sae", "shuffled", "centered", "mean-centered"])
@@ -131,10 +144,12 @@ def test_launched_app_serves_a_client(space_url, space_explainer, tmp_path):
     from gradio_client import Client, handle_file
 
     client = Client(space_url, verbose=False)
-    result = client.predict(
+    job = client.submit(
         handle_file(space_explainer.examples[0]), "combined", space_explainer.default_blocks, 0.5, 10.0, "", "",
         api_name="/explain",
     )
+    job.result()
+    result = merge(job.outputs())  # the handler streams the maps first, then the metrics
     not_an_image = tmp_path / "notes.png"
     not_an_image.write_text("not an image")
     refused = client.predict(handle_file(str(not_an_image)), "combined", [1], 0.5, 10.0, "", "", api_name="/explain")

@@ -73,11 +73,11 @@ def test_browser_runs_an_example_and_shows_everything(browser, space_url, tmp_pa
         60, "the examples",
     )[0]
     example.click()
-    wait_for(lambda: loaded_images(browser, "fga-input"), 30, "the example to fill the input")
+    wait_for(lambda: loaded_images(browser, "fga-input"), 60, "the example to fill the input")
     browser.find_element(By.ID, "fga-run").click()
     for elem_id in ("fga-image", "fga-transmm", "fga-fga", "fga-feature-image", "fga-feature-cards", "fga-gates"):
-        wait_for(lambda elem_id=elem_id: loaded_images(browser, elem_id), 90, f"the images of #{elem_id}")
-    wait_for(lambda: "SaCo" in browser.find_element(By.ID, "fga-metrics").text, 30, "the metrics table")
+        wait_for(lambda elem_id=elem_id: loaded_images(browser, elem_id), 180, f"the images of #{elem_id}")
+    wait_for(lambda: "SaCo" in browser.find_element(By.ID, "fga-metrics").text, 180, "the metrics table")
     features = browser.find_element(By.ID, "fga-features").text
     assert "amplifier" in features or "suppressor" in features
     assert "⚠️" not in browser.find_element(By.ID, "fga-message").text
