@@ -43,6 +43,7 @@ def sae_rows(sae_dir: str | Path) -> list[dict]:
             "d_sae": config["d_sae"],
             "k": config.get("k") if config.get("activation") == "topk" else None,
             "training_tokens": info.get("training_tokens"),
+            "eval_tokens": info.get("eval_tokens"),
             **{key: (info.get("metrics") or {}).get(key) for key, _ in SAE_QUALITY},
         })
     return rows
@@ -50,12 +51,12 @@ def sae_rows(sae_dir: str | Path) -> list[dict]:
 
 def sae_table(rows: list[dict]) -> str:
     """A markdown table of the SAE set's quality per block (like Table 7.1 of the thesis)."""
-    header = "| block | hook point | d_sae | k | training tokens | " + " | ".join(label for _, label in SAE_QUALITY)
-    lines = [header + " |", "|" + " --- |" * (5 + len(SAE_QUALITY))]
+    header = "| block | hook point | d_sae | k | training tokens | held-out tokens | "
+    lines = [header + " | ".join(label for _, label in SAE_QUALITY) + " |", "|" + " --- |" * (6 + len(SAE_QUALITY))]
     for row in rows:
         figures = ["n/a" if row[key] is None else f"{row[key]:.4f}" for key, _ in SAE_QUALITY]
-        tokens = f"{row['training_tokens']:,}" if isinstance(row["training_tokens"], int) else "n/a"
-        cells = [str(row["block"]), f"`{row['hook_point']}`", str(row["d_sae"]), str(row["k"]), tokens, *figures]
+        tokens = [f"{row[k]:,}" if isinstance(row[k], int) else "n/a" for k in ("training_tokens", "eval_tokens")]
+        cells = [str(row["block"]), f"`{row['hook_point']}`", str(row["d_sae"]), str(row["k"]), *tokens, *figures]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -65,7 +66,9 @@ def sae_section(sae_dir: str | Path | None) -> str:
         return ""
     return (
         "## Bundled SAEs\n\nTop-K SAEs for every block, shipped in `hf_fga/bundled/saes/` (read with "
-        "`hf_fga.sae.load_saes(bundled.sae_dir())`); quality on held-out tokens of the train split's patients:\n\n"
+        "`hf_fga.sae.load_saes(bundled.sae_dir())`), trained on the patch tokens of the train split without the "
+        "validation patients; quality on the patch tokens of held-out images (5 % of those images, split by "
+        "image):\n\n"
         f"{sae_table(sae_rows(sae_dir))}\n"
     )
 
