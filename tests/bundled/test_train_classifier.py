@@ -112,3 +112,10 @@ def test_bad_arguments_are_named(script):
         script.TrainClassifierArguments(epochs=2, low_res_epochs=3)
     with pytest.raises(ValueError, match="val_fraction"):
         script.TrainClassifierArguments(val_fraction=1.5)
+
+
+def test_card_needs_the_test_evaluation():
+    from hf_fga.bundled.model_card import render_classifier_card
+
+    with pytest.raises(ValueError, match="test"):
+        render_classifier_card({"args": {}}, ["python scripts/train_classifier.py"])
