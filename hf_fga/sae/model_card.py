@@ -8,7 +8,8 @@ from string import Template
 
 from .configuration_sae import SparseAutoencoderConfig
 
-HUB_CARDS = Path(__file__).resolve().parents[2] / "hub_cards"
+# hf_fga/templates links to the repository's hub_cards/, so the templates also ship inside a built wheel.
+HUB_CARDS = Path(__file__).resolve().parents[1] / "templates"
 CARD_TEMPLATE = HUB_CARDS / "sae_card.md"
 SET_CARD_TEMPLATE = HUB_CARDS / "sae_set_card.md"
 QUALITY_FIELDS = (
