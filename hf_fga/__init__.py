@@ -10,7 +10,16 @@ from transformers.pipelines import PIPELINE_REGISTRY
 from . import bundled
 from .attribution import AttributionOutput, FeatureGradientAttribution
 from .metrics import metric_path
-from .sae import SparseAutoencoder, SparseAutoencoderConfig, SparseAutoencoderOutput, load_saes, save_sae_set
+from .sae import (
+    SparseAutoencoder,
+    SparseAutoencoderConfig,
+    SparseAutoencoderOutput,
+    load_prisma_sae,
+    load_saelens_sae,
+    load_saes,
+    push_sae_set_to_hub,
+    save_sae_set,
+)
 
 __version__ = "0.1.0"
 
@@ -46,7 +55,10 @@ __all__ = [
     "SparseAutoencoderOutput",
     "__version__",
     "bundled",
+    "load_prisma_sae",
+    "load_saelens_sae",
     "load_saes",
     "metric_path",
+    "push_sae_set_to_hub",
     "save_sae_set",
 ]
