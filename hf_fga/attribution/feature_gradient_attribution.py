@@ -6,6 +6,7 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -86,6 +87,21 @@ def _cpu(tensor: Tensor) -> Tensor:
 
 def _model_name(model: PreTrainedModel) -> str | None:
     return getattr(model.config, "_name_or_path", None) or getattr(model, "name_or_path", None) or None
+
+
+def same_model_name(a: str, b: str) -> bool:
+    """
+    Whether two `name_or_path` strings name the same model: equal Hub ids, the same resolved local folder, or one path
+    a trailing part of the other (an SAE records `hf_fga/bundled/model`, the model was loaded from
+    `/somewhere/hf_fga/bundled/model`).
+    """
+    parts_a, parts_b = Path(a.rstrip("/")).parts, Path(b.rstrip("/")).parts
+    if parts_a == parts_b:
+        return True
+    if Path(a).is_dir() and Path(b).is_dir() and Path(a).resolve() == Path(b).resolve():
+        return True
+    shorter, longer = sorted((parts_a, parts_b), key=len)
+    return len(shorter) > 1 and longer[-len(shorter) :] == shorter
 
 
 class FeatureGradientAttribution:
@@ -173,7 +189,7 @@ class FeatureGradientAttribution:
                 stacklevel=3,
             )
         sae_model, model_name = sae.config.base_model_name_or_path, _model_name(self.model)
-        if sae_model and model_name and sae_model != model_name:
+        if sae_model and model_name and not same_model_name(sae_model, model_name):
             warnings.warn(
                 f"The SAE for block {block} was trained on {sae_model!r} but the model is {model_name!r}: its "
                 "features may not match this model's residual stream.",
