@@ -56,7 +56,10 @@ def bundled_or_random() -> tuple[str, str, list[str], str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default="demo_output", help="folder for the figures and the metrics table")
-    parser.add_argument("--layers", type=int, nargs="*", default=None, help="gated blocks (default: the set's)")
+    parser.add_argument(
+        "--layers", type=int, nargs="*", default=None,
+        help="gated blocks (default: every block of the SAE set but the last, whose patch gradients are 0)",
+    )
     parser.add_argument("--kappa", type=float, default=None)
     parser.add_argument("--cmax", type=float, default=None)
     args = parser.parse_args(argv)
@@ -70,6 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"Explaining {len(images)} images with {what}; writing to {out_dir.resolve()}")
     explain = pipeline("feature-gradient-attribution", model=model_dir, sae=sae, layers=args.layers)
+    if args.layers is None:
+        # At the last block's output every patch gradient is 0 (method.md §3, degenerate blocks): gating it is a no-op.
+        last = explain.model.config.num_hidden_layers - 1
+        explain.layers = [block for block in sorted(explain.saes) if block != last]
+    print(f"Gated blocks: {explain.layers}")
     params = {k: v for k, v in (("kappa", args.kappa), ("cmax", args.cmax)) if v is not None}
     start = time.perf_counter()
     results = explain(images, batch_size=4, **params)
