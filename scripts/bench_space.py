@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sys.path.insert(0, str(ROOT))
     app = load_app()
+    app.configure_torch_threads()  # as the Space does at start-up
     if args.standin:
         from tests.spaces.conftest import standin_explainer
 
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Model: {explainer.name} ({type(explainer.pipe.model).__name__}, {config.num_hidden_layers} blocks, "
           f"hidden {config.hidden_size}, {config.image_size} px / {config.patch_size} px patches); gated blocks "
           f"{explainer.default_blocks}; prototypes: {'yes' if explainer.prototypes else 'no'}; "
-          f"torch threads: {torch.get_num_threads()}")
+          f"torch threads: {torch.get_num_threads()} (set {app.TORCH_THREADS_ENV} to change)")
     handle = app.make_handler(explainer)
     click = (explainer.examples[0], "combined", explainer.default_blocks, 0.5, 10.0, "", "")
     list(handle(*click))  # warm-up: first-call costs (evaluate modules, kernels)
