@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 .venv/bin/python scripts/train_classifier.py --output_dir runs/classifier --export_dir hf_fga/bundled/model --splits_path hf_fga/bundled/splits.json --epochs 50 --low_res_epochs 42 --warmup_epochs 2 --seed 0
 .venv/bin/python scripts/export_bundled_examples.py --seed 0 --per_class 6
 .venv/bin/python scripts/export_sae_images.py --output_dir runs/chest_xray_train_without_validation
-.venv/bin/python scripts/train_sae.py --model_name_or_path hf_fga/bundled/model --output_dir runs/saes --dataset_name_or_path runs/chest_xray_train_without_validation --dataset_label chest_xray_pneumonia --license cc-by-4.0 --expansion_factor 8 --k 32 --epochs 2 --batch_size 2048 --warmup_steps 100 --cache_dir runs/sae_activations --seed 0
+.venv/bin/python scripts/train_sae.py --model_name_or_path hf_fga/bundled/model --output_dir runs/saes_v3 --dataset_name_or_path runs/chest_xray_train_without_validation --dataset_label chest_xray_pneumonia --license cc-by-4.0 --expansion_factor 4 --k 32 --epochs 1 --batch_size 2048 --lr 0.001 --warmup_steps 30 --dead_tokens 50000 --aux_coefficient 0.0625 --cache_dir runs/sae_activations --seed 0
 .venv/bin/python scripts/compute_bundled_mean_residuals.py --data_dir runs/chest_xray_train_without_validation
-rm -rf hf_fga/bundled/saes && mkdir -p hf_fga/bundled/saes && cp -r runs/saes/block_* runs/saes/sae_set.json runs/saes/metrics.md hf_fga/bundled/saes/
+rm -rf hf_fga/bundled/saes && mkdir -p hf_fga/bundled/saes && cp -r runs/saes_v3/block_* runs/saes_v3/sae_set.json runs/saes_v3/metrics.md hf_fga/bundled/saes/
 .venv/bin/python scripts/train_classifier.py --output_dir runs/classifier --export_dir hf_fga/bundled/model --splits_path hf_fga/bundled/splits.json --epochs 50 --low_res_epochs 42 --warmup_epochs 2 --seed 0
