@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "spaces"), str(ROOT)]
 
 from fga_space.prototypes import (  # noqa: E402, I001
-    ARRAYS_NAME, INDEX_NAME, THUMBS_DIR, PrototypeIndex, compute_prototypes, write_thumbnails,
+    ARRAYS_NAME, INDEX_NAME, THUMBS_DIR, PrototypeIndex, compute_prototypes, sae_fingerprint, write_thumbnails,
 )
 from transformers import pipeline  # noqa: E402
 
@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         "thumbnail_size": args.thumbnail_size,
         "top": args.top,
         "d_sae": {str(b): sae.config.d_sae for b, sae in pipe.saes.items()},
+        "sae_fingerprints": {str(b): sae_fingerprint(sae) for b, sae in pipe.saes.items()},
         "hook_points": {str(b): sae.config.hook_point for b, sae in pipe.saes.items()},
         "images": records,
     }

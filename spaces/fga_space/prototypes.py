@@ -15,6 +15,7 @@ Layout of an asset folder:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -99,9 +100,12 @@ class PrototypeIndex:
         return tuple(self.meta["grid"])
 
     def matches(self, saes: Mapping[int, object]) -> bool:
-        """Whether these prototypes were computed for these SAEs (same blocks' widths)."""
-        sizes = self.meta.get("d_sae", {})
-        return all(str(b) in sizes and sizes[str(b)] == sae.config.d_sae for b, sae in saes.items())
+        """Whether these prototypes were computed for these SAEs (same widths and, when recorded, same encoders)."""
+        sizes, prints = self.meta.get("d_sae", {}), self.meta.get("sae_fingerprints")
+        return all(
+            sizes.get(str(b)) == sae.config.d_sae and (prints is None or prints.get(str(b)) == sae_fingerprint(sae))
+            for b, sae in saes.items()
+        )
 
     def prototypes(self, block: int, feature: int) -> list[tuple[int, float, list[int]]]:
         """`(image id, peak activation, marked patches)` of a feature's top images, strongest first."""
@@ -133,6 +137,14 @@ class PrototypeIndex:
             tile = draw_patch_boxes(self.thumbnail(image), boxes, self.grid, width=2)
             sheet.paste(tile, ((n % columns) * size, (n // columns) * size))
         return sheet
+
+
+def sae_fingerprint(sae) -> str:
+    """A short hash of an SAE's encoder (weights, biases, decoder bias): prototypes belong to exactly one encoder."""
+    digest = hashlib.blake2b(digest_size=12)
+    for name in ("W_enc", "b_enc", "b_dec"):
+        digest.update(getattr(sae, name).detach().cpu().float().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def write_thumbnails(images: Iterable[Image.Image], folder: str | Path, size: int, quality: int = 80) -> list[str]:

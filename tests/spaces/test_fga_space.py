@@ -19,7 +19,13 @@ from ..helpers import pixel_batch, tiny_sae, tiny_vit
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "spaces"))
 
 from fga_space.features import changed_patches, feature_findings, score_scale  # noqa: E402
-from fga_space.prototypes import NO_PATCH, PrototypeIndex, compute_prototypes, write_thumbnails  # noqa: E402
+from fga_space.prototypes import (  # noqa: E402
+    NO_PATCH,
+    PrototypeIndex,
+    compute_prototypes,
+    sae_fingerprint,
+    write_thumbnails,
+)
 from fga_space.quick_metrics import curve_steps, quick_faithfulness, sampled_auc  # noqa: E402
 
 
@@ -151,6 +157,9 @@ def test_prototype_index_round_trip_and_strip(tmp_path):
     PrototypeIndex(tmp_path, meta, tables).save()
     index = PrototypeIndex.load(tmp_path)
     assert index.matches({2: sae}) and not index.matches({1: sae})
+    meta["sae_fingerprints"] = {"2": sae_fingerprint(sae)}
+    index = PrototypeIndex(tmp_path, meta, tables)
+    assert index.matches({2: sae}) and not index.matches({2: tiny_sae(layer=2, seed=6)})
     feature = int(np.argmax(tables[2].values[:, 0]))
     found = index.prototypes(2, feature)
     assert [p[0] for p in found] == [i for i in tables[2].images[feature] if i >= 0]
