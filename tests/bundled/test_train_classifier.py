@@ -119,3 +119,22 @@ def test_card_needs_the_test_evaluation():
 
     with pytest.raises(ValueError, match="test"):
         render_classifier_card({"args": {}}, ["python scripts/train_classifier.py"])
+
+
+def test_merge_sae_sets_overrides_blocks(tmp_path):
+    from hf_fga.sae import SparseAutoencoder, SparseAutoencoderConfig, load_saes, save_sae_set
+
+    spec = importlib.util.spec_from_file_location("merge_sae_sets", SCRIPT.parent / "merge_sae_sets.py")
+    merge = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(merge)
+
+    def sae_set(path, blocks, d_sae):
+        saes = {b: SparseAutoencoder(SparseAutoencoderConfig(d_in=8, d_sae=d_sae, k=2, hook_layer=b)) for b in blocks}
+        metrics = {str(b): {"dead_fraction": d_sae / 100} for b in blocks}
+        return save_sae_set(saes, path, extra_index={"metrics": metrics})
+
+    base, other = sae_set(tmp_path / "base", [0, 1], 32), sae_set(tmp_path / "other", [1], 16)
+    index = merge.merge(base, [other], tmp_path / "merged")
+    saes = load_saes(tmp_path / "merged")
+    assert {b: s.config.d_sae for b, s in saes.items()} == {0: 32, 1: 16}
+    assert index["metrics"] == {"0": {"dead_fraction": 0.32}, "1": {"dead_fraction": 0.16}}
