@@ -118,7 +118,9 @@ class SparseAutoencoder(PreTrainedModel):
         """`W_enc (x_n − b_dec) + b_enc` for already-normalised input `x_n` of shape `(..., d_in)`."""
         if self.config.apply_b_dec_to_input:
             x = x - self.b_dec
-        return x @ self.W_enc + self.b_enc
+        # addmm adds the bias inside the matmul: one pass less over the wide (tokens, d_sae) output.
+        flat = torch.addmm(self.b_enc, x.reshape(-1, x.shape[-1]), self.W_enc)
+        return flat.reshape(*x.shape[:-1], -1)
 
     def _activate(self, pre: Tensor) -> Tensor:
         acts = F.relu(pre)
