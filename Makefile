@@ -8,3 +8,5 @@ lint:
 bench:
 	.venv/bin/python scripts/bench_attribution.py
 	.venv/bin/python scripts/bench_faithfulness.py
+	.venv/bin/python scripts/bench_sae_training.py
+	.venv/bin/python scripts/bench_space.py
