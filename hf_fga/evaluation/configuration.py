@@ -81,6 +81,22 @@ class EvaluationConfiguration:
         return cls(str(method), str(variant or ""), parsed, float(kappa), float(cmax))
 
 
+    @classmethod
+    def from_key(cls, key: str) -> EvaluationConfiguration:
+        """The configuration of a `key` (e.g. `fga|combined|4,5,6|0.5|10`); a clear error for a malformed key."""
+        parts = str(key).split("|")
+        try:
+            if len(parts) != 5:
+                raise ValueError
+            method, variant, layers, kappa, cmax = parts
+            return cls.from_columns(method, variant, layers, float(kappa or 0), float(cmax or 0))
+        except ValueError:
+            raise ValueError(
+                f"{key!r} is not a configuration key: expected 'method|variant|layers|kappa|cmax', e.g. "
+                "'fga|combined|4,5,6|0.5|10' or 'transmm||||' (the `config` column of the results)."
+            ) from None
+
+
 REFERENCE = EvaluationConfiguration(REFERENCE_METHOD)
 
 

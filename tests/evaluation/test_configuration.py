@@ -65,3 +65,13 @@ def test_docstring_examples_run():
 
     result = doctest.testmod(configuration, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 1 and result.failed == 0
+
+
+def test_configuration_key_round_trip():
+    for config in expand_grid(["fga", "rollout"], ["combined"], [(4,), (1, 2)], [0.1], [50]):
+        assert EvaluationConfiguration.from_key(config.key) == config
+    assert EvaluationConfiguration.from_key("transmm||||") == REFERENCE
+    with pytest.raises(ValueError, match="not a configuration key"):
+        EvaluationConfiguration.from_key("fga|combined|1")
+    with pytest.raises(ValueError, match="not a configuration key"):
+        EvaluationConfiguration.from_key("fga|combined|x|0.5|10")
