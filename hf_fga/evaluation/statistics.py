@@ -126,3 +126,43 @@ def summarize(results: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd
                 )
                 rows.append(row)
     return pd.DataFrame(rows)
+
+
+def rank_configurations(
+    summary: pd.DataFrame,
+    *,
+    preset: str = "papers",
+    baseline: str = "mean",
+    metrics: Sequence[str] = METRICS,
+    variant: str | None = None,
+) -> pd.DataFrame:
+    """
+    Rank the gated configurations of a summary (`summarize` / `summary.csv`) for choosing one on a validation split.
+
+    The score is the mean over `metrics` of the % improvement of the configuration's mean over TransMM's
+    (`pct_improvement`: oriented so that positive is better, Pixel Flipping's sign flipped). The thesis chose its
+    blocks, κ and c_max on validation results without stating a single rule; this one weighs the three metrics
+    equally and is fixed before looking at the test split.
+
+    Returns:
+        `pd.DataFrame` indexed by configuration key, one `<metric>` column of % improvements per metric, `score`,
+        `label`-ready columns (`variant`, `layers`, `kappa`, `cmax`), best first. Configurations missing a metric
+        are dropped.
+    """
+    rows = summary[(summary["preset"] == preset) & (summary["baseline"] == baseline)]
+    rows = rows[rows["method"] == "fga"]
+    if variant is not None:
+        rows = rows[rows["variant"] == variant]
+    if rows.empty:
+        raise ValueError(
+            f"no FGA configuration{'' if variant is None else f' of variant {variant!r}'} in the summary for "
+            f"preset {preset!r} and baseline {baseline!r}."
+        )
+    table = rows.pivot_table(index="config", columns="metric", values="pct_improvement", aggfunc="first")
+    missing = [m for m in metrics if m not in table.columns]
+    if missing:
+        raise ValueError(f"the summary has no {missing} rows: evaluate those metrics or pass metrics=.")
+    table = table[list(metrics)].dropna()
+    table["score"] = table.mean(axis=1)
+    described = rows.drop_duplicates("config").set_index("config")[["variant", "layers", "kappa", "cmax"]]
+    return table.join(described).sort_values("score", ascending=False, kind="stable")

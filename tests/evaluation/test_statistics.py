@@ -9,6 +9,7 @@ from hf_fga.evaluation.statistics import (
     beats_fraction,
     paired_tests,
     percent_change,
+    rank_configurations,
     sem,
     stars,
     summarize,
@@ -100,3 +101,28 @@ def test_summarize_pairs_by_image_and_drops_nan():
     assert saco["n"] == len(A) - 1 and saco["n_paired"] == len(A) - 2
     keep = np.arange(2, len(A))
     assert saco["wilcoxon_p"] == pytest.approx(stats.wilcoxon(A[keep] - B[keep]).pvalue)
+
+
+def _summary_rows(config, variant, improvements):
+    return [
+        {"preset": "papers", "baseline": "mean", "config": config, "method": "fga", "variant": variant,
+         "layers": "1", "kappa": 0.5, "cmax": 10.0, "metric": metric, "pct_improvement": value}
+        for metric, value in improvements.items()
+    ]
+
+
+def test_rank_configurations_averages_oriented_improvements():
+    rows = [{"preset": "papers", "baseline": "mean", "config": "transmm||||", "method": "transmm", "variant": "",
+             "layers": "", "kappa": 0.0, "cmax": 0.0, "metric": "saco", "pct_improvement": np.nan}]
+    rows += _summary_rows("a", "combined", {"saco": 3.0, "faithfulness_correlation": -6.0, "pixel_flipping": 6.0})
+    rows += _summary_rows("b", "combined", {"saco": 1.0, "faithfulness_correlation": 2.0, "pixel_flipping": 3.0})
+    rows += _summary_rows("c", "gradient", {"saco": 9.0, "faithfulness_correlation": 9.0, "pixel_flipping": 9.0})
+    summary = pd.DataFrame(rows)
+    ranked = rank_configurations(summary, variant="combined")
+    assert list(ranked.index) == ["b", "a"]
+    assert ranked.loc["b", "score"] == pytest.approx(2.0) and ranked.loc["a", "score"] == pytest.approx(1.0)
+    assert list(rank_configurations(summary).index) == ["c", "b", "a"]
+    with pytest.raises(ValueError, match="no FGA configuration of variant 'shuffled'"):
+        rank_configurations(summary, variant="shuffled")
+    with pytest.raises(ValueError, match="insertion"):
+        rank_configurations(summary, metrics=("saco", "insertion"))
