@@ -21,7 +21,11 @@ class DataArguments:
     id_column: str | None = field(
         default=None, metadata={"help": "A column of unique image ids (e.g. file_name); default: the row index."}
     )
-    limit: int | None = field(default=None, metadata={"help": "Evaluate a random subset of this many images."})
+    limit: int | None = field(
+        default=None,
+        metadata={"help": "Evaluate a seeded random subset of this many images, in random order (subsets of one seed "
+                  "are nested; a limit >= the split size shuffles the whole split)."},
+    )
     seed: int = field(default=0, metadata={"help": "Seed of the subset drawn with --limit."})
     include_ids: str | None = field(
         default=None,

@@ -77,8 +77,9 @@ def _column(dataset, name: str | None) -> list[str]:
 
 def select_images(dataset, data_args: DataArguments) -> list[tuple[int, str]]:
     """
-    The `(row index, image id)` pairs to evaluate, in dataset order: filtered by the include/exclude id files, then
-    (with `limit`) a seeded random subset. Raises when ids are not unique.
+    The `(row index, image id)` pairs to evaluate: filtered by the include/exclude id files, in dataset order; with
+    `limit`, the first `limit` of a permutation seeded by `seed`, in that (random) order, so that subsets of one seed
+    are nested and a run stopped early has scored a random subset. Raises when ids are not unique.
     """
     ids = _column(dataset, data_args.id_column)
     if len(set(ids)) != len(ids):
@@ -95,11 +96,12 @@ def select_images(dataset, data_args: DataArguments) -> list[tuple[int, str]]:
             unwanted = _read_ids(data_args.exclude_ids, data_args.ids_key)
             keep &= np.array([value not in unwanted for value in matched], dtype=bool)
     indices = np.flatnonzero(keep)
-    if data_args.limit is not None and data_args.limit < len(indices):
+    if data_args.limit is not None:
         if data_args.limit < 1:
             raise ValueError(f"--limit must be a positive number of images, got {data_args.limit}.")
-        rng = np.random.default_rng(data_args.seed)
-        indices = np.sort(rng.choice(indices, size=data_args.limit, replace=False))
+        # a seeded permutation, cut: subsets of one seed are nested (a larger --limit keeps the images already done),
+        # and they are processed in that random order, so a run stopped early has scored a random subset
+        indices = np.random.default_rng(data_args.seed).permutation(indices)[: data_args.limit]
     if not len(indices):
         raise ValueError("No image is left to evaluate after the id filters: check --include_ids/--ids_column.")
     return [(int(i), ids[i]) for i in indices]

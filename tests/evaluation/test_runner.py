@@ -145,6 +145,13 @@ def test_select_images_with_id_file_and_limit(setup, tmp_path):
     assert select_images(dataset, args) == [(1, "img-001.png"), (3, "img-003.png"), (4, "img-004.png")]
     args.limit = 2
     assert len(select_images(dataset, args)) == 2 and select_images(dataset, args) == select_images(dataset, args)
+    # nested subsets in a seeded random order: a larger limit keeps the images of a smaller one, first
+    args.include_ids = None
+    everything = select_images(dataset, args.__class__(**{**vars(args), "limit": None}))
+    shuffled = [select_images(dataset, args.__class__(**{**vars(args), "limit": n})) for n in (2, 4, 100)]
+    assert shuffled[1][:2] == shuffled[0] and shuffled[2][:4] == shuffled[1]
+    assert sorted(shuffled[2]) == everything and shuffled[2] != everything
+    args.include_ids = str(ids)
     args.exclude_ids, args.limit = str(ids), None
     with pytest.raises(ValueError, match="No image is left"):
         select_images(dataset, args)
