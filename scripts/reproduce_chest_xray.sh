@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# The thesis protocol (method.md §6) on the bundled chest X-ray ViT: validation sweeps, then the test split with the
+# configuration chosen on validation. Every stage is resumable: re-running this script skips what is done.
+#
+#   bash scripts/reproduce_chest_xray.sh               # all stages; wall times in $OUT/wall_times.txt
+#   VALIDATION_LIMIT=64 TEST_LIMIT=618 NUM_PROCESSES=2 bash scripts/reproduce_chest_xray.sh
+#
+# Selection rule, fixed before any test image is scored: the FGA `combined` configuration with the highest mean
+# % improvement over TransMM across SaCo, Faithfulness Correlation and Pixel Flipping (papers preset) on the
+# validation images (hf_fga.evaluation.statistics.rank_configurations).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONWARNINGS="ignore::UserWarning"
+DATA=${DATA:-../shared/data/chest_xray_pneumonia}
+VALIDATION_LIMIT=${VALIDATION_LIMIT:-64}
+TEST_LIMIT=${TEST_LIMIT:-618}
+NUM_PROCESSES=${NUM_PROCESSES:-2}
+OUT=${OUT:-docs/results/chest_xray}
+PY=.venv/bin/python
+mkdir -p "$OUT"
+
+launch() {  # one process per CPU core share; accelerate 1.15 starts N CPU processes only with --multi_gpu
+  if [ "$NUM_PROCESSES" -gt 1 ]; then
+    OMP_NUM_THREADS=$(( $(nproc) / NUM_PROCESSES > 0 ? $(nproc) / NUM_PROCESSES : 1 )) \
+      .venv/bin/accelerate launch --multi_gpu --num_processes "$NUM_PROCESSES" --num_machines 1 \
+      --mixed_precision no --dynamo_backend no scripts/evaluate_faithfulness.py "$@"
+  else
+    $PY scripts/evaluate_faithfulness.py "$@"
+  fi
+}
+
+stage() {  # stage NAME ARGS...: run, and log its wall time
+  local name=$1; shift
+  local start; start=$(date +%s)
+  launch "$@"
+  echo "$name $(( $(date +%s) - start )) s ($(date -u +%FT%TZ))" | tee -a "$OUT/wall_times.txt"
+}
+
+COMMON=(--dataset "$DATA" --id_column file_name --model hf_fga/bundled/model --sae hf_fga/bundled/saes
+        --mean_residuals hf_fga/bundled/mean_residuals.safetensors --batch_size 8)
+VALIDATION=(--split train --include_ids hf_fga/bundled/splits.json --ids_key validation_file_names
+            --limit "$VALIDATION_LIMIT" --seed 0 --presets papers --output_dir "$OUT/validation")
+
+best() {  # best FGA combined configuration of the validation run among rows matching a filter (python expression)
+  $PY - "$OUT/validation" "$1" <<'PY'
+import sys
+from pathlib import Path
+import pandas as pd
+from hf_fga.evaluation.statistics import rank_configurations
+summary = pd.read_csv(Path(sys.argv[1]) / "summary.csv", keep_default_na=False, na_values=[""], dtype={"layers": str})
+ranked = rank_configurations(summary, variant="combined")
+ranked = ranked[ranked.eval(sys.argv[2])] if sys.argv[2] else ranked
+print(ranked.index[0])
+PY
+}
+
+# 1. single-block sweeps: combined, activation, gradient over every block (κ = 0.5, c_max = 10)
+stage validation_single_blocks "${COMMON[@]}" "${VALIDATION[@]}" --methods transmm,fga \
+  --variants combined,activation,gradient --layer_sets "0;1;2;3;4;5"
+# 2. a few multi-block sets around the best single blocks
+sets=$($PY - "$OUT/validation" <<'PY'
+import sys
+from pathlib import Path
+import pandas as pd
+from hf_fga.evaluation.statistics import rank_configurations
+summary = pd.read_csv(Path(sys.argv[1]) / "summary.csv", keep_default_na=False, na_values=[""], dtype={"layers": str})
+ranked = rank_configurations(summary, variant="combined")
+single = [int(layers) for layers in ranked["layers"] if "," not in layers and int(layers) <= 4][:3]
+b = single[0]
+candidates = [{b - 1, b}, {b, b + 1}, {b - 1, b, b + 1}, set(single[:2]), set(single)]
+sets = sorted({tuple(sorted(s)) for s in candidates if len(s) > 1 and all(0 <= x <= 4 for x in s)})
+print(";".join(",".join(map(str, s)) for s in sets))
+PY
+)
+echo "multi-block sets: $sets" | tee -a "$OUT/wall_times.txt"
+stage validation_multi_block "${COMMON[@]}" "${VALIDATION[@]}" --methods transmm,fga --variants combined \
+  --layer_sets "$sets"
+# 3. κ × c_max on the best set
+chosen_set=$(best "" | cut -d'|' -f3)
+echo "best set: $chosen_set" | tee -a "$OUT/wall_times.txt"
+stage validation_kappa_cmax "${COMMON[@]}" "${VALIDATION[@]}" --methods transmm,fga --variants combined \
+  --layer_sets "$chosen_set" --kappas 0.1,0.5,1.0 --cmaxes 2,10,50
+chosen=$(best "layers == '$chosen_set'")
+echo "chosen configuration: $chosen" | tee -a "$OUT/wall_times.txt" "$OUT/chosen_configuration.txt"
+IFS='|' read -r _ _ layers kappa cmax <<< "$chosen"
+# 4. test split, chosen configuration only, every method and control, both presets (random order: a run stopped
+#    early has scored a random subset; re-running continues it)
+stage test "${COMMON[@]}" --split test --limit "$TEST_LIMIT" --seed 0 --presets papers,thesis \
+  --methods transmm,fga,rollout,raw-attention \
+  --variants combined,activation,gradient,no-sae,shuffled,centered,mean-centered \
+  --layer_sets "$layers" --kappas "$kappa" --cmaxes "$cmax" --output_dir "$OUT/test"
