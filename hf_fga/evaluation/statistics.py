@@ -166,3 +166,40 @@ def rank_configurations(
     table["score"] = table.mean(axis=1)
     described = rows.drop_duplicates("config").set_index("config")[["variant", "layers", "kappa", "cmax"]]
     return table.join(described).sort_values("score", ascending=False, kind="stable")
+
+
+def paired_comparison(
+    results: pd.DataFrame, config: str, reference: str, metrics: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """
+    Paired statistics of two configurations scored on the same images (e.g. FGA `combined` against its `centered`
+    control, method.md §6): per (preset, baseline, metric), the number of pairs, both means, the mean per-image
+    difference (config − reference), the Wilcoxon signed-rank and paired-t p-values, and the fraction of images where
+    `config` is strictly better (lower for Pixel Flipping). Images where either score is NaN are left out.
+    """
+    metrics = [m for m in (metrics or METRICS) if m in results.columns]
+    known = set(results["config"])
+    for needed in (config, reference):
+        if needed not in known:
+            raise ValueError(f"configuration {needed!r} is not in the results; they hold {sorted(known)}.")
+    rows = []
+    for (preset, baseline), group in results.groupby(list(GROUP_COLUMNS), sort=True):
+        ours = group[group["config"] == config].set_index("image_id")
+        theirs = group[group["config"] == reference].set_index("image_id")
+        for metric in metrics:
+            pairs = pd.concat([ours[metric], theirs[metric]], axis=1, join="inner").astype(float).dropna().to_numpy()
+            differences = pairs[:, 0] - pairs[:, 1]
+            wilcoxon, paired_t = paired_tests(differences)
+            rows.append({
+                "preset": preset, "baseline": baseline, "config": config, "reference": reference, "metric": metric,
+                "n_paired": len(differences),
+                "mean": float(pairs[:, 0].mean()) if len(pairs) else float("nan"),
+                "reference_mean": float(pairs[:, 1].mean()) if len(pairs) else float("nan"),
+                "mean_difference": float(differences.mean()) if len(differences) else float("nan"),
+                "sem_difference": sem(differences),
+                "wilcoxon_p": wilcoxon,
+                "paired_t_p": paired_t,
+                "stars": stars(wilcoxon),
+                "better_fraction": beats_fraction(differences, metric),
+            })
+    return pd.DataFrame(rows)

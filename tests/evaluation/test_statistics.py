@@ -7,6 +7,7 @@ from scipy import stats
 
 from hf_fga.evaluation.statistics import (
     beats_fraction,
+    paired_comparison,
     paired_tests,
     percent_change,
     rank_configurations,
@@ -126,3 +127,23 @@ def test_rank_configurations_averages_oriented_improvements():
         rank_configurations(summary, variant="shuffled")
     with pytest.raises(ValueError, match="insertion"):
         rank_configurations(summary, metrics=("saco", "insertion"))
+
+
+def test_paired_comparison_by_hand():
+    rows = []
+    for i, (a, b) in enumerate(zip(A, B, strict=True)):
+        for config, value in (("x", a), ("y", b)):
+            rows.append({"preset": "papers", "baseline": "mean", "config": config, "image_id": f"i{i}",
+                         "saco": value, "pixel_flipping": value})
+    rows.append({"preset": "papers", "baseline": "mean", "config": "x", "image_id": "only-x", "saco": 9.0,
+                 "pixel_flipping": 9.0})  # unpaired: left out
+    table = paired_comparison(pd.DataFrame(rows), "x", "y").set_index("metric")
+    d = A - B
+    assert table.loc["saco", "n_paired"] == len(A)
+    assert table.loc["saco", "mean_difference"] == pytest.approx(d.mean())
+    assert table.loc["saco", "wilcoxon_p"] == pytest.approx(stats.wilcoxon(d).pvalue)
+    assert table.loc["saco", "paired_t_p"] == pytest.approx(stats.ttest_1samp(d, 0).pvalue)
+    assert table.loc["saco", "better_fraction"] == pytest.approx((d > 0).mean())
+    assert table.loc["pixel_flipping", "better_fraction"] == pytest.approx((d < 0).mean())  # lower is better
+    with pytest.raises(ValueError, match="'z' is not in the results"):
+        paired_comparison(pd.DataFrame(rows), "z", "y")
