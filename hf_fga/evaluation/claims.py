@@ -104,7 +104,8 @@ def claims_markdown(claims: list[Claim]) -> str:
         for r in claim.evidence.itertuples():
             a, b = (EvaluationConfiguration.from_key(k).label for k in (r.config, r.reference))
             lines.append(
-                f"| {r.preset} | {a} | {b} | {r.requirement} | {METRIC_NAMES.get(r.metric, r.metric)} | {r.n_paired} | {r.mean:.4g} | "
+                f"| {r.preset} | {a} | {b} | {r.requirement} | {METRIC_NAMES.get(r.metric, r.metric)} | "
+                f"{r.n_paired} | {r.mean:.4g} | "
                 f"{r.reference_mean:.4g} | {r.mean_difference:+.4f} | {r.wilcoxon_p:.2g}{r.stars} | "
                 f"{100 * r.better_fraction:.0f} % | {'yes' if r.holds else 'no'} |"
             )
