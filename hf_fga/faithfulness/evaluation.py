@@ -14,6 +14,7 @@ from transformers import PreTrainedModel
 from ..attribution.targets import clip_text_embeddings, is_clip, model_logits
 from ..metrics import metric_path
 from .baselines import BASELINES, check_attributions, default_normalization, patch_grid
+from .fast_linear import fast_forward
 from .presets import FaithfulnessPreset, resolve_preset
 from .records import Plan, plan_curve, plan_faithfulness_correlation, plan_saco
 from .runner import PerturbationRunner, ResponseCache
@@ -39,6 +40,7 @@ def make_runner(
     patch_size: int | None = None,
     cache: ResponseCache | None = None,
     progress: bool = True,
+    linear_backend: str = "auto",
 ) -> PerturbationRunner:
     """
     A `PerturbationRunner` for a ViT-family classifier, a CLIPModel (with `text_embeds`, or `candidate_labels` and
@@ -47,6 +49,9 @@ def make_runner(
     Scores are the model logits (`hf_fga.attribution.targets.model_logits`); probabilities are their softmax (for
     CLIP, over the candidate labels). `image_mean`/`image_std` default to the processor defaults of the model family
     (pass `processor.image_mean`, `processor.image_std`); they are used by the `black` and `uniform` baselines only.
+    `linear_backend` (`"auto"`, `"onednn"` or `"default"`) picks how a `PreTrainedModel`'s linear layers run in the
+    perturbation forwards (`hf_fga.faithfulness.fast_linear`): `"auto"` uses prepacked oneDNN kernels on CPU where
+    they agree with the stock forward, which is up to ~1.7x faster on CPUs where MKL's sgemm is slow.
     """
     grid = patch_grid(model, pixel_values, patch_size)
     if isinstance(model, PreTrainedModel):
@@ -57,8 +62,10 @@ def make_runner(
         pixel_values = pixel_values.to(device=model.device, dtype=model.dtype)
         embeds = text_embeds
 
-        def forward(batch: Tensor) -> Tensor:
+        def stock_forward(batch: Tensor) -> Tensor:
             return model_logits(model, batch, embeds)
+
+        forward = fast_forward(model, stock_forward, linear_backend)
 
         label_key = None
         if text_embeds is not None:
@@ -199,7 +206,7 @@ def faithfulness_records_for_presets(
 
 _RUNNER_OPTIONS = (
     "text_embeds", "candidate_labels", "tokenizer", "image_ids", "targets", "image_mean", "image_std", "blur_sigma",
-    "patch_size", "cache", "progress", "curve_quantity",
+    "patch_size", "cache", "progress", "curve_quantity", "linear_backend",
 )
 
 
@@ -231,7 +238,8 @@ def evaluate_faithfulness(
         seed (`int`, *optional*, defaults to 0): seeds the random subsets and the noise, per image.
         batch_size (`int`, *optional*, defaults to 64): perturbed inputs per forward pass; scores do not depend on it.
         overrides: `make_runner` options (`text_embeds`, `candidate_labels`, `tokenizer`, `image_ids`, `targets`,
-            `image_mean`, `image_std`, `blur_sigma`, `patch_size`, `cache`, `progress`), `curve_quantity`
+            `image_mean`, `image_std`, `blur_sigma`, `patch_size`, `cache`, `progress`, `linear_backend`),
+            `curve_quantity`
             (`"probability"` or `"score"`: what insertion/deletion track; see `plan_metrics`) and any
             `FaithfulnessPreset` field (e.g. `fc_runs=50`, `saco_num_groups=5`).
 

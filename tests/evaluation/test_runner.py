@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from hf_fga.evaluation import read_parts
 from hf_fga.evaluation import runner as runner_module
@@ -164,7 +165,9 @@ def test_accelerate_two_processes_match_one(setup, tmp_path):
     out = tmp_path / "two_processes"
     # on this CPU-only machine `--multi_gpu` makes accelerate 1.15 start 2 processes (torchrun, gloo); `--cpu`
     # alone would start one (see hf_fga.evaluation.runner.process_state)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    # as many threads per process as the in-process reference: float32 sums (oneDNN's linears in the perturbation
+    # forwards, the gradients of the diagnostics) may depend on the thread count in their last bits
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(torch.get_num_threads())}
     command = [
         str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
