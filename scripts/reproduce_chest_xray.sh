@@ -4,6 +4,7 @@
 #
 #   bash scripts/reproduce_chest_xray.sh               # all stages; wall times in $OUT/wall_times.txt
 #   VALIDATION_LIMIT=64 TEST_LIMIT=618 NUM_PROCESSES=2 bash scripts/reproduce_chest_xray.sh
+#   REPORT_ONLY=1 bash scripts/reproduce_chest_xray.sh  # rebuild every report from what is done (e.g. after a stop)
 #
 # Selection rule, fixed before any test image is scored: the FGA `combined` configuration with the highest mean
 # % improvement over TransMM across SaCo, Faithfulness Correlation and Pixel Flipping (papers preset) on the
@@ -31,6 +32,10 @@ launch() {  # one process per CPU core share; accelerate 1.15 starts N CPU proce
 
 stage() {  # stage NAME ARGS...: run, and log its wall time
   local name=$1; shift
+  if [ -n "${REPORT_ONLY:-}" ]; then
+    $PY scripts/evaluate_faithfulness.py "$@" --report_only
+    return
+  fi
   local start; start=$(date +%s)
   launch "$@"
   echo "$name $(( $(date +%s) - start )) s ($(date -u +%FT%TZ))" | tee -a "$OUT/wall_times.txt"
@@ -72,16 +77,17 @@ sets = sorted({tuple(sorted(s)) for s in candidates if len(s) > 1 and all(0 <= x
 print(";".join(",".join(map(str, s)) for s in sets))
 PY
 )
-echo "multi-block sets: $sets" | tee -a "$OUT/wall_times.txt"
+[ -n "${REPORT_ONLY:-}" ] || echo "multi-block sets: $sets" | tee -a "$OUT/wall_times.txt"
 stage validation_multi_block "${COMMON[@]}" "${VALIDATION[@]}" --methods transmm,fga --variants combined \
   --layer_sets "$sets"
 # 3. κ × c_max on the best set
 chosen_set=$(best "" | cut -d'|' -f3)
-echo "best set: $chosen_set" | tee -a "$OUT/wall_times.txt"
+[ -n "${REPORT_ONLY:-}" ] || echo "best set: $chosen_set" | tee -a "$OUT/wall_times.txt"
 stage validation_kappa_cmax "${COMMON[@]}" "${VALIDATION[@]}" --methods transmm,fga --variants combined \
   --layer_sets "$chosen_set" --kappas 0.1,0.5,1.0 --cmaxes 2,10,50
 chosen=$(best "layers == '$chosen_set'")
-echo "chosen configuration: $chosen" | tee -a "$OUT/wall_times.txt" "$OUT/chosen_configuration.txt"
+[ -n "${REPORT_ONLY:-}" ] || echo "chosen configuration: $chosen" | tee -a "$OUT/wall_times.txt"
+echo "chosen configuration: $chosen" > "$OUT/chosen_configuration.txt"
 IFS='|' read -r _ _ layers kappa cmax <<< "$chosen"
 # 4. test split, chosen configuration only, every method and control, both presets (random order: a run stopped
 #    early has scored a random subset; re-running continues it)
