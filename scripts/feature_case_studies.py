@@ -155,7 +155,7 @@ def _overview_figure(images, output, chosen, table, grid, path: Path) -> None:
             ax.set_xticks([])
             ax.set_yticks([])
     fig.suptitle("Images FGA improved most (green boxes: patches FGA raised, magenta: lowered)", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / (2.2 * count)))  # leave the title its own band
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
