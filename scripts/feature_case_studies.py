@@ -28,7 +28,12 @@ sys.path[:0] = [str(ROOT / "spaces"), str(ROOT)]
 from fga_space.prototypes import PrototypeIndex  # noqa: E402, I001
 
 from hf_fga.attribution import FeatureGradientAttribution  # noqa: E402
-from hf_fga.evaluation.case_studies import changed_patches, patch_feature, select_improved_images  # noqa: E402
+from hf_fga.evaluation.case_studies import (  # noqa: E402
+    changed_patches,
+    patch_change,
+    patch_feature,
+    select_improved_images,
+)
 from hf_fga.evaluation.configuration import EvaluationConfiguration  # noqa: E402
 from hf_fga.evaluation.storage import read_parts  # noqa: E402
 from hf_fga.images import load_image  # noqa: E402
@@ -134,9 +139,7 @@ def _overview_figure(images, output, chosen, table, grid, path: Path) -> None:
         mine = table[table["image_id"] == image_id]
         boxes = [(r.row, r.col, BOX_UP if r.change > 0 else BOX_DOWN) for r in mine.itertuples()]
         fga, base = output.attribution[n].numpy(), output.baseline[n].numpy()
-        from hf_fga.viz import normalize_map
-
-        delta = normalize_map(fga) - normalize_map(base)
+        delta = patch_change(fga, base)
         panels = [
             (draw_patch_boxes(picture, boxes, grid, width=3), f"{image_id[:28]}"),
             (overlay(picture, base), "TransMM"),

@@ -46,46 +46,24 @@ COMMON=(--dataset "$DATA" --id_column file_name --model hf_fga/bundled/model --s
 VALIDATION=(--split train --include_ids hf_fga/bundled/splits.json --ids_key validation_file_names
             --limit "$VALIDATION_LIMIT" --seed 0 --presets papers --output_dir "$OUT/validation")
 
-best() {  # best FGA combined configuration of the validation run among rows matching a filter (python expression)
-  $PY - "$OUT/validation" "$1" <<'PY'
-import sys
-from pathlib import Path
-import pandas as pd
-from hf_fga.evaluation.statistics import rank_configurations
-summary = pd.read_csv(Path(sys.argv[1]) / "summary.csv", keep_default_na=False, na_values=[""], dtype={"layers": str})
-ranked = rank_configurations(summary, variant="combined")
-ranked = ranked[ranked.eval(sys.argv[2])] if sys.argv[2] else ranked
-print(ranked.index[0])
-PY
+best() {  # best: the best FGA combined configuration of the validation run (extra arguments filter it)
+  $PY scripts/select_configuration.py "$OUT/validation" --variant combined --best "$@"
 }
 
 # 1. single-block sweeps: combined, activation, gradient over every block (κ = 0.5, c_max = 10)
 stage validation_single_blocks "${COMMON[@]}" "${VALIDATION[@]}" --methods transmm,fga \
   --variants combined,activation,gradient --layer_sets "0;1;2;3;4;5"
 # 2. a few multi-block sets around the best single blocks
-sets=$($PY - "$OUT/validation" <<'PY'
-import sys
-from pathlib import Path
-import pandas as pd
-from hf_fga.evaluation.statistics import rank_configurations
-summary = pd.read_csv(Path(sys.argv[1]) / "summary.csv", keep_default_na=False, na_values=[""], dtype={"layers": str})
-ranked = rank_configurations(summary, variant="combined")
-single = [int(layers) for layers in ranked["layers"] if "," not in layers and int(layers) <= 4][:3]
-b = single[0]
-candidates = [{b - 1, b}, {b, b + 1}, {b - 1, b, b + 1}, set(single[:2]), set(single)]
-sets = sorted({tuple(sorted(s)) for s in candidates if len(s) > 1 and all(0 <= x <= 4 for x in s)})
-print(";".join(",".join(map(str, s)) for s in sets))
-PY
-)
+sets=$($PY scripts/select_configuration.py "$OUT/validation" --variant combined --multi_block_sets 4)
 [ -n "${REPORT_ONLY:-}" ] || echo "multi-block sets: $sets" | tee -a "$OUT/wall_times.txt"
 stage validation_multi_block "${COMMON[@]}" "${VALIDATION[@]}" --methods transmm,fga --variants combined \
   --layer_sets "$sets"
 # 3. κ × c_max on the best set
-chosen_set=$(best "" | cut -d'|' -f3)
+chosen_set=$(best | cut -d'|' -f3)
 [ -n "${REPORT_ONLY:-}" ] || echo "best set: $chosen_set" | tee -a "$OUT/wall_times.txt"
 stage validation_kappa_cmax "${COMMON[@]}" "${VALIDATION[@]}" --methods transmm,fga --variants combined \
   --layer_sets "$chosen_set" --kappas 0.1,0.5,1.0 --cmaxes 2,10,50
-chosen=$(best "layers == '$chosen_set'")
+chosen=$(best --layers "$chosen_set")
 [ -n "${REPORT_ONLY:-}" ] || echo "chosen configuration: $chosen" | tee -a "$OUT/wall_times.txt"
 echo "chosen configuration: $chosen" > "$OUT/chosen_configuration.txt"
 IFS='|' read -r _ _ layers kappa cmax <<< "$chosen"

@@ -3,6 +3,9 @@ Rank the FGA configurations of a (validation) evaluation run by their mean % imp
 metrics (`hf_fga.evaluation.statistics.rank_configurations`), to choose the one the test split will use.
 
     python scripts/select_configuration.py runs/validation_single --variant combined --top 5
+    python scripts/select_configuration.py RUN --variant combined --best            # only the best key
+    python scripts/select_configuration.py RUN --variant combined --layers 0,1,2 --best
+    python scripts/select_configuration.py RUN --variant combined --multi_block_sets 4  # sets around the best blocks
 """
 
 from __future__ import annotations
@@ -18,6 +21,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hf_fga.evaluation.statistics import METRICS, rank_configurations  # noqa: E402
 
 
+def multi_block_sets(ranked: pd.DataFrame, max_block: int) -> list[tuple[int, ...]]:
+    """
+    The protocol's multi-block sets around the best single blocks (method.md §6 leaves the choice open): with b the
+    best single block and the top three single blocks of the ranking, {b−1, b}, {b, b+1}, {b−1, b, b+1}, the top two
+    and the top three, keeping sets of two or more blocks within 0..`max_block`.
+    """
+    single = [int(layers) for layers in ranked["layers"] if "," not in layers and int(layers) <= max_block][:3]
+    if not single:
+        raise ValueError(f"no single-block configuration with a block <= {max_block} in the ranking.")
+    b = single[0]
+    candidates = [{b - 1, b}, {b, b + 1}, {b - 1, b, b + 1}, set(single[:2]), set(single)]
+    return sorted({tuple(sorted(c)) for c in candidates if len(c) > 1 and all(0 <= x <= max_block for x in c)})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path, help="an evaluation output folder holding summary.csv")
@@ -26,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", default=None, help="only this FGA variant")
     parser.add_argument("--metrics", default=",".join(METRICS))
     parser.add_argument("--top", type=int, default=10)
+    parser.add_argument("--layers", default=None, help="only this gated-block set, e.g. 0,1,2")
+    parser.add_argument("--best", action="store_true", help="print only the best configuration's key")
+    parser.add_argument("--multi_block_sets", type=int, default=None, metavar="MAX_BLOCK",
+                        help="print the multi-block sets around the best single blocks ('0,1;0,1,2'), "
+                        "blocks <= MAX_BLOCK")
     args = parser.parse_args(argv)
     path = args.run / "summary.csv"
     if not path.is_file():
@@ -33,6 +55,16 @@ def main(argv: list[str] | None = None) -> int:
     summary = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"layers": str, "variant": str})
     ranked = rank_configurations(summary, preset=args.preset, baseline=args.baseline,
                                  metrics=args.metrics.split(","), variant=args.variant)
+    if args.layers is not None:
+        ranked = ranked[ranked["layers"] == args.layers]
+        if ranked.empty:
+            parser.error(f"no configuration gates exactly the blocks {args.layers!r}.")
+    if args.multi_block_sets is not None:
+        print(";".join(",".join(map(str, s)) for s in multi_block_sets(ranked, args.multi_block_sets)))
+        return 0
+    if args.best:
+        print(ranked.index[0])
+        return 0
     with pd.option_context("display.width", 160, "display.max_columns", 20):
         print(ranked.head(args.top).round(2).to_string())
     return 0

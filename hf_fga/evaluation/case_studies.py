@@ -79,6 +79,13 @@ def select_improved_images(
     return out.head(count)
 
 
+def patch_change(attribution: np.ndarray, baseline: np.ndarray) -> np.ndarray:
+    """FGA − TransMM per patch, each map min–max scaled to [0, 1] first (the scale every figure shows)."""
+    if attribution.shape != baseline.shape:
+        raise ValueError(f"maps of different shapes {attribution.shape} and {baseline.shape}.")
+    return normalize_map(attribution) - normalize_map(baseline)
+
+
 def changed_patches(attribution: np.ndarray, baseline: np.ndarray, top: int = 3) -> list[tuple[int, float]]:
     """
     The `top` patches with the largest |attribution(FGA) − attribution(TransMM)| (method.md §7), as
@@ -87,9 +94,7 @@ def changed_patches(attribution: np.ndarray, baseline: np.ndarray, top: int = 3)
     The two maps are compared after min–max scaling each to [0, 1] (the scale every figure shows): the gates
     rescale the whole FGA map, and an unscaled difference would mostly measure that overall factor.
     """
-    if attribution.shape != baseline.shape:
-        raise ValueError(f"maps of different shapes {attribution.shape} and {baseline.shape}.")
-    delta = (normalize_map(attribution) - normalize_map(baseline)).reshape(-1)
+    delta = patch_change(attribution, baseline).reshape(-1)
     order = np.argsort(-np.abs(delta), kind="stable")[:top]
     return [(int(p), float(delta[p])) for p in order]
 

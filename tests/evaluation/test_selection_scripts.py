@@ -59,3 +59,21 @@ def test_compare_configurations_markdown_and_csv(run, tmp_path, capsys):
     assert out.count("| 100 % |") == 3  # A is better on every image for every metric
     with pytest.raises(SystemExit):
         _script("compare_configurations").main([str(run), "--pairs", GOOD])
+
+
+def test_select_configuration_best_layers_and_multi_block_sets(run, capsys):
+    select = _script("select_configuration")
+    assert select.main([str(run), "--best"]) == 0
+    assert capsys.readouterr().out.strip() == GOOD
+    assert select.main([str(run), "--best", "--layers", "2"]) == 0
+    assert capsys.readouterr().out.strip() == BAD
+    with pytest.raises(SystemExit):
+        select.main([str(run), "--best", "--layers", "0,1"])
+    assert select.main([str(run), "--multi_block_sets", "4"]) == 0  # best block 1, then 2
+    assert capsys.readouterr().out.strip() == "0,1;0,1,2;1,2"
+    import pandas as pd
+
+    ranked = pd.DataFrame({"layers": ["3", "1", "5", "0,1"]})
+    assert select.multi_block_sets(ranked, max_block=4) == [(1, 3), (2, 3), (2, 3, 4), (3, 4)]
+    with pytest.raises(ValueError, match="no single-block"):
+        select.multi_block_sets(pd.DataFrame({"layers": ["5"]}), max_block=4)
