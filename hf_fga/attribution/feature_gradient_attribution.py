@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -12,6 +13,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
+from ..onednn import OneDNNLinears, PackedLinear, check_backend, check_once, onednn_available, supports_onednn
 from ..sae import SparseAutoencoder
 from .capture import HOOK_POINTS, Capture, prepared_model, run_capture, vision_config
 from .fga import (
@@ -26,7 +28,7 @@ from .fga import (
     shuffle_permutation,
 )
 from .rollout import attention_rollout, raw_attention
-from .targets import is_clip, vision_layers
+from .targets import is_clip, model_logits, vision_layers
 from .transmm import cls_to_patches, gradient_weighted_attention, propagate_relevance
 
 METHODS = ("transmm", "fga", "rollout", "raw-attention")
@@ -118,6 +120,12 @@ class FeatureGradientAttribution:
             reference set, for the `mean-centered` variant (see [`compute_mean_residuals`]).
         hook_point (`str`, *optional*, defaults to `"resid_post"`): where x is read for blocks gated without an SAE
             (`no-sae`, `mean-centered`); blocks with an SAE always use the SAE's hook point.
+        linear_backend (`str`, *optional*, defaults to `"auto"`): how the model's linear layers (forward and the
+            input-gradient backward) and the SAE encoders run on CPU. `"auto"` uses prepacked oneDNN kernels
+            ([`hf_fga.onednn`]) when the model is float32 on CPU and its oneDNN forward matches the stock one
+            (checked once per model); `"onednn"` requires them; `"default"` keeps PyTorch's stock kernels. The packs
+            hold a second copy of the linear weights (two for the model: W and Wᵀ), taken on the first call and
+            retaken when the weights change.
 
     Notes:
         - TransMM follows the authors' reference code: R ← I, then R ← R + Ā_ℓ R with Ā_ℓ = mean_h((∇A ⊙ A)^+)
@@ -147,8 +155,18 @@ class FeatureGradientAttribution:
         saes: Mapping[int, SparseAutoencoder] | None = None,
         mean_residuals: Mapping[int, Tensor] | None = None,
         hook_point: str = "resid_post",
+        linear_backend: str = "auto",
     ):
         self.model = model
+        self.linear_backend = check_backend(linear_backend)
+        if linear_backend == "onednn" and not supports_onednn(model):
+            raise ValueError(
+                "linear_backend='onednn' needs a PyTorch build with oneDNN and a model whose linear weights are "
+                "float32 on CPU; use linear_backend='auto' or 'default' for this model."
+            )
+        self._model_packs: OneDNNLinears | None = None
+        self._encoder_packs: dict[int, PackedLinear] = {}
+        self._onednn_active = False
         self.layers = vision_layers(model)
         self.num_layers = len(self.layers)
         self.vision_config = vision_config(model)
@@ -353,9 +371,48 @@ class FeatureGradientAttribution:
             method, variant, float(kappa), float(cmax), return_diagnostics, return_contributions, num_contributions,
             shuffle_seed,
         )
+        capture = self._capture(pixel_values, target, hook_points, text_embeds)
+        return self._explain(capture, hook_points, grid, options)
+
+    def _capture(
+        self, pixel_values: Tensor, target: Tensor | None, hook_points: dict[int, str], text_embeds: Tensor | None
+    ) -> Capture:
+        """The one forward and backward pass, with the model prepared and restored (and oneDNN linears if chosen)."""
         with prepared_model(self.model) as handles:
-            capture = run_capture(self.model, handles, pixel_values, target, hook_points, text_embeds)
-            return self._explain(capture, hook_points, grid, options)
+            packs = self._packs_for(pixel_values[:1], text_embeds)
+            self._onednn_active = packs is not None
+            with packs.applied() if packs is not None else contextlib.nullcontext():
+                return run_capture(self.model, handles, pixel_values, target, hook_points, text_embeds)
+
+    # ------------------------------------------------------------------------------------------- oneDNN linears
+    def _packs_for(self, pixel_values: Tensor, text_embeds: Tensor | None) -> OneDNNLinears | None:
+        """The model's oneDNN packs (taken or retaken as needed) if this call may use them, else None."""
+        if self.linear_backend == "default" or not supports_onednn(self.model):
+            return None
+        if self._model_packs is None or not self._model_packs.is_current():
+            self._model_packs = OneDNNLinears(self.model, backward=True)
+        pixels = pixel_values.detach().to(self.model.device, torch.float32)
+        if not check_once(
+            self.model, self._model_packs, lambda: model_logits(self.model, pixels, text_embeds), self.linear_backend
+        ):
+            return None
+        return self._model_packs
+
+    def _encoder_for(self, block: int, sae: SparseAutoencoder) -> PackedLinear | None:
+        """The prepacked oneDNN encoder `x ↦ x W_enc + b_enc` of a block's SAE, when the backend allows it."""
+        usable = (
+            self.linear_backend != "default"
+            and onednn_available()
+            and sae.W_enc.device.type == "cpu"
+            and sae.W_enc.dtype == torch.float32
+            and self._onednn_active  # the model's linears run through oneDNN in this call too
+        )
+        if not usable:
+            return None
+        pack = self._encoder_packs.get(block)
+        if pack is None or not pack.is_current(sae.W_enc, sae.b_enc):
+            pack = self._encoder_packs[block] = PackedLinear(sae.W_enc, sae.b_enc, transposed=True)
+        return pack
 
     def _explain(
         self, capture: Capture, hook_points: dict[int, str], grid: tuple[int, int], options: _Options
@@ -437,7 +494,7 @@ class FeatureGradientAttribution:
         if sae is not None and needs_codes:
             key = ("codes", block, hook_point, id(sae))
             if key not in capture.cache:
-                capture.cache[key] = FeatureCodes.encode(sae, flat_x)
+                capture.cache[key] = FeatureCodes.encode(sae, flat_x, self._encoder_for(block, sae))
             codes = capture.cache[key]
         permutation = None
         if variant == "shuffled":

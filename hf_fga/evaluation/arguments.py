@@ -102,8 +102,9 @@ class EvaluationArguments:
     perturbation_batch_size: int = field(default=64, metadata={"help": "Perturbed inputs per forward pass."})
     linear_backend: str = field(
         default="auto",
-        metadata={"help": "How the perturbation forwards run linear layers: auto (oneDNN on CPU where it agrees with "
-                  "the stock forward; hf_fga.faithfulness.fast_linear), onednn, or default (stock)."},
+        metadata={"help": "How the attribution pass and the perturbation forwards run linear layers (and SAE "
+                  "encoders): auto (oneDNN on CPU where it agrees with the stock forward; hf_fga.onednn), onednn, or "
+                  "default (stock)."},
     )
     shuffle_seed: int = field(default=12345, metadata={"help": "Seed of the shuffled-decoder permutation."})
     report_only: bool = field(default=False, metadata={"help": "Only rebuild the report from the parquet files."})

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from ..attribution import AttributionOutput, FeatureGradientAttribution
-from ..attribution.capture import prepared_model, run_capture
 from ..attribution.feature_gradient_attribution import _Options
 from .configuration import EvaluationConfiguration
 
@@ -80,29 +79,28 @@ def attribute_configurations(
         return _Options(method, variant, float(kappa), float(cmax), diagnose, False, 1, shuffle_seed)
 
     maps: dict[str, Tensor] = {}
-    with prepared_model(attr.model) as handles:
-        capture = run_capture(attr.model, handles, pixel_values, target, hook_points, text_embeds)
-        first: AttributionOutput | None = None
-        for configuration in configurations:
-            if configuration.method == "transmm" and first is not None:
-                maps[configuration.key] = first.baseline
-                continue
-            chosen = {block: hook_points[block] for block in blocks[configuration.key]}
-            out = attr._explain(
-                capture,
-                chosen,
-                grid,
-                options(configuration.method, configuration.variant or "combined", configuration.kappa or 0.5,
-                        configuration.cmax or 10.0),
-            )
-            first = first or out
-            maps[configuration.key] = out.attribution
-        diagnostics: dict[int, dict[str, Tensor]] = {}
-        if union:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # `no-sae` degeneracy warnings: only the terms are read
-                out = attr._explain(capture, hook_points, grid, options("fga", "no-sae", diagnose=True))
-            diagnostics = out.diagnostics or {}
+    capture = attr._capture(pixel_values, target, hook_points, text_embeds)
+    first: AttributionOutput | None = None
+    for configuration in configurations:
+        if configuration.method == "transmm" and first is not None:
+            maps[configuration.key] = first.baseline
+            continue
+        chosen = {block: hook_points[block] for block in blocks[configuration.key]}
+        out = attr._explain(
+            capture,
+            chosen,
+            grid,
+            options(configuration.method, configuration.variant or "combined", configuration.kappa or 0.5,
+                    configuration.cmax or 10.0),
+        )
+        first = first or out
+        maps[configuration.key] = out.attribution
+    diagnostics: dict[int, dict[str, Tensor]] = {}
+    if union:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # `no-sae` degeneracy warnings: only the terms are read
+            out = attr._explain(capture, hook_points, grid, options("fga", "no-sae", diagnose=True))
+        diagnostics = out.diagnostics or {}
     return GridAttributions(
         maps=maps,
         logits=first.logits,

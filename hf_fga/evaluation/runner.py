@@ -373,14 +373,17 @@ def run_evaluation(
         from ..sae import load_saes
 
         saes = {block: sae.to(device) for block, sae in load_saes(parse_list(model_args.sae, "sae")).items()}
-    attr = FeatureGradientAttribution(model, saes)
+    attr = FeatureGradientAttribution(model, saes, linear_backend=eval_args.linear_backend)
     if any(c.variant == "mean-centered" for c in configurations):
         chosen = sorted({b for c in configurations if c.variant == "mean-centered" for b in c.layers}) or sorted(saes)
         if not chosen:
             raise ValueError("mean-centered without --layer_sets or SAEs has no block to gate: pass --layer_sets.")
         means = _mean_residuals(model_args, data_args, output_dir, attr, chosen, processor, state,
                                 eval_args.batch_size)
-        attr = FeatureGradientAttribution(model, saes, mean_residuals={b: m.to(device) for b, m in means.items()})
+        attr = FeatureGradientAttribution(
+            model, saes, mean_residuals={b: m.to(device) for b, m in means.items()},
+            linear_backend=eval_args.linear_backend,
+        )
     for configuration in configurations:  # fail before any work on a configuration that cannot run
         gated_blocks(attr, configuration)
     loaded = EvaluationModel(model, processor, attr, text_embeds)

@@ -46,6 +46,8 @@ class FeatureGradientAttributionPipeline(Pipeline):
         layers (`list[int]`, *optional*): the gated blocks to pick out of the SAE set (default: all of them).
         mean_residuals (*optional*): μ_ℓ per block (a dict of tensors or a path written by `save_mean_residuals`),
             for `variant="mean-centered"`, which needs no SAE.
+        linear_backend (`str`, *optional*, defaults to `"auto"`): `"auto"`, `"onednn"` or `"default"`, how linear
+            layers and SAE encoders run on CPU (see [`FeatureGradientAttribution`]).
 
     Call-time parameters: `target` (index or label name; default the predicted class), `candidate_labels` (CLIP),
     `method` ("fga", "transmm", "rollout", "raw-attention"), `variant`, `kappa`, `cmax`, `batch_size`,
@@ -71,7 +73,15 @@ class FeatureGradientAttributionPipeline(Pipeline):
     _load_feature_extractor = False
     _load_tokenizer = None  # CLIP needs one; a classifier has none
 
-    def __init__(self, *args, sae=None, layers: Sequence[int] | None = None, mean_residuals=None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        sae=None,
+        layers: Sequence[int] | None = None,
+        mean_residuals=None,
+        linear_backend: str = "auto",
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         from ..attribution import load_mean_residuals
         from ..sae import load_saes
@@ -80,7 +90,9 @@ class FeatureGradientAttributionPipeline(Pipeline):
         if isinstance(mean_residuals, (str, bytes)) or hasattr(mean_residuals, "__fspath__"):
             mean_residuals = load_mean_residuals(mean_residuals)
         self.layers = list(layers) if layers is not None else None
-        self.attributor = FeatureGradientAttribution(self.model, self.saes, mean_residuals=mean_residuals)
+        self.attributor = FeatureGradientAttribution(
+            self.model, self.saes, mean_residuals=mean_residuals, linear_backend=linear_backend
+        )
         self._text_cache: tuple[tuple[str, ...], torch.Tensor] | None = None
 
     def get_inference_context(self):

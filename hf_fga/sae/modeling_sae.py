@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,12 +115,18 @@ class SparseAutoencoder(PreTrainedModel):
         return x_hat
 
     # ---------------------------------------------------------------------------------------------- encode/decode
-    def pre_activations(self, x: Tensor) -> Tensor:
-        """`W_enc (x_n − b_dec) + b_enc` for already-normalised input `x_n` of shape `(..., d_in)`."""
+    def pre_activations(self, x: Tensor, encoder: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+        """
+        `W_enc (x_n − b_dec) + b_enc` for already-normalised input `x_n` of shape `(..., d_in)`.
+
+        `encoder`, if given, computes `z ↦ z W_enc + b_enc` for `z (M, d_in)` in place of `torch.addmm` (e.g. a
+        prepacked oneDNN linear, [`hf_fga.onednn.PackedLinear`] of `W_encᵀ`).
+        """
         if self.config.apply_b_dec_to_input:
             x = x - self.b_dec
+        flat_x = x.reshape(-1, x.shape[-1])
         # addmm adds the bias inside the matmul: one pass less over the wide (tokens, d_sae) output.
-        flat = torch.addmm(self.b_enc, x.reshape(-1, x.shape[-1]), self.W_enc)
+        flat = torch.addmm(self.b_enc, flat_x, self.W_enc) if encoder is None else encoder(flat_x)
         return flat.reshape(*x.shape[:-1], -1)
 
     def _activate(self, pre: Tensor) -> Tensor:
@@ -129,24 +136,27 @@ class SparseAutoencoder(PreTrainedModel):
             acts = torch.zeros_like(acts).scatter(-1, indices, values)
         return acts
 
-    def encode(self, x: Tensor) -> Tensor:
-        """Features `f (..., d_sae)` of residual vectors `x (..., d_in)`, input normalisation included."""
+    def encode(self, x: Tensor, encoder: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+        """
+        Features `f (..., d_sae)` of residual vectors `x (..., d_in)`, input normalisation included; `encoder` as in
+        [`pre_activations`].
+        """
         self._check_width(x)
         x_n, _ = self._normalize(x)
-        return self._activate(self.pre_activations(x_n))
+        return self._activate(self.pre_activations(x_n, encoder))
 
-    def encode_topk(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def encode_topk(self, x: Tensor, encoder: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, Tensor]:
         """
         The sparse active set of a Top-K SAE: `(values, indices)`, each `(..., k)`, with `values >= 0`.
 
         Equal to `encode(x)` scattered back into `d_sae` slots; never materialises the dense feature vector after
-        the encoder matmul.
+        the encoder matmul. `encoder` as in [`pre_activations`].
         """
         if self.config.activation != "topk":
             raise ValueError("encode_topk needs a Top-K SAE (config.activation='topk').")
         self._check_width(x)
         x_n, _ = self._normalize(x)
-        values, indices = self.pre_activations(x_n).topk(self.config.k, dim=-1)
+        values, indices = self.pre_activations(x_n, encoder).topk(self.config.k, dim=-1)
         return F.relu(values), indices
 
     def decode(self, f: Tensor) -> Tensor:

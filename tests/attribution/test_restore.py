@@ -28,6 +28,8 @@ def snapshot(model) -> dict:
             )
             for n, m in model.named_modules()
         },
+        # modules whose forward is overridden on the instance (the oneDNN linears are, only during a call)
+        "forwards": {n for n, m in model.named_modules() if "forward" in m.__dict__},
         "attn": [
             getattr(c, "_attn_implementation", None)
             for c in [model.config, *(getattr(model.config, k) for k in model.config.sub_configs)]
@@ -39,7 +41,7 @@ def assert_same(before: dict, after: dict) -> None:
     assert before["state"].keys() == after["state"].keys()
     for key, value in before["state"].items():
         assert torch.equal(value, after["state"][key]), key
-    for key in ("requires_grad", "training", "hooks", "attn"):
+    for key in ("requires_grad", "training", "hooks", "forwards", "attn"):
         assert before[key] == after[key], key
     assert all(g is None for g in after["grads"].values())
 

@@ -143,6 +143,17 @@ def test_layers_picks_blocks_out_of_the_set(vit_dir, sae_dirs):
     assert sorted(explain.saes) == [1]
 
 
+def test_linear_backend_is_a_constructor_option(vit_dir, sae_dirs, images):
+    saes = [str(d) for d in sae_dirs]
+    stock = pipeline("feature-gradient-attribution", model=str(vit_dir), sae=saes, linear_backend="default")
+    auto = pipeline("feature-gradient-attribution", model=str(vit_dir), sae=saes)
+    assert stock.attributor.linear_backend == "default" and auto.attributor.linear_backend == "auto"
+    a, b = stock(images[0]), auto(images[0])
+    np.testing.assert_allclose(a["attribution"], b["attribution"], rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="linear_backend='fast'"):
+        pipeline("feature-gradient-attribution", model=str(vit_dir), sae=saes, linear_backend="fast")
+
+
 def test_sae_instance_and_model_instance(vit_dir):
     from transformers import AutoModelForImageClassification
 
