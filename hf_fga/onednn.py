@@ -56,14 +56,15 @@ def onednn_available() -> bool:
         return False
 
 
-def _supported_weight(weight: Tensor) -> bool:
+def supported_weight(weight: Tensor) -> bool:
+    """Whether a weight can be packed: float32 on CPU."""
     return weight.device.type == "cpu" and weight.dtype == torch.float32
 
 
 def supports_onednn(model: nn.Module) -> bool:
     """Whether `model` can use the oneDNN linears: oneDNN available and every linear weight float32 on CPU."""
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    return onednn_available() and bool(linears) and all(_supported_weight(m.weight) for m in linears)
+    return onednn_available() and bool(linears) and all(supported_weight(m.weight) for m in linears)
 
 
 def _version(tensor: Tensor | None) -> int | None:
@@ -109,7 +110,7 @@ class PackedLinear:
     def __init__(
         self, weight: Tensor, bias: Tensor | None = None, backward: bool = False, transposed: bool = False
     ) -> None:
-        if not onednn_available() or not _supported_weight(weight):
+        if not onednn_available() or not supported_weight(weight):
             raise ValueError(
                 "oneDNN linears need a PyTorch build with oneDNN and float32 weights on CPU; use "
                 "linear_backend='default'."

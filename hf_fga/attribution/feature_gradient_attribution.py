@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from ..onednn import OneDNNLinears, PackedLinear, check_backend, check_once, onednn_available, supports_onednn
+from ..onednn import OneDNNLinears, PackedLinear, check_backend, check_once, supported_weight, supports_onednn
 from ..sae import SparseAutoencoder
 from .capture import HOOK_POINTS, Capture, prepared_model, run_capture, vision_config
 from .fga import (
@@ -400,14 +400,8 @@ class FeatureGradientAttribution:
 
     def _encoder_for(self, block: int, sae: SparseAutoencoder) -> PackedLinear | None:
         """The prepacked oneDNN encoder `x ↦ x W_enc + b_enc` of a block's SAE, when the backend allows it."""
-        usable = (
-            self.linear_backend != "default"
-            and onednn_available()
-            and sae.W_enc.device.type == "cpu"
-            and sae.W_enc.dtype == torch.float32
-            and self._onednn_active  # the model's linears run through oneDNN in this call too
-        )
-        if not usable:
+        # only when the model's linears run through oneDNN in this call too (which implies the backend allows it)
+        if not (self._onednn_active and supported_weight(sae.W_enc)):
             return None
         pack = self._encoder_packs.get(block)
         if pack is None or not pack.is_current(sae.W_enc, sae.b_enc):
