@@ -212,3 +212,44 @@ def check_once(model: nn.Module, packs: OneDNNLinears, stock: Callable[[], Tenso
                 raise RuntimeError(message)
             warnings.warn(message, stacklevel=3)
     return _CHECKED[model]
+
+
+# model -> its packs, reused across calls while current (weak keys: a deleted model leaves no entry)
+_PACKS: weakref.WeakKeyDictionary[nn.Module, OneDNNLinears] = weakref.WeakKeyDictionary()
+
+
+def model_linears(model: nn.Module, backend: str, stock: Callable[[], Tensor], backward: bool = False):
+    """
+    A context manager that runs `model`'s linears through oneDNN if `backend` allows it for this model, else a
+    `contextlib.nullcontext()`.
+
+    The packs are kept per model and retaken when the weights change; packs with `backward=True` also serve forwards.
+    On the first call per model `stock()` (a forward returning a tensor) is checked against the stock kernels
+    ([`check_once`]).
+
+    Args:
+        model (`nn.Module`): the model whose `nn.Linear` layers are run.
+        backend (`str`): `"auto"`, `"onednn"` (an error if unsupported) or `"default"` (always the stock kernels).
+        stock (`Callable[[], Tensor]`): a forward of `model` for the one-time check.
+        backward (`bool`, defaults to `False`): input gradients must flow through the linears.
+
+    Example:
+    ```python
+    >>> with model_linears(model, "auto", lambda: model(pixel_values=pixels[:1]).logits, backward=True):
+    ...     logits = model(pixel_values=pixels).logits
+    ```
+    """
+    check_backend(backend)
+    if backend == "default" or not supports_onednn(model):
+        if backend == "onednn":
+            raise ValueError(
+                "linear_backend='onednn' needs a PyTorch build with oneDNN and a model whose linear weights are "
+                "float32 on CPU; use linear_backend='auto' or 'default' for this model."
+            )
+        return contextlib.nullcontext()
+    packs = _PACKS.get(model)
+    if packs is None or not packs.is_current() or (backward and not packs.backward):
+        packs = _PACKS[model] = OneDNNLinears(model, backward=backward)
+    if not check_once(model, packs, stock, backend):
+        return contextlib.nullcontext()
+    return packs.applied()
