@@ -16,11 +16,15 @@ An objective is a callable `objective(pixel_values, rows) -> scores`:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
+import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
+from ..onednn import model_linears
+from .capture import model_dtype, prepared_model
 from .targets import model_logits
 
 Objective = Callable[[Tensor, Tensor], Tensor]
@@ -63,3 +67,38 @@ def logit_objective(
         return logits.gather(1, chosen[:, None])[:, 0]
 
     return objective
+
+
+@contextlib.contextmanager
+def prepared_objective(
+    model: PreTrainedModel,
+    pixel_values: Tensor,
+    target: Tensor | None = None,
+    text_embeds: Tensor | None = None,
+    linear_backend: str = "auto",
+    clean_forward: bool = False,
+) -> Iterator[tuple[Objective, Tensor, dict]]:
+    """
+    The model prepared for own passes (eval, eager attention, frozen parameters, oneDNN linears with input gradients
+    where `linear_backend` allows; all restored on exit, also after an exception) and its logit objective.
+
+    Yields `(objective, pixels, record)`: the [`logit_objective`], `pixel_values` on the model's device and dtype,
+    and a record of the clean images' `"logits"` `(B, C)` and `"target"` `(B,)`. With `clean_forward=False` the
+    objective fills the record on its next call (right when that call is on the clean images, as for gradient ×
+    input); with `clean_forward=True` one forward without gradient fills it first (and resolves `target=None` to
+    each image's argmax), as methods that evaluate other inputs need (Integrated Gradients).
+    """
+    with prepared_model(model):
+        pixels = pixel_values.detach().to(model.device, model_dtype(model))
+
+        def stock() -> Tensor:
+            return model_logits(model, pixels[:1], text_embeds)
+
+        with model_linears(model, linear_backend, stock, backward=True):
+            record: dict = {}
+            if clean_forward:
+                with torch.no_grad():
+                    logit_objective(model, target, text_embeds, record)(pixels, torch.arange(len(pixels)))
+                yield logit_objective(model, record["target"], text_embeds), pixels, record
+            else:
+                yield logit_objective(model, target, text_embeds, record), pixels, record

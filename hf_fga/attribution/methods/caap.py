@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
+from ...faithfulness.baselines import patch_grid
 from ...onednn import model_linears
 from ..block_runs import run_from_block
 from ..capture import install_hooks, prepared_model
@@ -117,7 +118,6 @@ def caap(
 def caap_model(
     model: PreTrainedModel,
     pixel_values: Tensor,
-    grid: tuple[int, int],
     target: Tensor | None = None,
     text_embeds: Tensor | None = None,
     block_range: tuple[int, int] | None = None,
@@ -130,7 +130,6 @@ def caap_model(
     Args:
         model ([`PreTrainedModel`]): prepared and restored by this call.
         pixel_values (`Tensor` of shape `(B, C, H, W)`): preprocessed images (the sources).
-        grid (`tuple[int, int]`): the patch grid (h, w).
         target (`LongTensor` of shape `(B,)`, *optional*): explained class per image; `None` takes the argmax.
         text_embeds (`Tensor` of shape `(C, projection_dim)`, *optional*): CLIP's candidate-label embeddings.
         block_range (`tuple[int, int]`, *optional*): (a, b), 0-indexed and inclusive; defaults to (1, ⌊L/2⌋).
@@ -145,6 +144,8 @@ def caap_model(
     start, end = check_block_range(default_block_range(len(layers)) if block_range is None else block_range,
                                    len(layers))
     batch_size = check_batch_size(batch_size)
+    patches = patch_grid(model, pixel_values)
+    grid = (patches.height, patches.width)
     images = pixel_values.shape[0]
     with prepared_model(model):
         pixels = pixel_values.detach().to(model.device, next(model.parameters()).dtype)

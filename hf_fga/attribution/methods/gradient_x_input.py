@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from transformers import PreTrainedModel
 
-from ...faithfulness.baselines import PatchGrid
-from ..objectives import Objective
+from ...faithfulness.baselines import PatchGrid, patch_grid
+from ..objectives import Objective, prepared_objective
 
 
 def input_gradients(objective: Objective, pixel_values: Tensor) -> tuple[Tensor, Tensor]:
@@ -53,3 +54,29 @@ def gradient_x_input(objective: Objective, pixel_values: Tensor, grid: PatchGrid
     scores, grads = input_gradients(objective, pixel_values)
     attribution = grid.patch_sums(pixel_values.detach() * grads)
     return attribution.reshape(-1, grid.height, grid.width), scores
+
+
+def gradient_x_input_model(
+    model: PreTrainedModel,
+    pixel_values: Tensor,
+    target: Tensor | None = None,
+    text_embeds: Tensor | None = None,
+    linear_backend: str = "auto",
+) -> dict[str, Tensor]:
+    """
+    Gradient × Input of the model-logit target (method.md §1): one forward and one backward pass.
+
+    Args:
+        model ([`PreTrainedModel`]): a ViT-family classifier or a `CLIPModel`; prepared and restored by this call.
+        pixel_values (`Tensor` of shape `(B, C, H, W)`): preprocessed images.
+        target (`LongTensor` of shape `(B,)`, *optional*): explained class per image; `None` takes the argmax.
+        text_embeds (`Tensor` of shape `(C, projection_dim)`, *optional*): CLIP's candidate-label embeddings.
+        linear_backend (`str`, defaults to `"auto"`): `"auto"`, `"onednn"` or `"default"` (see [`hf_fga.onednn`]).
+
+    Returns:
+        `dict[str, Tensor]`: `"attribution"` `(B, h, w)`, `"logits"` `(B, C)`, `"target"` `(B,)`.
+    """
+    grid = patch_grid(model, pixel_values)
+    with prepared_objective(model, pixel_values, target, text_embeds, linear_backend) as (objective, pixels, record):
+        attribution, _ = gradient_x_input(objective, pixels, grid)
+    return {"attribution": attribution, "logits": record["logits"], "target": record["target"]}

@@ -9,9 +9,10 @@ from __future__ import annotations
 import torch
 from captum.attr import IntegratedGradients
 from torch import Tensor
+from transformers import PreTrainedModel
 
-from ...faithfulness.baselines import PatchGrid, baseline_fill, default_normalization
-from ..objectives import Objective
+from ...faithfulness.baselines import PatchGrid, baseline_fill, default_normalization, patch_grid
+from ..objectives import Objective, prepared_objective
 
 DEFAULT_STEPS = 32
 
@@ -89,3 +90,41 @@ def integrated_gradients(
     )
     attribution = grid.patch_sums(pixel_attribution.detach()).reshape(batch, grid.height, grid.width)
     return attribution, delta.detach()
+
+
+def integrated_gradients_model(
+    model: PreTrainedModel,
+    pixel_values: Tensor,
+    target: Tensor | None = None,
+    text_embeds: Tensor | None = None,
+    steps: int = DEFAULT_STEPS,
+    internal_batch_size: int | None = None,
+    linear_backend: str = "auto",
+) -> dict[str, Tensor]:
+    """
+    Integrated Gradients of the model-logit target (method.md §1) from the `mean` fill: `steps` forward and backward
+    passes per image (in batches of `internal_batch_size` inputs), plus one clean forward and captum's two forwards
+    for the convergence delta.
+
+    Args:
+        model ([`PreTrainedModel`]): a ViT-family classifier or a `CLIPModel`; prepared and restored by this call.
+        pixel_values (`Tensor` of shape `(B, C, H, W)`): preprocessed images.
+        target (`LongTensor` of shape `(B,)`, *optional*): explained class per image; `None` takes the argmax.
+        text_embeds (`Tensor` of shape `(C, projection_dim)`, *optional*): CLIP's candidate-label embeddings.
+        steps (`int`, defaults to 32): Gauss–Legendre nodes, ≥ 1.
+        internal_batch_size (`int`, *optional*): inputs per pass; `None`: all `steps × B` at once.
+        linear_backend (`str`, defaults to `"auto"`): `"auto"`, `"onednn"` or `"default"` (see [`hf_fga.onednn`]).
+
+    Returns:
+        `dict[str, Tensor]`: `"attribution"` `(B, h, w)`, `"logits"` `(B, C)`, `"target"` `(B,)`, `"delta"` `(B,)`
+        (Σ_p A(p) − (y(x) − y(x̄)), the quadrature's completeness error).
+    """
+    steps = check_steps(steps)
+    internal_batch_size = check_internal_batch_size(internal_batch_size)
+    grid = patch_grid(model, pixel_values)
+    with prepared_objective(
+        model, pixel_values, target, text_embeds, linear_backend, clean_forward=True
+    ) as (objective, pixels, record):
+        baseline = mean_fill(model, pixels)
+        attribution, delta = integrated_gradients(objective, pixels, baseline, grid, steps, internal_batch_size)
+    return {"attribution": attribution, "logits": record["logits"], "target": record["target"], "delta": delta}
