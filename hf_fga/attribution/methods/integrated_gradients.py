@@ -15,6 +15,8 @@ from ...faithfulness.baselines import PatchGrid, baseline_fill, default_normaliz
 from ..objectives import Objective, prepared_objective
 
 DEFAULT_STEPS = 32
+# inputs per forward/backward pass: one image's 32 steps (ViT-B/16: ~2 GB of activations); None runs all at once
+DEFAULT_INTERNAL_BATCH_SIZE = 32
 
 
 def check_steps(steps) -> int:
@@ -50,7 +52,7 @@ def integrated_gradients(
     baseline: Tensor,
     grid: PatchGrid,
     steps: int = DEFAULT_STEPS,
-    internal_batch_size: int | None = None,
+    internal_batch_size: int | None = DEFAULT_INTERNAL_BATCH_SIZE,
 ) -> tuple[Tensor, Tensor]:
     """
     Integrated Gradients per patch for any objective.
@@ -64,8 +66,8 @@ def integrated_gradients(
             fill, [`mean_fill`]).
         grid (`PatchGrid`): the model's patch grid.
         steps (`int`, defaults to 32): Gauss–Legendre nodes, ≥ 1.
-        internal_batch_size (`int`, *optional*): inputs per forward/backward pass (captum's option); `None` runs all
-            `steps × B` at once. Values below B run one step of every image per pass.
+        internal_batch_size (`int`, *optional*, defaults to 32): inputs per forward/backward pass (captum's option);
+            `None` runs all `steps × B` at once. Values below B run one step of every image per pass.
 
     Returns:
         `tuple[Tensor, Tensor]`: the attribution `(B, h, w)` and captum's convergence delta `(B,)`,
@@ -98,7 +100,7 @@ def integrated_gradients_model(
     target: Tensor | None = None,
     text_embeds: Tensor | None = None,
     steps: int = DEFAULT_STEPS,
-    internal_batch_size: int | None = None,
+    internal_batch_size: int | None = DEFAULT_INTERNAL_BATCH_SIZE,
     linear_backend: str = "auto",
 ) -> dict[str, Tensor]:
     """
@@ -112,7 +114,7 @@ def integrated_gradients_model(
         target (`LongTensor` of shape `(B,)`, *optional*): explained class per image; `None` takes the argmax.
         text_embeds (`Tensor` of shape `(C, projection_dim)`, *optional*): CLIP's candidate-label embeddings.
         steps (`int`, defaults to 32): Gauss–Legendre nodes, ≥ 1.
-        internal_batch_size (`int`, *optional*): inputs per pass; `None`: all `steps × B` at once.
+        internal_batch_size (`int`, *optional*, defaults to 32): inputs per pass; `None`: all `steps × B` at once.
         linear_backend (`str`, defaults to `"auto"`): `"auto"`, `"onednn"` or `"default"` (see [`hf_fga.onednn`]).
 
     Returns:
