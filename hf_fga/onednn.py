@@ -218,14 +218,25 @@ def check_once(model: nn.Module, packs: OneDNNLinears, stock: Callable[[], Tenso
 _PACKS: weakref.WeakKeyDictionary[nn.Module, OneDNNLinears] = weakref.WeakKeyDictionary()
 
 
+def cached_linears(model: nn.Module, backward: bool = False) -> OneDNNLinears:
+    """
+    The packs of `model`, shared by every caller in the process: taken on first use, retaken when the weights change
+    or when input gradients are needed and the cached packs serve forwards only (packs with `backward=True` serve
+    both, so a model holds at most one set).
+    """
+    packs = _PACKS.get(model)
+    if packs is None or not packs.is_current() or (backward and not packs.backward):
+        packs = _PACKS[model] = OneDNNLinears(model, backward=backward)
+    return packs
+
+
 def model_linears(model: nn.Module, backend: str, stock: Callable[[], Tensor], backward: bool = False):
     """
     A context manager that runs `model`'s linears through oneDNN if `backend` allows it for this model, else a
     `contextlib.nullcontext()`.
 
-    The packs are kept per model and retaken when the weights change; packs with `backward=True` also serve forwards.
-    On the first call per model `stock()` (a forward returning a tensor) is checked against the stock kernels
-    ([`check_once`]).
+    The packs are [`cached_linears`]. On the first call per model `stock()` (a forward returning a tensor) is checked
+    against the stock kernels ([`check_once`]).
 
     Args:
         model (`nn.Module`): the model whose `nn.Linear` layers are run.
@@ -247,9 +258,7 @@ def model_linears(model: nn.Module, backend: str, stock: Callable[[], Tensor], b
                 "float32 on CPU; use linear_backend='auto' or 'default' for this model."
             )
         return contextlib.nullcontext()
-    packs = _PACKS.get(model)
-    if packs is None or not packs.is_current() or (backward and not packs.backward):
-        packs = _PACKS[model] = OneDNNLinears(model, backward=backward)
+    packs = cached_linears(model, backward)
     if not check_once(model, packs, stock, backend):
         return contextlib.nullcontext()
     return packs.applied()
