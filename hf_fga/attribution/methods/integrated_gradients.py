@@ -2,6 +2,10 @@
 Integrated Gradients (Sundararajan et al. 2017; method.md §8) from the `mean` fill x̄ of method.md §5, with captum's
 Gauss–Legendre quadrature: A(p) = Σ_{i∈p} (x_i − x̄_i) ∫₀¹ ∂y/∂x_i(x̄ + α(x − x̄)) dα, summed over the patch's pixels
 and channels. Completeness: Σ_p A(p) ≈ y(x) − y(x̄), the quadrature error shrinking as `steps` grows.
+
+Precision: captum (0.9) multiplies the gradients by its quadrature weights cast to float32, so even a float64 model
+gets Integrated Gradients accurate to ~1e-8 relative (the completeness gap stops shrinking there), not to float64
+rounding.
 """
 
 from __future__ import annotations
