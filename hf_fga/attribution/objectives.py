@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 
 import torch
 from torch import Tensor
@@ -77,6 +78,7 @@ def prepared_objective(
     text_embeds: Tensor | None = None,
     linear_backend: str = "auto",
     clean_forward: bool = False,
+    backward_context: Callable[[PreTrainedModel], AbstractContextManager] | None = None,
 ) -> Iterator[tuple[Objective, Tensor, dict]]:
     """
     The model prepared for own passes (eval, eager attention, frozen parameters, oneDNN linears with input gradients
@@ -86,7 +88,8 @@ def prepared_objective(
     and a record of the clean images' `"logits"` `(B, C)` and `"target"` `(B,)`. With `clean_forward=False` the
     objective fills the record on its next call (right when that call is on the clean images, as for gradient ×
     input); with `clean_forward=True` one forward without gradient fills it first (and resolves `target=None` to
-    each image's argmax), as methods that evaluate other inputs need (Integrated Gradients).
+    each image's argmax), as methods that evaluate other inputs need (Integrated Gradients). `backward_context`
+    (`model -> ContextManager`, e.g. LibraGrad's backward rules) is entered around every pass run inside the block.
     """
     with prepared_model(model):
         pixels = pixel_values.detach().to(model.device, model_dtype(model))
@@ -94,7 +97,10 @@ def prepared_objective(
         def stock() -> Tensor:
             return model_logits(model, pixels[:1], text_embeds)
 
-        with model_linears(model, linear_backend, stock, backward=True):
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(model_linears(model, linear_backend, stock, backward=True))
+            if backward_context is not None:
+                stack.enter_context(backward_context(model))
             record: dict = {}
             if clean_forward:
                 with torch.no_grad():
