@@ -31,30 +31,25 @@ def overlay(image: Image.Image, attribution: np.ndarray, alpha: float = 0.5, cma
 
 
 def draw_patch_boxes(
-    image: Image.Image, boxes: Sequence[tuple[int, int, str]], grid: tuple[int, int], width: int = 2
+    image: Image.Image,
+    boxes: Sequence[tuple[int, int, str]],
+    grid: tuple[int, int],
+    width: int = 2,
+    labels: Sequence[str] | None = None,
 ) -> Image.Image:
-    """Draw `(row, col, colour)` patch boxes of an `grid = (h, w)` patch grid on a copy of `image`."""
+    """
+    Draw `(row, col, colour)` patch boxes of a `grid = (h, w)` patch grid on a copy of `image`; `labels` (one per
+    box), when given, are written on a band of the box's colour in its top-left corner.
+    """
     out = image.convert("RGB").copy()
     draw = ImageDraw.Draw(out)
     ph, pw = out.height / grid[0], out.width / grid[1]
-    for row, col, colour in boxes:
-        draw.rectangle([col * pw, row * ph, (col + 1) * pw - 1, (row + 1) * ph - 1], outline=colour, width=width)
-    return out
-
-
-def labelled_patch_boxes(
-    image: Image.Image, marks: Sequence[tuple[int, str, str]], grid: tuple[int, int], width: int = 3
-) -> Image.Image:
-    """Draw `(row-major patch, colour, label)` boxes on a `grid = (h, w)` patch grid, labels in the boxes' corners."""
-    out = image.convert("RGB").copy()
-    draw = ImageDraw.Draw(out)
-    ph, pw = out.height / grid[0], out.width / grid[1]
-    for patch, colour, label in marks:
-        row, col = divmod(patch, grid[1])
+    for n, (row, col, colour) in enumerate(boxes):
         box = [col * pw, row * ph, (col + 1) * pw - 1, (row + 1) * ph - 1]
         draw.rectangle(box, outline=colour, width=width)
-        draw.rectangle([box[0], box[1], box[0] + 7 * len(label) + 4, box[1] + 12], fill=colour)
-        draw.text((box[0] + 2, box[1]), label, fill="black")
+        if labels is not None:
+            draw.rectangle([box[0], box[1], box[0] + 7 * len(labels[n]) + 4, box[1] + 12], fill=colour)
+            draw.text((box[0] + 2, box[1]), labels[n], fill="black")
     return out
 
 

@@ -39,7 +39,7 @@ from hf_fga.images import MIN_SIDE, load_image
 from hf_fga.pipelines import TASK, FeatureGradientAttributionPipeline
 from hf_fga.pipelines.feature_gradient_attribution import FEATURE_VARIANTS
 from hf_fga.prototypes import PrototypeIndex
-from hf_fga.viz import captioned_stack, feature_card, fit_within, gate_image, labelled_patch_boxes, overlay
+from hf_fga.viz import captioned_stack, draw_patch_boxes, feature_card, fit_within, gate_image, overlay
 
 ASSETS = HERE / "assets"
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
@@ -256,16 +256,17 @@ def feature_panel(explainer: Explainer, image: Image.Image, result: dict, varian
             else "No feature contributed to the most changed patches."
         )
         return image, None, why
-    marks, cards = [], []
+    marks, numbers, cards = [], [], []
     rows = ["| # | block | feature | role | push on ŝ | patches |", "| --- | --- | --- | --- | --- | --- |"]
     for n, (block, feature) in enumerate(found, start=1):
         colour = AMPLIFIER_COLOUR if feature["sign"] == AMPLIFIER else SUPPRESSOR_COLOUR
-        marks.extend((p, colour, str(n)) for p in feature["patches"])
         strip, note = None, "Prototypes are precomputed for\nthe bundled model's SAEs only."
         if explainer.prototypes is not None:
             strip = explainer.prototypes.strip(block, feature["index"])
             note = "This feature never fired on\nthe reference split."
         boxes = [(p // grid[1], p % grid[1], colour) for p in feature["patches"]]
+        marks += boxes
+        numbers += [str(n)] * len(boxes)
         caption = (
             f"#{n} · block {block} · feature {feature['index']} · {feature['sign']} "
             f"({feature['contribution']:+.2f}) · right: its top reference images, yellow = where it fires"
@@ -280,7 +281,8 @@ def feature_panel(explainer: Explainer, image: Image.Image, result: dict, varian
         "the one that pushed hardest on the normalised score ŝ of one of the patches whose attribution FGA changed "
         "most against TransMM (method.md §7)."
     )
-    return labelled_patch_boxes(image, marks, grid), captioned_stack(cards), legend + "\n\n" + "\n".join(rows)
+    boxed = draw_patch_boxes(image, marks, grid, width=3, labels=numbers)
+    return boxed, captioned_stack(cards), legend + "\n\n" + "\n".join(rows)
 
 
 @dataclass

@@ -137,6 +137,15 @@ def test_huge_uploads_are_refused_from_the_header(app_module, handler, tmp_path,
     assert "10000×10000" in message and "Downscale" in message
 
 
+def test_16_bit_uploads_keep_their_contrast(app_module, tmp_path):
+    ramp = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)  # 0 .. 65520
+    path = tmp_path / "xray16.png"
+    Image.fromarray(ramp).save(path)
+    image = np.asarray(app_module.read_upload(str(path)))
+    expected = np.round(ramp.astype(np.float64) * 255 / 65535).astype(np.uint8)
+    np.testing.assert_array_equal(image[..., 0], expected)  # not clipped to white as an 8-bit conversion would
+
+
 def test_the_space_explains_through_the_pipeline(app_module, space_explainer, monkeypatch):
     import inspect
 
