@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -146,7 +147,7 @@ class FeatureGradientAttributionPipeline(Pipeline):
         return super().__call__(as_pipeline_inputs(inputs), **kwargs)
 
     def get_inference_context(self):
-        return torch.enable_grad  # `Pipeline.forward` runs `_forward` under it: attribution needs gradients
+        return gradients_on  # `Pipeline.forward` runs `_forward` under it: attribution needs gradients
 
     def _sanitize_parameters(
         self,
@@ -232,7 +233,7 @@ class FeatureGradientAttributionPipeline(Pipeline):
         One forward and one backward pass for a batch `pixel_values (B, 3, H, W)`; returns per-image lists (the
         `DataLoader` unbatches them): `output` (an `AttributionOutput` of batch 1 each), `image`, `labels`.
         """
-        pixel_values = model_inputs["pixel_values"]
+        pixel_values = model_inputs["pixel_values"].clone()  # a normal tensor even if made under inference mode
         images = model_inputs["image"] if isinstance(model_inputs["image"], list) else [model_inputs["image"]]
         labels, text_embeds = self._labels(candidate_labels)
         out = self.attributor.attribute(
@@ -265,6 +266,13 @@ class FeatureGradientAttributionPipeline(Pipeline):
             "top_features": top_features(out, top_k_features),
             "overlay": overlay(image, attribution),
         }
+
+
+@contextlib.contextmanager
+def gradients_on() -> Iterator[None]:
+    """Gradients on, also when the caller runs the pipeline under `torch.inference_mode()` or `torch.no_grad()`."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
 
 
 def gated_layers(layers) -> list[int]:

@@ -191,6 +191,9 @@ def test_clip_zero_shot(clip_dir, images):
     assert out["label"] in labels and out["attribution"].shape == (4, 4)
     chosen = explain(images[0], candidate_labels=labels, target="x-ray")
     assert chosen["label"] == "x-ray"
+    batched = explain(images[:3], candidate_labels=labels, batch_size=3)
+    for a, image in zip(batched, images[:3], strict=True):
+        _same(a, explain(image, candidate_labels=labels))
     with pytest.raises(ValueError, match="candidate_labels"):
         explain(images[0])
 
@@ -427,3 +430,11 @@ def test_numpy_target_and_image_arrays_out_of_range(explain, images):
         explain(np.full((40, 40, 3), -5, dtype=np.int32))
     with pytest.raises(ValueError, match="complex"):
         explain(np.ones((40, 40, 3), dtype=np.complex128))
+
+
+def test_gradients_are_on_inside_no_grad_and_inference_mode(explain, images):
+    reference = explain(images[0])
+    with torch.no_grad():
+        _same(explain(images[0]), reference)
+    with torch.inference_mode():
+        _same(explain(images[0]), reference)
