@@ -1,7 +1,7 @@
 """
 Precompute the Space's feature prototypes (method.md §7): for every feature of every SAE of the bundled set, its
 top activating images of a reference split with the patches where it fires, written to `spaces/assets/` as small
-JPEG thumbnails, a JSON index and one compressed array file (see `spaces/fga_space/prototypes.py`).
+JPEG thumbnails, a JSON index and one compressed array file (see `hf_fga/prototypes.py`).
 
 The reference split is the bundled model's validation split (`hf_fga/bundled/splits.json`: patients carved out of
 the chest X-ray train split), never the test split. Only images that are some feature's prototype get a thumbnail.
