@@ -82,7 +82,8 @@ class FeatureGradientAttributionPipeline(Pipeline):
     and tensors (the accepted values per dtype are listed in `hf_fga.images`), `datasets` image cells.
 
     Returns, per image, a dict of plain Python / numpy values: `label`, `score` (probability of the explained class),
-    `target`, `attribution` (float32, patch grid h × w), `baseline` (TransMM, h × w), `gates` ({block: h × w}),
+    `target`, `attribution` (float32, patch grid h × w), `baseline` (TransMM of the same pass, h × w; `None` for
+    methods that run their own passes), `gates` ({block: h × w}),
     `top_features` ({block: [{"index", "sign", "contribution", "patches"}, …]}, see below), `overlay` (PIL image).
     A list of such dicts for a list of images; an iterator of them for a dataset or a generator.
 
@@ -261,7 +262,7 @@ class FeatureGradientAttributionPipeline(Pipeline):
             "score": float(out.probabilities[0, t]),
             "target": t,
             "attribution": attribution,
-            "baseline": out.baseline[0].numpy().astype(np.float32),
+            "baseline": None if out.baseline is None else out.baseline[0].numpy().astype(np.float32),
             "gates": {block: g[0].numpy().astype(np.float32) for block, g in out.gates.items()},
             "top_features": top_features(out, top_k_features),
             "overlay": overlay(image, attribution),
