@@ -69,6 +69,17 @@ def patch_grid(model, pixel_values: Tensor, patch_size: int | None = None) -> Pa
     return PatchGrid(patch_size, height // patch_size, width // patch_size)
 
 
+def check_pixel_values(pixel_values: Tensor) -> None:
+    """A ValueError naming the images whose `pixel_values (B, C, H, W)` hold NaN or infinite values."""
+    finite = torch.isfinite(pixel_values).flatten(1).all(dim=1)
+    if not finite.all():
+        bad = torch.nonzero(~finite).flatten().tolist()
+        raise ValueError(
+            f"pixel_values of image(s) {bad} contain NaN or infinite values: every score of a perturbed copy would be "
+            "NaN. Check the images and their preprocessing (e.g. a division by a zero image_std)."
+        )
+
+
 def check_attributions(attributions, grid: PatchGrid, batch_size: int) -> np.ndarray:
     """Attributions `(B, h, w)` as float64 `(B, N)`; a ValueError naming both shapes when the grid differs."""
     values = attributions.detach().cpu().double().numpy() if isinstance(attributions, Tensor) else attributions

@@ -13,7 +13,7 @@ from transformers import PreTrainedModel
 
 from ..attribution.targets import clip_text_embeddings, is_clip, model_logits
 from ..metrics import metric_path
-from .baselines import BASELINES, check_attributions, default_normalization, patch_grid
+from .baselines import BASELINES, check_attributions, check_pixel_values, default_normalization, patch_grid
 from .fast_linear import fast_forward
 from .presets import FaithfulnessPreset, resolve_preset
 from .records import Plan, plan_curve, plan_faithfulness_correlation, plan_saco
@@ -54,6 +54,7 @@ def make_runner(
     they agree with the stock forward, which is up to ~1.7x faster on CPUs where MKL's sgemm is slow.
     """
     grid = patch_grid(model, pixel_values, patch_size)
+    check_pixel_values(pixel_values)
     if isinstance(model, PreTrainedModel):
         if is_clip(model) and text_embeds is None:
             if candidate_labels is None or tokenizer is None:

@@ -109,6 +109,11 @@ def plan_saco(
     SaCo (Wu et al. 2024; method.md §5): K groups of (near) equal size from `numpy.array_split` of the ranking,
     K = `num_groups` or ceil(N / `group_size`); one forward per group, the clean forward shared.
     `target="clean"`: Δ = p(Ŷ|x) − p(Ŷ|x_G); `"perturbed_argmax"` (thesis code): Δ = p(Ŷ|x) − max_c p(c|x_G).
+
+    A constant map ranks no patch above another: its group sums would differ only where `array_split` makes groups
+    of unequal size (N not divisible by K), and which patches land in the larger groups depends on the patch order,
+    so SaCo would take an arbitrary value. Such a map's groups get equal saliences (the mean group sum), so that
+    Σ|w| = 0 and its SaCo is 0.0 for any patch order (the `saco` module's definition).
     """
     num_images, num_patches = attributions.shape
     k = num_groups if num_groups is not None else -(-num_patches // group_size)
@@ -122,6 +127,8 @@ def plan_saco(
             groups[image, members] = g
             saliences[image, g] = attributions[image, members].sum()
             requests.append(runner.request(image, fill, _mask(num_patches, members)))
+        if (attributions[image] == attributions[image, 0]).all():
+            saliences[image] = saliences[image].mean()
 
     def build(scores: np.ndarray) -> SaCoRecord:
         targets = runner.targets()

@@ -205,9 +205,25 @@ class PerturbationRunner:
             for start in bar:
                 chunk = todo[start : start + self.batch_size]
                 scores = self.forward(self._materialise(chunk)).detach().to(torch.float64).cpu().numpy()
+                self._check_scores(scores, chunk)
                 self.num_forwards += len(chunk)
                 for key, score in zip(keys[start : start + self.batch_size], scores, strict=True):
                     self.cache.put(key, score)
+
+    def _check_scores(self, scores: np.ndarray, requests: list[Request]) -> None:
+        """A ValueError naming the images (and inputs) on which the model returned NaN or infinite scores."""
+        finite = np.isfinite(scores).reshape(len(requests), -1).all(axis=1)
+        if finite.all():
+            return
+        bad = [requests[j] for j in np.flatnonzero(~finite)]
+        images = sorted({image for image, fill, _ in bad if fill == CLEAN})
+        inputs = "the clean image"
+        if not images:
+            images, inputs = sorted({image for image, _, _ in bad}), f"perturbed copies ({bad[0][1]} fill)"
+        raise ValueError(
+            f"The model returned NaN or infinite scores for {inputs} of image(s) {images}, whose pixel_values are "
+            "finite: the model itself produces them (check its weights and dtype, e.g. float16 overflow)."
+        )
 
     def responses(self, requests: Sequence[Request]) -> np.ndarray:
         """The model scores `(R, num_outputs)` (float64) of the requests, running those not cached."""

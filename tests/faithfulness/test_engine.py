@@ -354,7 +354,51 @@ def test_constant_attributions_give_defined_scores(vit64):
     assert np.array_equal(scores["saco"], [0.0, 0.0])  # equal group saliences: Σ|w| = 0, defined as 0
     assert np.array_equal(scores["faithfulness_correlation"], [0.0, 0.0])  # constant subset sums
     uneven = evaluate_faithfulness(vit64, pixels, constant, metrics=("saco",), progress=False)
-    assert np.isfinite(uneven["saco"]).all()  # K = 10 groups of 2 or 1 patches: saliences differ, still defined
+    assert np.array_equal(uneven["saco"], [0.0, 0.0])  # K = 10 groups of 2 or 1 patches: still no ranking, 0
+
+
+@pytest.mark.parametrize("preset, num_groups", [("papers", 10), ("papers", 3), ("thesis", None)])
+def test_constant_map_saco_is_zero_for_every_patch_order(preset, num_groups):
+    """N = 16 patches in K groups of unequal size: permuting the patches moves content between the larger and the
+    smaller groups, which changed a constant map's SaCo (±1/12 steps) before its saliences were made equal."""
+    weights = torch.linspace(-3.0, 4.0, 16, dtype=torch.float64)
+    model = PatchLinear(weights, patch=8)
+    pixels = pixel_batch(1, seed=2).double()
+    constant = torch.full((1, 4, 4), 0.7, dtype=torch.float64)
+    overrides = {} if num_groups is None else {"saco_num_groups": num_groups}
+    raw_saliences = []
+    for seed in range(4):
+        order = torch.randperm(16, generator=torch.Generator().manual_seed(seed))
+        patches = pixels.reshape(1, 3, 4, 8, 4, 8).permute(0, 1, 2, 4, 3, 5).reshape(1, 3, 16, 8, 8)[:, :, order]
+        permuted = patches.reshape(1, 3, 4, 4, 8, 8).permute(0, 1, 2, 4, 3, 5).reshape(1, 3, 32, 32)
+        scores = evaluate_faithfulness(model, permuted, constant, metrics=("saco",), preset=preset, patch_size=8,
+                                       progress=False, **overrides)
+        assert scores["saco"][0] == 0.0
+        record = faithfulness_records(model, permuted, constant, metrics=("saco",), preset=preset, patch_size=8,
+                                      progress=False, **overrides)["saco"]
+        assert np.ptp(record.saliences) == 0.0
+        raw_saliences.append(record.saliences)
+    assert np.allclose(np.concatenate(raw_saliences), 0.7 * 16 / record.saliences.shape[1])
+
+
+def test_non_finite_inputs_name_the_input_that_is_wrong():
+    weights = torch.linspace(-1.0, 1.0, 16)
+    pixels = pixel_batch(3, seed=4)
+    pixels[2, 0, 5, 5] = float("nan")
+    with pytest.raises(ValueError, match=r"pixel_values of image\(s\) \[2\] contain NaN or infinite values"):
+        evaluate_faithfulness(PatchLinear(weights, patch=8), pixels, torch.rand(3, 4, 4), patch_size=8,
+                              fc_subset_size=5, progress=False)
+
+    def broken(x):
+        scores = PatchLinear(weights, patch=8)(x)
+        scores[x[:, 0, 0, 0] > 0.5] = float("inf")
+        return scores
+
+    pixels = pixel_batch(3, seed=4)
+    pixels[:, 0, 0, 0] = torch.tensor([0.0, 1.0, 0.0])
+    expected = r"model returned NaN or infinite scores for the clean image of image\(s\) \[1\]"
+    with pytest.raises(ValueError, match=expected):
+        evaluate_faithfulness(broken, pixels, torch.rand(3, 4, 4), patch_size=8, fc_subset_size=5, progress=False)
 
 
 def test_invalid_inputs_raise_clear_errors():
