@@ -106,6 +106,13 @@ class EvaluationArguments:
                   "encoders): auto (oneDNN on CPU where it agrees with the stock forward; hf_fga.onednn), onednn, or "
                   "default (stock)."},
     )
+    num_threads: int | None = field(
+        default=None,
+        metadata={"help": "torch threads per process (torch.set_num_threads), recorded in run.json and the report. "
+                  "Results are bitwise identical for any number of processes at the same thread count; the default "
+                  "keeps the launch's count (accelerate launch gives each of N processes cores / N threads, and "
+                  "float32 sums then differ in their last bits, ~1e-8 in the scores)."},
+    )
     shuffle_seed: int = field(default=12345, metadata={"help": "Seed of the shuffled-decoder permutation."})
     report_only: bool = field(default=False, metadata={"help": "Only rebuild the report from the parquet files."})
     no_report: bool = field(default=False, metadata={"help": "Do not write the report at the end."})

@@ -4,11 +4,16 @@ grid, score each under every preset, and write per-image rows to parquet chunk b
 
 Sharding. The selected images are cut into chunks of `batch_size` in dataset order; chunk c goes to process
 c mod world_size. A chunk's composition never depends on the number of processes, and all randomness is seeded per
-image (by its dataset row index), so merged results are identical for any number of processes.
+image (by its dataset row index), so merged results are bitwise identical for any number of processes **at the same
+number of torch threads per process** (`--num_threads`, recorded in run.json; a resume with another count is
+refused). The thread count changes how float32 matrix products and sums are split, hence their last bits: with
+`accelerate launch`'s default of cores / N threads per process, 1 and 2 processes differ by up to ~2e-8 in the
+scores.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -333,14 +338,37 @@ def build_grid(eval_args: EvaluationArguments) -> list[EvaluationConfiguration]:
     )
 
 
+@contextlib.contextmanager
+def torch_threads(count: int | None):
+    """Run the block with `torch.set_num_threads(count)` (unchanged when None), restoring the count after it."""
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+        raise ValueError(f"--num_threads must be a positive integer, got {count!r}.")
+    before = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
 def run_evaluation(
     data_args: DataArguments, model_args: ModelArguments, eval_args: EvaluationArguments,
     state: PartialState | None = None,
 ) -> RunSummary:
     """
     Evaluate this process's shard (see the module docstring), skipping every row already stored in
-    `eval_args.output_dir`, then (main process, after all processes finish) write the report.
+    `eval_args.output_dir`, then (main process, after all processes finish) write the report. Runs with
+    `eval_args.num_threads` torch threads (see the module docstring for what the thread count changes).
     """
+    with torch_threads(eval_args.num_threads) as num_threads:
+        return _run_evaluation(data_args, model_args, eval_args, state, num_threads)
+
+
+def _run_evaluation(
+    data_args: DataArguments, model_args: ModelArguments, eval_args: EvaluationArguments,
+    state: PartialState | None, num_threads: int,
+) -> RunSummary:
     state = state or process_state()
     output_dir = Path(eval_args.output_dir)
     summary = RunSummary()
@@ -393,7 +421,7 @@ def run_evaluation(
         "mean_residuals": model_args.mean_residuals or model_args.mean_residuals_split,
         "target": eval_args.target, "metric_seed": eval_args.metric_seed, "metrics": ",".join(metrics),
         "shuffle_seed": eval_args.shuffle_seed, "id_column": data_args.id_column,
-        "preset_overrides": preset_overrides(eval_args),
+        "preset_overrides": preset_overrides(eval_args), "num_threads": num_threads,
     }
     if state.is_main_process:
         check_run_description(output_dir, description)

@@ -80,18 +80,24 @@ def completed_keys(output_dir: str | os.PathLike) -> set[Key]:
 def check_run_description(output_dir: str | os.PathLike, description: Mapping[str, object]) -> None:
     """
     Record what the results in `output_dir` were computed from (model, SAEs, dataset, …) in `run.json`; a later run
-    into the same folder must describe the same inputs, else its rows would silently mix with others.
+    into the same folder must describe the same inputs, else its rows would silently mix with others. A field the
+    stored description lacks (written before that field was recorded) is not compared.
     """
     path = Path(output_dir) / RUN_FILE
     description = json.loads(json.dumps(dict(description), default=str))
     if path.is_file():
         stored = json.loads(path.read_text())
-        changed = {k: (stored.get(k), v) for k, v in description.items() if stored.get(k) != v}
+        changed = {k: (stored[k], v) for k, v in description.items() if k in stored and stored[k] != v}
         if changed:
             details = "; ".join(f"{k}: stored {old!r}, now {new!r}" for k, (old, new) in changed.items())
+            hint = (
+                f" For the thread count, pass --num_threads {changed['num_threads'][0]}."
+                if "num_threads" in changed
+                else ""
+            )
             raise ValueError(
                 f"{path} describes a run with other inputs ({details}). Resuming would mix results: use a new "
-                "--output_dir, or delete the folder to start over."
+                f"--output_dir, or delete the folder to start over.{hint}"
             )
         return
     path.parent.mkdir(parents=True, exist_ok=True)

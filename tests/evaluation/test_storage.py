@@ -32,3 +32,11 @@ def test_run_description_refuses_other_inputs(tmp_path):
     check_run_description(tmp_path, {"model": "m1", "split": "test"})
     with pytest.raises(ValueError, match="model: stored 'm1', now 'm2'"):
         check_run_description(tmp_path, {"model": "m2", "split": "test"})
+    # a field recorded only by newer versions (here num_threads) is not compared with a folder written before it
+    check_run_description(tmp_path, {"model": "m1", "split": "test", "num_threads": 4})
+
+
+def test_run_description_thread_count_mismatch_says_which_count_to_pass(tmp_path):
+    check_run_description(tmp_path, {"model": "m1", "num_threads": 4})
+    with pytest.raises(ValueError, match=r"num_threads: stored 4, now 8.*pass --num_threads 4\."):
+        check_run_description(tmp_path, {"model": "m1", "num_threads": 8})

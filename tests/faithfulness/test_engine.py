@@ -239,6 +239,27 @@ def test_scores_do_not_depend_on_batch_size():
             np.testing.assert_allclose(results[0][metric], other[metric], atol=1e-5, err_msg=metric)
 
 
+def test_scores_at_two_thread_counts_agree_to_float32_rounding():
+    """What the evaluation tool's docstring states: the same thread count reproduces the scores bitwise; another
+    thread count may change float32 sums in their last bits, never more than rounding."""
+    model, pixels = tiny_vit(), pixel_batch(2, seed=6)
+    attributions = torch.rand(2, 4, 4, generator=torch.Generator().manual_seed(1))
+    before, runs = torch.get_num_threads(), {}
+    try:
+        for threads in (1, 2, 1):
+            torch.set_num_threads(threads)
+            scores = evaluate_faithfulness(model, pixels, attributions, metrics=ALL, fc_subset_size=5, fc_runs=10,
+                                           progress=False)
+            if threads in runs:
+                for name in ALL:
+                    np.testing.assert_array_equal(scores[name], runs[threads][name])
+            runs[threads] = scores
+    finally:
+        torch.set_num_threads(before)
+    for name in ALL:
+        np.testing.assert_allclose(runs[1][name], runs[2][name], rtol=0, atol=1e-5)
+
+
 def test_seeding_is_per_image_not_per_batch():
     model = tiny_vit()
     pixels, attributions = pixel_batch(4, seed=7), torch.rand(4, 4, 4, generator=torch.Generator().manual_seed(7))
