@@ -109,7 +109,7 @@ def _run_evaluation(
     mine = [(c, chunk) for c, chunk in enumerate(chunks) if c % state.num_processes == state.process_index]
     todo = []
     for number, chunk in mine:
-        missing = {(i, k, p) for _, i in chunk for k, p in wanted if (i, k, p, eval_args.baseline) not in done}
+        missing = {(i, k, p) for _, i in chunk for k, p in wanted if (i, k, p, eval_args.fill) not in done}
         if missing:
             todo.append((number, chunk, [c for c in configurations if any(m[1] == c.key for m in missing)]))
         else:

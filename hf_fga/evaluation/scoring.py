@@ -40,7 +40,7 @@ def score_chunk(
         group = configurations[start : start + per_call]
         stacked = torch.cat([maps[c.key] for c in group])
         records = faithfulness_records_for_presets(
-            loaded.model, pixel_values.repeat(len(group), 1, 1, 1), stacked, metrics, presets, eval_args.baseline,
+            loaded.model, pixel_values.repeat(len(group), 1, 1, 1), stacked, metrics, presets, eval_args.fill,
             eval_args.metric_seed, eval_args.perturbation_batch_size,
             image_ids=row_indices * len(group), targets=targets.repeat(len(group)).tolist(), cache=cache,
             text_embeds=loaded.text_embeds, image_mean=mean, image_std=std, progress=False,
@@ -81,14 +81,14 @@ def evaluate_chunk(
     for b, (index, image_id) in enumerate(items):
         label = labels[b]
         shared = {
-            "image_id": image_id, "index": index, "baseline": eval_args.baseline, "target": int(grid.target[b]),
+            "image_id": image_id, "index": index, "fill": eval_args.fill, "target": int(grid.target[b]),
             "prediction": int(prediction[b]), "probability": float(grid.probabilities[b, prediction[b]]),
             "label": None if label is None else int(label),
             "correct": None if label is None else bool(int(prediction[b]) == int(label)),
         }
         for configuration in configurations:
             for preset in presets:
-                if (image_id, configuration.key, preset, eval_args.baseline) in done:
+                if (image_id, configuration.key, preset, eval_args.fill) in done:
                     continue
                 entry = scores[(configuration.key, preset)]
                 row = {**shared, **configuration.columns(), "preset": preset}

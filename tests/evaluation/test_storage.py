@@ -1,10 +1,10 @@
 import pytest
 
-from hf_fga.evaluation.storage import check_run_description, completed_keys, read_parts, write_part
+from hf_fga.evaluation.storage import RESULTS_FOLDER, check_run_description, completed_keys, read_parts, write_part
 
 
 def _row(image, config="transmm||||", preset="papers", value=1.0):
-    return {"image_id": image, "config": config, "preset": preset, "baseline": "mean", "saco": value}
+    return {"image_id": image, "config": config, "preset": preset, "fill": "mean", "saco": value}
 
 
 def test_write_part_is_atomic_and_read_back_sorted(tmp_path):
@@ -25,6 +25,17 @@ def test_read_parts_ignores_temporary_files_and_drops_duplicates(tmp_path):
     frame = read_parts(folder)
     assert len(frame) == 2
     assert completed_keys(tmp_path) == {("a", "transmm||||", "papers", "mean"), ("a", "transmm||||", "thesis", "mean")}
+
+
+def test_parts_written_with_the_legacy_baseline_column_read_as_fill(tmp_path):
+    folder = tmp_path / RESULTS_FOLDER
+    legacy = [{"image_id": "a", "config": "transmm||||", "preset": "papers", "baseline": "mean", "saco": 0.5}]
+    write_part(folder, legacy, rank=0, chunk=0)
+    write_part(folder, [_row("b", "transmm||||", "papers", 0.25)], rank=0, chunk=1)
+    frame = read_parts(folder)
+    assert "baseline" not in frame.columns and list(frame["fill"]) == ["mean", "mean"]
+    assert read_parts(folder, columns=["image_id", "fill"])["fill"].tolist() == ["mean", "mean"]
+    assert completed_keys(tmp_path) == {("a", "transmm||||", "papers", "mean"), ("b", "transmm||||", "papers", "mean")}
 
 
 def test_run_description_refuses_other_inputs(tmp_path):

@@ -1,4 +1,4 @@
-"""Patch grids and perturbation baselines, all patch-aligned in the model's preprocessed input space (method.md §5)."""
+"""Patch grids and perturbation fills, all patch-aligned in the model's preprocessed input space (method.md §5)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from transformers.image_utils import IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_S
 
 from ..attribution.targets import is_clip
 
-BASELINES = ("mean", "zero", "black", "blur", "uniform")
+FILLS = ("mean", "zero", "black", "blur", "uniform")
 
 
 @dataclass(frozen=True)
@@ -123,9 +123,9 @@ def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
     return F.conv2d(rows, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
 
 
-def baseline_fill(
+def fill_source(
     pixel_values: Tensor,
-    baseline: str,
+    fill: str,
     *,
     mean_fill: str = "per_channel",
     image_mean: list[float],
@@ -146,10 +146,10 @@ def baseline_fill(
       (seed, image id) so it does not depend on batching.
     """
     images = pixel_values
-    if baseline == "mean":
+    if fill == "mean":
         dims = (1, 2, 3) if mean_fill == "scalar" else (2, 3)
         return images.mean(dim=dims, keepdim=True)
-    if baseline == "zero":
+    if fill == "zero":
         return images.new_zeros(1, 1, 1, 1)
     mean = torch.tensor(image_mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
     std = torch.tensor(image_std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
@@ -158,11 +158,11 @@ def baseline_fill(
             f"image_mean/image_std have {mean.shape[1]}/{std.shape[1]} values but the images have "
             f"{images.shape[1]} channels: pass the image processor's image_mean and image_std."
         )
-    if baseline == "black":
+    if fill == "black":
         return -mean / std
-    if baseline == "blur":
+    if fill == "blur":
         return gaussian_blur(images, blur_sigma)
-    if baseline == "uniform":
+    if fill == "uniform":
         ids = list(range(images.shape[0])) if image_ids is None else image_ids
         noise = torch.stack(
             [
@@ -171,7 +171,7 @@ def baseline_fill(
             ]
         )
         return (noise.to(images.dtype).to(images.device) - mean) / std
-    raise ValueError(f"baseline={baseline!r} is unknown: expected one of {BASELINES}.")
+    raise ValueError(f"fill={fill!r} is unknown: expected one of {FILLS}.")
 
 
 def recomputed_scalar_fill(image: Tensor, order: np.ndarray, grid: PatchGrid) -> Tensor:
