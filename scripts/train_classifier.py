@@ -102,7 +102,7 @@ def load_split(data_dir: str, split: str, cache_dir: Path) -> dict:
     """Decode a split once into grey uint8 images `(N, H, W)` plus labels and ids (cached as a `.pt` file)."""
     cache = cache_dir / f"cache_{split}.pt"
     if cache.exists():
-        return load_checkpoint(cache)
+        return safe_torch_load(cache)
     import datasets
 
     ds = datasets.load_dataset(data_dir, split=split)
@@ -336,7 +336,7 @@ def set_rng_state(state: dict, gen: torch.Generator) -> None:
     random.setstate(state["py"])
 
 
-def load_checkpoint(path: Path) -> dict:
+def safe_torch_load(path: Path) -> dict:
     """
     A checkpoint or cache written by this script, read with `torch.load(weights_only=True)`: tensors and plain
     Python containers only, so a crafted file cannot run code. Anything else is a `ValueError` naming the file.
@@ -397,7 +397,7 @@ def train(args: TrainClassifierArguments) -> dict:
     state = {"epoch": 0, "best_balanced_accuracy": -1.0, "best_epoch": None, "train_seconds": 0.0}
     ckpt = out / "last.pt"
     if ckpt.exists():
-        saved = load_checkpoint(ckpt)
+        saved = safe_torch_load(ckpt)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])

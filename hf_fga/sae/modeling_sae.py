@@ -243,7 +243,7 @@ class SparseAutoencoder(PreTrainedModel):
                 f"The weights at {where} lack the tensor(s) {lacking}, which transformers would initialise at "
                 "random: re-export the SAE with every tensor."
             )
-        check_finite(model.named_parameters(), f"The SAE at {where}")
+        check_finite(model.named_parameters(), str(files[0]) if files and len(files) == 1 else f"The SAE at {where}")
         return (model, info) if wants_info else model
 
     @staticmethod

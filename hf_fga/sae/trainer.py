@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -169,6 +170,20 @@ class BlockTrainer:
                 save_checkpoint(self.state_dict())
         bar.close()
         self.sae.eval()
+
+
+def load_checkpoint(path: Path) -> dict:
+    """
+    A training checkpoint, read with `torch.load(weights_only=True)`: tensors and plain containers only, so a
+    crafted file cannot run code; anything else is a `ValueError` naming the file.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{path} holds Python objects that hf_fga refuses to unpickle (weights_only=True), so it was not written "
+            "by train_saes: delete the checkpoints folder to start over; never load files you do not trust."
+        ) from err
 
 
 def atomic_torch_save(obj, path: Path) -> None:

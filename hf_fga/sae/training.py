@@ -42,7 +42,7 @@ from .harvest import harvest, load_vision_model
 from .modeling_sae import SparseAutoencoder
 from .quality import evaluate_sae, quality_markdown
 from .sae_set import save_sae_set
-from .trainer import CHECKPOINT_NAME, BlockTrainer, atomic_torch_save, geometric_median
+from .trainer import CHECKPOINT_NAME, BlockTrainer, atomic_torch_save, geometric_median, load_checkpoint
 from .training_arguments import SaeTrainingArguments
 from .training_card import training_info
 from .training_loss import normalize_decoder, project_decoder_gradient, sae_training_loss
@@ -94,7 +94,7 @@ def train_saes(
         model.train(was_training)
         model.to(device)
     checkpoint_file = args.checkpoint_dir / CHECKPOINT_NAME
-    resume = torch.load(checkpoint_file, weights_only=True) if checkpoint_file.is_file() else None
+    resume = load_checkpoint(checkpoint_file) if checkpoint_file.is_file() else None
     run_settings = _resume_settings(args)
     if resume is not None and resume.get("settings", run_settings) != run_settings:
         changed = sorted(k for k in run_settings if resume.get("settings", {}).get(k) != run_settings[k])

@@ -108,7 +108,7 @@ def test_rng_state_round_trips_through_a_weights_only_checkpoint(script, tmp_pat
     np.random.standard_normal()  # leaves a cached Gaussian in the legacy NumPy state
     torch.save({"rng": script.rng_state(gen)}, tmp_path / "rng.pt")
     expected = (torch.rand(3), torch.rand(3, generator=gen), np.random.standard_normal(4), random.random())
-    script.set_rng_state(script.load_checkpoint(tmp_path / "rng.pt")["rng"], gen)
+    script.set_rng_state(script.safe_torch_load(tmp_path / "rng.pt")["rng"], gen)
     again = (torch.rand(3), torch.rand(3, generator=gen), np.random.standard_normal(4), random.random())
     torch.testing.assert_close(again[0], expected[0])
     torch.testing.assert_close(again[1], expected[1])

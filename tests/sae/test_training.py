@@ -1,6 +1,7 @@
 """End-to-end tests of the SAE training harness on a tiny random ViT and an in-memory dataset."""
 
 import json
+import os
 
 import datasets
 import numpy as np
@@ -287,3 +288,22 @@ def test_interrupted_harvest_is_redone_from_scratch(tmp_path):
     stale.write_bytes(b"partial")
     train_saes(args, tiny_vit(), _dataset(), _processor())
     assert not stale.exists()
+
+
+class _Payload:
+    """Unpickling this runs `os.system`, which creates a marker file: proof that the loader executed pickled code."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_crafted_checkpoint_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "payload_ran"
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    torch.save({"settings": _Payload(marker), "done": {}}, tmp_path / "run" / "checkpoints" / "checkpoint.pt")
+    with pytest.raises(ValueError, match="checkpoint.pt holds Python objects that hf_fga refuses to unpickle"):
+        train_saes(_args(tmp_path, "run", blocks=[0]), tiny_vit(), _dataset(20), _processor())
+    assert not marker.exists()

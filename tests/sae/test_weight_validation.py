@@ -46,7 +46,7 @@ def test_non_finite_tensor_is_refused(tmp_path, name, value):
         tensors[name].view(-1)[3] = value
 
     _rewrite(weights, poison)
-    with pytest.raises(ValueError, match=rf"tensor {name} has 1 NaN or infinite value"):
+    with pytest.raises(ValueError, match=rf"model\.safetensors: tensor {name} has 1 NaN or infinite value"):
         load_saes(folder)
 
 
