@@ -158,7 +158,9 @@ class OneDNNLinears:
                 "oneDNN linears need a PyTorch build with oneDNN and a model whose linear weights are float32 on "
                 "CPU; use linear_backend='default' for this model."
             )
-        self.model = model
+        # a weak reference: the process-wide cache (`cached_linears`) keys packs weakly by model, and a strong one
+        # here would keep every model ever packed alive
+        self._model = weakref.ref(model)
         self.backward = backward
         self._packs = [
             (module, PackedLinear(module.weight, module.bias, backward))
@@ -167,7 +169,10 @@ class OneDNNLinears:
         ]
 
     def is_current(self) -> bool:
-        linears = [m for m in self.model.modules() if isinstance(m, nn.Linear)]
+        model = self._model()
+        if model is None:
+            return False
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
         return len(linears) == len(self._packs) and all(
             module is linear and pack.is_current(module.weight, module.bias)
             for (module, pack), linear in zip(self._packs, linears, strict=True)

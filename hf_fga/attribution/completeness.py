@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
-from .capture import prepared_model
+from ..introspection import prepared_model
 from .objectives import Objective, logit_objective
 
 # Parameters that enter the model additively, besides every `*.bias`: matched against any component of the name.

@@ -24,9 +24,8 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
+from ..introspection import model_dtype, model_logits, prepared_model
 from ..onednn import model_linears
-from .capture import model_dtype, prepared_model
-from .targets import model_logits
 
 Objective = Callable[[Tensor, Tensor], Tensor]
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import gc
+import weakref
 
 import pytest
 import torch
@@ -45,3 +47,12 @@ def test_model_linears_backends():
     assert isinstance(model_linears(model, "auto", lambda: None), contextlib.nullcontext)  # float64: stock kernels
     with pytest.raises(ValueError, match="linear_backend"):
         model_linears(model, "fast", lambda: None)
+
+
+def test_cache_does_not_keep_models_alive():
+    model = tiny_vit(num_layers=2)
+    cached_linears(model, backward=True)
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None

@@ -8,13 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hf_fga.attribution import block_runs
-from hf_fga.attribution.capture import prepared_model, run_capture
-from hf_fga.attribution.methods.caap import caap_model
-from hf_fga.attribution.methods.grad_cam import grad_cam
-from hf_fga.attribution.methods.gradient_x_input import gradient_x_input_model
-from hf_fga.attribution.methods.integrated_gradients import integrated_gradients_model
-from hf_fga.attribution.targets import vision_layers
+import hf_fga.introspection as introspection
+from hf_fga.attribution import Attributor, get_method, list_methods
+from hf_fga.introspection import vision_layers
 from tests.attribution import direct_methods as direct
 from tests.attribution.test_restore import assert_same, snapshot
 from tests.attribution.tiny_models import clip_label_inputs, tiny_deit
@@ -24,17 +20,15 @@ GRID = (4, 4)
 METHODS = ("gradient-x-input", "integrated-gradients", "grad-cam", "caap")
 
 
-def attribute(model, pixel_values, method, target=None, text_embeds=None, **options):
-    """The library's map `(B, h, w)` of `method`."""
-    if method == "gradient-x-input":
-        return gradient_x_input_model(model, pixel_values, target, text_embeds, **options)["attribution"]
-    if method == "integrated-gradients":
-        return integrated_gradients_model(model, pixel_values, target, text_embeds, **options)["attribution"]
-    if method == "caap":
-        return caap_model(model, pixel_values, target, text_embeds, **options)["attribution"]
-    with prepared_model(model) as handles:
-        capture = run_capture(model, handles, pixel_values, target, {}, text_embeds)
-    return grad_cam(capture.attentions[-1], capture.attention_grads[-1], GRID)
+def attribute(model, pixel_values, method, target=None, text_embeds=None, linear_backend="auto", **options):
+    """The registered method's map `(B, h, w)` in the model's dtype (the engine's output is float32)."""
+    attributor = Attributor(model, linear_backend=linear_backend)
+    impl = get_method(method)
+    options = impl.check_options(attributor, **options)
+    if impl.uses_capture:
+        capture = attributor.capture(pixel_values, target, text_embeds)
+        return impl.explain(attributor, capture, options).attribution
+    return impl.attribute(attributor, pixel_values, target, text_embeds, options).attribution
 
 
 def randomise_biases(model, seed: int = 1):
@@ -122,7 +116,7 @@ def test_integrated_gradients_completeness_improves_with_steps(kind):
 def test_batch_invariance_float32(method, linear_backend):
     model = tiny_vit(num_layers=3)
     pixels = pixel_batch(3, seed=5)
-    options = {} if method == "grad-cam" else {"linear_backend": linear_backend}
+    options = {"linear_backend": linear_backend}
     if method == "caap":
         options["batch_size"] = 7
     batch = attribute(model, pixels, method, **options)
@@ -158,12 +152,39 @@ def unusual_vit():
     return model
 
 
+def public(model, pixel_values, method, linear_backend="auto", **kwargs):
+    """`Attributor(model).attribute(..., method=method)`: the public path, float32 output."""
+    return Attributor(model, linear_backend=linear_backend).attribute(pixel_values, method=method, **kwargs)
+
+
+def test_registered_and_public_path():
+    """Every method is registered and `Attributor.attribute` returns its map, logits and target."""
+    assert set(METHODS) <= set(list_methods())
+    model = tiny_vit(num_layers=3)
+    pixels = pixel_batch(2, seed=7)
+    logits = model(pixel_values=pixels).logits.detach()
+    for method in METHODS:
+        options = {"steps": 4} if method == "integrated-gradients" else {}
+        out = public(model, pixels, method, **options)
+        assert out.attribution.shape == (2, *GRID) and out.attribution.dtype == torch.float32
+        torch.testing.assert_close(out.attribution, attribute(model, pixels, method, **options).float())
+        torch.testing.assert_close(out.logits, logits, rtol=1e-5, atol=1e-6)
+        assert out.target.tolist() == logits.argmax(-1).tolist()
+        assert (out.baseline is None) == (method != "grad-cam")
+        explicit = public(model, pixels, method, target=[2, 0], **options)
+        assert explicit.target.tolist() == [2, 0]
+    ig = public(model, pixels, "integrated-gradients", steps=8)
+    assert ig.diagnostics["convergence_delta"].shape == (2,)
+    caap = public(model, pixels, "caap")
+    assert caap.diagnostics["neutral_scores"].shape == (2,)
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_model_restored_after_success(method):
     model = unusual_vit()
     before = snapshot(model)
     options = {"steps": 4} if method == "integrated-gradients" else {}
-    attribute(model, pixel_batch(2), method, **options)
+    public(model, pixel_batch(2), method, **options)
     assert_same(before, snapshot(model))
     assert vision_layers(model) is model.vit.layers and len(model.vit.layers) == 3
 
@@ -188,7 +209,7 @@ def test_model_restored_after_exception(method, fail_at, monkeypatch):
     monkeypatch.setattr(type(model.vit.layers[2]), "forward", failing)
     options = {"steps": 4} if method == "integrated-gradients" else {}
     with pytest.raises(RuntimeError, match="boom"):
-        attribute(model, pixel_batch(2), method, linear_backend="default", **options)
+        public(model, pixel_batch(2), method, linear_backend="default", **options)
     monkeypatch.undo()
     assert_same(before, snapshot(model))
     assert len(model.vit.layers) == 3
@@ -201,57 +222,59 @@ def test_caap_restores_blocks_when_a_patched_run_fails(monkeypatch):
     def failing(*args, **kwargs):
         raise RuntimeError("patched run failed")
 
-    monkeypatch.setattr(block_runs, "model_logits", failing)
+    monkeypatch.setattr(introspection, "model_logits", failing)
     with pytest.raises(RuntimeError, match="patched run failed"):
-        caap_model(model, pixel_batch(1))
+        public(model, pixel_batch(1), "caap")
+    monkeypatch.undo()
     assert_same(before, snapshot(model))
     assert len(model.vit.layers) == 3
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_unknown_option(method):
+    with pytest.raises(TypeError, match="unknown option"):
+        public(tiny_vit(), pixel_batch(1), method, step=4)
 
 
 @pytest.mark.parametrize("steps", [0, -1, 2.5, True, "32"])
 def test_integrated_gradients_rejects_bad_steps(steps):
     with pytest.raises(ValueError, match="integer >= 1"):
-        integrated_gradients_model(tiny_vit(), pixel_batch(1), steps=steps)
+        public(tiny_vit(), pixel_batch(1), "integrated-gradients", steps=steps)
 
 
 def test_integrated_gradients_internal_batch_size():
     model = tiny_vit(num_layers=2)
     pixels = pixel_batch(3, seed=8)
-    whole = integrated_gradients_model(model, pixels, steps=8, linear_backend="default")["attribution"]
+    whole = attribute(model, pixels, "integrated-gradients", steps=8, internal_batch_size=None)
     for size in (1, 5, 12):
-        part = integrated_gradients_model(
-            model, pixels, steps=8, internal_batch_size=size, linear_backend="default"
-        )["attribution"]
+        part = attribute(model, pixels, "integrated-gradients", steps=8, internal_batch_size=size)
         torch.testing.assert_close(part, whole, rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match="internal_batch_size"):
-        integrated_gradients_model(model, pixels, internal_batch_size=0)
+    for size in (0, -3, 2.0, True):
+        with pytest.raises(ValueError, match="internal_batch_size"):
+            public(model, pixels, "integrated-gradients", internal_batch_size=size)
 
 
-@pytest.mark.parametrize("block_range", [(0, 3), (-1, 1), (2, 1), (1,), (1.0, 2), "12", (True, 1), None])
+@pytest.mark.parametrize("block_range", [(0, 3), (-1, 1), (2, 1), (1,), (1.0, 2), "12", (True, 1), 1])
 def test_caap_rejects_bad_block_ranges(block_range):
-    model = tiny_vit(num_layers=3)
-    if block_range is None:  # None means the default and is valid
-        caap_model(model, pixel_batch(1), block_range=None)
-        return
     with pytest.raises(ValueError, match=r"0 <= a <= b <= 2"):
-        caap_model(model, pixel_batch(1), block_range=block_range)
+        public(tiny_vit(num_layers=3), pixel_batch(1), "caap", block_range=block_range)
 
 
 @pytest.mark.parametrize("batch_size", [0, -2, 1.5, True])
 def test_caap_rejects_bad_batch_sizes(batch_size):
     with pytest.raises(ValueError, match="batch_size"):
-        caap_model(tiny_vit(), pixel_batch(1), batch_size=batch_size)
+        public(tiny_vit(), pixel_batch(1), "caap", batch_size=batch_size)
 
 
 def test_caap_defaults_and_block_ranges():
-    """Default (1, ⌊L/2⌋); b = L−1 and a = 0 are valid; the run does not depend on the batch size."""
+    """Default (1, ⌊L/2⌋); a = 0 and b = L−1 are valid; the result does not depend on the batch size."""
     model = tiny_vit(num_layers=4).double()
     pixels = pixel_batch(2, seed=9).double()
-    default = caap_model(model, pixels, batch_size=3)["attribution"]
-    explicit = caap_model(model, pixels, block_range=(1, 2), batch_size=32)["attribution"]
+    default = attribute(model, pixels, "caap", batch_size=3)
+    explicit = attribute(model, pixels, "caap", block_range=(1, 2), batch_size=32)
     torch.testing.assert_close(default, explicit, rtol=0, atol=1e-12)
-    for block_range in ((0, 0), (0, 3), (3, 3)):
-        got = caap_model(model, pixels, block_range=block_range)["attribution"]
-        target = int(direct.logits(model, pixels[:1])[0].argmax())
-        expected = direct.caap(model, vision_layers(model), pixels[0], target, GRID, block_range)
+    target = int(direct.logits(model, pixels[:1])[0][0].argmax())
+    for block_range in ((0, 0), (0, 3), (3, 3), [1, 3]):
+        got = attribute(model, pixels, "caap", block_range=block_range)
+        expected = direct.caap(model, vision_layers(model), pixels[0], target, GRID, tuple(block_range))
         torch.testing.assert_close(got[0], expected, rtol=1e-9, atol=1e-12)

@@ -4,23 +4,27 @@ CAAP, causal attribution via activation patching (seed `002_…`, method.md §8)
 Neutral context: the fully filled image x̄ (the `mean` fill of method.md §5). For each patch p, x̄ is run again, and
 after every block ℓ ∈ [a, b] the residual of p's token is replaced by the source image's residual at the same block
 and token; A(p) = y(patched run) − y(x̄). The N patched runs of an image are independent, so they are batched, and
-each starts from x̄'s residual at the input of block a (computed once): a patched run costs blocks a..L−1 and the head.
+each starts from x̄'s residual at the input of block a (computed once): a patched run costs blocks a..L−1 and the head
+([`hf_fga.introspection.run_from_block`]).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
-from transformers import PreTrainedModel
 
-from ...faithfulness.baselines import patch_grid
+from ...faithfulness.fills import patch_grid
+from ...introspection import model_dtype, model_logits, prepared_model, residual_hooks, run_from_block
 from ...onednn import model_linears
-from ..block_runs import run_from_block
-from ..capture import install_hooks, prepared_model
-from ..targets import model_logits, vision_layers
+from .base import AttributionMethod, MethodResult, register_method
 from .integrated_gradients import mean_fill
+
+if TYPE_CHECKING:
+    from ..engine import Attributor
 
 DEFAULT_BATCH_SIZE = 64
 
@@ -115,64 +119,79 @@ def caap(
     return effect.reshape(images, *grid)
 
 
-def caap_model(
-    model: PreTrainedModel,
-    pixel_values: Tensor,
-    target: Tensor | None = None,
-    text_embeds: Tensor | None = None,
-    block_range: tuple[int, int] | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    linear_backend: str = "auto",
-) -> dict[str, Tensor]:
+@register_method
+class Caap(AttributionMethod):
     """
-    CAAP of the model-logit target (method.md §1) of a ViT-family classifier or a CLIPModel.
-
-    Args:
-        model ([`PreTrainedModel`]): prepared and restored by this call.
-        pixel_values (`Tensor` of shape `(B, C, H, W)`): preprocessed images (the sources).
-        target (`LongTensor` of shape `(B,)`, *optional*): explained class per image; `None` takes the argmax.
-        text_embeds (`Tensor` of shape `(C, projection_dim)`, *optional*): CLIP's candidate-label embeddings.
-        block_range (`tuple[int, int]`, *optional*): (a, b), 0-indexed and inclusive; defaults to (1, ⌊L/2⌋).
-        batch_size (`int`, defaults to 64): patched runs per forward pass.
-        linear_backend (`str`, defaults to `"auto"`): the linears' kernels on CPU, as in the faithfulness engine.
-
-    Returns:
-        `dict[str, Tensor]`: `"attribution"` `(B, h, w)`, `"logits"` `(B, C)` of the source images, `"target"` `(B,)`,
-        `"neutral_scores"` y(x̄) `(B,)`.
+    `attribute(pixel_values, method="caap", block_range=(a, b), batch_size=64)`: one forward of the source images
+    and their fills (the source residuals after blocks a..b, x̄'s residual at the input of block a, the clean logits
+    and y(x̄)), then N patched runs per image of blocks a..L−1 and the head, `batch_size` runs per pass. Forward
+    passes only; the linears use the attributor's `linear_backend` (oneDNN on CPU where it applies, as in the
+    faithfulness engine).
     """
-    layers = vision_layers(model)
-    start, end = check_block_range(default_block_range(len(layers)) if block_range is None else block_range,
-                                   len(layers))
-    batch_size = check_batch_size(batch_size)
-    patches = patch_grid(model, pixel_values)
-    grid = (patches.height, patches.width)
-    images = pixel_values.shape[0]
-    with prepared_model(model):
-        pixels = pixel_values.detach().to(model.device, next(model.parameters()).dtype)
-        both = torch.cat([pixels, mean_fill(model, pixels)])
 
-        def stock() -> Tensor:
-            return model_logits(model, pixels[:1], text_embeds)
+    name = "caap"
+    description = "CAAP: patch p's residuals from the source image patched into the mean fill after blocks a..b"
+    uses_capture = False
+    resolves_target = True
+    options = {"block_range": None, "batch_size": DEFAULT_BATCH_SIZE}
 
-        with model_linears(model, linear_backend, stock), torch.inference_mode():
-            store: dict = {}
-            capture_handles: list = []
-            try:
-                install_hooks(model, capture_handles, {start: "resid_pre"}, store, capture_attentions=False)
+    def check_options(self, attributor: Attributor, **options: Any) -> dict[str, Any]:
+        options = super().check_options(attributor, **options)
+        block_range = options["block_range"]
+        if block_range is None:
+            block_range = default_block_range(attributor.num_layers)
+        options["block_range"] = check_block_range(block_range, attributor.num_layers)
+        check_batch_size(options["batch_size"])
+        return options
+
+    def attribute(
+        self,
+        attributor: Attributor,
+        pixel_values: Tensor,
+        target: Tensor | None,
+        text_embeds: Tensor | None,
+        options: Mapping[str, Any],
+    ) -> MethodResult:
+        model = attributor.model
+        start, end = options["block_range"]
+        patches = patch_grid(model, pixel_values)
+        images = pixel_values.shape[0]
+        with prepared_model(model):
+            pixels = pixel_values.detach().to(model.device, model_dtype(model))
+
+            def stock() -> Tensor:
+                return model_logits(model, pixels[:1], text_embeds)
+
+            with model_linears(model, attributor.linear_backend, stock), torch.inference_mode():
+                residuals: dict[tuple[int, str], Tensor] = {}
+
+                def record(block: int, point: str, x: Tensor) -> None:
+                    residuals[(block, point)] = x
+
                 points = {block: "resid_post" for block in range(start, end + 1)}
-                install_hooks(model, capture_handles, points, store, capture_attentions=False)
-                logits = model_logits(model, both, text_embeds)
-            finally:
-                for handle in capture_handles:
-                    handle.remove()
-            chosen = logits[:images].argmax(dim=-1) if target is None else target.to(logits.device)
-            neutral = logits[images:].gather(1, chosen[:, None])[:, 0]
-            source = {block: store["residuals"][(block, "resid_post")][:images] for block in points}
-            start_residual = store["residuals"][(start, "resid_pre")][images:]
+                with contextlib.ExitStack() as stack:
+                    stack.enter_context(residual_hooks(model, {start: "resid_pre"}, record))
+                    stack.enter_context(residual_hooks(model, points, record))
+                    logits = model_logits(model, torch.cat([pixels, mean_fill(model, pixels)]), text_embeds)
+                chosen = logits[:images].argmax(dim=-1) if target is None else target.to(logits.device)
+                neutral = logits[images:].gather(1, chosen[:, None])[:, 0]
 
-            def objective_from_block(hidden_states: Tensor, rows: Tensor) -> Tensor:
-                scores = run_from_block(model, hidden_states, start, text_embeds)
-                return scores.gather(1, chosen[rows, None])[:, 0]
+                def objective_from_block(hidden_states: Tensor, rows: Tensor) -> Tensor:
+                    scores = run_from_block(model, hidden_states, start, text_embeds)
+                    return scores.gather(1, chosen[rows, None])[:, 0]
 
-            attribution = caap(objective_from_block, layers, start_residual, source, neutral, grid, batch_size)
-    return {"attribution": attribution, "logits": logits[:images], "target": chosen, "neutral_scores": neutral}
+                attribution = caap(
+                    objective_from_block,
+                    attributor.layers,
+                    residuals[(start, "resid_pre")][images:],
+                    {block: residuals[(block, "resid_post")][:images] for block in points},
+                    neutral,
+                    (patches.height, patches.width),
+                    options["batch_size"],
+                )
+        return MethodResult(
+            attribution=attribution,
+            logits=logits[:images],
+            target=chosen,
+            diagnostics={"neutral_scores": neutral},
+        )

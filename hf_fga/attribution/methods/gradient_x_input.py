@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
 import torch
 from torch import Tensor
-from transformers import PreTrainedModel
 
-from ...faithfulness.baselines import PatchGrid, patch_grid
+from ...faithfulness.fills import PatchGrid, patch_grid
 from ..objectives import Objective, prepared_objective
+from .base import AttributionMethod, MethodResult, register_method
+
+if TYPE_CHECKING:
+    from ..engine import Attributor
 
 
 def input_gradients(objective: Objective, pixel_values: Tensor) -> tuple[Tensor, Tensor]:
@@ -56,27 +62,30 @@ def gradient_x_input(objective: Objective, pixel_values: Tensor, grid: PatchGrid
     return attribution.reshape(-1, grid.height, grid.width), scores
 
 
-def gradient_x_input_model(
-    model: PreTrainedModel,
-    pixel_values: Tensor,
-    target: Tensor | None = None,
-    text_embeds: Tensor | None = None,
-    linear_backend: str = "auto",
-) -> dict[str, Tensor]:
+@register_method
+class GradientXInput(AttributionMethod):
     """
-    Gradient × Input of the model-logit target (method.md §1): one forward and one backward pass.
-
-    Args:
-        model ([`PreTrainedModel`]): a ViT-family classifier or a `CLIPModel`; prepared and restored by this call.
-        pixel_values (`Tensor` of shape `(B, C, H, W)`): preprocessed images.
-        target (`LongTensor` of shape `(B,)`, *optional*): explained class per image; `None` takes the argmax.
-        text_embeds (`Tensor` of shape `(C, projection_dim)`, *optional*): CLIP's candidate-label embeddings.
-        linear_backend (`str`, defaults to `"auto"`): `"auto"`, `"onednn"` or `"default"` (see [`hf_fga.onednn`]).
-
-    Returns:
-        `dict[str, Tensor]`: `"attribution"` `(B, h, w)`, `"logits"` `(B, C)`, `"target"` `(B,)`.
+    `attribute(pixel_values, method="gradient-x-input")`: one forward and one backward pass; the clean logits and the
+    argmax target come from that same forward pass.
     """
-    grid = patch_grid(model, pixel_values)
-    with prepared_objective(model, pixel_values, target, text_embeds, linear_backend) as (objective, pixels, record):
-        attribution, _ = gradient_x_input(objective, pixels, grid)
-    return {"attribution": attribution, "logits": record["logits"], "target": record["target"]}
+
+    name = "gradient-x-input"
+    description = "Gradient × Input: x · ∂y/∂x summed over each patch's pixels and channels (one forward + backward)"
+    uses_capture = False
+    gradient_based = True
+    resolves_target = True
+
+    def attribute(
+        self,
+        attributor: Attributor,
+        pixel_values: Tensor,
+        target: Tensor | None,
+        text_embeds: Tensor | None,
+        options: Mapping[str, Any],
+    ) -> MethodResult:
+        grid = patch_grid(attributor.model, pixel_values)
+        with prepared_objective(
+            attributor.model, pixel_values, target, text_embeds, attributor.linear_backend
+        ) as (objective, pixels, record):
+            attribution, _ = gradient_x_input(objective, pixels, grid)
+        return MethodResult(attribution=attribution, logits=record["logits"], target=record["target"])

@@ -10,13 +10,19 @@ rounding.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
 import torch
 from captum.attr import IntegratedGradients
 from torch import Tensor
-from transformers import PreTrainedModel
 
-from ...faithfulness.baselines import PatchGrid, baseline_fill, default_normalization, patch_grid
+from ...faithfulness.fills import PatchGrid, default_normalization, fill_source, patch_grid
 from ..objectives import Objective, prepared_objective
+from .base import AttributionMethod, MethodResult, register_method
+
+if TYPE_CHECKING:
+    from ..engine import Attributor
 
 DEFAULT_STEPS = 32
 # inputs per forward/backward pass: one image's 32 steps (ViT-B/16: ~2 GB of activations); None runs all at once
@@ -46,8 +52,7 @@ def check_internal_batch_size(internal_batch_size) -> int | None:
 def mean_fill(model, pixel_values: Tensor) -> Tensor:
     """The `mean` fill x̄ of method.md §5 `(B, C, H, W)`: every pixel takes its image's per-channel mean."""
     image_mean, image_std = default_normalization(model)
-    fill = baseline_fill(pixel_values, "mean", image_mean=image_mean, image_std=image_std)
-    return fill.expand_as(pixel_values)
+    return fill_source(pixel_values, "mean", image_mean=image_mean, image_std=image_std).expand_as(pixel_values)
 
 
 def integrated_gradients(
@@ -98,39 +103,46 @@ def integrated_gradients(
     return attribution, delta.detach()
 
 
-def integrated_gradients_model(
-    model: PreTrainedModel,
-    pixel_values: Tensor,
-    target: Tensor | None = None,
-    text_embeds: Tensor | None = None,
-    steps: int = DEFAULT_STEPS,
-    internal_batch_size: int | None = DEFAULT_INTERNAL_BATCH_SIZE,
-    linear_backend: str = "auto",
-) -> dict[str, Tensor]:
+@register_method
+class IntegratedGradientsMethod(AttributionMethod):
     """
-    Integrated Gradients of the model-logit target (method.md §1) from the `mean` fill: `steps` forward and backward
-    passes per image (in batches of `internal_batch_size` inputs), plus one clean forward and captum's two forwards
-    for the convergence delta.
-
-    Args:
-        model ([`PreTrainedModel`]): a ViT-family classifier or a `CLIPModel`; prepared and restored by this call.
-        pixel_values (`Tensor` of shape `(B, C, H, W)`): preprocessed images.
-        target (`LongTensor` of shape `(B,)`, *optional*): explained class per image; `None` takes the argmax.
-        text_embeds (`Tensor` of shape `(C, projection_dim)`, *optional*): CLIP's candidate-label embeddings.
-        steps (`int`, defaults to 32): Gauss–Legendre nodes, ≥ 1.
-        internal_batch_size (`int`, *optional*, defaults to 32): inputs per pass; `None`: all `steps × B` at once.
-        linear_backend (`str`, defaults to `"auto"`): `"auto"`, `"onednn"` or `"default"` (see [`hf_fga.onednn`]).
-
-    Returns:
-        `dict[str, Tensor]`: `"attribution"` `(B, h, w)`, `"logits"` `(B, C)`, `"target"` `(B,)`, `"delta"` `(B,)`
-        (Σ_p A(p) − (y(x) − y(x̄)), the quadrature's completeness error).
+    `attribute(pixel_values, method="integrated-gradients", steps=32, internal_batch_size=32)`: one clean forward
+    (logits and target), then `steps` forward and backward passes per image in batches of `internal_batch_size`
+    inputs, and captum's two forwards for the convergence delta.
     """
-    steps = check_steps(steps)
-    internal_batch_size = check_internal_batch_size(internal_batch_size)
-    grid = patch_grid(model, pixel_values)
-    with prepared_objective(
-        model, pixel_values, target, text_embeds, linear_backend, clean_forward=True
-    ) as (objective, pixels, record):
-        baseline = mean_fill(model, pixels)
-        attribution, delta = integrated_gradients(objective, pixels, baseline, grid, steps, internal_batch_size)
-    return {"attribution": attribution, "logits": record["logits"], "target": record["target"], "delta": delta}
+
+    name = "integrated-gradients"
+    description = "Integrated Gradients from the per-image mean fill, Gauss–Legendre quadrature (captum)"
+    uses_capture = False
+    gradient_based = True
+    resolves_target = True
+    options = {"steps": DEFAULT_STEPS, "internal_batch_size": DEFAULT_INTERNAL_BATCH_SIZE}
+
+    def check_options(self, attributor: Attributor, **options: Any) -> dict[str, Any]:
+        options = super().check_options(attributor, **options)
+        check_steps(options["steps"])
+        check_internal_batch_size(options["internal_batch_size"])
+        return options
+
+    def attribute(
+        self,
+        attributor: Attributor,
+        pixel_values: Tensor,
+        target: Tensor | None,
+        text_embeds: Tensor | None,
+        options: Mapping[str, Any],
+    ) -> MethodResult:
+        model = attributor.model
+        grid = patch_grid(model, pixel_values)
+        with prepared_objective(
+            model, pixel_values, target, text_embeds, attributor.linear_backend, clean_forward=True
+        ) as (objective, pixels, record):
+            attribution, delta = integrated_gradients(
+                objective, pixels, mean_fill(model, pixels), grid, options["steps"], options["internal_batch_size"]
+            )
+        return MethodResult(
+            attribution=attribution,
+            logits=record["logits"],
+            target=record["target"],
+            diagnostics={"convergence_delta": delta},
+        )
