@@ -12,7 +12,7 @@ import hf_fga.introspection as introspection
 from hf_fga.attribution import Attributor, get_method, list_methods
 from hf_fga.introspection import vision_layers
 from tests.attribution import direct_methods as direct
-from tests.attribution.test_restore import assert_same, snapshot
+from tests.attribution.test_restore import assert_same, snapshot, unusual_vit
 from tests.attribution.tiny_models import clip_label_inputs, tiny_deit
 from tests.helpers import PATCH, pixel_batch, tiny_clip, tiny_vit
 
@@ -143,15 +143,6 @@ def test_clip_targets(method):
     assert not torch.allclose(maps[0], maps[1])
 
 
-def unusual_vit():
-    """SDPA attention, train mode, a mix of frozen and trainable parameters: everything must come back."""
-    model = tiny_vit(num_layers=3)
-    model.set_attn_implementation("sdpa")
-    model.train()
-    model.vit.layers[0].requires_grad_(False)
-    return model
-
-
 def public(model, pixel_values, method, linear_backend="auto", **kwargs):
     """`Attributor(model).attribute(..., method=method)`: the public path, float32 output."""
     return Attributor(model, linear_backend=linear_backend).attribute(pixel_values, method=method, **kwargs)
@@ -278,3 +269,71 @@ def test_caap_defaults_and_block_ranges():
         got = attribute(model, pixels, "caap", block_range=block_range)
         expected = direct.caap(model, vision_layers(model), pixels[0], target, GRID, tuple(block_range))
         torch.testing.assert_close(got[0], expected, rtol=1e-9, atol=1e-12)
+
+
+def test_generic_objectives_for_feature_explanations():
+    """
+    The cores take any objective (CaFE explains an SAE feature at a token): here z = v · x_q, the residual after
+    block 1 at token q (per image), against direct float64 computations.
+    """
+    from hf_fga.attribution.methods.caap import caap
+    from hf_fga.attribution.methods.gradient_x_input import gradient_x_input
+    from hf_fga.attribution.methods.integrated_gradients import integrated_gradients
+    from hf_fga.faithfulness.fills import patch_grid
+    from hf_fga.introspection import prepared_model, residual_hooks
+
+    model = randomise_biases(tiny_vit(num_layers=3).double())
+    pixels = pixel_batch(2, seed=13).double()
+    direction = torch.randn(32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    tokens = torch.tensor([3, 9])  # q per image
+    grid = patch_grid(model, pixels)
+
+    def residual(x):
+        with residual_hooks(model, {1: "resid_post"}, lambda b, p, h: seen.__setitem__(b, h)):
+            model(pixel_values=x)
+        return seen[1]
+
+    seen = {}
+
+    def feature(x, rows):
+        return residual(x)[torch.arange(len(rows)), tokens[rows]] @ direction
+
+    with prepared_model(model):
+        got, scores = gradient_x_input(feature, pixels, grid)
+        fills = torch.stack([direct.mean_fill(p) for p in pixels])
+        integrated, delta = integrated_gradients(feature, pixels, fills, grid, steps=16)
+    for b in range(2):
+        x = pixels[b : b + 1].clone().requires_grad_(True)
+        z = residual(x)[0, tokens[b]] @ direction
+        (grad,) = torch.autograd.grad(z, x)
+        torch.testing.assert_close(got[b], direct.patch_sums((x * grad)[0].detach(), PATCH), rtol=1e-9, atol=1e-12)
+        assert scores[b].item() == pytest.approx(z.item(), rel=1e-12)
+        fill = direct.mean_fill(pixels[b])
+        with torch.no_grad():
+            change = z - residual(fill[None])[0, tokens[b]] @ direction
+        gap = integrated[b].sum() - change
+        assert gap.item() == pytest.approx(delta[b].item(), abs=1e-12)  # captum's delta is this completeness gap
+        assert abs(gap.item()) < 1e-3 * abs(change.item())
+
+    # CAAP core: blocks a = 1 .. 1, the feature read at the output of block 1 (no head needed)
+    layers = vision_layers(model)
+    with prepared_model(model), torch.no_grad():
+        with residual_hooks(model, {1: "resid_pre"}) as start:
+            model(pixel_values=fills)
+        start_residual = start[1]
+        source = {1: residual(pixels)}
+        neutral = residual(fills)[torch.arange(2), tokens] @ direction
+
+        def feature_from_block(hidden, rows):
+            out = layers[1](hidden)
+            return out[torch.arange(len(rows)), tokens[rows]] @ direction
+
+        got = caap(feature_from_block, layers, start_residual, source, neutral, GRID, batch_size=5)
+    for b in range(2):
+        for p in range(16):
+            token = 1 + p
+            with torch.no_grad():
+                out = layers[1](start_residual[b : b + 1]).clone()
+                out[0, token] = source[1][b, token]
+                expected = out[0, tokens[b]] @ direction - neutral[b]
+            assert got[b].flatten()[p].item() == pytest.approx(expected.item(), rel=1e-9, abs=1e-12)
