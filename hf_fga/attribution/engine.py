@@ -26,7 +26,15 @@ from ..introspection import (
     vision_config,
     vision_layers,
 )
-from ..onednn import OneDNNLinears, PackedLinear, check_backend, check_once, supported_weight, supports_onednn
+from ..onednn import (
+    OneDNNLinears,
+    PackedLinear,
+    cached_linears,
+    check_backend,
+    check_once,
+    supported_weight,
+    supports_onednn,
+)
 from ..sae import SparseAutoencoder
 from .capture import BackwardContext, Capture, run_capture
 from .methods import MethodResult, get_method
@@ -306,10 +314,14 @@ class Attributor:
             return self._output(capture, impl.explain(self, capture, options), baseline=transmm_map(capture))
         grid = self._check_pixels(pixel_values)
         target = self._check_target(target, pixel_values.shape[0], self._num_classes(text_embeds))
-        with prepared_model(self.model), torch.no_grad():
-            logits = model_logits(self.model, pixel_values.to(self.model.device, self.dtype), text_embeds)
-        target = logits.argmax(dim=-1) if target is None else target.to(logits.device)
-        result = impl.attribute(self, pixel_values, target, text_embeds, options)
+        if impl.resolves_target:
+            result = impl.attribute(self, pixel_values, target, text_embeds, options)
+            logits, target = result.logits, result.target
+        else:
+            with prepared_model(self.model), torch.no_grad():
+                logits = model_logits(self.model, pixel_values.to(self.model.device, self.dtype), text_embeds)
+            target = logits.argmax(dim=-1) if target is None else target.to(logits.device)
+            result = impl.attribute(self, pixel_values, target, text_embeds, options)
         head = Capture(logits, target, [], [], {}, {}, grid=grid)
         return self._output(head, result, baseline=None)
 
@@ -428,8 +440,7 @@ class Attributor:
         """The model's oneDNN packs (taken or retaken as needed) if this call may use them, else None."""
         if self.linear_backend == "default" or not supports_onednn(self.model):
             return None
-        if self._model_packs is None or not self._model_packs.is_current():
-            self._model_packs = OneDNNLinears(self.model, backward=True)
+        self._model_packs = cached_linears(self.model, backward=True)  # shared with the own-pass methods
         pixels = pixel_values.detach().to(self.model.device, torch.float32)
         if not check_once(
             self.model, self._model_packs, lambda: model_logits(self.model, pixels, text_embeds), self.linear_backend

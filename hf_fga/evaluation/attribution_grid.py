@@ -80,7 +80,8 @@ def attribute_configurations(
     shuffle_seed: int = 12345,
 ) -> GridAttributions:
     """
-    The maps of every configuration for `pixel_values (B, 3, H, W)` from one forward and one backward pass.
+    The maps of every configuration for `pixel_values (B, 3, H, W)` from one forward and one backward pass (methods
+    that run their own passes, such as Integrated Gradients or CAAP, run them on top, for the capture's target).
 
     `target=None` explains each image's predicted class. Configurations are validated (blocks, SAEs, mean residuals,
     κ, c_max) before the pass, with the same errors as `attribute`.
@@ -90,10 +91,15 @@ def attribute_configurations(
         union.update(hook_points(attr, configuration))
     union = dict(sorted(union.items()))
     capture = attr.capture(pixel_values, target=target, text_embeds=text_embeds, hook_points=union)
-    maps = {
-        c.key: attr.explain(capture, method=c.method, **method_options(c, shuffle_seed)).attribution
-        for c in configurations
-    }
+    maps = {}
+    for c in configurations:
+        if get_method(c.method).uses_capture:
+            maps[c.key] = attr.explain(capture, method=c.method, **method_options(c, shuffle_seed)).attribution
+        else:  # a method with its own passes (integrated gradients, CAAP, …), explaining the capture's target
+            maps[c.key] = attr.attribute(
+                pixel_values, method=c.method, target=capture.target, text_embeds=text_embeds,
+                **method_options(c, shuffle_seed),
+            ).attribution
     shared = attr.explain(capture, method="transmm")
     diagnostics: dict[int, dict[str, Tensor]] = {}
     if union:
