@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor
 from transformers import CLIPModel, PreTrainedModel
 
 CLIP_TEMPLATE = "a photo of a {}"
+# Whether CLIP's image-embedding norm is a constant in the backward pass (see `constant_embedding_norm`).
+_CONSTANT_EMBEDDING_NORM: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "constant_embedding_norm", default=False
+)
 
 
 def is_clip(model: PreTrainedModel) -> bool:
@@ -45,6 +53,20 @@ def clip_text_embeddings(
     return emb / emb.norm(dim=-1, keepdim=True)
 
 
+@contextlib.contextmanager
+def constant_embedding_norm() -> Iterator[None]:
+    """
+    Inside the block, [`model_logits`] treats the L2 norm of CLIP's image embedding as a constant in the backward pass
+    (the forward value is unchanged): the LN rule of method.md §8 applied to the last normalisation, so that under the
+    backward rules the CLIP score is linear in the embedding, as a classifier's logit is.
+    """
+    token = _CONSTANT_EMBEDDING_NORM.set(True)
+    try:
+        yield
+    finally:
+        _CONSTANT_EMBEDDING_NORM.reset(token)
+
+
 def model_logits(model: PreTrainedModel, pixel_values: Tensor, text_embeds: Tensor | None = None) -> Tensor:
     """
     The pre-softmax scores `(B, C)` whose entry t is the target score y of method.md §1.
@@ -57,6 +79,7 @@ def model_logits(model: PreTrainedModel, pixel_values: Tensor, text_embeds: Tens
             raise ValueError("CLIP needs candidate labels: pass candidate_labels (or their text_embeds).")
         image = model.get_image_features(pixel_values=pixel_values)
         image = image.pooler_output if hasattr(image, "pooler_output") else image
-        image = image / image.norm(dim=-1, keepdim=True)
+        norm = image.norm(dim=-1, keepdim=True)
+        image = image / (norm.detach() if _CONSTANT_EMBEDDING_NORM.get() else norm)
         return model.logit_scale.exp() * image @ text_embeds.to(image.dtype).T
     return model(pixel_values=pixel_values).logits
