@@ -40,7 +40,7 @@ def activation(x: Tensor, quick: bool, rule: str) -> Tensor:
     return x * (phi if rule == "plain" else phi.detach())
 
 
-def attention(x: Tensor, module, heads: int, rule: str) -> Tensor:
+def attention(x: Tensor, module, heads: int, rule: str, record: list | None = None) -> Tensor:
     batch, tokens, width = x.shape
     size = width // heads
 
@@ -54,16 +54,20 @@ def attention(x: Tensor, module, heads: int, rule: str) -> Tensor:
     scores = q @ k.transpose(-1, -2) / math.sqrt(size)
     probabilities = torch.softmax(scores.float(), dim=-1).to(scores.dtype)
     if rule == "prune":
-        probabilities = probabilities.detach()
+        probabilities = probabilities.detach().requires_grad_(True)
+    if record is not None:
+        record.append(probabilities)
     if rule == "uniform":
         probabilities, v = half_gradient(probabilities), half_gradient(v)
     out = (probabilities @ v).transpose(1, 2).reshape(batch, tokens, width)
     return (module.o_proj if hasattr(module, "o_proj") else module.out_proj)(out)
 
 
-def encoder(h: Tensor, layers, norms: tuple[str, str], attn: str, heads: int, quick: bool, rule: str) -> Tensor:
+def encoder(
+    h: Tensor, layers, norms: tuple[str, str], attn: str, heads: int, quick: bool, rule: str, record: list | None
+) -> Tensor:
     for layer in layers:
-        h = h + attention(layer_norm(h, getattr(layer, norms[0]), rule), getattr(layer, attn), heads, rule)
+        h = h + attention(layer_norm(h, getattr(layer, norms[0]), rule), getattr(layer, attn), heads, rule, record)
         mlp = layer.mlp
         h = h + mlp.fc2(activation(mlp.fc1(layer_norm(h, getattr(layer, norms[1]), rule)), quick, rule))
     return h
@@ -73,8 +77,13 @@ def patch_tokens(pixels: Tensor, conv) -> Tensor:
     return conv(pixels).flatten(2).transpose(1, 2)
 
 
-def reference_logits(model, pixels: Tensor, rule: str, text_embeds: Tensor | None = None) -> Tensor:
-    """The logits `(B, C)` of a float64 `model` under `rule` ("plain", "prune": LibraGrad / CP-LRP, "uniform")."""
+def reference_logits(
+    model, pixels: Tensor, rule: str, text_embeds: Tensor | None = None, record: list | None = None
+) -> Tensor:
+    """
+    The logits `(B, C)` of a float64 `model` under `rule` ("plain", "prune": LibraGrad / CP-LRP, "uniform"); the
+    attention probabilities `(B, H, T, T)` of every block are appended to `record`.
+    """
     if isinstance(model, CLIPModel):
         vision = model.vision_model
         patches = patch_tokens(pixels, vision.embeddings.patch_embedding)
@@ -83,7 +92,7 @@ def reference_logits(model, pixels: Tensor, rule: str, text_embeds: Tensor | Non
         h = layer_norm(h, vision.pre_layrnorm, rule)
         config = model.config.vision_config
         h = encoder(h, vision.encoder.layers, ("layer_norm1", "layer_norm2"), "self_attn",
-                    config.num_attention_heads, True, rule)
+                    config.num_attention_heads, True, rule, record)
         image = model.visual_projection(layer_norm(h[:, 0], vision.post_layernorm, rule))
         norm = image.norm(dim=-1, keepdim=True)
         image = image / (norm if rule == "plain" else norm.detach())
@@ -95,7 +104,7 @@ def reference_logits(model, pixels: Tensor, rule: str, text_embeds: Tensor | Non
     h = torch.cat([*tokens, patch_tokens(pixels, embeddings.patch_embeddings.projection)], dim=1)
     h = h + embeddings.position_embeddings
     h = encoder(h, backbone.layers, ("layernorm_before", "layernorm_after"), "attention",
-                model.config.num_attention_heads, False, rule)
+                model.config.num_attention_heads, False, rule, record)
     h = layer_norm(h, backbone.layernorm, rule)
     if isinstance(model, DeiTForImageClassificationWithTeacher):
         return (model.cls_classifier(h[:, 0]) + model.distillation_classifier(h[:, 1])) / 2
@@ -116,3 +125,16 @@ def reference_map(
     batch, channels, height, width = relevance.shape
     grid = relevance.reshape(batch, channels, height // patch, patch, width // patch, patch)
     return grid.sum(dim=(1, 3, 5))
+
+
+def reference_attention_grads(
+    model, pixel_values: Tensor, target: Tensor, rule: str, text_embeds: Tensor | None = None
+) -> tuple[list[Tensor], list[Tensor]]:
+    """The attention probabilities of every block and ∂(Σ_b y_b)/∂A under `rule`, float64."""
+    model = copy.deepcopy(model).double().eval()
+    text = None if text_embeds is None else text_embeds.double()
+    record: list[Tensor] = []
+    logits = reference_logits(model, pixel_values.double(), rule, text, record)
+    y = sum(logits[b, int(target[b])] for b in range(logits.shape[0]))
+    grads = torch.autograd.grad(y, record)
+    return [a.detach() for a in record], list(grads)
