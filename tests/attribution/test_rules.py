@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from transformers.activations import ACT2FN
 
 from hf_fga.attribution.rules import RULE_SETS, attnlrp, backward_rules, cp_lrp, libragrad
 from hf_fga.attribution.targets import model_logits
@@ -77,6 +78,18 @@ def test_libragrad_is_fullgrad_complete(kind):
     plain = completeness_errors(model, pixels, text)
     assert max(with_rules) < 1e-8, with_rules
     assert min(plain) >= 1e-2, plain
+
+
+@pytest.mark.parametrize(
+    "activation", ["gelu", "gelu_python", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "quick_gelu", "silu", "swish",
+                   "relu", "linear"]
+)
+def test_gate_rule_covers_activations(activation):
+    """Completeness holds only if the gate rule's φ is the activation's own: x·φ(x) = act(x) to rounding."""
+    model, _ = build("vit")
+    for layer in model.vit.layers:
+        layer.mlp.activation_fn = ACT2FN[activation].double()
+    assert max(completeness_errors(model, pixel_batch(2).double(), rules=libragrad)) < 1e-8
 
 
 @pytest.mark.parametrize("kind", KINDS)
