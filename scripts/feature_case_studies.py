@@ -27,7 +27,7 @@ sys.path[:0] = [str(ROOT / "spaces"), str(ROOT)]
 
 from fga_space.prototypes import PrototypeIndex  # noqa: E402, I001
 
-from hf_fga.attribution import FeatureGradientAttribution  # noqa: E402
+from hf_fga.attribution import Attributor  # noqa: E402
 from hf_fga.evaluation.case_studies import (  # noqa: E402
     changed_patches,
     patch_change,
@@ -37,6 +37,7 @@ from hf_fga.evaluation.case_studies import (  # noqa: E402
 from hf_fga.evaluation.configuration import EvaluationConfiguration  # noqa: E402
 from hf_fga.evaluation.storage import read_parts  # noqa: E402
 from hf_fga.images import load_image  # noqa: E402
+from hf_fga.introspection import load_vision_model  # noqa: E402
 from hf_fga.sae import load_saes  # noqa: E402
 from hf_fga.viz import draw_patch_boxes, overlay  # noqa: E402
 
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
     from datasets import load_dataset
-    from transformers import AutoImageProcessor, AutoModelForImageClassification
+    from transformers import AutoImageProcessor
 
     results = read_parts(args.results / "results")
     if results is None or results.empty:
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     if method != "fga":
         raise SystemExit(f"--config {args.config!r} is not an FGA configuration.")
 
-    model = AutoModelForImageClassification.from_pretrained(args.model).eval()
+    model = load_vision_model(args.model)
     processor = AutoImageProcessor.from_pretrained(args.model)
     saes = load_saes(args.sae)
     prototypes = PrototypeIndex.load(args.prototypes)
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [int(i) for i in chosen["index"]]
     images = [load_image(dataset[i]["image"]) for i in rows]
     pixel_values = processor(images=images, return_tensors="pt")["pixel_values"]
-    explainer = FeatureGradientAttribution(model, saes)
+    explainer = Attributor(model, saes)
     output = explainer.attribute(
         pixel_values, method="fga", variant=variant, layers=layers, kappa=kappa, cmax=cmax,
         return_contributions=True,

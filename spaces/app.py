@@ -36,8 +36,8 @@ from transformers import pipeline
 
 import hf_fga  # noqa: F401  (registers the feature-gradient-attribution task)
 from hf_fga.attribution import VARIANTS
-from hf_fga.attribution.targets import is_clip
 from hf_fga.images import load_image
+from hf_fga.introspection import is_clip
 from hf_fga.pipelines import TASK, FeatureGradientAttributionPipeline
 from hf_fga.pipelines.feature_gradient_attribution import FEATURE_VARIANTS
 from hf_fga.viz import overlay

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from hf_fga.attribution.feature_gradient_attribution import AttributionOutput
 from hf_fga.viz import normalize_map
+
+from ..attribution import AttributionOutput
 
 TRANSMM_CONFIG = "transmm||||"
 # metric -> +1 when higher is better, -1 when lower is better

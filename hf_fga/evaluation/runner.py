@@ -22,9 +22,9 @@ from accelerate import PartialState
 from tqdm.auto import tqdm
 
 from ..attribution import FeatureGradientAttribution, compute_mean_residuals, load_mean_residuals, save_mean_residuals
-from ..attribution.targets import clip_text_embeddings, is_clip
 from ..faithfulness import ResponseCache, faithfulness_records_for_presets, resolve_preset, score_records
 from ..images import load_image
+from ..introspection import clip_text_embeddings, is_clip, load_vision_model
 from .arguments import DataArguments, EvaluationArguments, ModelArguments
 from .attribution_grid import attribute_configurations, gated_blocks
 from .configuration import (
@@ -133,11 +133,9 @@ class EvaluationModel:
 
 
 def load_model(model_args: ModelArguments, device, candidate_labels: list[str] | None):
-    from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, CLIPModel
+    from transformers import AutoImageProcessor
 
-    config = AutoConfig.from_pretrained(model_args.model)
-    loader = CLIPModel if config.model_type == "clip" else AutoModelForImageClassification
-    model = loader.from_pretrained(model_args.model).to(device).eval()
+    model = load_vision_model(model_args.model).to(device)
     try:
         processor = AutoImageProcessor.from_pretrained(model_args.model)
     except (OSError, ValueError) as error:

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from transformers import AutoConfig, AutoModelForImageClassification, CLIPModel, Pipeline
+from transformers import Pipeline
 
-from ..attribution import FeatureGradientAttribution
-from ..attribution.targets import clip_text_embeddings, is_clip
+from ..attribution import FeatureGradientAttribution, get_method
 from ..images import as_image_list, load_image
+from ..introspection import clip_text_embeddings, is_clip, load_vision_model
 from ..viz import overlay
 
 TASK = "feature-gradient-attribution"
@@ -26,14 +26,7 @@ class AutoModelForFeatureGradientAttribution:
     @classmethod
     def from_pretrained(cls, name_or_path: str, **kwargs):
         kwargs.pop("_from_pipeline", None)
-        config = kwargs.pop("config", None) or AutoConfig.from_pretrained(name_or_path, **_hub_kwargs(kwargs))
-        if config.model_type == "clip":
-            return CLIPModel.from_pretrained(name_or_path, config=config, **kwargs)
-        return AutoModelForImageClassification.from_pretrained(name_or_path, config=config, **kwargs)
-
-
-def _hub_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
+        return load_vision_model(name_or_path, **kwargs)
 
 
 class FeatureGradientAttributionPipeline(Pipeline):
@@ -212,16 +205,20 @@ class FeatureGradientAttributionPipeline(Pipeline):
             text_embeds = None
             labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
         wants_features = method == "fga" and variant in FEATURE_VARIANTS
-        out = self.attributor.attribute(
-            pixel_values,
-            target=self._target_indices(target, labels, pixel_values.shape[0]),
-            method=method,
+        options = dict(
             variant=variant,
             layers=layers if layers is not None else self.layers,
             kappa=kappa,
             cmax=cmax,
-            text_embeds=text_embeds,
             return_contributions=wants_features,
+        )
+        accepted = get_method(method).options  # the FGA settings apply to the methods that take them
+        out = self.attributor.attribute(
+            pixel_values,
+            method=method,
+            target=self._target_indices(target, labels, pixel_values.shape[0]),
+            text_embeds=text_embeds,
+            **{name: value for name, value in options.items() if name in accepted},
         )
         return {"output": out, "images": model_inputs["images"], "labels": labels}
 

@@ -14,10 +14,9 @@ Layout of an asset folder:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from hf_fga.attribution.targets import is_clip, vision_layers
+from hf_fga.introspection import residual_hooks, vision_tower
 from hf_fga.viz import draw_patch_boxes
 
 INDEX_NAME = "prototypes.json"
@@ -158,34 +157,6 @@ def write_thumbnails(images: Iterable[Image.Image], folder: str | Path, size: in
     return names
 
 
-@contextlib.contextmanager
-def residual_hooks(model, points: Mapping[int, str]) -> Iterator[dict[int, torch.Tensor]]:
-    """Record the residual stream `(B, T, d)` at `{block: "resid_pre" | "resid_post"}` during forward passes."""
-    layers, seen, handles = vision_layers(model), {}, []
-
-    def first_tensor(value):
-        return value[0] if isinstance(value, (tuple, list)) else value
-
-    for block, point in points.items():
-        if point == "resid_pre":
-            def pre(module, args, kwargs, block=block):
-                seen[block] = (args[0] if args else kwargs["hidden_states"]).detach()
-
-            handles.append(layers[block].register_forward_pre_hook(pre, with_kwargs=True))
-        elif point == "resid_post":
-            def post(module, args, output, block=block):
-                seen[block] = first_tensor(output).detach()
-
-            handles.append(layers[block].register_forward_hook(post))
-        else:
-            raise ValueError(f"Block {block}: unknown hook point {point!r}; expected 'resid_pre' or 'resid_post'.")
-    try:
-        yield seen
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
 def _merge_top(best: PrototypeTable, values: torch.Tensor, images: torch.Tensor, patches: torch.Tensor, top: int):
     """Keep, per feature, the `top` largest peaks among the current best and the new candidates `(K, n)`."""
     all_values = torch.cat([torch.from_numpy(best.values).float(), values], dim=1)
@@ -237,7 +208,7 @@ def compute_prototypes(
     with residual_hooks(model, points) as seen:
         for pixel_values in pixel_batches:
             batch = pixel_values.shape[0]
-            (model.vision_model if is_clip(model) else model)(pixel_values=pixel_values)
+            vision_tower(model)(pixel_values=pixel_values)
             for b, sae in saes.items():
                 x = seen[b][:, -num_patches:].float()
                 acts = sae.encode(x.reshape(-1, x.shape[-1]).to(sae.dtype)).float().reshape(batch, num_patches, -1)

@@ -8,7 +8,7 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from hf_fga.attribution.rules import RULE_SETS, attnlrp, backward_rules, cp_lrp, libragrad
-from hf_fga.attribution.targets import model_logits
+from hf_fga.introspection import model_logits
 from tests.attribution.lrp_reference import reference_map
 from tests.attribution.test_restore import assert_same, snapshot
 from tests.attribution.tiny_models import clip_label_inputs, tiny_deit

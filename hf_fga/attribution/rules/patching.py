@@ -22,7 +22,7 @@ from functools import partial
 from torch import Tensor, nn
 from transformers import activations
 
-from ..targets import constant_embedding_norm
+from ...introspection import constant_embedding_norm
 from .functions import (
     constant,
     erf_gate,
