@@ -40,7 +40,7 @@ def activation(x: Tensor, quick: bool, rule: str) -> Tensor:
     return x * (phi if rule == "plain" else phi.detach())
 
 
-def attention(x: Tensor, module, heads: int, rule: str, record: list | None = None) -> Tensor:
+def attention(x: Tensor, module, heads: int, rule: str, record: dict | None = None) -> Tensor:
     batch, tokens, width = x.shape
     size = width // heads
 
@@ -56,7 +56,7 @@ def attention(x: Tensor, module, heads: int, rule: str, record: list | None = No
     if rule == "prune":
         probabilities = probabilities.detach().requires_grad_(True)
     if record is not None:
-        record.append(probabilities)
+        record["attentions"].append(probabilities)
     if rule == "uniform":
         probabilities, v = half_gradient(probabilities), half_gradient(v)
     out = (probabilities @ v).transpose(1, 2).reshape(batch, tokens, width)
@@ -64,12 +64,16 @@ def attention(x: Tensor, module, heads: int, rule: str, record: list | None = No
 
 
 def encoder(
-    h: Tensor, layers, norms: tuple[str, str], attn: str, heads: int, quick: bool, rule: str, record: list | None
+    h: Tensor, layers, norms: tuple[str, str], attn: str, heads: int, quick: bool, rule: str, record: dict | None
 ) -> Tensor:
     for layer in layers:
+        if record is not None:
+            record["hidden"].append(h)
         h = h + attention(layer_norm(h, getattr(layer, norms[0]), rule), getattr(layer, attn), heads, rule, record)
         mlp = layer.mlp
         h = h + mlp.fc2(activation(mlp.fc1(layer_norm(h, getattr(layer, norms[1]), rule)), quick, rule))
+    if record is not None:
+        record["hidden"].append(h)
     return h
 
 
@@ -78,11 +82,12 @@ def patch_tokens(pixels: Tensor, conv) -> Tensor:
 
 
 def reference_logits(
-    model, pixels: Tensor, rule: str, text_embeds: Tensor | None = None, record: list | None = None
+    model, pixels: Tensor, rule: str, text_embeds: Tensor | None = None, record: dict | None = None
 ) -> Tensor:
     """
-    The logits `(B, C)` of a float64 `model` under `rule` ("plain", "prune": LibraGrad / CP-LRP, "uniform"); the
-    attention probabilities `(B, H, T, T)` of every block are appended to `record`.
+    The logits `(B, C)` of a float64 `model` under `rule` ("plain", "prune": LibraGrad / CP-LRP, "uniform");
+    `record["attentions"]` receives the attention probabilities `(B, H, T, T)` of every block, `record["hidden"]` the
+    residual stream `(B, T, d)` at the input of every block and at the output of the last.
     """
     if isinstance(model, CLIPModel):
         vision = model.vision_model
@@ -127,14 +132,25 @@ def reference_map(
     return grid.sum(dim=(1, 3, 5))
 
 
-def reference_attention_grads(
+def reference_capture(
     model, pixel_values: Tensor, target: Tensor, rule: str, text_embeds: Tensor | None = None
-) -> tuple[list[Tensor], list[Tensor]]:
-    """The attention probabilities of every block and ∂(Σ_b y_b)/∂A under `rule`, float64."""
+) -> dict[str, list[Tensor]]:
+    """
+    Under `rule`, float64: `"attentions"`, `"hidden"` (as in [`reference_logits`]) and their gradients
+    `"attention_grads"`, `"hidden_grads"` of Σ_b y_b.
+    """
     model = copy.deepcopy(model).double().eval()
     text = None if text_embeds is None else text_embeds.double()
-    record: list[Tensor] = []
+    record: dict[str, list[Tensor]] = {"attentions": [], "hidden": []}
     logits = reference_logits(model, pixel_values.double(), rule, text, record)
     y = sum(logits[b, int(target[b])] for b in range(logits.shape[0]))
-    grads = torch.autograd.grad(y, record)
-    return [a.detach() for a in record], list(grads)
+    tensors = record["attentions"] + record["hidden"]
+    grads = torch.autograd.grad(y, tensors, allow_unused=True)
+    grads = [torch.zeros_like(t) if g is None else g for t, g in zip(tensors, grads, strict=True)]
+    count = len(record["attentions"])
+    return {
+        "attentions": [a.detach() for a in record["attentions"]],
+        "attention_grads": grads[:count],
+        "hidden": [h.detach() for h in record["hidden"]],
+        "hidden_grads": grads[count:],
+    }
