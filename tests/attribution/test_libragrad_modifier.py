@@ -71,7 +71,17 @@ def test_fga_with_libragrad_is_fga_of_the_libragrad_capture():
     assert not torch.equal(out.attribution, attr.attribute(pixels, method="fga").attribution)
 
 
-@pytest.mark.parametrize("method", ["rollout", "raw-attention"])
+def test_grad_cam_with_libragrad_reads_the_libragrad_capture():
+    model, _ = build("vit", torch.float32)
+    attr = Attributor(model)
+    pixels = pixel_batch(2)
+    out = attr.attribute(pixels, method="grad-cam", libragrad=True)
+    capture = attr.capture(pixels, backward_context=libragrad)
+    assert torch.equal(out.attribution, attr.explain(capture, method="grad-cam").attribution)
+    assert not torch.equal(out.attribution, attr.attribute(pixels, method="grad-cam").attribution)
+
+
+@pytest.mark.parametrize("method", ["rollout", "raw-attention", "caap"])
 def test_libragrad_refused_without_gradients(method):
     model, _ = build("vit", torch.float32)
     before = snapshot(model)
