@@ -113,7 +113,7 @@ def model_logits(model: PreTrainedModel, pixel_values: Tensor, text_embeds: Tens
         # `get_image_features`, with the projection and the cosines taken one image at a time: a (B, d) product
         # rounds differently for B = 1 and B > 1 (gemv against gemm), which would make the scores and their
         # gradients depend on the batch (method.md §1)
-        pooled = model.vision_model(pixel_values=pixel_values).pooler_output
+        pooled = model.vision_model(pixel_values=pixel_values, return_dict=True).pooler_output
         image = torch.cat([model.visual_projection(row) for row in pooled.split(1)])
         image = image / image.norm(dim=-1, keepdim=True)
         text = text_embeds.to(image.dtype).T
