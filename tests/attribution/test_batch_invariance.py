@@ -142,3 +142,15 @@ def test_capture_of_a_batch_equals_single_captures(name, backend):
         pairs += [(batch.residual_grads[key], single.residual_grads[key]) for key in single.residual_grads]
         for j, (a, b) in enumerate(pairs):
             assert torch.equal(a[i : i + 1], b), j
+
+
+def test_clip_text_tower_with_causal_mask_is_unchanged():
+    """CLIP's text tower (causal mask, built for `hf_fga_eager` as for eager) gives the same embeddings inside."""
+    model = tiny_clip()
+    input_ids, _ = clip_label_inputs(model)
+    with torch.no_grad():
+        eager = model.get_text_features(input_ids=input_ids).pooler_output
+        with prepared_model(model):
+            assert model.text_model.config._attn_implementation == BATCH_INVARIANT_ATTENTION
+            ours = model.get_text_features(input_ids=input_ids).pooler_output
+    assert torch.equal(ours, eager)
