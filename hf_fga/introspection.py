@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
-from transformers import CLIPModel, PretrainedConfig, PreTrainedModel
+from transformers import AttentionInterface, CLIPModel, PretrainedConfig, PreTrainedModel
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 HOOK_POINTS = ("resid_pre", "resid_post")
 CLIP_TEMPLATE = "a photo of a {}"
@@ -129,12 +130,16 @@ def model_logits(model: PreTrainedModel, pixel_values: Tensor, text_embeds: Tens
     if is_clip(model):
         if text_embeds is None:
             raise ValueError("CLIP needs candidate labels: pass candidate_labels (or their text_embeds).")
-        image = model.get_image_features(pixel_values=pixel_values)
-        image = image.pooler_output if hasattr(image, "pooler_output") else image
+        # `get_image_features`, with the projection and the cosines taken one image at a time: a (B, d) product
+        # rounds differently for B = 1 and B > 1 (gemv against gemm), which would make the scores and their
+        # gradients depend on the batch (method.md §1)
+        pooled = model.vision_model(pixel_values=pixel_values, return_dict=True).pooler_output
+        image = torch.cat([model.visual_projection(row) for row in pooled.split(1)])
         norm = image.norm(dim=-1, keepdim=True)
         constant = any(held is model for held in _CONSTANT_EMBEDDING_NORM.get())
         image = image / (norm.detach() if constant else norm)
-        return model.logit_scale.exp() * image @ text_embeds.to(image.dtype).T
+        text = text_embeds.to(image.dtype).T
+        return model.logit_scale.exp() * torch.cat([row @ text for row in image.split(1)])
     return model(pixel_values=pixel_values).logits
 
 
@@ -155,6 +160,60 @@ def load_vision_model(name_or_path: str, config: PretrainedConfig | None = None,
 
 
 # ------------------------------------------------------------------------------------------------ preparing
+BATCH_INVARIANT_ATTENTION = "hf_fga_eager"
+
+
+def _per_image_matmul(a: Tensor, b: Tensor) -> Tensor:
+    """`torch.matmul(a, b)` of `(B, H, m, k)` and `(B, H, k, n)`, one image's `(H, ·, ·)` product at a time."""
+    return torch.stack([torch.matmul(x, y) for x, y in zip(a.unbind(0), b.unbind(0), strict=True)])
+
+
+def batch_invariant_eager_attention(
+    module: nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[Tensor, Tensor]:
+    """
+    transformers' eager attention (ViT, DeiT, CLIP `eager_attention_forward`), with the two matrix products run one
+    image at a time so that every image's result, gradients included, does not depend on the batch it is in.
+
+    `torch.matmul` on `(B, H, T, d_h)` operands folds (B, H) into one batch dimension: for B = 1 a view of the
+    transposed projections, for B > 1 a contiguous copy, so the backward products of a batch run on differently laid
+    out operands than those of a single image and round differently (~1e-7 relative). Here each image's product is
+    exactly the one transformers computes for that image alone: the forward of one image is bit-identical to
+    transformers' eager attention, and a batch is bit-identical to its images one by one.
+
+    Args:
+        module (`nn.Module`): the attention module (its `training` flag drives the dropout, as in transformers).
+        query, key, value (`Tensor` of shape `(B, H, T, d_h)`): the projected heads.
+        attention_mask (`Tensor` of shape `(B, 1, T, T)`, *optional*): additive mask (CLIP's text tower).
+        scaling (`float`, *optional*): defaults to `d_h ** -0.5`.
+        dropout (`float`, defaults to 0): the attention dropout probability (transformers passes 0 in eval mode).
+
+    Returns:
+        `(attn_output (B, T, H, d_h), attn_weights (B, H, T, T))`, the softmax taken in float32 and cast back to the
+        query's dtype as transformers does.
+    """
+    if scaling is None:
+        scaling = query.size(-1) ** -0.5
+    attn_weights = _per_image_matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = nn.functional.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = _per_image_matmul(attn_weights, value)
+    return attn_output.transpose(1, 2).contiguous(), attn_weights
+
+
+AttentionInterface.register(BATCH_INVARIANT_ATTENTION, batch_invariant_eager_attention)
+AttentionMaskInterface.register(BATCH_INVARIANT_ATTENTION, eager_mask)
+
+
 def _all_configs(model: PreTrainedModel) -> list[PretrainedConfig]:
     """Every config object reachable from the model (top level, sub-configs, and those held by submodules)."""
     found: dict[int, PretrainedConfig] = {}
@@ -169,10 +228,27 @@ def _all_configs(model: PreTrainedModel) -> list[PretrainedConfig]:
     return list(found.values())
 
 
+_MISSING = object()
+
+
+def _dispatches_attention(model: PreTrainedModel) -> bool:
+    """Whether every transformers model inside `model` picks its attention function from the `AttentionInterface`."""
+    return all(
+        getattr(type(module), "_supports_attention_backend", False)
+        for module in model.modules()
+        if isinstance(module, PreTrainedModel)
+    )
+
+
 @contextlib.contextmanager
 def prepared_model(model: PreTrainedModel) -> Iterator[list[RemovableHandle]]:
     """
-    Put `model` in eval mode with eager attention and frozen parameters; restore all of it on exit.
+    Put `model` in eval mode with batch-invariant eager attention and frozen parameters; restore all of it on exit.
+
+    The attention is [`batch_invariant_eager_attention`] (registered with transformers' `AttentionInterface` as
+    `"hf_fga_eager"`): transformers' eager attention, whose probabilities the hooks capture, computed so that a batch
+    gives each image exactly what the image alone gives. A model whose attention does not dispatch through the
+    `AttentionInterface` is switched to plain `"eager"` instead.
 
     Yields a list to which the caller appends its hook handles; they are removed on exit, also after an exception.
     Restored: every submodule's train/eval flag, every parameter's `requires_grad`, and the attention implementation
@@ -181,20 +257,26 @@ def prepared_model(model: PreTrainedModel) -> Iterator[list[RemovableHandle]]:
     training = [(module, module.training) for module in model.modules()]
     requires_grad = [(param, param.requires_grad) for param in model.parameters()]
     configs = _all_configs(model)
-    attn = [(config, config.__dict__.get("_attn_implementation_internal")) for config in configs]
+    attn = [(config, config.__dict__.get("_attn_implementation_internal", _MISSING)) for config in configs]
     handles: list[RemovableHandle] = []
     try:
         model.eval()
         for param, _ in requires_grad:
             param.requires_grad_(False)
-        if any(config._attn_implementation not in (None, "eager") for config in configs):
+        if _dispatches_attention(model):
+            for config in configs:
+                config._attn_implementation_internal = BATCH_INVARIANT_ATTENTION
+        elif any(config._attn_implementation not in (None, "eager") for config in configs):
             model.set_attn_implementation("eager")
         yield handles
     finally:
         for handle in handles:
             handle.remove()
         for config, value in attn:
-            config._attn_implementation_internal = value
+            if value is _MISSING:
+                config.__dict__.pop("_attn_implementation_internal", None)
+            else:
+                config._attn_implementation_internal = value
         for param, flag in requires_grad:
             param.requires_grad_(flag)
         for module, flag in training:

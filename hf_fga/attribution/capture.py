@@ -7,7 +7,8 @@ One forward and one backward pass that capture what every attribution method rea
   its gradient g = ∂y/∂x,
 
 with y the target score of each image (§1). The gradients of the whole batch come from one backward pass of Σ_b y_b.
-The model is put in eval mode with eager attention and frozen parameters for the call and restored exactly afterwards,
+The model is put in eval mode with batch-invariant eager attention (one image's products at a time, so that a batch
+gives each image exactly its single-image capture) and frozen parameters for the call and restored exactly afterwards,
 also when an exception is raised.
 """
 

@@ -363,8 +363,8 @@ class Attributor:
         r"""
         One forward pass and one backward pass of Σ_b y_b, recording what the capture-based methods read.
 
-        The model is prepared (eval mode, eager attention, frozen parameters, oneDNN linears if chosen) for the pass
-        and restored exactly afterwards, also after an exception.
+        The model is prepared (eval mode, batch-invariant eager attention, frozen parameters, oneDNN linears if
+        chosen) for the pass and restored exactly afterwards, also after an exception.
 
         Args:
             pixel_values (`Tensor` of shape `(B, 3, H, W)`), target, text_embeds: as in [`attribute`].

@@ -10,10 +10,6 @@ from ..attribution import list_methods
 
 REFERENCE_METHOD = "transmm"
 GATED_METHOD = "fga"
-# report order; any other registered method (hf_fga.list_methods()) comes after these
-KNOWN_METHODS = (
-    "transmm", "fga", "rollout", "raw-attention", "gradient-x-input", "integrated-gradients", "grad-cam", "caap",
-)
 METHOD_LABELS = {
     "transmm": "TransMM", "rollout": "Rollout", "raw-attention": "Raw attention",
     "gradient-x-input": "Gradient × Input", "integrated-gradients": "Integrated Gradients", "grad-cam": "Grad-CAM",
@@ -22,13 +18,24 @@ METHOD_LABELS = {
 KNOWN_VARIANTS = ("combined", "activation", "gradient", "no-sae", "shuffled", "centered", "mean-centered")
 
 
+def known_methods() -> tuple[str, ...]:
+    """
+    The methods an evaluation can compare, in report order: every method of the attribution registry
+    (`hf_fga.list_methods()`, so a newly registered method is known without a change here), TransMM and FGA first,
+    then the others in the order `list_methods()` gives them.
+    """
+    registered = list(list_methods())
+    first = [name for name in (REFERENCE_METHOD, GATED_METHOD) if name in registered]
+    return (*first, *(name for name in registered if name not in first))
+
+
 @dataclass(frozen=True, order=True)
 class EvaluationConfiguration:
     """
     One attribution configuration of an evaluation grid.
 
     Args:
-        method (`str`): a registered method (`hf_fga.list_methods()`).
+        method (`str`): a registered attribution method (`known_methods()`).
         variant (`str`, *optional*, defaults to `""`): the FGA variant; empty for the other methods.
         layers (`tuple[int, ...]`, *optional*, defaults to `()`): the gated blocks (FGA only).
         kappa (`float`, *optional*, defaults to `0.0`): κ of the gate (FGA only; 0 for the other methods).
@@ -66,7 +73,8 @@ class EvaluationConfiguration:
     @property
     def sort_key(self) -> tuple:
         """Report order: TransMM, the other baselines, then FGA by variant, block set, κ and c_max."""
-        method = KNOWN_METHODS.index(self.method) if self.method in KNOWN_METHODS else len(KNOWN_METHODS)
+        methods = known_methods()
+        method = methods.index(self.method) if self.method in methods else len(methods)
         variant = KNOWN_VARIANTS.index(self.variant) if self.variant in KNOWN_VARIANTS else -1
         return (self.is_gated, method, variant, len(self.layers), self.layers, self.kappa, self.cmax)
 
@@ -182,10 +190,10 @@ def expand_grid(
     ```
     """
     methods = list(dict.fromkeys(methods))
-    registered = list_methods()
-    unknown = [m for m in methods if m not in registered]
+    known = known_methods()
+    unknown = [m for m in methods if m not in known]
     if unknown:
-        raise ValueError(f"Unknown method(s) {unknown}: expected some of {sorted(registered)}.")
+        raise ValueError(f"Unknown method(s) {unknown}: expected some of {list(known)}.")
     variants, layer_sets = list(dict.fromkeys(variants)), list(dict.fromkeys(layer_sets))
     unknown = [v for v in variants if v not in KNOWN_VARIANTS]
     if unknown:

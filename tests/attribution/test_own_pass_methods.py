@@ -337,3 +337,49 @@ def test_generic_objectives_for_feature_explanations():
                 out[0, token] = source[1][b, token]
                 expected = out[0, tokens[b]] @ direction - neutral[b]
             assert got[b].flatten()[p].item() == pytest.approx(expected.item(), rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("kind", range(len(MODELS64)), ids=[m[0] for m in MODELS64])
+def test_libragrad_gradient_x_input_is_fullgrad_complete(kind):
+    """
+    Under LibraGrad's rules, Σ_p A(p) of gradient × input is the input term of FullGrad completeness:
+    y = Σ_p A(p) + Σ_b b·∂y/∂b to float64 rounding; plain gradients are far from it.
+    """
+    from hf_fga.attribution.completeness import model_completeness_terms
+    from hf_fga.attribution.rules import backward_rules
+
+    _, model, text_embeds = MODELS64[kind]
+    pixels = pixel_batch(2, seed=14).double()
+    target = torch.tensor([0, 1])
+    attributor = Attributor(model)
+    maps = {
+        libragrad: attributor.attribute(pixels, "gradient-x-input", target, text_embeds, libragrad=libragrad)
+        for libragrad in (False, True)
+    }
+    impl = get_method("gradient-x-input")
+    with backward_rules("libragrad")(model):  # the float64 map (the engine's output is float32)
+        exact = impl.attribute(attributor, pixels, target, text_embeds, {}).attribution
+    terms = model_completeness_terms(model, pixels, target, text_embeds, backward_rules("libragrad"))
+    torch.testing.assert_close(exact.sum(dim=(1, 2)), terms["input_terms"], rtol=1e-10, atol=1e-12)
+    residual = terms["scores"] - exact.sum(dim=(1, 2)) - terms["bias_terms"]
+    assert (residual.abs() < 1e-8 * terms["scores"].abs()).all()
+    assert terms["errors"].max() < 1e-8
+    torch.testing.assert_close(maps[True].attribution, exact.float())
+    assert not torch.allclose(maps[True].attribution, maps[False].attribution)
+
+
+@pytest.mark.parametrize("method", ["gradient-x-input", "integrated-gradients"])
+def test_libragrad_with_onednn_linears_matches_stock_kernels(method):
+    model = tiny_vit(num_layers=3)
+    pixels = pixel_batch(2, seed=15)
+    options = {"steps": 4} if method == "integrated-gradients" else {}
+    fast = public(model, pixels, method, linear_backend="auto", libragrad=True, **options).attribution
+    stock = public(model, pixels, method, linear_backend="default", libragrad=True, **options).attribution
+    plain = public(model, pixels, method, linear_backend="default", **options).attribution
+    torch.testing.assert_close(fast, stock, rtol=1e-4, atol=1e-6 * stock.abs().max().item())
+    assert not torch.allclose(stock, plain)
+
+
+def test_libragrad_refused_for_caap():
+    with pytest.raises(ValueError, match="libragrad"):
+        public(tiny_vit(), pixel_batch(1), "caap", libragrad=True)

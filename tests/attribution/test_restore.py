@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import PretrainedConfig
 
 import hf_fga.attribution.methods.fga as attribution_module
 import hf_fga.attribution.methods.transmm as transmm_module
 from hf_fga.attribution import FeatureGradientAttribution, compute_mean_residuals
-from tests.attribution.tiny_models import clip_label_inputs
+from hf_fga.introspection import BATCH_INVARIANT_ATTENTION, prepared_model
+from tests.attribution.tiny_models import clip_label_inputs, tiny_deit
 from tests.helpers import pixel_batch, tiny_clip, tiny_sae, tiny_vit
 
 
@@ -30,11 +32,21 @@ def snapshot(model) -> dict:
         },
         # modules whose forward is overridden on the instance (the oneDNN linears are, only during a call)
         "forwards": {n for n, m in model.named_modules() if "forward" in m.__dict__},
-        "attn": [
-            getattr(c, "_attn_implementation", None)
-            for c in [model.config, *(getattr(model.config, k) for k in model.config.sub_configs)]
-        ],
+        "attn": attention_implementations(model),
     }
+
+
+def configs_of(model) -> list[PretrainedConfig]:
+    """The model's config, its sub-configs and every submodule's config, each once."""
+    found = [model.config, *(getattr(model.config, k) for k in model.config.sub_configs)]
+    found += [getattr(m, "config", None) for m in model.modules()]
+    unique = {id(c): c for c in found if isinstance(c, PretrainedConfig)}
+    return list(unique.values())
+
+
+def attention_implementations(model) -> list:
+    """What each config stores (not what its property reports): unset and `None` must come back as they were."""
+    return [c.__dict__.get("_attn_implementation_internal", "<unset>") for c in configs_of(model)]
 
 
 def assert_same(before: dict, after: dict) -> None:
@@ -116,4 +128,44 @@ def test_failure_inside_forward_restores_model():
         FeatureGradientAttribution(model, {1: tiny_sae(layer=1)}).attribute(pixel_batch(2))
     assert_same(before_with_hook, snapshot(model))
     handle.remove()
+    assert_same(before, snapshot(model))
+
+
+def clip_with_mixed_attention():
+    model = tiny_clip()
+    model.set_attn_implementation({"vision_config": "sdpa", "text_config": "eager"})
+    return model
+
+
+def vit_with_unset_attention():
+    model = tiny_vit()
+    for config in configs_of(model):
+        config.__dict__.pop("_attn_implementation_internal", None)
+    return model
+
+
+@pytest.mark.parametrize(
+    "make",
+    [tiny_vit, unusual_vit, vit_with_unset_attention, tiny_deit, tiny_clip, clip_with_mixed_attention],
+    ids=["vit-eager", "vit-sdpa", "vit-unset", "deit", "clip", "clip-mixed"],
+)
+def test_batch_invariant_attention_inside_and_user_choice_after(make):
+    """Every config runs `hf_fga_eager` inside `prepared_model`; afterwards each stores exactly what it stored."""
+    model = make()
+    before = snapshot(model)
+    with prepared_model(model):
+        assert {c._attn_implementation for c in configs_of(model)} == {BATCH_INVARIANT_ATTENTION}
+    assert_same(before, snapshot(model))
+    with pytest.raises(RuntimeError, match="inside"), prepared_model(model):
+        raise RuntimeError("failure inside")
+    assert_same(before, snapshot(model))
+
+
+def test_model_without_attention_interface_falls_back_to_eager(monkeypatch):
+    """A model whose attention ignores the AttentionInterface gets plain eager attention, restored afterwards."""
+    model = unusual_vit()
+    monkeypatch.setattr(type(model), "_supports_attention_backend", False)
+    before = snapshot(model)
+    with prepared_model(model):
+        assert model.config._attn_implementation == "eager"
     assert_same(before, snapshot(model))

@@ -1,10 +1,12 @@
 import pytest
 
+from hf_fga.attribution import AttributionMethod, list_methods, register_method, unregister_method
 from hf_fga.evaluation.arguments import EvaluationArguments
 from hf_fga.evaluation.configuration import (
     REFERENCE,
     EvaluationConfiguration,
     expand_grid,
+    known_methods,
     parse_floats,
     parse_layer_sets,
     parse_list,
@@ -38,13 +40,38 @@ def test_expand_grid_counts_and_reference_first():
 
 def test_expand_grid_errors():
     with pytest.raises(ValueError, match="Unknown method"):
-        expand_grid(["gradcam"])
+        expand_grid(["no-such-method"])
     with pytest.raises(ValueError, match="Unknown variant"):
         expand_grid(["fga"], ["best"])
     with pytest.raises(ValueError, match="kappas"):
         expand_grid(["fga"], kappas=[0.0])
     with pytest.raises(ValueError, match="cmaxes"):
         expand_grid(["fga"], cmaxes=[1.0])
+
+
+def test_known_methods_follow_the_registry():
+    """Every registered method is known, TransMM and FGA first, the rest in `list_methods()` order."""
+    others = [name for name in list_methods() if name not in ("transmm", "fga")]
+    assert known_methods() == ("transmm", "fga", *others)
+
+    @register_method
+    class PluginMethod(AttributionMethod):
+        name = "aaa-test-plugin"  # sorts before every built-in name: the report still starts with TransMM, FGA
+        description = "A method registered after import, for this test."
+        uses_capture = True
+
+    try:
+        assert known_methods()[:2] == ("transmm", "fga") and "aaa-test-plugin" in known_methods()
+        grid = expand_grid(["fga", "aaa-test-plugin", "rollout"], ["combined"])
+        assert [c.method for c in grid] == ["transmm", "aaa-test-plugin", "rollout", "fga"]
+        shuffled = sorted(reversed(grid), key=lambda c: c.sort_key)
+        expected = [m for m in known_methods() if m in ("transmm", "aaa-test-plugin", "rollout")] + ["fga"]
+        assert [c.method for c in shuffled] == expected
+    finally:
+        unregister_method("aaa-test-plugin")
+    assert "aaa-test-plugin" not in known_methods()
+    with pytest.raises(ValueError, match="Unknown method"):
+        expand_grid(["aaa-test-plugin"])
 
 
 def test_columns_round_trip_and_sort_key():
