@@ -27,9 +27,9 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask
 HOOK_POINTS = ("resid_pre", "resid_post")
 CLIP_TEMPLATE = "a photo of a {}"
 HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only")
-# Whether CLIP's image-embedding norm is a constant in the backward pass (see `constant_embedding_norm`).
-_CONSTANT_EMBEDDING_NORM: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "constant_embedding_norm", default=False
+# The CLIP models whose image-embedding norm is a constant in the backward pass (see `constant_embedding_norm`).
+_CONSTANT_EMBEDDING_NORM: contextvars.ContextVar[tuple[nn.Module, ...]] = contextvars.ContextVar(
+    "constant_embedding_norm", default=()
 )
 
 
@@ -107,13 +107,13 @@ def clip_text_embeddings(
 
 
 @contextlib.contextmanager
-def constant_embedding_norm() -> Iterator[None]:
+def constant_embedding_norm(model: nn.Module) -> Iterator[None]:
     """
-    Inside the block, [`model_logits`] treats the L2 norm of CLIP's image embedding as a constant in the backward pass
-    (the forward value is unchanged): the LN rule of method.md §8 applied to the last normalisation, so that under the
-    backward rules the CLIP score is linear in the embedding, as a classifier's logit is.
+    Inside the block, [`model_logits`] of `model` treats the L2 norm of CLIP's image embedding as a constant in the
+    backward pass (the forward value is unchanged): the LN rule of method.md §8 applied to the last normalisation, so
+    that under the backward rules the CLIP score is linear in the embedding, as a classifier's logit is.
     """
-    token = _CONSTANT_EMBEDDING_NORM.set(True)
+    token = _CONSTANT_EMBEDDING_NORM.set((*_CONSTANT_EMBEDDING_NORM.get(), model))
     try:
         yield
     finally:
@@ -136,7 +136,8 @@ def model_logits(model: PreTrainedModel, pixel_values: Tensor, text_embeds: Tens
         pooled = model.vision_model(pixel_values=pixel_values, return_dict=True).pooler_output
         image = torch.cat([model.visual_projection(row) for row in pooled.split(1)])
         norm = image.norm(dim=-1, keepdim=True)
-        image = image / (norm.detach() if _CONSTANT_EMBEDDING_NORM.get() else norm)
+        constant = any(held is model for held in _CONSTANT_EMBEDDING_NORM.get())
+        image = image / (norm.detach() if constant else norm)
         text = text_embeds.to(image.dtype).T
         return model.logit_scale.exp() * torch.cat([row @ text for row in image.split(1)])
     return model(pixel_values=pixel_values).logits

@@ -23,8 +23,8 @@ TASK = "feature-gradient-attribution"
 # Variants that read an SAE's features, so that "which features drove the gates" has an answer.
 FEATURE_VARIANTS = ("combined", "shuffled")
 OPTIONS = (
-    "target", "candidate_labels", "method", "variant", "kappa", "cmax", "layers", "top_k_features", "timeout",
-    "batch_size", "num_workers",
+    "target", "candidate_labels", "method", "variant", "kappa", "cmax", "layers", "libragrad", "top_k_features",
+    "timeout", "batch_size", "num_workers",
 )
 
 
@@ -66,6 +66,8 @@ class FeatureGradientAttributionPipeline(Pipeline):
         kappa (`float`, defaults to 0.5): κ > 0; any real number type (Python, numpy, 0-d tensor), not a bool.
         cmax (`float`, defaults to 10.0): c_max > 1, same types.
         layers (`list[int]`): the gated blocks (at least one).
+        libragrad (`bool`, defaults to `False`): run a gradient-based method (`"fga"`, `"transmm"`, …) under
+            LibraGrad's backward rules (method.md §8; see [`Attributor.attribute`]).
         top_k_features (`int`, defaults to 5): at most this many features in `top_features` (≥ 1).
         timeout (`float`, *optional*): seconds to wait for an image URL.
         batch_size (`int`, defaults to 1), num_workers (`int`, defaults to 0): as in every transformers pipeline.
@@ -152,6 +154,7 @@ class FeatureGradientAttributionPipeline(Pipeline):
         kappa=None,
         cmax=None,
         layers=None,
+        libragrad=None,
         top_k_features=None,
         timeout=None,
         **unexpected,
@@ -178,6 +181,10 @@ class FeatureGradientAttributionPipeline(Pipeline):
             )
         if layers is not None:
             forward["layers"] = gated_layers(layers)
+        if libragrad is not None:
+            if not isinstance(libragrad, bool):
+                raise TypeError(f"libragrad must be True or False, got {libragrad!r}.")
+            forward["libragrad"] = libragrad
         if top_k_features is not None:
             postprocess["top_k_features"] = integer(
                 "top_k_features", top_k_features, low=1, meaning="how many features top_features lists"
@@ -222,6 +229,7 @@ class FeatureGradientAttributionPipeline(Pipeline):
         kappa=0.5,
         cmax=10.0,
         layers=None,
+        libragrad=False,
     ) -> dict[str, list]:
         """
         One forward and one backward pass for a batch `pixel_values (B, 3, H, W)`; returns per-image lists (the
@@ -243,6 +251,7 @@ class FeatureGradientAttributionPipeline(Pipeline):
             target=target_index(target, labels),
             method=method,
             text_embeds=text_embeds,
+            libragrad=libragrad,
             **{name: value for name, value in options.items() if name in accepted},
         )
         batch = pixel_values.shape[0]

@@ -186,3 +186,13 @@ def test_attention_without_projections_refused():
 def test_unknown_rule_set():
     with pytest.raises(ValueError, match="registered: attnlrp, cp-lrp, libragrad"):
         backward_rules("lrp")
+
+
+def test_rules_touch_only_their_model():
+    """Another model used inside the block (CLIP's embedding norm included) keeps its plain gradients."""
+    model, text = build("clip")
+    other, _ = build("clip")
+    pixels, target = pixel_batch(1).double(), torch.tensor([0])
+    plain = gradient_x_input(other, pixels, target, None, text)
+    with libragrad(model):
+        assert torch.equal(plain, gradient_x_input(other, pixels, target, None, text))

@@ -438,3 +438,16 @@ def test_gradients_are_on_inside_no_grad_and_inference_mode(explain, images):
         _same(explain(images[0]), reference)
     with torch.inference_mode():
         _same(explain(images[0]), reference)
+
+
+def test_libragrad_option(explain, images):
+    out = explain(images[0], method="transmm", libragrad=True)
+    pixel_values = explain.image_processor(images=images[0], return_tensors="pt")["pixel_values"]
+    direct = FeatureGradientAttribution(explain.model).attribute(pixel_values, method="transmm", libragrad=True)
+    np.testing.assert_allclose(out["attribution"], direct.attribution[0].numpy(), rtol=1e-5, atol=1e-7)
+    plain = explain(images[0], method="transmm")
+    assert not np.allclose(out["attribution"], plain["attribution"], rtol=1e-3)
+    with pytest.raises(ValueError, match="'rollout' reads none of the model's gradients"):
+        explain(images[0], method="rollout", libragrad=True)
+    with pytest.raises(TypeError, match="libragrad must be True or False"):
+        explain(images[0], libragrad="yes")

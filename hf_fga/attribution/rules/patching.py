@@ -159,7 +159,7 @@ def rules_applied(model: nn.Module, attention: str) -> Iterator[nn.Module]:
         for projections in hooks:
             for key, hook in projection_hooks.items():
                 handles.append(projections[key].register_forward_hook(hook))
-        with constant_embedding_norm():
+        with constant_embedding_norm(model):
             yield model
     finally:
         for handle in handles:
