@@ -13,19 +13,24 @@ GATED_METHOD = "fga"
 METHOD_LABELS = {
     "transmm": "TransMM", "rollout": "Rollout", "raw-attention": "Raw attention",
     "gradient-x-input": "Gradient × Input", "integrated-gradients": "Integrated Gradients", "grad-cam": "Grad-CAM",
-    "caap": "CAAP",
+    "cp-lrp": "CP-LRP", "attnlrp": "AttnLRP", "caap": "CAAP",
 }
+REPORT_ORDER = (
+    "transmm", "fga", "rollout", "raw-attention", "gradient-x-input", "integrated-gradients", "grad-cam", "cp-lrp",
+    "attnlrp", "caap",
+)
 KNOWN_VARIANTS = ("combined", "activation", "gradient", "no-sae", "shuffled", "centered", "mean-centered")
 
 
 def known_methods() -> tuple[str, ...]:
     """
     The methods an evaluation can compare, in report order: every method of the attribution registry
-    (`hf_fga.list_methods()`, so a newly registered method is known without a change here), TransMM and FGA first,
-    then the others in the order `list_methods()` gives them.
+    (`hf_fga.list_methods()`, so a newly registered method is known without a change here). The built-in methods come
+    in `REPORT_ORDER` (TransMM and FGA first, then the attention baselines, the gradient methods, LRP and CAAP), any
+    other registered method after them, by name.
     """
     registered = list(list_methods())
-    first = [name for name in (REFERENCE_METHOD, GATED_METHOD) if name in registered]
+    first = [name for name in REPORT_ORDER if name in registered]
     return (*first, *(name for name in registered if name not in first))
 
 

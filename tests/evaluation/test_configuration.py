@@ -4,6 +4,7 @@ from hf_fga.attribution import AttributionMethod, list_methods, register_method,
 from hf_fga.evaluation.arguments import EvaluationArguments
 from hf_fga.evaluation.configuration import (
     REFERENCE,
+    REPORT_ORDER,
     EvaluationConfiguration,
     expand_grid,
     known_methods,
@@ -50,9 +51,9 @@ def test_expand_grid_errors():
 
 
 def test_known_methods_follow_the_registry():
-    """Every registered method is known, TransMM and FGA first, the rest in `list_methods()` order."""
-    others = [name for name in list_methods() if name not in ("transmm", "fga")]
-    assert known_methods() == ("transmm", "fga", *others)
+    """Every registered method is known: the built-ins in REPORT_ORDER (TransMM and FGA first), then any other."""
+    assert set(known_methods()) == set(list_methods())
+    assert known_methods() == tuple(name for name in REPORT_ORDER if name in list_methods())
 
     @register_method
     class PluginMethod(AttributionMethod):
@@ -63,6 +64,7 @@ def test_known_methods_follow_the_registry():
     try:
         assert known_methods()[:2] == ("transmm", "fga") and "aaa-test-plugin" in known_methods()
         grid = expand_grid(["fga", "aaa-test-plugin", "rollout"], ["combined"])
+        assert known_methods()[-1] == "aaa-test-plugin"  # after the built-ins
         assert [c.method for c in grid] == ["transmm", "aaa-test-plugin", "rollout", "fga"]
         shuffled = sorted(reversed(grid), key=lambda c: c.sort_key)
         expected = [m for m in known_methods() if m in ("transmm", "aaa-test-plugin", "rollout")] + ["fga"]
