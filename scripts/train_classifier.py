@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from transformers import HfArgumentParser, ViTConfig, ViTForImageClassification, get_cosine_schedule_with_warmup
 from transformers.models.vit import ViTImageProcessorPil
 
-from hf_fga.bundled.model_card import RESULTS_NAME, write_classifier_card
+from hf_fga.bundled.model_card import RESULTS_NAME, write_classifier_card, write_domain_card
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -564,7 +564,11 @@ def finish(args: TrainClassifierArguments, out: Path, state: dict, mean: float, 
         (export / RESULTS_NAME).write_text(json.dumps({**result, "args": asdict(args)}, indent=1) + "\n")
         if args.evaluate_test:
             sae_dir = export.parent / "saes"
-            write_classifier_card(export, sae_dir if sae_dir.is_dir() else None)
+            sae_dir = sae_dir if sae_dir.is_dir() else None
+            if args.dataset == "chest_xray_pneumonia":
+                write_classifier_card(export, sae_dir)
+            else:
+                write_domain_card(export, args.dataset, sae_dir)
     return result
 
 
