@@ -285,6 +285,7 @@ def train(args: TrainCifarArguments) -> dict:
     while state["epoch"] < args.epochs:
         model.train()
         start, total_loss, seen = time.time(), 0.0, 0
+        rate_start, cpu_start = start, time.process_time()  # for the printed rates (not reset by checkpoints)
         while state["step_in_epoch"] < steps_per_epoch:
             if args.max_steps is not None and state["global_step"] >= args.max_steps:
                 state["train_seconds"] += time.time() - start
@@ -310,9 +311,11 @@ def train(args: TrainCifarArguments) -> dict:
             seen += len(idx)
             state["step_in_epoch"] += 1
             state["global_step"] += 1
-            if state["global_step"] % 50 == 0:
-                rate = (time.time() - start) / max(1, seen / args.batch_size)
-                print(f"step {state['global_step']}: loss {loss.item():.4f}, {rate:.3f} s/step", flush=True)
+            if state["global_step"] % 50 == 0:  # wall and CPU seconds per step (CPU: this process, all threads)
+                steps = max(1, seen / args.batch_size)
+                wall, cpu = (time.time() - rate_start) / steps, (time.process_time() - cpu_start) / steps
+                print(f"step {state['global_step']}: loss {loss.item():.4f}, {wall:.3f} s/step (CPU {cpu:.3f} s/step)",
+                      flush=True)
             if state["global_step"] % args.checkpoint_every == 0:
                 state["train_seconds"] += time.time() - start
                 start = time.time()
