@@ -274,8 +274,10 @@ def build_model(args: TrainClassifierArguments) -> ViTForImageClassification:
     if args.init_from is not None:
         # every weight but the classifier is loaded; the classifier (shape changed, or same shape but other labels) is
         # re-initialised by transformers' `_init_weights` (normal std = initializer_range, zero bias), seeded above
+        # (num_labels follows from id2label; passing both makes transformers warn about the parent's 2 labels)
         model = ViTForImageClassification.from_pretrained(
-            args.init_from, **label_config, ignore_mismatched_sizes=True
+            args.init_from, id2label=label_config["id2label"], label2id=label_config["label2id"],
+            ignore_mismatched_sizes=True,
         )
         if model.config.num_labels == len(labels) and model.config.id2label != label_config["id2label"]:
             model.classifier.reset_parameters()
