@@ -241,3 +241,29 @@ def test_hflip_mirrors_the_augmented_image(script):
 def test_unknown_dataset_is_named(script):
     with pytest.raises(ValueError, match="breast_ultrasound"):
         script.TrainClassifierArguments(dataset="busi")
+
+
+def test_domain_card_tables_come_from_the_results(tmp_path):
+    """The breast ultrasound card: every placeholder filled, the 3 × 3 confusion matrix and recalls from results."""
+    from hf_fga.bundled.model_card import DOMAIN_CARDS, RESULTS_NAME, write_domain_card
+
+    args = {"image_size": 224, "patch_size": 16, "low_res": 112, "low_res_epochs": 0, "epochs": 12, "seed": 1,
+            "num_hidden_layers": 6, "hidden_size": 192, "num_attention_heads": 3, "intermediate_size": 384,
+            "crop_scale_min": 0.7, "max_rotation_deg": 10.0, "brightness": 0.1, "contrast": 0.1,
+            "label_smoothing": 0.1, "learning_rate": 1e-3, "weight_decay": 0.05, "batch_size": 32,
+            "warmup_epochs": 1.0, "max_grad_norm": 1.0, "val_fraction": 0.12}
+    test = {"accuracy": 0.5, "balanced_accuracy": 0.625, "num_examples": 8,
+            "recall_per_class": {"benign": 0.5, "malignant": 0.75, "normal": 0.625},
+            "confusion_matrix": [[1, 0, 1], [0, 3, 1], [2, 1, 0]]}
+    results = {"test": test, "args": args, "validation_balanced_accuracy": 0.6, "num_validation_images": 117,
+               "num_train_images": 545, "best_epoch": 7, "train_seconds": 600.0, "num_threads": 1,
+               "torch_version": "2.13.0", "num_parameters": 10, "forward_gflops": 0.9, "pixel_mean": 0.3,
+               "pixel_std": 0.2}
+    (tmp_path / RESULTS_NAME).write_text(json.dumps(results))
+    card = write_domain_card(tmp_path, "breast_ultrasound").read_text()
+    assert "$" not in card.replace("$$", "") and "NOT a medical device" in card
+    assert "| malignant (4) | 0 | 3 | 1 |" in card and "| test | 0.5000 | 0.6250 | 0.5000 | 0.7500 | 0.6250 |" in card
+    assert "--dataset breast_ultrasound" in card  # the build script's commands are quoted
+    assert set(DOMAIN_CARDS) == {"breast_ultrasound"}
+    with pytest.raises(ValueError, match="breast_ultrasound"):
+        write_domain_card(tmp_path, "cifar10")
