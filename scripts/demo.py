@@ -72,13 +72,15 @@ def main(argv: list[str] | None = None) -> int:
 
     import matplotlib.pyplot as plt
 
+    from hf_fga import bundled
     from hf_fga.viz import attribution_figure
 
     try:
-        from hf_fga import bundled
-
         bundled.domain(args.domain)  # an unknown name stops here, listing the bundled domains
-    except ValueError as error:
+        if args.domain != bundled.DEFAULT_DOMAIN:  # a named domain must be there (no random stand-in for it)
+            for find in (bundled.model_dir, bundled.sae_dir, bundled.example_images):
+                find(args.domain)
+    except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))
     model_dir, sae, images, what = bundled_or_random(args.domain)
     out_dir = Path(args.output)
