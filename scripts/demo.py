@@ -27,7 +27,7 @@ def bundled_or_random(domain: str = "chest_xray") -> tuple[str, str, list[str], 
         model_dir, sae_dir = bundled.model_dir(domain), bundled.sae_dir(domain)
         images = bundled.example_images(domain)
         if Path(model_dir, "config.json").is_file() and Path(sae_dir).is_dir() and images:
-            what = f"the bundled {domain.replace('_', ' ')} ViT and its SAEs"
+            what = f"the bundled {bundled.domain(domain).title} ViT and its SAEs"
             return str(model_dir), str(sae_dir), [str(p) for p in images], what
     except (ImportError, FileNotFoundError, AttributeError):
         pass

@@ -48,16 +48,20 @@ class Domain:
             first domain, chest X-ray, has always lived).
         dataset (`str`): the dataset (folder name under `shared/data`) it was trained on.
         build_script (`str`): the script holding the commands that produced the assets.
+        title (`str`): the domain in words (for messages and captions).
     """
 
     subfolder: str
     dataset: str
     build_script: str
+    title: str
 
 
 DOMAINS = {
-    "chest_xray": Domain("", "chest_xray_pneumonia", "scripts/build_bundled_assets.sh"),
-    "breast_ultrasound": Domain("breast_ultrasound", "breast_ultrasound", "scripts/build_breast_ultrasound_assets.sh"),
+    "chest_xray": Domain("", "chest_xray_pneumonia", "scripts/build_bundled_assets.sh", "chest X-ray"),
+    "breast_ultrasound": Domain(
+        "breast_ultrasound", "breast_ultrasound", "scripts/build_breast_ultrasound_assets.sh", "breast ultrasound"
+    ),
 }
 
 
