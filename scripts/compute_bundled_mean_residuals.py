@@ -4,8 +4,12 @@ Averaged over the patch tokens of the chest X-ray train images WITHOUT the valid
 `scripts/export_sae_images.py`), preprocessed by the bundled image processor; written with
 `hf_fga.attribution.save_mean_residuals` to `hf_fga/bundled/mean_residuals.safetensors`.
 
+For another domain (`--domain breast_ultrasound`) the default data is the train split of its dataset (which holds no
+validation image there) and the file goes into the domain's bundled folder.
+
 Usage:
     python scripts/compute_bundled_mean_residuals.py --data_dir runs/chest_xray_train_without_validation
+    python scripts/compute_bundled_mean_residuals.py --domain breast_ultrasound
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import datasets
 import torch
@@ -20,6 +25,8 @@ from transformers import ViTForImageClassification, ViTImageProcessorPil
 
 from hf_fga import bundled
 from hf_fga.attribution import compute_mean_residuals, save_mean_residuals
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def pixel_batches(ds: datasets.Dataset, processor: ViTImageProcessorPil, batch_size: int) -> Iterator[torch.Tensor]:
@@ -30,20 +37,26 @@ def pixel_batches(ds: datasets.Dataset, processor: ViTImageProcessorPil, batch_s
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", default="runs/chest_xray_train_without_validation")
-    parser.add_argument("--output", default=str(bundled.ROOT / bundled.MEAN_RESIDUALS_NAME))
+    parser.add_argument("--domain", default=bundled.DEFAULT_DOMAIN, choices=bundled.list_domains())
+    parser.add_argument("--data_dir", default=None, help="default (chest X-ray): the folder of export_sae_images.py")
+    parser.add_argument("--output", default=None, help="default: the domain's bundled mean-residual file")
     parser.add_argument("--hook_point", default="resid_post")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--num_threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.num_threads)
-    model = ViTForImageClassification.from_pretrained(bundled.model_dir()).eval()
-    processor = ViTImageProcessorPil.from_pretrained(bundled.model_dir())
-    ds = datasets.load_dataset(args.data_dir, split="train")
+    default_data = {"chest_xray": "runs/chest_xray_train_without_validation"}
+    data_dir = args.data_dir or default_data.get(args.domain, str(SHARED_DATA / bundled.domain(args.domain).dataset))
+    output = args.output or str(bundled.domain_root(args.domain) / bundled.MEAN_RESIDUALS_NAME)
+    model_dir = bundled.model_dir(args.domain)
+    model = ViTForImageClassification.from_pretrained(model_dir).eval()
+    processor = ViTImageProcessorPil.from_pretrained(model_dir)
+    ds = datasets.load_dataset(data_dir, split="train")
     layers = list(range(model.config.num_hidden_layers))
     means = compute_mean_residuals(model, pixel_batches(ds, processor, args.batch_size), layers, args.hook_point)
-    save_mean_residuals(means, args.output, hook_point=args.hook_point, model_name="hf_fga/bundled/model")
-    print(f"wrote μ for blocks {layers} over {len(ds)} images to {args.output}")
+    model_name = str(model_dir.relative_to(bundled.ROOT.parents[1]))
+    save_mean_residuals(means, output, hook_point=args.hook_point, model_name=model_name)
+    print(f"wrote μ for blocks {layers} over {len(ds)} images to {output}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The README's demo: FGA against TransMM on the bundled chest X-ray model and its example images.
+"""The README's demo: FGA against TransMM on a bundled model (`--domain`, default chest X-ray) and its example images.
 
 Writes, into the folder it names, one figure per image (image, TransMM, FGA, gates, predicted label and score) and
 a table of SaCo / Faithfulness Correlation / Pixel Flipping for TransMM and FGA on these images. Runs offline.
@@ -19,14 +19,16 @@ from transformers import pipeline
 import hf_fga
 
 
-def bundled_or_random() -> tuple[str, str, list[str], str]:
+def bundled_or_random(domain: str = "chest_xray") -> tuple[str, str, list[str], str]:
     """(model folder, SAE folder, image paths, description); a small random model when nothing is bundled yet."""
     try:
         from hf_fga import bundled
 
-        model_dir, sae_dir, images = bundled.model_dir(), bundled.sae_dir(), bundled.example_images()
+        model_dir, sae_dir = bundled.model_dir(domain), bundled.sae_dir(domain)
+        images = bundled.example_images(domain)
         if Path(model_dir, "config.json").is_file() and Path(sae_dir).is_dir() and images:
-            return str(model_dir), str(sae_dir), [str(p) for p in images], "the bundled chest X-ray ViT and its SAEs"
+            what = f"the bundled {bundled.domain(domain).title} ViT and its SAEs"
+            return str(model_dir), str(sae_dir), [str(p) for p in images], what
     except (ImportError, FileNotFoundError, AttributeError):
         pass
     from PIL import Image
@@ -57,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default="demo_output", help="folder for the figures and the metrics table")
     parser.add_argument(
+        "--domain", default="chest_xray",
+        help="the bundled model to explain: chest_xray or breast_ultrasound (hf_fga.bundled.list_domains())",
+    )
+    parser.add_argument(
         "--layers", type=int, nargs="*", default=None,
         help="gated blocks (default: every block of the SAE set but the last, whose patch gradients are 0)",
     )
@@ -66,9 +72,17 @@ def main(argv: list[str] | None = None) -> int:
 
     import matplotlib.pyplot as plt
 
+    from hf_fga import bundled
     from hf_fga.viz import attribution_figure
 
-    model_dir, sae, images, what = bundled_or_random()
+    try:
+        bundled.domain(args.domain)  # an unknown name stops here, listing the bundled domains
+        if args.domain != bundled.DEFAULT_DOMAIN:  # a named domain must be there (no random stand-in for it)
+            for find in (bundled.model_dir, bundled.sae_dir, bundled.example_images):
+                find(args.domain)
+    except (ValueError, FileNotFoundError) as error:
+        parser.error(str(error))
+    model_dir, sae, images, what = bundled_or_random(args.domain)
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     print(f"Explaining {len(images)} images with {what}; writing to {out_dir.resolve()}")

@@ -1,11 +1,14 @@
-"""Copy about a dozen images of the chest X-ray TEST split into `hf_fga/bundled/examples/` (both classes).
+"""Copy about a dozen images of a domain's TEST split into its bundled `examples/` folder (every class).
 
-The images are copied byte for byte (the dataset's own JPEG files), one per patient, chosen with a seeded RNG:
-`--per_class` NORMAL images and as many PNEUMONIA images (half bacterial, half viral). `examples.json` records file
-name, label, subtype and patient id; `README.md` gives the dataset's CC BY 4.0 attribution.
+Chest X-ray (the default domain): the images are copied byte for byte (the dataset's own JPEG files), one per
+patient, chosen with a seeded RNG: `--per_class` NORMAL images and as many PNEUMONIA images (half bacterial, half
+viral). `examples.json` records file name, label, subtype and patient id; `README.md` gives the dataset's CC BY 4.0
+attribution. Breast ultrasound (`--domain breast_ultrasound`): `--per_class` images of each of the 3 classes (the
+dataset's own PNG files), chosen with a seeded RNG.
 
 Usage:
     python scripts/export_bundled_examples.py --seed 0 --per_class 6
+    python scripts/export_bundled_examples.py --domain breast_ultrasound --seed 0 --per_class 4
 """
 
 from __future__ import annotations
@@ -18,10 +21,19 @@ from pathlib import Path
 import datasets
 import numpy as np
 
+from hf_fga import bundled
+
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "chest_xray_pneumonia"
+SHARED_DATA = REPO.parent / "shared" / "data"
+DEFAULT_DATA = SHARED_DATA / "chest_xray_pneumonia"
 DEFAULT_OUT = REPO / "hf_fga" / "bundled" / "examples"
 LABELS = ("NORMAL", "PNEUMONIA")
+BUSI_ATTRIBUTION = (
+    "Images from the test split of the breast ultrasound images of Al-Dhabyani et al., \"Dataset of breast ultrasound "
+    "images\", Data in Brief 28, 2020 (BUSI), resized to 256 x 256 px by the dataset copy this project uses, which "
+    "states the licence CC0 1.0 (the licence of the original release should be checked before redistribution beyond "
+    "research use)."
+)
 ATTRIBUTION = (
     "Images from the test split of the pediatric chest X-ray data of Kermany et al., \"Identifying Medical Diagnoses "
     "and Treatable Diseases by Image-Based Deep Learning\", Cell 172(5), 2018 (Mendeley Data, "
@@ -43,6 +55,40 @@ def choose(ds: datasets.Dataset, per_class: int, seed: int) -> list[int]:
                 seen.add(ds[i]["patient_id"])
                 rows.append(i)
     return rows
+
+
+def export_per_label(data_dir: str, out: Path, per_class: int, seed: int) -> list[dict]:
+    """`per_class` seeded test images of every label, copied byte for byte, with `examples.json` and a README."""
+    ds = datasets.load_dataset(data_dir, split="test")
+    names = ds.features["label"].names
+    ds = ds.cast_column("image", datasets.Image(decode=False))
+    rng = np.random.default_rng(seed)
+    labels = np.array(ds["label"])
+    out.mkdir(parents=True, exist_ok=True)
+    records = []
+    for label, label_name in enumerate(names):
+        for i in rng.permutation(np.flatnonzero(labels == label))[:per_class].tolist():
+            row = ds[i]
+            stem = Path(row["file_name"]).stem.replace(" ", "_").replace("(", "").replace(")", "")
+            stem = stem if stem.startswith(label_name) else f"{label_name}_{stem}"
+            name = f"{stem}{Path(row['file_name']).suffix.lower()}"
+            (out / name).write_bytes(row["image"]["bytes"])
+            records.append({
+                "file": name, "label": label, "label_name": label_name, "source_file_name": row["file_name"],
+                "split": "test",
+            })
+    records.sort(key=lambda r: r["file"])
+    meta = {"dataset": Path(data_dir).name, "seed": seed, "license": "CC0 1.0", "attribution": BUSI_ATTRIBUTION,
+            "examples": records}
+    (out / "examples.json").write_text(json.dumps(meta, indent=1) + "\n")
+    table = "\n".join(f"| {r['file']} | {r['label_name']} | {r['source_file_name']} |" for r in records)
+    (out / "README.md").write_text(
+        "# Example breast ultrasound images (test split)\n\n"
+        f"{BUSI_ATTRIBUTION}\n\nChosen by `python scripts/export_bundled_examples.py --domain breast_ultrasound "
+        f"--seed {seed} --per_class {per_class}` (never used for training or model selection).\n\n"
+        f"| file | label | file in the dataset |\n| --- | --- | --- |\n{table}\n"
+    )
+    return records
 
 
 def export(data_dir: str, out: Path, per_class: int, seed: int) -> list[dict]:
@@ -77,13 +123,17 @@ def export(data_dir: str, out: Path, per_class: int, seed: int) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", default=str(DEFAULT_DATA))
-    parser.add_argument("--output_dir", default=str(DEFAULT_OUT))
+    parser.add_argument("--domain", default=bundled.DEFAULT_DOMAIN, choices=bundled.list_domains())
+    parser.add_argument("--data_dir", default=None, help="the dataset folder (default: the domain's, shared/data)")
+    parser.add_argument("--output_dir", default=None, help="default: the domain's bundled examples folder")
     parser.add_argument("--per_class", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    records = export(args.data_dir, Path(args.output_dir), args.per_class, args.seed)
-    print(f"wrote {len(records)} examples to {args.output_dir}")
+    data_dir = args.data_dir or str(SHARED_DATA / bundled.domain(args.domain).dataset)
+    out = Path(args.output_dir or bundled.domain_root(args.domain) / bundled.EXAMPLES_FOLDER)
+    write = export if args.domain == "chest_xray" else export_per_label
+    records = write(data_dir, out, args.per_class, args.seed)
+    print(f"wrote {len(records)} examples to {out}")
     return 0
 
 

@@ -1,75 +1,9 @@
 #!/usr/bin/env bash
-# The thesis protocol (method.md §6) on the bundled chest X-ray ViT: validation sweeps, then the test split with the
-# configuration chosen on validation. Every stage is resumable: re-running this script skips what is done.
+# The thesis protocol (method.md §6) on the bundled chest X-ray ViT: `scripts/reproduce.sh --dataset chest_xray`, with
+# the same environment variables and outputs (docs/results/chest_xray). Every stage is resumable.
 #
 #   bash scripts/reproduce_chest_xray.sh               # all stages; wall times in $OUT/wall_times.txt
 #   VALIDATION_LIMIT=64 TEST_LIMIT=618 NUM_PROCESSES=2 bash scripts/reproduce_chest_xray.sh
 #   REPORT_ONLY=1 bash scripts/reproduce_chest_xray.sh  # rebuild every report from what is done (e.g. after a stop)
-#
-# Selection rule, fixed before any test image is scored: the FGA `combined` configuration with the highest mean
-# % improvement over TransMM across SaCo, Faithfulness Correlation and Pixel Flipping (papers preset) on the
-# validation images (hf_fga.evaluation.statistics.rank_configurations).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONWARNINGS="ignore::UserWarning"
-DATA=${DATA:-../shared/data/chest_xray_pneumonia}
-VALIDATION_LIMIT=${VALIDATION_LIMIT:-64}
-TEST_LIMIT=${TEST_LIMIT:-618}
-NUM_PROCESSES=${NUM_PROCESSES:-2}
-OUT=${OUT:-docs/results/chest_xray}
-PY=.venv/bin/python
-mkdir -p "$OUT"
-
-launch() {  # one process per CPU core share; accelerate 1.15 starts N CPU processes only with --multi_gpu
-  if [ "$NUM_PROCESSES" -gt 1 ]; then
-    OMP_NUM_THREADS=$(( $(nproc) / NUM_PROCESSES > 0 ? $(nproc) / NUM_PROCESSES : 1 )) \
-      .venv/bin/accelerate launch --multi_gpu --num_processes "$NUM_PROCESSES" --num_machines 1 \
-      --mixed_precision no --dynamo_backend no scripts/evaluate_faithfulness.py "$@"
-  else
-    $PY scripts/evaluate_faithfulness.py "$@"
-  fi
-}
-
-stage() {  # stage NAME ARGS...: run, and log its wall time
-  local name=$1; shift
-  if [ -n "${REPORT_ONLY:-}" ]; then
-    $PY scripts/evaluate_faithfulness.py "$@" --report_only
-    return
-  fi
-  local start; start=$(date +%s)
-  launch "$@"
-  echo "$name $(( $(date +%s) - start )) s ($(date -u +%FT%TZ))" | tee -a "$OUT/wall_times.txt"
-}
-
-COMMON=(--dataset "$DATA" --id_column file_name --model hf_fga/bundled/model --sae hf_fga/bundled/saes
-        --mean_residuals hf_fga/bundled/mean_residuals.safetensors --batch_size 8)
-VALIDATION=(--split train --include_ids hf_fga/bundled/splits.json --ids_key validation_file_names
-            --limit "$VALIDATION_LIMIT" --seed 0 --presets papers --output_dir "$OUT/validation")
-
-best() {  # best: the best FGA combined configuration of the validation run (extra arguments filter it)
-  $PY scripts/select_configuration.py "$OUT/validation" --variant combined --best "$@"
-}
-
-# 1. single-block sweeps: combined, activation, gradient over every block (κ = 0.5, c_max = 10)
-stage validation_single_blocks "${COMMON[@]}" "${VALIDATION[@]}" --methods transmm,fga \
-  --variants combined,activation,gradient --layer_sets "0;1;2;3;4;5"
-# 2. a few multi-block sets around the best single blocks
-sets=$($PY scripts/select_configuration.py "$OUT/validation" --variant combined --multi_block_sets 4)
-[ -n "${REPORT_ONLY:-}" ] || echo "multi-block sets: $sets" | tee -a "$OUT/wall_times.txt"
-stage validation_multi_block "${COMMON[@]}" "${VALIDATION[@]}" --methods transmm,fga --variants combined \
-  --layer_sets "$sets"
-# 3. κ × c_max on the best set
-chosen_set=$(best | cut -d'|' -f3)
-[ -n "${REPORT_ONLY:-}" ] || echo "best set: $chosen_set" | tee -a "$OUT/wall_times.txt"
-stage validation_kappa_cmax "${COMMON[@]}" "${VALIDATION[@]}" --methods transmm,fga --variants combined \
-  --layer_sets "$chosen_set" --kappas 0.1,0.5,1.0 --cmaxes 2,10,50
-chosen=$(best --layers "$chosen_set")
-[ -n "${REPORT_ONLY:-}" ] || echo "chosen configuration: $chosen" | tee -a "$OUT/wall_times.txt"
-echo "chosen configuration: $chosen" > "$OUT/chosen_configuration.txt"
-IFS='|' read -r _ _ layers kappa cmax <<< "$chosen"
-# 4. test split, chosen configuration only, every method and control, both presets (random order: a run stopped
-#    early has scored a random subset; re-running continues it)
-stage test "${COMMON[@]}" --split test --limit "$TEST_LIMIT" --seed 0 --presets papers,thesis \
-  --methods transmm,fga,rollout,raw-attention \
-  --variants combined,activation,gradient,no-sae,shuffled,centered,mean-centered \
-  --layer_sets "$layers" --kappas "$kappa" --cmaxes "$cmax" --output_dir "$OUT/test"
+exec bash "$(dirname "$0")/reproduce.sh" --dataset chest_xray "$@"

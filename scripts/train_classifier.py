@@ -15,8 +15,14 @@ optimiser, scheduler, RNG states, epoch, history); re-running the same command r
 validation balanced accuracy at 224 px, and the untouched test split is evaluated once at the end, through the saved
 image processor.
 
+Other datasets (`--dataset`, see `DATASETS`): `breast_ultrasound` (BUSI, 3 classes) uses the dataset's own
+validation split, and is fine-tuned from the bundled chest X-ray ViT with `--init_from` (its 2-class head replaced by
+a freshly initialised head for the new labels) with horizontal flips (`--hflip`).
+
 Usage:
     python scripts/train_classifier.py --output_dir runs/classifier --export_dir hf_fga/bundled/model
+    python scripts/train_classifier.py --dataset breast_ultrasound --init_from hf_fga/bundled/model \
+        --output_dir runs/breast_ultrasound_classifier --low_res_epochs 0 --epochs 60 --hflip True
 """
 
 from __future__ import annotations
@@ -37,12 +43,35 @@ import torch.nn.functional as F
 from transformers import HfArgumentParser, ViTConfig, ViTForImageClassification, get_cosine_schedule_with_warmup
 from transformers.models.vit import ViTImageProcessorPil
 
-from hf_fga.bundled.model_card import RESULTS_NAME, write_classifier_card
+from hf_fga.bundled.model_card import RESULTS_NAME, write_classifier_card, write_domain_card
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "chest_xray_pneumonia"
+SHARED_DATA = REPO.parent / "shared" / "data"
+DEFAULT_DATA = SHARED_DATA / "chest_xray_pneumonia"
 LABELS = ("NORMAL", "PNEUMONIA")
 FULL_RES = 224
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What the script needs to know about a dataset folder.
+
+    Args:
+        labels (`tuple[str, ...]`): label names in the order of the dataset's integer labels.
+        validation (`str`): `"patients"` to carve the validation split out of train by patient (seeded), or `"split"`
+            to use the dataset's own `validation` split.
+        hflip (`bool`): the default of `--hflip` (random horizontal flips while training).
+    """
+
+    labels: tuple[str, ...]
+    validation: str
+    hflip: bool
+
+
+DATASETS = {
+    "chest_xray_pneumonia": DatasetSpec(LABELS, "patients", hflip=False),
+    "breast_ultrasound": DatasetSpec(("benign", "malignant", "normal"), "split", hflip=True),
+}
 
 
 @dataclass
@@ -53,7 +82,15 @@ class TrainClassifierArguments:
     export_dir: str | None = field(
         default=None, metadata={"help": "Where the final model and processor are saved (e.g. hf_fga/bundled/model)."}
     )
-    data_dir: str = field(default=str(DEFAULT_DATA), metadata={"help": "The chest_xray_pneumonia dataset folder."})
+    dataset: str = field(default="chest_xray_pneumonia", metadata={"help": f"One of {sorted(DATASETS)}."})
+    data_dir: str | None = field(
+        default=None, metadata={"help": "The dataset folder (default: shared/data/<dataset>)."}
+    )
+    init_from: str | None = field(
+        default=None,
+        metadata={"help": "Fine-tune this ViTForImageClassification folder (its head is replaced for the labels)."},
+    )
+    hflip: bool | None = field(default=None, metadata={"help": "Random horizontal flips (default: per dataset)."})
     splits_path: str | None = field(
         default=None, metadata={"help": "JSON file for the validation split (default: <output_dir>/splits.json)."}
     )
@@ -84,6 +121,12 @@ class TrainClassifierArguments:
     evaluate_test: bool = field(default=True, metadata={"help": "Evaluate the test split once at the end."})
 
     def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ValueError(f"Unknown dataset {self.dataset!r}: pass one of {sorted(DATASETS)}.")
+        if self.data_dir is None:
+            self.data_dir = str(SHARED_DATA / self.dataset)
+        if self.hflip is None:
+            self.hflip = DATASETS[self.dataset].hflip
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}: pass e.g. 0.12.")
         if not 0 <= self.low_res_epochs <= self.epochs:
@@ -110,7 +153,7 @@ def load_split(data_dir: str, split: str, cache_dir: Path) -> dict:
     data = {
         "images": images,
         "labels": torch.tensor(ds["label"], dtype=torch.long),
-        "patient_ids": list(ds["patient_id"]),
+        "patient_ids": list(ds["patient_id" if "patient_id" in ds.column_names else "file_name"]),
         "file_names": list(ds["file_name"]),
     }
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -146,7 +189,7 @@ def patient_split(keys: list[str], labels: list[int], val_fraction: float, seed:
 def write_splits(path: Path, data: dict, val_patients: set[str], args: TrainClassifierArguments) -> None:
     is_val = [p in val_patients for p in data["patient_keys"]]
     record = {
-        "dataset": "chest_xray_pneumonia",
+        "dataset": args.dataset,
         "split_of": "train",
         "seed": args.seed,
         "val_fraction": args.val_fraction,
@@ -193,8 +236,10 @@ def augment(images: torch.Tensor, size: int, args: TrainClassifierArguments, gen
     ty = (1 - sy) * u(-1.0, 1.0)
     angle = u(-args.max_rotation_deg, args.max_rotation_deg) * math.pi / 180
     cos, sin = torch.cos(angle), torch.sin(angle)
+    # a horizontal flip mirrors the grid's x axis (drawn only with --hflip: other runs keep their RNG stream)
+    fx = torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0) if args.hflip else torch.ones(b)
     theta = torch.stack(
-        [torch.stack([sx * cos, -sy * sin, tx], 1), torch.stack([sx * sin, sy * cos, ty], 1)], 1
+        [torch.stack([fx * sx * cos, -sy * sin, tx], 1), torch.stack([fx * sx * sin, sy * cos, ty], 1)], 1
     )
     src = images.unsqueeze(1)
     if size < src.shape[-1]:  # anti-alias before the (bilinear) resampling
@@ -219,6 +264,30 @@ def to_pixels(grey: torch.Tensor, mean: float, std: float, size: int | None = No
 
 
 def build_model(args: TrainClassifierArguments) -> ViTForImageClassification:
+    """A fresh ViT of the arguments' size, or (`--init_from`) a trained one with a new head for the labels."""
+    labels = DATASETS[args.dataset].labels
+    label_config = {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {name: i for i, name in enumerate(labels)},
+    }
+    if args.init_from is not None:
+        # every weight but the classifier is loaded; the classifier (shape changed, or same shape but other labels) is
+        # re-initialised by transformers' `_init_weights` (normal std = initializer_range, zero bias), seeded above
+        # (num_labels follows from id2label; passing both makes transformers warn about the parent's 2 labels)
+        model = ViTForImageClassification.from_pretrained(
+            args.init_from, id2label=label_config["id2label"], label2id=label_config["label2id"],
+            ignore_mismatched_sizes=True,
+        )
+        if model.config.num_labels == len(labels) and model.config.id2label != label_config["id2label"]:
+            model.classifier.reset_parameters()
+        grid = (model.config.image_size, model.config.patch_size)
+        if grid != (args.image_size, args.patch_size):
+            raise ValueError(
+                f"--init_from {args.init_from} has image_size, patch_size = {grid}, the arguments "
+                f"{(args.image_size, args.patch_size)}: pass --image_size {grid[0]} --patch_size {grid[1]}."
+            )
+        return model
     config = ViTConfig(
         image_size=args.image_size,
         patch_size=args.patch_size,
@@ -229,9 +298,7 @@ def build_model(args: TrainClassifierArguments) -> ViTForImageClassification:
         intermediate_size=args.intermediate_size,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
-        num_labels=len(LABELS),
-        id2label=dict(enumerate(LABELS)),
-        label2id={name: i for i, name in enumerate(LABELS)},
+        **label_config,
     )
     return ViTForImageClassification(config)
 
@@ -259,16 +326,20 @@ def confusion(preds: torch.Tensor, labels: torch.Tensor, num_labels: int = len(L
     return cm.tolist()
 
 
-def classification_metrics(preds: torch.Tensor, labels: torch.Tensor) -> dict:
-    cm = confusion(preds, labels)
+def classification_metrics(preds: torch.Tensor, labels: torch.Tensor, label_names: tuple[str, ...] = LABELS) -> dict:
+    cm = confusion(preds, labels, len(label_names))
     recalls = [row[i] / max(1, sum(row)) for i, row in enumerate(cm)]
     return {
         "accuracy": float((preds == labels).float().mean()),
         "balanced_accuracy": float(sum(recalls) / len(recalls)),
-        "recall_per_class": dict(zip(LABELS, recalls, strict=True)),
+        "recall_per_class": dict(zip(label_names, recalls, strict=True)),
         "confusion_matrix": cm,
         "num_examples": int(labels.numel()),
     }
+
+
+def label_names(model: ViTForImageClassification) -> tuple[str, ...]:
+    return tuple(model.config.id2label[i] for i in range(model.config.num_labels))
 
 
 @torch.no_grad()
@@ -287,7 +358,7 @@ def evaluate_cached(model, data: dict, mean: float, std: float, size: int, batch
     batches = (
         to_pixels(images[i : i + batch_size].float() / 255, mean, std, size) for i in range(0, len(images), batch_size)
     )
-    return classification_metrics(predict(model, batches), data["labels"])
+    return classification_metrics(predict(model, batches), data["labels"], label_names(model))
 
 
 def evaluate_with_processor(model, processor, data_dir: str, split: str, batch_size: int = 64) -> dict:
@@ -299,7 +370,7 @@ def evaluate_with_processor(model, processor, data_dir: str, split: str, batch_s
         processor(images=ds[i : i + batch_size]["image"], return_tensors="pt")["pixel_values"]
         for i in range(0, len(ds), batch_size)
     )
-    return classification_metrics(predict(model, batches), torch.tensor(ds["label"]))
+    return classification_metrics(predict(model, batches), torch.tensor(ds["label"]), label_names(model))
 
 
 def make_processor(mean: float, std: float, size: int) -> ViTImageProcessorPil:
@@ -358,6 +429,42 @@ def log(out: Path, record: dict) -> None:
         f.write(line + "\n")
 
 
+def train_and_validation(args: TrainClassifierArguments, out: Path, gen: torch.Generator) -> tuple[dict, dict, dict]:
+    """The train and validation data (decoded, cached) and their sizes; writes the split file.
+
+    The validation split is carved out of train by patient (`DatasetSpec.validation == "patients"`) or is the
+    dataset's own `validation` split (`"split"`, then recorded by file name).
+    """
+    data = load_split(args.data_dir, "train", out)
+    splits_file = Path(args.splits_path or out / "splits.json")
+    if DATASETS[args.dataset].validation == "split":
+        train_data, val_data = data, load_split(args.data_dir, "validation", out)
+        splits_file.parent.mkdir(parents=True, exist_ok=True)
+        record = {
+            "dataset": args.dataset,
+            "validation": "the dataset's own validation split",
+            "validation_file_names": sorted(val_data["file_names"]),
+            "num_train": len(train_data["file_names"]),
+            "num_validation": len(val_data["file_names"]),
+        }
+        splits_file.write_text(json.dumps(record, indent=1) + "\n")
+        train_idx, val_idx = torch.arange(len(train_data["labels"])), torch.arange(len(val_data["labels"]))
+        extra = {}
+    else:
+        data["patient_keys"] = patient_keys(data["patient_ids"], data["file_names"])
+        val_patients = patient_split(data["patient_keys"], data["labels"].tolist(), args.val_fraction, args.seed)
+        write_splits(splits_file, data, val_patients, args)
+        is_val = torch.tensor([p in val_patients for p in data["patient_keys"]])
+        train_idx, val_idx = (~is_val).nonzero().squeeze(1), is_val.nonzero().squeeze(1)
+        train_data = val_data = data
+        extra = {"num_validation_patients": len(val_patients)}
+    if args.max_train_samples is not None:
+        train_idx = train_idx[torch.randperm(len(train_idx), generator=gen)[: args.max_train_samples]]
+        val_idx = val_idx[: args.max_train_samples]
+    counts = {"num_train_images": len(train_idx), "num_validation_images": len(val_idx), **extra}
+    return subset(train_data, train_idx), subset(val_data, val_idx), counts
+
+
 def train(args: TrainClassifierArguments) -> dict:
     torch.set_num_threads(args.num_threads)
     out = Path(args.output_dir)
@@ -368,25 +475,17 @@ def train(args: TrainClassifierArguments) -> dict:
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
 
-    data = load_split(args.data_dir, "train", out)
-    data["patient_keys"] = patient_keys(data["patient_ids"], data["file_names"])
-    val_patients = patient_split(data["patient_keys"], data["labels"].tolist(), args.val_fraction, args.seed)
-    write_splits(Path(args.splits_path or out / "splits.json"), data, val_patients, args)
-    is_val = torch.tensor([p in val_patients for p in data["patient_keys"]])
-    train_idx, val_idx = (~is_val).nonzero().squeeze(1), is_val.nonzero().squeeze(1)
-    if args.max_train_samples is not None:
-        train_idx = train_idx[torch.randperm(len(train_idx), generator=gen)[: args.max_train_samples]]
-        val_idx = val_idx[: args.max_train_samples]
-    train_data, val_data = subset(data, train_idx), subset(data, val_idx)
+    train_data, val_data, counts = train_and_validation(args, out, gen)
     pixels01 = train_data["images"].float() / 255
     mean, std = float(pixels01.mean()), float(pixels01.std())
     del pixels01
 
     model = build_model(args)
     print(f"forward FLOPs at {args.image_size} px: {forward_flops(model.config) / 1e9:.3f} GFLOP", flush=True)
-    counts = torch.bincount(train_data["labels"], minlength=len(LABELS)).float()
-    class_weights = counts.sum() / (len(LABELS) * counts.clamp(min=1))
-    n = len(train_idx)
+    num_labels = model.config.num_labels
+    label_counts = torch.bincount(train_data["labels"], minlength=num_labels).float()
+    class_weights = label_counts.sum() / (num_labels * label_counts.clamp(min=1))
+    n = len(train_data["labels"])
     steps_per_epoch = math.ceil(n / args.batch_size)
     if args.max_steps_per_epoch is not None:
         steps_per_epoch = min(steps_per_epoch, args.max_steps_per_epoch)
@@ -449,8 +548,7 @@ def train(args: TrainClassifierArguments) -> dict:
         )
         (out / "last.pt.tmp").replace(ckpt)
 
-    counts = {"num_train_images": len(train_idx), "num_validation_images": len(val_idx)}
-    return finish(args, out, state, mean, std, {**counts, "num_validation_patients": len(val_patients)})
+    return finish(args, out, state, mean, std, counts)
 
 
 def finish(args: TrainClassifierArguments, out: Path, state: dict, mean: float, std: float, counts: dict) -> dict:
@@ -490,7 +588,11 @@ def finish(args: TrainClassifierArguments, out: Path, state: dict, mean: float, 
         (export / RESULTS_NAME).write_text(json.dumps({**result, "args": asdict(args)}, indent=1) + "\n")
         if args.evaluate_test:
             sae_dir = export.parent / "saes"
-            write_classifier_card(export, sae_dir if sae_dir.is_dir() else None)
+            sae_dir = sae_dir if sae_dir.is_dir() else None
+            if args.dataset == "chest_xray_pneumonia":
+                write_classifier_card(export, sae_dir)
+            else:
+                write_domain_card(export, args.dataset, sae_dir)
     return result
 
 

@@ -1,6 +1,8 @@
 """
-The bundled chest X-ray ViT, its SAEs, its mean patch residuals and example images, shipped inside the package so
-that everything runs offline. Every function returns a location that `from_pretrained` (or PIL) can read:
+The bundled ViTs, their SAEs, their mean patch residuals and example images, shipped inside the package so that
+everything runs offline. Each shipped model is a *domain* offered by name ([`list_domains`]): `"chest_xray"` (the
+default, used by every call without a name) and `"breast_ultrasound"`. Every function returns a location that
+`from_pretrained` (or PIL) can read:
 
 ```python
 >>> from transformers import ViTForImageClassification, ViTImageProcessorPil
@@ -9,15 +11,20 @@ that everything runs offline. Every function returns a location that `from_pretr
 >>> processor = ViTImageProcessorPil.from_pretrained(bundled.model_dir())
 >>> [record["label_name"] for record in bundled.example_records()][:2]
 ['NORMAL', 'NORMAL']
+>>> bundled.list_domains()
+['chest_xray', 'breast_ultrasound']
+>>> ViTForImageClassification.from_pretrained(bundled.model_dir("breast_ultrasound")).config.num_labels
+3
 ```
 
 The assets are produced by `scripts/train_classifier.py`, `scripts/export_bundled_examples.py` and
-`scripts/train_sae.py`; the exact commands are in the model folder's `README.md`.
+`scripts/train_sae.py`; the exact commands are in each model folder's `README.md`.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -28,52 +35,112 @@ EXAMPLES_INDEX = "examples.json"
 MEAN_RESIDUALS_NAME = "mean_residuals.safetensors"
 SPLITS_NAME = "splits.json"
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+DEFAULT_DOMAIN = "chest_xray"
 
 
-def _existing(path: Path, what: str, command: str) -> Path:
+@dataclass(frozen=True)
+class Domain:
+    """
+    One shipped model and its assets.
+
+    Args:
+        subfolder (`str`): the domain's folder inside the package's bundled folder (`""`: the folder itself, where the
+            first domain, chest X-ray, has always lived).
+        dataset (`str`): the dataset (folder name under `shared/data`) it was trained on.
+        build_script (`str`): the script holding the commands that produced the assets.
+        title (`str`): the domain in words (for messages and captions).
+    """
+
+    subfolder: str
+    dataset: str
+    build_script: str
+    title: str
+
+
+DOMAINS = {
+    "chest_xray": Domain("", "chest_xray_pneumonia", "scripts/build_bundled_assets.sh", "chest X-ray"),
+    "breast_ultrasound": Domain(
+        "breast_ultrasound", "breast_ultrasound", "scripts/build_breast_ultrasound_assets.sh", "breast ultrasound"
+    ),
+}
+
+
+def list_domains() -> list[str]:
+    """The names of the bundled domains (the default, `"chest_xray"`, first)."""
+    return list(DOMAINS)
+
+
+def domain(name: str = DEFAULT_DOMAIN) -> Domain:
+    """The [`Domain`] called `name`; raises `ValueError` listing the bundled domains when there is none."""
+    if name not in DOMAINS:
+        raise ValueError(f"No bundled domain called {name!r}: the bundled domains are {list_domains()}.")
+    return DOMAINS[name]
+
+
+def domain_root(name: str = DEFAULT_DOMAIN) -> Path:
+    """The folder holding the domain's `model`, `saes`, `examples`, mean residuals and split file."""
+    return ROOT / domain(name).subfolder
+
+
+def _existing(name: str, relative: str, what: str, command: str) -> Path:
+    path = domain_root(name) / relative
     if not path.exists():
         raise FileNotFoundError(
-            f"The bundled {what} is missing at {path}: this installation ships without it. Produce it with "
-            f"`{command}` (see hf_fga/bundled/model/README.md) or reinstall hf_fga."
+            f"The bundled {what} of the {name!r} domain is missing at {path}: this installation ships without it. "
+            f"Produce it with `{command}` (see {domain(name).build_script}) or reinstall hf_fga."
         )
     return path
 
 
-def model_dir() -> Path:
-    """Folder of the bundled `ViTForImageClassification` and its `ViTImageProcessorPil` (for `from_pretrained`)."""
-    return _existing(ROOT / MODEL_FOLDER, "classifier", "python scripts/train_classifier.py")
+def model_dir(name: str = DEFAULT_DOMAIN) -> Path:
+    """Folder of the domain's `ViTForImageClassification` and its `ViTImageProcessorPil` (for `from_pretrained`)."""
+    return _existing(name, MODEL_FOLDER, "classifier", "python scripts/train_classifier.py")
 
 
-def sae_dir() -> Path:
-    """Folder of the bundled SAE set (one `block_<i>` subfolder per block; read it with `hf_fga.sae.load_saes`)."""
-    return _existing(ROOT / SAE_FOLDER, "SAE set", "python scripts/train_sae.py")
+def sae_dir(name: str = DEFAULT_DOMAIN) -> Path:
+    """Folder of the domain's SAE set (one `block_<i>` subfolder per block; read it with `hf_fga.sae.load_saes`)."""
+    return _existing(name, SAE_FOLDER, "SAE set", "python scripts/train_sae.py")
 
 
-def mean_residuals_path() -> Path:
-    """The bundled model's mean patch residuals per block (read with `hf_fga.attribution.load_mean_residuals`)."""
-    return _existing(ROOT / MEAN_RESIDUALS_NAME, "mean-residual file", "hf_fga.attribution.compute_mean_residuals")
+def mean_residuals_path(name: str = DEFAULT_DOMAIN) -> Path:
+    """The domain model's mean patch residuals per block (read with `hf_fga.attribution.load_mean_residuals`)."""
+    command = "python scripts/compute_bundled_mean_residuals.py"
+    return _existing(name, MEAN_RESIDUALS_NAME, "mean-residual file", command)
 
 
-def splits_path() -> Path:
-    """JSON file naming the validation patients and file names carved out of the train split."""
-    return _existing(ROOT / SPLITS_NAME, "split file", "python scripts/train_classifier.py")
+def splits_path(name: str = DEFAULT_DOMAIN) -> Path:
+    """JSON file naming the validation images (and, for chest X-ray, patients) the model was selected on."""
+    return _existing(name, SPLITS_NAME, "split file", "python scripts/train_classifier.py")
 
 
-def example_images() -> list[Path]:
-    """Paths of the bundled example images (test split, both classes), sorted by name."""
-    folder = _existing(ROOT / EXAMPLES_FOLDER, "example folder", "python scripts/export_bundled_examples.py")
+def example_images(name: str = DEFAULT_DOMAIN) -> list[Path]:
+    """Paths of the domain's example images (test split, every class), sorted by name."""
+    folder = _existing(name, EXAMPLES_FOLDER, "example folder", "python scripts/export_bundled_examples.py")
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def example_records() -> list[dict]:
+def example_records(name: str = DEFAULT_DOMAIN) -> list[dict]:
     """
     One dict per example image, in the order of [`example_images`]: `path` (`Path`), `label` (`int`),
-    `label_name`, `subtype`, `patient_id` and `source_file_name` (the file's name in the dataset).
+    `label_name`, `source_file_name` (the file's name in the dataset) and, for chest X-ray, `subtype` and
+    `patient_id`.
     """
-    folder = _existing(ROOT / EXAMPLES_FOLDER, "example folder", "python scripts/export_bundled_examples.py")
+    folder = _existing(name, EXAMPLES_FOLDER, "example folder", "python scripts/export_bundled_examples.py")
     index = json.loads((folder / EXAMPLES_INDEX).read_text())
     records = [{**record, "path": folder / record["file"]} for record in index["examples"]]
     return sorted(records, key=lambda record: record["path"].name)
 
 
-__all__ = ["example_images", "example_records", "mean_residuals_path", "model_dir", "sae_dir", "splits_path"]
+__all__ = [
+    "DEFAULT_DOMAIN",
+    "Domain",
+    "domain",
+    "domain_root",
+    "example_images",
+    "example_records",
+    "list_domains",
+    "mean_residuals_path",
+    "model_dir",
+    "sae_dir",
+    "splits_path",
+]

@@ -14,6 +14,14 @@ from string import Template
 REPO = Path(__file__).resolve().parents[2]
 CARD_TEMPLATE = REPO / "hub_cards" / "classifier_card.md"
 BUILD_SCRIPT = REPO / "scripts" / "build_bundled_assets.sh"
+# the cards of the other bundled domains: dataset -> (template, build script, bundled folder)
+DOMAIN_CARDS = {
+    "breast_ultrasound": (
+        REPO / "hub_cards" / "breast_ultrasound_card.md",
+        REPO / "scripts" / "build_breast_ultrasound_assets.sh",
+        "hf_fga/bundled/breast_ultrasound",
+    ),
+}
 RESULTS_NAME = "training_results.json"
 SAE_QUALITY = (
     ("explained_variance", "explained variance"),
@@ -61,14 +69,18 @@ def sae_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def sae_section(sae_dir: str | Path | None) -> str:
+def sae_section(
+    sae_dir: str | Path | None,
+    folder: str = "hf_fga/bundled",
+    call: str = "bundled.sae_dir()",
+    train_images: str = "the train split without the validation patients",
+) -> str:
     if sae_dir is None or not Path(sae_dir).is_dir() or not sae_rows(sae_dir):
         return ""
     return (
-        "## Bundled SAEs\n\nTop-K SAEs for every block, shipped in `hf_fga/bundled/saes/` (read with "
-        "`hf_fga.sae.load_saes(bundled.sae_dir())`), trained on the patch tokens of the train split without the "
-        "validation patients; quality on the patch tokens of held-out images (5 % of those images, split by "
-        "image):\n\n"
+        f"## Bundled SAEs\n\nTop-K SAEs for every block, shipped in `{folder}/saes/` (read with "
+        f"`hf_fga.sae.load_saes({call})`), trained on the patch tokens of {train_images}; quality on the patch "
+        "tokens of held-out images (5 % of those images, split by image):\n\n"
         f"{sae_table(sae_rows(sae_dir))}\n"
     )
 
@@ -84,22 +96,45 @@ def render_classifier_card(results: dict, commands: list[str], sae_dir: str | Pa
         commands (`list[str]`): the commands that produced the assets, quoted verbatim.
         sae_dir (`str` or `Path`, *optional*): the bundled SAE set; its quality table is added when present.
     """
+    test = test_figures(results)
+    cm = test["confusion_matrix"]
+    values = dict(
+        test_recall_normal=f"{test['recall_per_class']['NORMAL']:.4f}",
+        test_recall_pneumonia=f"{test['recall_per_class']['PNEUMONIA']:.4f}",
+        cm00=cm[0][0], cm01=cm[0][1], cm10=cm[1][0], cm11=cm[1][1],
+        num_val_patients=results.get("num_validation_patients", "n/a"),
+        val_percent=f"{100 * results['args']['val_fraction']:g}",
+        sae_section=sae_section(sae_dir),
+    )
+    return render_card(CARD_TEMPLATE, results, commands, values)
+
+
+def test_figures(results: dict) -> dict:
     if "test" not in results:
         raise ValueError("results has no 'test' entry: run train_classifier.py with --evaluate_test True first.")
-    args, test = results["args"], results["test"]
-    cm = test["confusion_matrix"]
+    return results["test"]
+
+
+def render_card(template: str | Path, results: dict, commands: list[str], extra: dict) -> str:
+    """
+    Fill a card template with the figures of `results` (see [`render_classifier_card`]) and the `extra` values.
+
+    Placeholders for every domain: the test figures (`$test_accuracy`, `$test_balanced_accuracy`, `$num_test`,
+    `$results_table`, `$confusion_table`, `$label_list`), the run's figures and arguments, and `$commands`.
+    """
+    args, test = results["args"], test_figures(results)
     grid, low_grid = args["image_size"] // args["patch_size"], args["low_res"] // args["patch_size"]
+    labels = list(test["recall_per_class"])
     values = dict(
         num_test=test["num_examples"],
         test_accuracy=f"{test['accuracy']:.4f}",
         test_balanced_accuracy=f"{test['balanced_accuracy']:.4f}",
-        test_recall_normal=f"{test['recall_per_class']['NORMAL']:.4f}",
-        test_recall_pneumonia=f"{test['recall_per_class']['PNEUMONIA']:.4f}",
-        cm00=cm[0][0], cm01=cm[0][1], cm10=cm[1][0], cm11=cm[1][1],
+        results_table=results_table(test),
+        confusion_table=confusion_table(labels, test["confusion_matrix"]),
+        label_list=", ".join(f"{i} `{name}`" for i, name in enumerate(labels)),
         val_balanced_accuracy=f"{results['validation_balanced_accuracy']:.4f}",
         num_val=results["num_validation_images"],
-        num_val_patients=results.get("num_validation_patients", "n/a"),
-        val_percent=f"{100 * args['val_fraction']:g}",
+        num_train=results["num_train_images"],
         best_epoch=results["best_epoch"],
         train_seconds=f"{results['train_seconds']:.0f}",
         train_minutes=f"{results['train_seconds'] / 60:.0f}",
@@ -116,14 +151,45 @@ def render_classifier_card(results: dict, commands: list[str], sae_dir: str | Pa
         low_grid=low_grid,
         first_full_epoch=args["low_res_epochs"] + 1,
         commands="\n".join(commands),
-        sae_section=sae_section(sae_dir),
         **{key: args[key] for key in (
             "intermediate_size", "image_size", "patch_size", "seed", "low_res_epochs", "low_res", "epochs",
             "crop_scale_min", "max_rotation_deg", "brightness", "contrast", "label_smoothing", "learning_rate",
             "weight_decay", "batch_size", "warmup_epochs", "max_grad_norm",
         )},
     )
-    return Template(CARD_TEMPLATE.read_text(encoding="utf-8")).substitute(values).rstrip() + "\n"
+    values.update(extra)
+    return Template(Path(template).read_text(encoding="utf-8")).substitute(values).rstrip() + "\n"
+
+
+def results_table(test: dict) -> str:
+    """Accuracy, balanced accuracy and the recall of every class on the test split, as a markdown table."""
+    recalls = test["recall_per_class"]
+    header = "| split | accuracy | balanced accuracy | " + " | ".join(f"recall {name}" for name in recalls) + " |"
+    cells = [f"{test['accuracy']:.4f}", f"{test['balanced_accuracy']:.4f}", *(f"{r:.4f}" for r in recalls.values())]
+    return "\n".join([header, "|" + " --- |" * (1 + len(cells)), "| test | " + " | ".join(cells) + " |"])
+
+
+def confusion_table(labels: list[str], matrix: list[list[int]]) -> str:
+    """A confusion matrix (rows: true label with its count, columns: predicted label) as a markdown table."""
+    lines = ["| | " + " | ".join(f"predicted {name}" for name in labels) + " |", "|" + " --- |" * (1 + len(labels))]
+    for name, row in zip(labels, matrix, strict=True):
+        lines.append(f"| {name} ({sum(row)}) | " + " | ".join(str(n) for n in row) + " |")
+    return "\n".join(lines)
+
+
+def write_domain_card(model_dir: str | Path, dataset: str, sae_dir: str | Path | None = None) -> Path:
+    """The card of another bundled domain's classifier (`DOMAIN_CARDS`), written to `<model_dir>/README.md`."""
+    if dataset not in DOMAIN_CARDS:
+        raise ValueError(f"No card template for the dataset {dataset!r}: templates exist for {sorted(DOMAIN_CARDS)}.")
+    template, build_script, folder = DOMAIN_CARDS[dataset]
+    model_dir = Path(model_dir)
+    results = json.loads((model_dir / RESULTS_NAME).read_text(encoding="utf-8"))
+    train_images = f"the {results['num_train_images']} train images"
+    sae = sae_section(sae_dir, folder, f'bundled.sae_dir("{dataset}")', train_images)
+    commands = build_commands(build_script) if Path(build_script).is_file() else []
+    card = render_card(template, results, commands, {"sae_section": sae})
+    (model_dir / "README.md").write_text(card, encoding="utf-8")
+    return model_dir / "README.md"
 
 
 def write_classifier_card(model_dir: str | Path, sae_dir: str | Path | None = None) -> Path:

@@ -175,3 +175,95 @@ def test_merge_sae_sets_overrides_blocks(tmp_path):
     saes = load_saes(tmp_path / "merged")
     assert {b: s.config.d_sae for b, s in saes.items()} == {0: 32, 1: 16}
     assert index["metrics"] == {"0": {"dead_fraction": 0.32}, "1": {"dead_fraction": 0.16}}
+
+
+def write_tiny_three_class_dataset(root: Path, sizes=(("train", 18), ("validation", 9), ("test", 6))) -> Path:
+    """A dataset folder like breast_ultrasound: fixed train / validation / test splits, 3 labels, no patient ids."""
+    rng = np.random.default_rng(1)
+    for split, n in sizes:
+        grey = [rng.integers(0, 256, (40, 40), dtype=np.uint8) for _ in range(n)]
+        ds = datasets.Dataset.from_dict(
+            {"image": [np.stack([g] * 3, -1) for g in grey], "label": [i % 3 for i in range(n)],
+             "file_name": [f"{split}_{i}.png" for i in range(n)]},
+            features=datasets.Features({
+                "image": datasets.Image(), "label": datasets.ClassLabel(names=["benign", "malignant", "normal"]),
+                "file_name": datasets.Value("string"),
+            }),
+        )
+        (root / "data").mkdir(parents=True, exist_ok=True)
+        ds.to_parquet(str(root / "data" / f"{split}-00000-of-00001.parquet"))
+    return root
+
+
+def test_fine_tuning_on_a_dataset_with_its_own_validation_split(script, tmp_path):
+    """--dataset breast_ultrasound --init_from: the body starts from the given model, the head is new (3 labels)."""
+    torch.manual_seed(0)
+    parent = ViTForImageClassification(ViTConfig(
+        image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+        num_labels=2, id2label={0: "NORMAL", 1: "PNEUMONIA"}, label2id={"NORMAL": 0, "PNEUMONIA": 1},
+    ))
+    parent.save_pretrained(tmp_path / "parent")
+    data = write_tiny_three_class_dataset(tmp_path / "data")
+    argv = [
+        "--dataset", "breast_ultrasound", "--init_from", str(tmp_path / "parent"), "--data_dir", str(data),
+        "--output_dir", str(tmp_path / "run"), "--image_size", "32", "--patch_size", "8", "--low_res", "16",
+        "--low_res_epochs", "0", "--epochs", "1", "--batch_size", "6", "--learning_rate", "0", "--num_threads", "1",
+        "--export_dir", str(tmp_path / "export"), "--evaluate_test", "False",
+    ]
+    result = script.main(argv)
+    assert (result["num_train_images"], result["num_validation_images"]) == (18, 9)
+    model = ViTForImageClassification.from_pretrained(tmp_path / "export")
+    assert model.config.id2label == {0: "benign", 1: "malignant", 2: "normal"}
+    assert model.classifier.weight.shape == (3, 16)
+    body, start = model.vit.state_dict(), parent.vit.state_dict()
+    assert all(torch.equal(body[k], start[k]) for k in start)  # lr 0: the body is the parent's, untouched
+    splits = json.loads((tmp_path / "run" / "splits.json").read_text())
+    assert splits["validation_file_names"] == [f"validation_{i}.png" for i in sorted(range(9), key=str)]
+    with pytest.raises(ValueError, match="image_size, patch_size"):
+        script.main([*argv[:-2], "--image_size", "48", "--low_res", "48", "--output_dir", str(tmp_path / "other")])
+
+
+def test_hflip_mirrors_the_augmented_image(script):
+    """With --hflip each output is the no-flip output or its mirror image (crop and rotation draws are unchanged;
+    the flip draw comes before the brightness / contrast draws, so those are switched off here)."""
+    images = torch.rand(16, 32, 32)
+    outputs = []
+    for hflip in (False, True):
+        args = script.TrainClassifierArguments(image_size=32, patch_size=8, low_res=16, epochs=1, low_res_epochs=0,
+                                               hflip=hflip, brightness=0.0, contrast=0.0)
+        outputs.append(script.augment(images, 32, args, torch.Generator().manual_seed(3)))
+    plain, flipped = outputs
+    mirrored = [torch.allclose(f, p.flip(-1), atol=1e-5) for f, p in zip(flipped, plain, strict=True)]
+    same = [torch.allclose(f, p, atol=1e-6) for f, p in zip(flipped, plain, strict=True)]
+    assert all(m or s for m, s in zip(mirrored, same, strict=True)) and any(mirrored) and any(same)
+
+
+def test_unknown_dataset_is_named(script):
+    with pytest.raises(ValueError, match="breast_ultrasound"):
+        script.TrainClassifierArguments(dataset="busi")
+
+
+def test_domain_card_tables_come_from_the_results(tmp_path):
+    """The breast ultrasound card: every placeholder filled, the 3 × 3 confusion matrix and recalls from results."""
+    from hf_fga.bundled.model_card import DOMAIN_CARDS, RESULTS_NAME, write_domain_card
+
+    args = {"image_size": 224, "patch_size": 16, "low_res": 112, "low_res_epochs": 0, "epochs": 12, "seed": 1,
+            "num_hidden_layers": 6, "hidden_size": 192, "num_attention_heads": 3, "intermediate_size": 384,
+            "crop_scale_min": 0.7, "max_rotation_deg": 10.0, "brightness": 0.1, "contrast": 0.1,
+            "label_smoothing": 0.1, "learning_rate": 1e-3, "weight_decay": 0.05, "batch_size": 32,
+            "warmup_epochs": 1.0, "max_grad_norm": 1.0, "val_fraction": 0.12}
+    test = {"accuracy": 0.5, "balanced_accuracy": 0.625, "num_examples": 8,
+            "recall_per_class": {"benign": 0.5, "malignant": 0.75, "normal": 0.625},
+            "confusion_matrix": [[1, 0, 1], [0, 3, 1], [2, 1, 0]]}
+    results = {"test": test, "args": args, "validation_balanced_accuracy": 0.6, "num_validation_images": 117,
+               "num_train_images": 545, "best_epoch": 7, "train_seconds": 600.0, "num_threads": 1,
+               "torch_version": "2.13.0", "num_parameters": 10, "forward_gflops": 0.9, "pixel_mean": 0.3,
+               "pixel_std": 0.2}
+    (tmp_path / RESULTS_NAME).write_text(json.dumps(results))
+    card = write_domain_card(tmp_path, "breast_ultrasound").read_text()
+    assert "$" not in card.replace("$$", "") and "NOT a medical device" in card
+    assert "| malignant (4) | 0 | 3 | 1 |" in card and "| test | 0.5000 | 0.6250 | 0.5000 | 0.7500 | 0.6250 |" in card
+    assert "--dataset breast_ultrasound" in card  # the build script's commands are quoted
+    assert set(DOMAIN_CARDS) == {"breast_ultrasound"}
+    with pytest.raises(ValueError, match="breast_ultrasound"):
+        write_domain_card(tmp_path, "cifar10")

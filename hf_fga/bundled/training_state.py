@@ -1,0 +1,192 @@
+"""
+Resumable training checkpoints without pickle: every tensor goes into one safetensors file, everything else into a JSON
+file beside it, so that resuming never unpickles anything.
+
+A checkpoint is a folder holding `tensors.safetensors` and `state.json`; [`save_training_state`] writes it atomically
+(into a temporary folder that then replaces the old one) and [`load_training_state`] restores the model, the optimizer,
+the scheduler and the RNG states (Python, NumPy, torch CPU, torch CUDA when saved, and a `torch.Generator`) exactly.
+
+```python
+>>> save_training_state("runs/x/last", model=model, optimizer=optimizer, scheduler=scheduler, generator=gen,
+...                     extra={"epoch": 3}, extra_tensors={"order": order})
+>>> extra, extra_tensors = load_training_state("runs/x/last", model=model, optimizer=optimizer,
+...                                            scheduler=scheduler, generator=gen)
+```
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+TENSORS_NAME = "tensors.safetensors"
+STATE_NAME = "state.json"
+FORMAT = "hf_fga.training_state"
+_TENSOR = "__tensor__"
+_TUPLE = "__tuple__"
+
+
+def _split(value: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """`value` with every tensor moved to `tensors` (replaced by a reference) and tuples tagged, for JSON."""
+    if isinstance(value, torch.Tensor):
+        tensors[prefix] = value.detach().cpu().contiguous()
+        return {_TENSOR: prefix}
+    if isinstance(value, np.ndarray):
+        return _split(torch.from_numpy(np.ascontiguousarray(value)), prefix, tensors)
+    if isinstance(value, dict):
+        if not all(isinstance(key, str | int) for key in value):
+            raise TypeError(f"Only str or int keys can be saved, got {list(value)} at {prefix!r}.")
+        # int keys (optimizer states are keyed by parameter index) are kept as ints through a tagged list of pairs
+        if any(isinstance(key, int) for key in value):
+            return {"__int_keys__": [[key, _split(v, f"{prefix}.{key}", tensors)] for key, v in value.items()]}
+        return {key: _split(v, f"{prefix}.{key}", tensors) for key, v in value.items()}
+    if isinstance(value, tuple):
+        return {_TUPLE: [_split(v, f"{prefix}.{i}", tensors) for i, v in enumerate(value)]}
+    if isinstance(value, list):
+        return [_split(v, f"{prefix}.{i}", tensors) for i, v in enumerate(value)]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(
+        f"Cannot save a {type(value).__name__} at {prefix!r} without pickle: pass tensors, arrays, numbers, strings, "
+        "lists, tuples or dicts."
+    )
+
+
+def _join(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {_TENSOR}:
+            return tensors[value[_TENSOR]]
+        if set(value) == {_TUPLE}:
+            return tuple(_join(v, tensors) for v in value[_TUPLE])
+        if set(value) == {"__int_keys__"}:
+            return {key: _join(v, tensors) for key, v in value["__int_keys__"]}
+        return {key: _join(v, tensors) for key, v in value.items()}
+    if isinstance(value, list):
+        return [_join(v, tensors) for v in value]
+    return value
+
+
+def rng_states(generator: torch.Generator | None = None) -> dict:
+    """The Python, NumPy, torch (CPU and, when initialised, CUDA) RNG states, and `generator`'s."""
+    states = {
+        "python": random.getstate(),
+        "numpy": tuple(torch.from_numpy(v.astype(np.int64)) if isinstance(v, np.ndarray) else v
+                       for v in np.random.get_state()),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None,
+    }
+    if generator is not None:
+        states["generator"] = generator.get_state()
+    return states
+
+
+def set_rng_states(states: dict, generator: torch.Generator | None = None) -> None:
+    """Restore what [`rng_states`] returned (the CUDA states only when CUDA is available)."""
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(states["torch"])
+    if states.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    if generator is not None:
+        if "generator" not in states:
+            raise ValueError("The checkpoint holds no generator state: it was saved without `generator`.")
+        generator.set_state(states["generator"])
+
+
+def save_training_state(
+    folder: str | Path,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    generator: torch.Generator | None = None,
+    extra: dict | None = None,
+    extra_tensors: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """
+    Write a checkpoint folder (`tensors.safetensors` + `state.json`), atomically.
+
+    Args:
+        folder (`str` or `Path`): the checkpoint folder; replaced if it exists.
+        model (`torch.nn.Module`): its `state_dict()` is saved.
+        optimizer (`torch.optim.Optimizer`, *optional*): its `state_dict()` is saved.
+        scheduler (*optional*): an LR scheduler; its `state_dict()` is saved (must hold no callables).
+        generator (`torch.Generator`, *optional*): saved with the global RNG states.
+        extra (`dict`, *optional*): JSON-able values (epoch, step, history, ...).
+        extra_tensors (`dict[str, torch.Tensor]`, *optional*): more tensors (e.g. the epoch's sample order).
+
+    Returns:
+        `Path`: the folder.
+    """
+    folder = Path(folder)
+    tensors: dict[str, torch.Tensor] = {}
+    state = {
+        "format": FORMAT,
+        "model": _split(model.state_dict(), "model", tensors),
+        "optimizer": _split(optimizer.state_dict(), "optimizer", tensors) if optimizer is not None else None,
+        "scheduler": _split(scheduler.state_dict(), "scheduler", tensors) if scheduler is not None else None,
+        "rng": _split(rng_states(generator), "rng", tensors),
+        "extra": _split(extra or {}, "extra", tensors),
+        "extra_tensors": _split(dict(extra_tensors or {}), "extra_tensors", tensors),
+    }
+    tmp = folder.with_name(folder.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    save_file(tensors, str(tmp / TENSORS_NAME))
+    (tmp / STATE_NAME).write_text(json.dumps(state) + "\n")
+    old = folder.with_name(folder.name + ".old")
+    if folder.exists():
+        folder.replace(old)
+    tmp.replace(folder)
+    if old.exists():
+        shutil.rmtree(old)
+    return folder
+
+
+def load_training_state(
+    folder: str | Path,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    generator: torch.Generator | None = None,
+) -> tuple[dict, dict[str, torch.Tensor]]:
+    """
+    Restore a checkpoint written by [`save_training_state`] into the given objects (no pickle involved).
+
+    Returns:
+        `tuple[dict, dict[str, torch.Tensor]]`: the saved `extra` and `extra_tensors`.
+    """
+    folder = Path(folder)
+    if not (folder / STATE_NAME).is_file() or not (folder / TENSORS_NAME).is_file():
+        raise FileNotFoundError(
+            f"{folder} is not a training checkpoint: it needs {STATE_NAME} and {TENSORS_NAME} (written by "
+            "save_training_state)."
+        )
+    state = json.loads((folder / STATE_NAME).read_text())
+    if state.get("format") != FORMAT:
+        raise ValueError(f"{folder / STATE_NAME} has format {state.get('format')!r}, expected {FORMAT!r}.")
+    tensors = load_file(str(folder / TENSORS_NAME))
+    model.load_state_dict(_join(state["model"], tensors))
+    for name, target in (("optimizer", optimizer), ("scheduler", scheduler)):
+        if target is not None:
+            if state[name] is None:
+                raise ValueError(f"The checkpoint {folder} was saved without a {name}.")
+            target.load_state_dict(_join(state[name], tensors))
+    set_rng_states(_join(state["rng"], tensors), generator)
+    return _join(state["extra"], tensors), _join(state["extra_tensors"], tensors)
+
+
+__all__ = ["load_training_state", "rng_states", "save_training_state", "set_rng_states"]

@@ -1,0 +1,152 @@
+"""scripts/train_cifar10.py on a tiny synthetic CIFAR-like dataset, and the pickle-free training checkpoints."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+import sys
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import get_cosine_schedule_with_warmup
+
+from hf_fga.bundled.training_state import load_training_state, save_training_state
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+
+
+@pytest.fixture(scope="module")
+def script():
+    sys.path.insert(0, str(SCRIPTS))  # the script imports its shared helpers from train_classifier.py
+    try:
+        spec = importlib.util.spec_from_file_location("train_cifar10", SCRIPTS / "train_cifar10.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.path.remove(str(SCRIPTS))
+
+
+def write_tiny_cifar(root: Path, n_train: int = 60, n_test: int = 20) -> Path:
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("test", n_test)):
+        ds = datasets.Dataset.from_dict(
+            {"image": [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(n)],
+             "label": [i % 10 for i in range(n)]},
+            features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")}),
+        )
+        (root / "data").mkdir(parents=True, exist_ok=True)
+        ds.to_parquet(str(root / "data" / f"{split}-00000-of-00001.parquet"))
+    return root
+
+
+def tiny_args(data: Path, out: Path, **extra) -> list[str]:
+    argv = ["--data_dir", str(data), "--output_dir", str(out), "--val_size", "10", "--hidden_size", "16",
+            "--num_attention_heads", "2", "--intermediate_size", "32", "--batch_size", "10", "--epochs", "2",
+            "--warmup_epochs", "1", "--checkpoint_every", "3", "--mix_prob", "1.0"]
+    for key, value in extra.items():
+        argv += [f"--{key}", str(value)]
+    return argv
+
+
+def test_interrupted_run_resumes_exactly(script, tmp_path):
+    """Stopping mid-epoch (--max_steps) and re-running gives bit for bit the uninterrupted run's model."""
+    data = write_tiny_cifar(tmp_path / "data")
+    full = script.main(tiny_args(data, tmp_path / "full"))
+    stopped = script.main(tiny_args(data, tmp_path / "parts", max_steps=7))  # 5 steps per epoch: stops in epoch 2
+    assert stopped == {"stopped_at_step": 7, "train_seconds": pytest.approx(stopped["train_seconds"])}
+    assert not any((tmp_path / "parts").rglob("*.pt")) and not any((tmp_path / "parts").rglob("*.pkl"))
+    resumed = script.main(tiny_args(data, tmp_path / "parts"))
+    for a, b in zip(sorted((tmp_path / "full").glob("last/*")), sorted((tmp_path / "parts").glob("last/*")),
+                    strict=True):
+        if a.suffix == ".safetensors":
+            left, right = load_file(str(a)), load_file(str(b))
+            assert left.keys() == right.keys()
+            assert all(torch.equal(left[k], right[k]) for k in left if k.startswith(("model.", "optimizer.")))
+    assert resumed["test"] == full["test"] and resumed["global_steps"] == full["global_steps"] == 10
+    log = [json.loads(line) for line in (tmp_path / "parts" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]
+    assert sum(map(sum, full["test"]["confusion_matrix"])) == 20
+
+
+def test_crop_and_flip_are_integer_shifts_with_zero_padding(script):
+    images = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8) + 1
+    out = script.crop_and_flip(images, pad=2, hflip=True, gen=torch.Generator().manual_seed(0))
+    assert out.shape == images.shape
+    padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
+    for b in range(2):  # every output is one of the 5 x 5 x 2 shifted (and maybe mirrored) windows
+        windows = [padded[b, :, y : y + 8, x : x + 8] for y in range(5) for x in range(5)]
+        assert any(torch.equal(out[b], w) or torch.equal(out[b], w.flip(-1)) for w in windows)
+
+
+def test_mix_keeps_the_label_weights_consistent(script):
+    args = script.TrainCifarArguments(mix_prob=1.0)
+    images = torch.rand(6, 3, 32, 32)
+    for seed in range(6):
+        np.random.seed(seed)
+        out, perm, lam = script.mix(images, args, torch.Generator().manual_seed(seed))
+        assert out.shape == images.shape and 0 <= lam <= 1 and sorted(perm.tolist()) == list(range(6))
+        cutmix = torch.isclose(out, images) | torch.isclose(out, images[perm])
+        if cutmix.all():  # CutMix: lam is the share of pixels kept from the batch itself
+            kept = torch.isclose(out, images).all(dim=1).float().mean(dim=(1, 2))
+            moved = perm != torch.arange(6)
+            assert torch.allclose(kept[moved], torch.full_like(kept[moved], lam), atol=1e-6)
+        else:  # MixUp
+            torch.testing.assert_close(out, lam * images + (1 - lam) * images[perm])
+
+
+def test_validation_split_is_stratified_and_seeded(script):
+    labels = torch.arange(100) % 10
+    index = script.validation_index(labels, 20, seed=0)
+    assert torch.equal(index, script.validation_index(labels, 20, seed=0))
+    assert torch.bincount(labels[index], minlength=10).tolist() == [2] * 10
+
+
+def test_bad_arguments_are_named(script):
+    with pytest.raises(ValueError, match="at least 6"):
+        script.TrainCifarArguments(num_hidden_layers=4)
+    with pytest.raises(ValueError, match="patch_size"):
+        script.TrainCifarArguments(patch_size=5)
+
+
+def test_training_state_restores_everything_without_pickle(tmp_path):
+    def make():
+        model = torch.nn.Linear(3, 2)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        return model, optimizer, get_cosine_schedule_with_warmup(optimizer, 2, 10)
+
+    torch.manual_seed(0)
+    model, optimizer, scheduler = make()
+    model(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    scheduler.step()
+    gen = torch.Generator().manual_seed(1)
+    save_training_state(tmp_path / "last", model=model, optimizer=optimizer, scheduler=scheduler, generator=gen,
+                        extra={"epoch": 3, "history": [{"loss": 0.5}]}, extra_tensors={"order": torch.arange(4)})
+    assert sorted(p.name for p in (tmp_path / "last").iterdir()) == ["state.json", "tensors.safetensors"]
+    draws = (torch.rand(3), torch.rand(3, generator=gen), np.random.rand(), random.random())
+    torch.manual_seed(5)
+    other, other_opt, other_sched = make()
+    other_gen = torch.Generator()
+    extra, tensors = load_training_state(tmp_path / "last", model=other, optimizer=other_opt,
+                                         scheduler=other_sched, generator=other_gen)
+    assert extra == {"epoch": 3, "history": [{"loss": 0.5}]} and torch.equal(tensors["order"], torch.arange(4))
+    again = (torch.rand(3), torch.rand(3, generator=other_gen), np.random.rand(), random.random())
+    assert torch.equal(draws[0], again[0]) and torch.equal(draws[1], again[1]) and draws[2:] == again[2:]
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values(),
+                                                 strict=True))
+    assert repr(optimizer.state_dict()) == repr(other_opt.state_dict())
+    assert scheduler.state_dict() == other_sched.state_dict()
+
+
+def test_training_state_refuses_what_json_cannot_hold(tmp_path):
+    with pytest.raises(TypeError, match="without pickle"):
+        save_training_state(tmp_path / "x", model=torch.nn.Linear(2, 2), extra={"f": object()})
+    with pytest.raises(FileNotFoundError, match="save_training_state"):
+        load_training_state(tmp_path / "missing", model=torch.nn.Linear(2, 2))
