@@ -42,7 +42,8 @@ from torch import Tensor, nn
 TOLERANCE = 1e-4
 BACKENDS = ("auto", "onednn", "default")
 MIN_SPEEDUP = 1.3  # oneDNN must beat the stock kernel by this much for "auto" to pay for the packs' memory
-MICRO_BENCHMARK_ROWS = 256
+MICRO_BENCHMARK_ROWS = 1024  # rows of the micro-benchmark: a batch of ~5 ViT-B images (the gain shrinks with rows)
+MICRO_BENCHMARK_OUTPUTS = 512  # at most this many output features of the largest weight are timed
 # model -> whether its oneDNN forward passed the check (weak keys: a deleted model leaves no entry)
 _CHECKED: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
 
@@ -78,9 +79,9 @@ def supports_onednn(model: nn.Module) -> bool:
 
 
 @functools.cache
-def _prefers_onednn_for(shape: tuple[int, int], repeats: int = 3) -> bool:
+def _prefers_onednn_for(shape: tuple[int, int], repeats: int = 2) -> bool:
     gen = torch.Generator().manual_seed(0)
-    weight = torch.randn(shape, generator=gen)
+    weight = torch.randn(min(shape[0], MICRO_BENCHMARK_OUTPUTS), shape[1], generator=gen)
     x = torch.randn(MICRO_BENCHMARK_ROWS, shape[1], generator=gen)
     packed = _pack(weight)
     best = {"stock": float("inf"), "onednn": float("inf")}
@@ -99,8 +100,8 @@ def _prefers_onednn_for(shape: tuple[int, int], repeats: int = 3) -> bool:
 def prefers_onednn(weight: Tensor) -> bool:
     """
     Whether oneDNN runs a linear of `weight`'s shape `(out, in)` at least `MIN_SPEEDUP` times faster than the stock
-    kernel on this CPU: a micro-benchmark on `MICRO_BENCHMARK_ROWS` random rows (tens of milliseconds for ViT-B's
-    MLP), run once per process and shape.
+    kernel on this CPU: a micro-benchmark of `MICRO_BENCHMARK_ROWS` random rows through (up to
+    `MICRO_BENCHMARK_OUTPUTS` outputs of) such a weight, ~0.1 s for ViT-B's MLP, run once per process and shape.
     """
     return onednn_available() and _prefers_onednn_for(tuple(weight.shape))
 

@@ -25,6 +25,7 @@ from ..attribution import FeatureGradientAttribution, compute_mean_residuals, lo
 from ..attribution.targets import clip_text_embeddings, is_clip
 from ..faithfulness import ResponseCache, faithfulness_records_for_presets, resolve_preset, score_records
 from ..images import load_image
+from ..precision import check_precision
 from .arguments import DataArguments, EvaluationArguments, ModelArguments
 from .attribution_grid import attribute_configurations, gated_blocks
 from .configuration import (
@@ -34,6 +35,7 @@ from .configuration import (
     parse_layer_sets,
     parse_list,
 )
+from .precision_check import write_precision_check
 from .report import CURVE_COLUMN, write_report
 from .storage import DIAGNOSTICS_FOLDER, RESULTS_FOLDER, check_run_description, completed_keys, write_part
 
@@ -222,7 +224,7 @@ def _score_chunk(
             eval_args.metric_seed, eval_args.perturbation_batch_size,
             image_ids=row_indices * len(group), targets=targets.repeat(len(group)).tolist(), cache=cache,
             text_embeds=loaded.text_embeds, image_mean=mean, image_std=std, progress=False,
-            linear_backend=eval_args.linear_backend, **overrides,
+            linear_backend=eval_args.linear_backend, precision=eval_args.precision, **overrides,
         )
         for preset, record in zip(presets, records, strict=True):
             scores = score_records(record, resolve_preset(preset, **overrides))
@@ -355,6 +357,9 @@ def run_evaluation(
         raise ValueError(f"--target must be 'predicted' or 'label', got {eval_args.target!r}.")
     if eval_args.batch_size < 1:
         raise ValueError(f"--batch_size must be a positive number of images, got {eval_args.batch_size}.")
+    check_precision(eval_args.precision)
+    if eval_args.precision_check < 0:
+        raise ValueError(f"--precision_check must be a number of images >= 0, got {eval_args.precision_check}.")
     presets, configurations = _presets(eval_args.presets), build_grid(eval_args)
     label_column = None if (data_args.label_column or "").lower() in ("", "none") else data_args.label_column
 
@@ -395,6 +400,8 @@ def run_evaluation(
         "shuffle_seed": eval_args.shuffle_seed, "id_column": data_args.id_column,
         "preset_overrides": preset_overrides(eval_args),
     }
+    if eval_args.precision != "float32":  # absent = float32, so that runs stored before the option still resume
+        description["precision"] = eval_args.precision
     if state.is_main_process:
         check_run_description(output_dir, description)
     state.wait_for_everyone()
@@ -430,6 +437,9 @@ def run_evaluation(
         bar.update(len(chunk))
     bar.close()
     summary.seconds = time.perf_counter() - start
+    if eval_args.precision_check and state.is_main_process:
+        write_precision_check(output_dir, loaded, dataset, selection[: eval_args.precision_check], configurations,
+                              presets, metrics, eval_args, label_column, data_args.image_column)
     state.wait_for_everyone()
     if state.is_main_process and not eval_args.no_report:
         summary.report = str(write_report(output_dir, metrics))
