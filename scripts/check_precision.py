@@ -100,7 +100,7 @@ def main() -> None:
                     frame = faithfulness_agreement(model, pixels, maps, args.metrics, preset=args.preset,
                                                    image_ids=indices)
                 else:
-                    frame = attribution_agreement(lambda p, o=options: attributor(p).attribute(pixels, **o),
+                    frame = attribution_agreement(lambda p, o=options, x=pixels: attributor(p).attribute(x, **o),
                                                   k=args.top_k)
                 frame["image_id"] = [indices[i] for i in frame["image"]]
                 frame["configuration"] = name
