@@ -31,7 +31,7 @@ import torch
 from transformers import ViTConfig, ViTForImageClassification
 
 from hf_fga import SparseAutoencoder, SparseAutoencoderConfig, bundled
-from hf_fga.attribution import FeatureGradientAttribution
+from hf_fga.attribution import Attributor
 from hf_fga.faithfulness import evaluate_faithfulness
 from hf_fga.integrations.quantus import (
     PatchMaskModel,
@@ -168,8 +168,7 @@ def faithfulness_table(name, model, pixels, maps, bf16_images):
 
 
 def attribution_table(model, saes, pixels, layers):
-    attr = {p: FeatureGradientAttribution(model, saes, precision=p) if p != "float32"
-            else FeatureGradientAttribution(model, saes) for p in ("float32", "bfloat16")}
+    attr = {p: Attributor(model, saes, precision=p) for p in ("float32", "bfloat16")}
     batch = pixels.shape[0]
     rows = []
     maps = {}
@@ -229,7 +228,7 @@ def main() -> None:
     processor = AutoImageProcessor.from_pretrained(bundled.model_dir())
     rows = datasets.load_dataset(args.dataset, split="test").select(range(args.bundled_images))
     pixels = processor(images=[load_image(i) for i in rows["image"]], return_tensors="pt")["pixel_values"]
-    maps = FeatureGradientAttribution(model).attribute(pixels, method="transmm").attribution
+    maps = Attributor(model).attribute(pixels, method="transmm").attribution
     faithfulness_table("bundled chest X-ray ViT (6 blocks, d=192)", model, pixels, maps,
                        min(args.bf16_images, args.bundled_images))
 
@@ -237,7 +236,7 @@ def main() -> None:
     config = ViTConfig(num_hidden_layers=args.vitb_layers, num_labels=10, attn_implementation="eager")
     small = ViTForImageClassification(config).eval()
     pixels = torch.randn(args.vitb_images, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    maps = FeatureGradientAttribution(small).attribute(pixels, method="transmm").attribution
+    maps = Attributor(small).attribute(pixels, method="transmm").attribution
     faithfulness_table(f"ViT-B/16-shaped random model ({args.vitb_layers} of 12 blocks; per-image seconds scale "
                        "with the depth)", small, pixels, maps, min(args.bf16_images, args.vitb_images))
 

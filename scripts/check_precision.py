@@ -63,7 +63,7 @@ def main() -> None:
     import datasets
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-    from hf_fga.attribution import FeatureGradientAttribution
+    from hf_fga.attribution import Attributor
     from hf_fga.sae import load_saes
 
     model_dir = args.model or str(bundled.model_dir())
@@ -74,8 +74,7 @@ def main() -> None:
 
     def attributor(precision: str):
         if precision not in attributors:
-            options = {} if precision == "float32" else {"precision": precision}
-            attributors[precision] = FeatureGradientAttribution(model, saes, **options)
+            attributors[precision] = Attributor(model, saes, precision=precision)
         return attributors[precision]
 
     dataset = datasets.load_dataset(args.dataset, split=args.split)

@@ -11,14 +11,11 @@ metrics (`hf_fga.evaluation.statistics.rank_configurations`), to choose the one 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from hf_fga.evaluation.statistics import METRICS, rank_configurations  # noqa: E402
+from hf_fga.evaluation.statistics import METRICS, rank_configurations
 
 
 def multi_block_sets(ranked: pd.DataFrame, max_block: int) -> list[tuple[int, ...]]:

@@ -22,9 +22,9 @@ from accelerate import PartialState
 from tqdm.auto import tqdm
 
 from ..attribution import FeatureGradientAttribution, compute_mean_residuals, load_mean_residuals, save_mean_residuals
-from ..attribution.targets import clip_text_embeddings, is_clip
 from ..faithfulness import ResponseCache, faithfulness_records_for_presets, resolve_preset, score_records
 from ..images import load_image
+from ..introspection import clip_text_embeddings, is_clip, load_vision_model
 from ..precision import check_precision
 from .arguments import DataArguments, EvaluationArguments, ModelArguments
 from .attribution_grid import attribute_configurations, gated_blocks
@@ -135,11 +135,9 @@ class EvaluationModel:
 
 
 def load_model(model_args: ModelArguments, device, candidate_labels: list[str] | None):
-    from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification, CLIPModel
+    from transformers import AutoImageProcessor
 
-    config = AutoConfig.from_pretrained(model_args.model)
-    loader = CLIPModel if config.model_type == "clip" else AutoModelForImageClassification
-    model = loader.from_pretrained(model_args.model).to(device).eval()
+    model = load_vision_model(model_args.model).to(device)
     try:
         processor = AutoImageProcessor.from_pretrained(model_args.model)
     except (OSError, ValueError) as error:
@@ -378,7 +376,8 @@ def run_evaluation(
         from ..sae import load_saes
 
         saes = {block: sae.to(device) for block, sae in load_saes(parse_list(model_args.sae, "sae")).items()}
-    attr = FeatureGradientAttribution(model, saes, linear_backend=eval_args.linear_backend)
+    attr = FeatureGradientAttribution(model, saes, linear_backend=eval_args.linear_backend,
+                                      precision=eval_args.precision)
     if any(c.variant == "mean-centered" for c in configurations):
         chosen = sorted({b for c in configurations if c.variant == "mean-centered" for b in c.layers}) or sorted(saes)
         if not chosen:
@@ -387,7 +386,7 @@ def run_evaluation(
                                 eval_args.batch_size)
         attr = FeatureGradientAttribution(
             model, saes, mean_residuals={b: m.to(device) for b, m in means.items()},
-            linear_backend=eval_args.linear_backend,
+            linear_backend=eval_args.linear_backend, precision=eval_args.precision,
         )
     for configuration in configurations:  # fail before any work on a configuration that cannot run
         gated_blocks(attr, configuration)

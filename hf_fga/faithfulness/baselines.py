@@ -12,7 +12,7 @@ from torch import Tensor
 from transformers import PreTrainedModel
 from transformers.image_utils import IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from ..attribution.targets import is_clip
+from ..introspection import is_clip, vision_config
 
 BASELINES = ("mean", "zero", "black", "blur", "uniform")
 
@@ -54,7 +54,7 @@ def patch_grid(model, pixel_values: Tensor, patch_size: int | None = None) -> Pa
         raise ValueError(f"pixel_values must be (B, C, H, W); got shape {tuple(pixel_values.shape)}.")
     height, width = pixel_values.shape[-2:]
     if isinstance(model, PreTrainedModel) and patch_size is None:
-        config = model.config.vision_config if is_clip(model) else model.config
+        config = vision_config(model)
         patch_size = _as_int(config.patch_size)
         image_size = _as_int(config.image_size)
         if (height, width) != (image_size, image_size):

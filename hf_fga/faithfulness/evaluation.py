@@ -11,7 +11,7 @@ import numpy as np
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from ..attribution.targets import clip_text_embeddings, is_clip, model_logits
+from ..introspection import clip_text_embeddings, is_clip, model_logits
 from ..metrics import metric_path
 from ..precision import autocast, check_precision
 from .baselines import BASELINES, check_attributions, default_normalization, patch_grid
@@ -48,7 +48,7 @@ def make_runner(
     A `PerturbationRunner` for a ViT-family classifier, a CLIPModel (with `text_embeds`, or `candidate_labels` and
     `tokenizer`), or any callable `pixel_values -> scores (b, num_outputs)` (then pass `patch_size`).
 
-    Scores are the model logits (`hf_fga.attribution.targets.model_logits`); probabilities are their softmax (for
+    Scores are the model logits (`hf_fga.introspection.model_logits`); probabilities are their softmax (for
     CLIP, over the candidate labels). `image_mean`/`image_std` default to the processor defaults of the model family
     (pass `processor.image_mean`, `processor.image_std`); they are used by the `black` and `uniform` baselines only.
     `linear_backend` (`"auto"`, `"onednn"` or `"default"`) picks how a `PreTrainedModel`'s linear layers run in the

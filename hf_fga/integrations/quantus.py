@@ -42,8 +42,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..attribution.targets import model_logits
+from ..attribution import Attributor
 from ..faithfulness.baselines import patch_grid
+from ..introspection import model_logits
 from ..precision import autocast, check_precision
 
 FC_SUBSET_PATCHES = 20
@@ -164,8 +165,6 @@ def explain_func(
         `np.ndarray` float32: `(B, 1, h, w)` for a [`PatchMaskModel`] (one value per patch), else `(B, 1, H, W)` with
         every pixel carrying its patch's value.
     """
-    from ..attribution import FeatureGradientAttribution
-
     hf_model = model.model if isinstance(model, QuantusModel) else model
     if isinstance(model, PatchMaskModel):
         pixel_values = model.pixel_values
@@ -173,7 +172,7 @@ def explain_func(
         pixel_values = torch.as_tensor(np.asarray(inputs), dtype=torch.float32)
     if attributor is None:
         precision = model.precision if isinstance(model, QuantusModel) else "float32"
-        attributor = _attributor(FeatureGradientAttribution, hf_model, saes, precision)
+        attributor = Attributor(hf_model, saes, precision=precision)
     text_embeds = model.text_embeds if isinstance(model, QuantusModel) else None
     target = torch.as_tensor(np.asarray(targets), dtype=torch.long).reshape(-1)
     kwargs = {"text_embeds": text_embeds} if text_embeds is not None else {}
@@ -183,15 +182,6 @@ def explain_func(
         return maps.numpy()
     patch = pixel_values.shape[-1] // maps.shape[-1]
     return maps.repeat_interleave(patch, dim=2).repeat_interleave(patch, dim=3).numpy()
-
-
-def _attributor(cls, model, saes, precision: str):
-    try:
-        return cls(model, saes, precision=precision)
-    except TypeError:  # an Attributor without the precision option
-        if precision != "float32":
-            raise
-        return cls(model, saes)
 
 
 def _zero_patches(arr: np.ndarray, indices: np.ndarray, **kwargs) -> np.ndarray:

@@ -39,6 +39,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from ..introspection import load_vision_model, vision_config
 from .activations import (
     DTYPES,
     ShardWriter,
@@ -48,7 +49,6 @@ from .activations import (
     shard_files,
     shuffled_batches,
     steps_per_epoch,
-    vision_config,
 )
 from .configuration_sae import ACTIVATIONS, HOOK_POINTS, TOKEN_SCOPES, SparseAutoencoderConfig
 from .model_card import QUALITY_FIELDS
@@ -161,16 +161,6 @@ class SaeTrainingArguments:
 
 
 # ---------------------------------------------------------------------------------------------- model / data loading
-def load_vision_model(name_or_path: str):
-    """A `CLIPModel` for CLIP checkpoints, otherwise `AutoModelForImageClassification`, in eval mode."""
-    from transformers import AutoConfig, AutoModelForImageClassification, CLIPModel
-
-    config = AutoConfig.from_pretrained(name_or_path)
-    if config.model_type == "clip":
-        return CLIPModel.from_pretrained(name_or_path).eval()
-    return AutoModelForImageClassification.from_pretrained(name_or_path).eval()
-
-
 def _dataset_and_split(args: SaeTrainingArguments, dataset, world: int):
     if dataset is None:
         if args.dataset_name_or_path is None:

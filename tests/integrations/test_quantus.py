@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from hf_fga.attribution import FeatureGradientAttribution
+from hf_fga.attribution import Attributor
 from hf_fga.faithfulness import evaluate_faithfulness
 from tests.helpers import PATCH, pixel_batch, tiny_sae, tiny_vit
 
@@ -83,7 +83,7 @@ def test_explain_func_gives_the_attributor_maps():
     model, pixels = tiny_vit(num_layers=4, seed=1), pixel_batch(2, seed=1)
     saes = {0: tiny_sae(layer=0), 1: tiny_sae(layer=1, seed=1)}
     target = np.array([0, 2])
-    expected = FeatureGradientAttribution(model, saes).attribute(pixels, target=torch.as_tensor(target),
+    expected = Attributor(model, saes).attribute(pixels, target=torch.as_tensor(target),
                                                                  method="fga").attribution
     pixel_maps = explain_func(QuantusModel(model), pixels.numpy(), target, method="fga", saes=saes)
     assert pixel_maps.shape == (2, 1, 32, 32) and pixel_maps.dtype == np.float32
