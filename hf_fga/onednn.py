@@ -18,11 +18,19 @@ at the same version (any in-place update, e.g. an optimizer step or `load_state_
 users of this module rebuild stale packs before a call. Every model is checked once against its stock forward
 ([`check_once`], relative difference below `TOLERANCE`); a model that fails the check, is not float32 on CPU, or
 runs on a build without oneDNN keeps the stock path, and one backend serves every input of a run.
+
+Whether the packs pay depends on the CPU: they cost a copy of the linear weights (two with the backward pack) and
+the packing time, and gain only where oneDNN's kernels beat MKL's. `linear_backend="auto"` therefore measures, once
+per process and weight shape, the model's largest linear with both kernels ([`prefers_onednn`]) and uses oneDNN only
+when it is at least `MIN_SPEEDUP` times faster (2x on an AVX-512 EPYC where MKL takes its AVX2 path; ~1.1x on an
+AVX2-only CPU, where the stock kernels are kept). `"onednn"` forces the packs, `"default"` never uses them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import time
 import warnings
 import weakref
 from collections.abc import Callable, Iterator
@@ -33,6 +41,9 @@ from torch import Tensor, nn
 
 TOLERANCE = 1e-4
 BACKENDS = ("auto", "onednn", "default")
+MIN_SPEEDUP = 1.3  # oneDNN must beat the stock kernel by this much for "auto" to pay for the packs' memory
+MICRO_BENCHMARK_ROWS = 1024  # rows of the micro-benchmark: a batch of ~5 ViT-B images (the gain shrinks with rows)
+MICRO_BENCHMARK_OUTPUTS = 512  # at most this many output features of the largest weight are timed
 # model -> whether its oneDNN forward passed the check (weak keys: a deleted model leaves no entry)
 _CHECKED: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
 
@@ -65,6 +76,48 @@ def supports_onednn(model: nn.Module) -> bool:
     """Whether `model` can use the oneDNN linears: oneDNN available and every linear weight float32 on CPU."""
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     return onednn_available() and bool(linears) and all(supported_weight(m.weight) for m in linears)
+
+
+@functools.cache
+def _prefers_onednn_for(shape: tuple[int, int], repeats: int = 2) -> bool:
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(min(shape[0], MICRO_BENCHMARK_OUTPUTS), shape[1], generator=gen)
+    x = torch.randn(MICRO_BENCHMARK_ROWS, shape[1], generator=gen)
+    packed = _pack(weight)
+    best = {"stock": float("inf"), "onednn": float("inf")}
+    runs = (("stock", lambda: F.linear(x, weight)), ("onednn", lambda: _run(x, packed, None)))
+    with torch.inference_mode():
+        for _, run in runs:
+            run()  # warm-up
+        for _ in range(repeats):  # interleaved, so that a busy moment of a shared machine hits both alike
+            for name, run in runs:
+                start = time.perf_counter()
+                run()
+                best[name] = min(best[name], time.perf_counter() - start)
+    return best["stock"] >= MIN_SPEEDUP * best["onednn"]
+
+
+def prefers_onednn(weight: Tensor) -> bool:
+    """
+    Whether oneDNN runs a linear of `weight`'s shape `(out, in)` at least `MIN_SPEEDUP` times faster than the stock
+    kernel on this CPU: a micro-benchmark of `MICRO_BENCHMARK_ROWS` random rows through (up to
+    `MICRO_BENCHMARK_OUTPUTS` outputs of) such a weight, ~0.1 s for ViT-B's MLP, run once per process and shape.
+    """
+    return onednn_available() and _prefers_onednn_for(tuple(weight.shape))
+
+
+def use_onednn(model: nn.Module, backend: str) -> bool:
+    """
+    Whether a call with `linear_backend=backend` should pack `model`'s linears: never for `"default"` or a model
+    oneDNN cannot run; always for `"onednn"`; for `"auto"` when [`prefers_onednn`] holds for its largest linear.
+    """
+    check_backend(backend)
+    if backend == "default" or not supports_onednn(model):
+        return False
+    if backend == "onednn":
+        return True
+    largest = max((m.weight for m in model.modules() if isinstance(m, nn.Linear)), key=lambda w: w.numel())
+    return prefers_onednn(largest)
 
 
 def _version(tensor: Tensor | None) -> int | None:

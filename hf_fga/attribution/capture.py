@@ -51,6 +51,8 @@ class Capture:
         grid (`tuple[int, int]`, *optional*): the patch grid (h, w) of the images.
         onednn (`bool`, defaults to `False`): whether the pass ran the model's linears through oneDNN (then the SAE
             encoders of the maps derived from it may too).
+        precision (`str`, defaults to `"float32"`): the precision of the pass (`hf_fga.precision`); the tensors are
+            float32 either way, and the SAE encoders of the maps derived from it run in this precision.
         cache (`dict`): results derived from this capture that several maps share (the SAE codes of a block, the
             gradient-weighted attention), so deriving many configurations from one capture computes each once.
     """
@@ -63,6 +65,7 @@ class Capture:
     residual_grads: dict[tuple[int, str], Tensor]
     grid: tuple[int, int] | None = None
     onednn: bool = False
+    precision: str = "float32"
     cache: dict = field(default_factory=dict)
 
     @property

@@ -34,7 +34,9 @@ from ..onednn import (
     check_once,
     supported_weight,
     supports_onednn,
+    use_onednn,
 )
+from ..precision import autocast, check_precision
 from ..sae import SparseAutoencoder
 from .capture import BackwardContext, Capture, run_capture
 from .methods import MethodResult, get_method, list_methods
@@ -111,7 +113,13 @@ class Attributor:
             ([`hf_fga.onednn`]) when the model is float32 on CPU and its oneDNN forward matches the stock one
             (checked once per model); `"onednn"` requires them; `"default"` keeps PyTorch's stock kernels. The packs
             hold a second copy of the linear weights (two for the model: W and Wᵀ), taken on the first call and
-            retaken when the weights change.
+            retaken when the weights change; `"auto"` takes them only where oneDNN is clearly faster than the stock
+            kernels on this CPU ([`hf_fga.onednn.use_onednn`]).
+        precision (`str`, *optional*, defaults to `"float32"`): `"bfloat16"` runs the forward and backward pass and
+            the SAE encoders under `torch.autocast` ([`hf_fga.precision`]; stock kernels, no oneDNN packs); the
+            captured tensors are converted to float32 before any map is computed, so the relevance propagation, the
+            gates and everything returned are float32. The model is never converted. The public attribute
+            `precision` may be changed between calls.
 
     Notes:
         - TransMM follows the authors' reference code: R ← I, then R ← R + Ā_ℓ R with Ā_ℓ = mean_h((∇A ⊙ A)^+)
@@ -147,9 +155,11 @@ class Attributor:
         mean_residuals: Mapping[int, Tensor] | None = None,
         hook_point: str = "resid_post",
         linear_backend: str = "auto",
+        precision: str = "float32",
     ):
         self.model = model
         self.linear_backend = check_backend(linear_backend)
+        self.precision = check_precision(precision)
         if linear_backend == "onednn" and not supports_onednn(model):
             raise ValueError(
                 "linear_backend='onednn' needs a PyTorch build with oneDNN and a model whose linear weights are "
@@ -322,17 +332,18 @@ class Attributor:
             return self._output(capture, impl.explain(self, capture, options), baseline=transmm_map(capture))
         grid = self._check_pixels(pixel_values)
         target = self._check_target(target, pixel_values.shape[0], self._num_classes(text_embeds))
+        precision = check_precision(self.precision)
         rules_context = rules(self.model) if rules is not None else contextlib.nullcontext()
         if impl.resolves_target:
             # every forward and backward pass the method runs gets the rules (the model is restored on exit)
-            with rules_context:
+            with rules_context, autocast(self.model.device, precision):
                 result = impl.attribute(self, pixel_values, target, text_embeds, options)
-            logits, target = result.logits, result.target
+            logits, target = result.logits.float(), result.target
         else:
-            with prepared_model(self.model), torch.no_grad():
-                logits = model_logits(self.model, pixel_values.to(self.model.device, self.dtype), text_embeds)
+            with prepared_model(self.model), torch.no_grad(), autocast(self.model.device, precision):
+                logits = model_logits(self.model, pixel_values.to(self.model.device, self.dtype), text_embeds).float()
             target = logits.argmax(dim=-1) if target is None else target.to(logits.device)
-            with rules_context:
+            with rules_context, autocast(self.model.device, precision):
                 result = impl.attribute(self, pixel_values, target, text_embeds, options)
         head = Capture(logits, target, [], [], {}, {}, grid=grid)
         return self._output(head, result, baseline=None)
@@ -380,15 +391,19 @@ class Attributor:
         grid = self._check_pixels(pixel_values)
         target = self._check_target(target, pixel_values.shape[0], self._num_classes(text_embeds))
         points = self._hook_points(hook_points)
+        precision = check_precision(self.precision)
         with prepared_model(self.model) as handles:
-            packs = self._packs_for(pixel_values[:1], text_embeds)
+            packs = self._packs_for(pixel_values[:1], text_embeds) if precision == "float32" else None
             with contextlib.ExitStack() as stack:
                 if packs is not None:
                     stack.enter_context(packs.applied())
                 if backward_context is not None:
                     stack.enter_context(backward_context(self.model))
+                stack.enter_context(autocast(self.model.device, precision))
                 capture = run_capture(self.model, handles, pixel_values, target, points, text_embeds)
-        capture.grid = grid
+        if precision != "float32":
+            capture = _in_float32(capture)
+        capture.grid, capture.precision = grid, precision
         capture.onednn = self.onednn_active = packs is not None
         tokens = capture.attentions[0].shape[-1]
         if tokens <= grid[0] * grid[1]:
@@ -469,7 +484,7 @@ class Attributor:
     # ------------------------------------------------------------------------------------------- oneDNN linears
     def _packs_for(self, pixel_values: Tensor, text_embeds: Tensor | None) -> OneDNNLinears | None:
         """The model's oneDNN packs (taken or retaken as needed) if this call may use them, else None."""
-        if self.linear_backend == "default" or not supports_onednn(self.model):
+        if not use_onednn(self.model, self.linear_backend):
             return None
         self._model_packs = cached_linears(self.model, backward=True)  # shared with the own-pass methods
         pixels = pixel_values.detach().to(self.model.device, torch.float32)
@@ -486,12 +501,39 @@ class Attributor:
         (the SAE's own matmul).
         """
         sae = self.saes[block]
+        if capture.precision != "float32":
+            return _autocast_encoder(sae, capture.precision)
         if not (capture.onednn and supported_weight(sae.W_enc)):
             return None
         pack = self._encoder_packs.get(block)
         if pack is None or not pack.is_current(sae.W_enc, sae.b_enc):
             pack = self._encoder_packs[block] = PackedLinear(sae.W_enc, sae.b_enc, transposed=True)
         return pack
+
+
+def _in_float32(capture: Capture) -> Capture:
+    """The capture of a reduced-precision pass with its logits, attentions, residuals and gradients in float32."""
+
+    def up(t: Tensor) -> Tensor:
+        return t.float() if t.is_floating_point() and t.dtype != torch.float64 else t
+
+    capture.logits = up(capture.logits)
+    capture.attentions = [up(t) for t in capture.attentions]
+    capture.attention_grads = [up(t) for t in capture.attention_grads]
+    capture.residuals = {key: up(t) for key, t in capture.residuals.items()}
+    capture.residual_grads = {key: up(t) for key, t in capture.residual_grads.items()}
+    return capture
+
+
+def _autocast_encoder(sae: SparseAutoencoder, precision: str):
+    """`x ↦ x W_enc + b_enc` under `hf_fga.precision.autocast`, in float32 (an encoder for `SAE.encode`)."""
+
+    def encode(x: Tensor) -> Tensor:
+        with autocast(x.device, precision):
+            pre = torch.addmm(sae.b_enc, x, sae.W_enc)
+        return pre.float()
+
+    return encode
 
 
 # The name of the first release, kept working: the engine serves every registered method, not FGA alone.

@@ -117,6 +117,16 @@ class EvaluationArguments:
                   "keeps the launch's count (accelerate launch gives each of N processes cores / N threads, and "
                   "float32 sums then differ in their last bits, ~1e-8 in the scores)."},
     )
+    precision: str = field(
+        default="float32",
+        metadata={"help": "Precision of the attribution pass, the SAE encoders and the perturbation forwards: float32 "
+                  "or bfloat16 (torch.autocast; hf_fga.precision). The report says which produced it."},
+    )
+    precision_check: int = field(
+        default=0,
+        metadata={"help": "After the run, score the first N selected images again in the other precision and record "
+                  "per image and metric |score(bfloat16) - score(float32)| in precision_check.csv and the report."},
+    )
     shuffle_seed: int = field(default=12345, metadata={"help": "Seed of the shuffled-decoder permutation."})
     report_only: bool = field(default=False, metadata={"help": "Only rebuild the report from the parquet files."})
     no_report: bool = field(default=False, metadata={"help": "Do not write the report at the end."})

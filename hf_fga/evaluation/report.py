@@ -15,6 +15,7 @@ import pandas as pd
 
 from .configuration import GATED_METHOD, REFERENCE, EvaluationConfiguration
 from .figures import bar_figure, block_curve_figure, heatmap_figure, pixel_flipping_figure
+from .precision_check import precision_report_lines
 from .statistics import LOWER_IS_BETTER, METRIC_NAMES, METRICS, sem, summarize
 from .storage import DIAGNOSTICS_FOLDER, RESULTS_FOLDER, RUN_FILE, read_parts
 
@@ -168,6 +169,8 @@ def write_report(output_dir: str | os.PathLike, metrics: list[str] | None = None
     if (output_dir / RUN_FILE).is_file():
         run = json.loads((output_dir / RUN_FILE).read_text())
         lines += ["Inputs:", ""] + [f"- {key}: `{value}`" for key, value in sorted(run.items())] + [""]
+        lines += [f"Precision of the attribution pass, SAE encoders and perturbation forwards: "
+                  f"`{run.get('precision', 'float32')}`.", ""]
     lines += _accuracy_lines(results)
     lines += [
         "Mean ± SEM over images; in brackets the % change of the mean against TransMM and the two-sided Welch "
@@ -207,6 +210,7 @@ def write_report(output_dir: str | os.PathLike, metrics: list[str] | None = None
             lines.append(f"| {row['block']} | {row['hook_point']} | {row['n']} | {terms} | "
                          f"{_format(row['error_to_centered'], 3)} |")
         lines.append("")
+    lines += precision_report_lines(output_dir)
     path = output_dir / "report.md"
     path.write_text("\n".join(lines))
     return path

@@ -177,7 +177,9 @@ def load_evaluation_model(
         from ..sae import load_saes
 
         saes = {block: sae.to(device) for block, sae in load_saes(parse_list(model_args.sae, "sae")).items()}
-    attr = FeatureGradientAttribution(model, saes, linear_backend=eval_args.linear_backend)
+    attr = FeatureGradientAttribution(
+        model, saes, linear_backend=eval_args.linear_backend, precision=eval_args.precision
+    )
     if any(c.variant == "mean-centered" for c in configurations):
         chosen = sorted({b for c in configurations if c.variant == "mean-centered" for b in c.layers}) or sorted(saes)
         if not chosen:
@@ -186,7 +188,7 @@ def load_evaluation_model(
                                eval_args.batch_size)
         attr = FeatureGradientAttribution(
             model, saes, mean_residuals={b: m.to(device) for b, m in means.items()},
-            linear_backend=eval_args.linear_backend,
+            linear_backend=eval_args.linear_backend, precision=eval_args.precision,
         )
     for configuration in configurations:  # fail before any work on a configuration that cannot run
         gated_blocks(attr, configuration)

@@ -24,8 +24,10 @@ from pathlib import Path
 from accelerate import PartialState
 from tqdm.auto import tqdm
 
+from ..precision import check_precision
 from .arguments import DataArguments, EvaluationArguments, ModelArguments
 from .configuration import parse_list
+from .precision_check import write_precision_check
 from .report import write_report
 from .run_setup import (
     build_grid,
@@ -83,6 +85,9 @@ def _run_evaluation(
         raise ValueError(f"--target must be 'predicted' or 'label', got {eval_args.target!r}.")
     if eval_args.batch_size < 1:
         raise ValueError(f"--batch_size must be a positive number of images, got {eval_args.batch_size}.")
+    check_precision(eval_args.precision)
+    if eval_args.precision_check < 0:
+        raise ValueError(f"--precision_check must be a number of images >= 0, got {eval_args.precision_check}.")
     presets, configurations = parse_presets(eval_args.presets), build_grid(eval_args)
     dataset = load_split(data_args)
     check_columns(dataset, data_args)
@@ -99,6 +104,8 @@ def _run_evaluation(
         "shuffle_seed": eval_args.shuffle_seed, "id_column": data_args.id_column,
         "preset_overrides": preset_overrides(eval_args), "num_threads": num_threads,
     }
+    if eval_args.precision != "float32":  # absent = float32, so that runs stored before the option still resume
+        description["precision"] = eval_args.precision
     if state.is_main_process:
         check_run_description(output_dir, description)
     state.wait_for_everyone()
@@ -134,6 +141,9 @@ def _run_evaluation(
         bar.update(len(chunk))
     bar.close()
     summary.seconds = time.perf_counter() - start
+    if eval_args.precision_check and state.is_main_process:
+        write_precision_check(output_dir, loaded, dataset, selection[: eval_args.precision_check], configurations,
+                              presets, metrics, eval_args, labels_from, data_args.image_column)
     state.wait_for_everyone()
     if state.is_main_process and not eval_args.no_report:
         summary.report = str(write_report(output_dir, metrics))

@@ -44,7 +44,7 @@ def score_chunk(
             eval_args.metric_seed, eval_args.perturbation_batch_size,
             image_ids=row_indices * len(group), targets=targets.repeat(len(group)).tolist(), cache=cache,
             text_embeds=loaded.text_embeds, image_mean=mean, image_std=std, progress=False,
-            linear_backend=eval_args.linear_backend, **overrides,
+            linear_backend=eval_args.linear_backend, precision=eval_args.precision, **overrides,
         )
         for preset, record in zip(presets, records, strict=True):
             scores = score_records(record, resolve_preset(preset, **overrides))

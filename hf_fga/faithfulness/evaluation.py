@@ -14,6 +14,7 @@ from transformers import PreTrainedModel
 
 from ..introspection import clip_text_embeddings, is_clip, model_logits
 from ..metrics import metric_path
+from ..precision import autocast, check_precision
 from .fast_linear import fast_forward
 from .fills import FILLS, check_attributions, check_pixel_values, default_normalization, patch_grid
 from .presets import FaithfulnessPreset, resolve_preset
@@ -42,6 +43,7 @@ def make_runner(
     cache: ResponseCache | None = None,
     progress: bool = True,
     linear_backend: str = "auto",
+    precision: str = "float32",
 ) -> PerturbationRunner:
     """
     A `PerturbationRunner` for a ViT-family classifier, a CLIPModel (with `text_embeds`, or `candidate_labels` and
@@ -53,7 +55,10 @@ def make_runner(
     `linear_backend` (`"auto"`, `"onednn"` or `"default"`) picks how a `PreTrainedModel`'s linear layers run in the
     perturbation forwards (`hf_fga.faithfulness.fast_linear`): `"auto"` uses prepacked oneDNN kernels on CPU where
     they agree with the stock forward, which is up to ~1.7x faster on CPUs where MKL's sgemm is slow.
+    `precision` (`"float32"` or `"bfloat16"`, `hf_fga.precision`) is the precision of the perturbation forwards;
+    with `"bfloat16"` they run under `torch.autocast` with the stock linears, and the responses are float64 either way.
     """
+    check_precision(precision)
     grid = patch_grid(model, pixel_values, patch_size)
     check_pixel_values(pixel_values)
     if isinstance(model, PreTrainedModel):
@@ -67,14 +72,16 @@ def make_runner(
         def stock_forward(batch: Tensor) -> Tensor:
             return model_logits(model, batch, embeds)
 
-        forward = fast_forward(model, stock_forward, linear_backend)
+        forward = fast_forward(model, stock_forward, linear_backend) if precision == "float32" else stock_forward
 
         label_key = None
         if text_embeds is not None:
             label_key = hashlib.blake2b(text_embeds.detach().cpu().double().numpy().tobytes()).hexdigest()
-        model_key = (id(model), label_key)
+        model_key = (id(model), label_key, precision)
     else:
-        forward, model_key = model, (id(model), None)
+        forward, model_key = model, (id(model), None, precision)
+    if precision != "float32":
+        forward = _in_precision(forward, pixel_values.device, precision)
     default_mean, default_std = default_normalization(model)
     return PerturbationRunner(
         forward,
@@ -91,6 +98,17 @@ def make_runner(
         model_key=model_key,
         progress=progress,
     )
+
+
+def _in_precision(forward: Callable[[Tensor], Tensor], device, precision: str) -> Callable[[Tensor], Tensor]:
+    """`forward` run under `hf_fga.precision.autocast`, its scores returned as float32."""
+
+    def run(batch: Tensor) -> Tensor:
+        with autocast(device, precision):
+            scores = forward(batch)
+        return scores.float()
+
+    return run
 
 
 def plan_metrics(
@@ -222,7 +240,7 @@ def _deprecated_baseline(options: dict, fill: str) -> str:
 
 _RUNNER_OPTIONS = (
     "text_embeds", "candidate_labels", "tokenizer", "image_ids", "targets", "image_mean", "image_std", "blur_sigma",
-    "patch_size", "cache", "progress", "curve_quantity", "linear_backend",
+    "patch_size", "cache", "progress", "curve_quantity", "linear_backend", "precision",
 )
 
 
@@ -255,8 +273,8 @@ def evaluate_faithfulness(
         seed (`int`, *optional*, defaults to 0): seeds the random subsets and the noise, per image.
         batch_size (`int`, *optional*, defaults to 64): perturbed inputs per forward pass; scores do not depend on it.
         overrides: `make_runner` options (`text_embeds`, `candidate_labels`, `tokenizer`, `image_ids`, `targets`,
-            `image_mean`, `image_std`, `blur_sigma`, `patch_size`, `cache`, `progress`, `linear_backend`),
-            `curve_quantity`
+            `image_mean`, `image_std`, `blur_sigma`, `patch_size`, `cache`, `progress`, `linear_backend`,
+            `precision`: `"float32"` (default) or `"bfloat16"`, see `hf_fga.precision`), `curve_quantity`
             (`"probability"` or `"score"`: what insertion/deletion track; see `plan_metrics`) and any
             `FaithfulnessPreset` field (e.g. `fc_runs=50`, `saco_num_groups=5`).
 

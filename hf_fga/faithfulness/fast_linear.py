@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
-from ..onednn import OneDNNLinears, check_backend, check_once, onednn_available, supports_onednn
+from ..onednn import OneDNNLinears, check_once, onednn_available, supports_onednn, use_onednn
 
 __all__ = ["OneDNNLinears", "fast_forward", "onednn_available", "supports_onednn"]
 
@@ -24,14 +24,14 @@ def fast_forward(
     Args:
         model (`nn.Module`): the model `forward` calls.
         forward (`Callable[[Tensor], Tensor]`): e.g. `lambda x: model(pixel_values=x).logits`.
-        backend (`str`, defaults to `"auto"`): `"auto"` uses oneDNN where supported and checked; `"onednn"` requires
-            it (an error if unsupported); `"default"` keeps the stock forward.
+        backend (`str`, defaults to `"auto"`): `"auto"` uses oneDNN where supported, checked, and faster than the
+            stock kernels on this CPU ([`hf_fga.onednn.use_onednn`]); `"onednn"` requires it (an error if
+            unsupported); `"default"` keeps the stock forward.
 
     Returns:
         A callable for inference (the packs carry no gradients).
     """
-    check_backend(backend)
-    if backend == "default" or (backend == "auto" and not supports_onednn(model)):
+    if not use_onednn(model, backend) and backend != "onednn":
         return forward
     packs = [OneDNNLinears(model)]
 

@@ -48,6 +48,7 @@ def quick_faithfulness(
     batch_size: int = 64,
     fc_runs: int = FC_RUNS,
     pf_points: int = PF_POINTS,
+    precision: str = "float32",
 ) -> dict[str, dict[str, float]]:
     """
     SaCo ↑, Faithfulness Correlation ↑ and (sampled) Pixel Flipping AUC ↓ of each map of one image.
@@ -60,6 +61,7 @@ def quick_faithfulness(
         batch_size (`int`, defaults to 64): perturbed inputs per forward pass.
         fc_runs (`int`, defaults to `FC_RUNS`): Faithfulness Correlation subsets.
         pf_points (`int`, defaults to `PF_POINTS`): points of the Pixel Flipping curve (N + 1: the exact curve).
+        precision (`str`, defaults to `"float32"`): of the perturbation forwards (`hf_fga.precision`).
 
     Returns:
         `{name: {"saco", "faithfulness_correlation", "pixel_flipping": float}}`.
@@ -68,7 +70,7 @@ def quick_faithfulness(
     attributions = np.stack([np.asarray(maps[name], dtype=np.float64).ravel() for name in names])
     runner = make_runner(
         model, pixel_values.expand(len(names), -1, -1, -1), batch_size=batch_size, seed=seed,
-        image_ids=[0] * len(names), progress=False,
+        image_ids=[0] * len(names), progress=False, precision=precision,
     )
     fill = runner.fill_key("mean", PRESET.mean_fill)
     num_patches = attributions.shape[1]

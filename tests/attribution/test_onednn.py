@@ -100,6 +100,7 @@ def test_a_model_that_fails_the_check_uses_the_stock_kernels(monkeypatch):
     from hf_fga import onednn
 
     monkeypatch.setattr(onednn, "TOLERANCE", -1.0)  # nothing passes
+    monkeypatch.setattr(onednn, "prefers_onednn", lambda weight: True)  # "auto" chooses oneDNN on any CPU
     model, sae, pixels = tiny_vit(seed=5), tiny_sae(layer=1), pixel_batch(2)
     with pytest.warns(UserWarning, match="disagree with the stock forward"):
         out = FeatureGradientAttribution(model, {1: sae}).attribute(pixels)
@@ -132,3 +133,14 @@ def test_the_packs_are_only_on_the_model_during_a_call():
     with torch.no_grad():
         model.classifier.bias.add_(1.0)
     assert not packs.is_current()
+
+
+@needs_onednn
+@pytest.mark.parametrize("faster", [True, False])
+def test_auto_packs_only_where_onednn_pays(monkeypatch, faster):
+    from hf_fga import onednn
+
+    monkeypatch.setattr(onednn, "prefers_onednn", lambda weight: faster)
+    attr = FeatureGradientAttribution(tiny_vit(seed=2), {1: tiny_sae(layer=1)})
+    attr.attribute(pixel_batch(1))
+    assert attr.onednn_active is faster

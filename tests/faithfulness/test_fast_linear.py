@@ -78,6 +78,7 @@ def test_backend_choice_and_errors():
 def test_a_model_that_fails_the_check_keeps_the_stock_forward(monkeypatch):
     model = tiny_vit(seed=5)
     monkeypatch.setattr(onednn, "TOLERANCE", -1.0)  # nothing passes
+    monkeypatch.setattr(onednn, "prefers_onednn", lambda weight: True)  # "auto" chooses oneDNN on any CPU
     pixels = pixel_batch(2, seed=5)
     with torch.inference_mode():
         stock = model(pixel_values=pixels).logits
@@ -88,3 +89,23 @@ def test_a_model_that_fails_the_check_keeps_the_stock_forward(monkeypatch):
         other = tiny_vit(seed=6)
         with pytest.raises(RuntimeError, match="disagree"):
             fast_forward(other, _logits(other), "onednn")(pixels)
+
+
+@needs_onednn
+@pytest.mark.parametrize("faster", [True, False])
+def test_auto_follows_the_speed_check_of_this_cpu(monkeypatch, faster):
+    model = tiny_vit(seed=4)
+    stock = _logits(model)
+    monkeypatch.setattr(onednn, "prefers_onednn", lambda weight: faster)
+    assert onednn.use_onednn(model, "auto") is faster
+    assert (fast_forward(model, stock, "auto") is stock) is not faster
+    assert onednn.use_onednn(model, "onednn") and not onednn.use_onednn(model, "default")
+
+
+@needs_onednn
+def test_the_speed_check_runs_once_per_shape():
+    weight = torch.randn(24, 16)
+    first = onednn.prefers_onednn(weight)
+    calls = onednn._prefers_onednn_for.cache_info().hits
+    assert isinstance(first, bool) and onednn.prefers_onednn(torch.randn(24, 16)) is first
+    assert onednn._prefers_onednn_for.cache_info().hits == calls + 1

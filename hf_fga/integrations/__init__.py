@@ -1,0 +1,1 @@
+"""Adapters to other libraries (optional extras): `hf_fga.integrations.quantus`."""
