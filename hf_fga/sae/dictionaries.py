@@ -20,6 +20,7 @@ from torch import Tensor
 
 from .configuration_sae import SparseAutoencoderConfig
 from .modeling_sae import SparseAutoencoder
+from .training import sae_quality
 
 DICTIONARY_KINDS = ("pca", "random")
 EV_TOLERANCE = 0.005
@@ -140,18 +141,9 @@ def random_dictionary(
     return dictionary_sae(directions, mean, k, **config_kwargs)
 
 
-@torch.no_grad()
 def explained_variance(sae: SparseAutoencoder, activations: Tensor, chunk: int = 8192) -> float:
-    """
-    1 − Σ‖x − x̂‖² / Σ‖x − x̄‖² (method.md §4) of `sae` on `activations (n, d_in)`, through the SAE's own forward, in
-    float64 accumulation.
-    """
-    x = _check_activations(activations)
-    squared_error = sum(
-        (part - sae(part.to(sae.W_dec.dtype)).reconstruction.double()).pow(2).sum().item()
-        for part in x.split(chunk)
-    )
-    return 1.0 - squared_error / (x - x.mean(dim=0)).pow(2).sum().item()
+    """1 − Σ‖x − x̂‖² / Σ‖x − x̄‖² (method.md §4) of `sae` on `activations (n, d_in)` ([`sae_quality`])."""
+    return sae_quality(sae, _check_activations(activations).split(chunk))["explained_variance"]
 
 
 def match_explained_variance(
