@@ -291,3 +291,138 @@ def directional_holds(table: pd.DataFrame, alpha: float = 0.05, p_column: str = 
     lower = table["metric"].isin(LOWER_IS_BETTER)
     better = (table["patient_mean_difference"] < 0).where(lower, table["patient_mean_difference"] > 0)
     return better & (table[p_column] < alpha)
+
+
+TWO_SIDED, BETTER = "two-sided", "better"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """
+    One declared comparison of a test family: `config` against `reference` (configuration keys of the results).
+
+    Args:
+        hypothesis (`str`): the label it is reported under (e.g. `"H1"`).
+        config (`str`), reference (`str`): the two configurations; differences are config − reference.
+        direction (`str`, *optional*, defaults to `"better"`): `"better"` (the comparison holds when `config` is
+            better: higher, lower for Pixel Flipping) or `"two-sided"` (it holds on a significant difference either
+            way).
+    """
+
+    hypothesis: str
+    config: str
+    reference: str
+    direction: str = BETTER
+
+
+def combine_configurations(results: pd.DataFrame, name: str, terms: Mapping[str, float]) -> pd.DataFrame:
+    """
+    Per-image rows of a derived configuration `name` whose scores are the linear combination Σ coefficient · score of
+    the configurations in `terms` (e.g. a difference in differences), per (image, preset, baseline); images missing a
+    term are left out. The rows carry `image_id`, the group columns, `label` when present, `config` and the metrics.
+    """
+    metrics = [m for m in METRICS if m in results.columns]
+    keys = ["image_id", *GROUP_COLUMNS]
+    missing = sorted(set(terms) - set(results["config"]))
+    if missing:
+        raise ValueError(f"combine_configurations: {missing} are not in the results ({sorted(set(results.config))}).")
+    frames = [results[results["config"] == c].set_index(keys)[metrics].astype(float) * w for c, w in terms.items()]
+    common = frames[0].index
+    for frame in frames[1:]:
+        common = common.intersection(frame.index)
+    combined = sum(frame.loc[common] for frame in frames)
+    out = combined.reset_index().assign(config=name)
+    if "label" in results.columns:
+        labels = results.drop_duplicates("image_id").set_index("image_id")["label"]
+        out["label"] = out["image_id"].map(labels)
+    return out
+
+
+def superiority_family(
+    results: pd.DataFrame,
+    comparisons: Sequence[Comparison],
+    patients: Mapping[str, object],
+    metrics: Sequence[str] | None = None,
+    *,
+    alpha: float = 0.05,
+    n_resamples: int = 10_000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """
+    Every comparison of a declared family at the patient level ([`patient_comparison`], one row per preset, baseline
+    and metric), Holm-corrected across all its rows together: `holm_p`, and `holds` (`holm_p < alpha`, in the
+    better direction for `"better"` comparisons). A comparison whose configurations are missing is an error: a family
+    is tested in full or not at all.
+    """
+    tables = []
+    for comparison in comparisons:
+        if comparison.direction not in (BETTER, TWO_SIDED):
+            raise ValueError(f"direction must be {BETTER!r} or {TWO_SIDED!r}; got {comparison.direction!r}.")
+        table = patient_comparison(results, comparison.config, comparison.reference, patients, metrics,
+                                   n_resamples=n_resamples, seed=seed)
+        tables.append(table.assign(hypothesis=comparison.hypothesis, direction=comparison.direction))
+    family = pd.concat(tables, ignore_index=True)
+    family["holm_p"] = holm(family["wilcoxon_p"].to_numpy())
+    significant = family["holm_p"] < alpha
+    family["holds"] = directional_holds(family, alpha).where(family["direction"] == BETTER, significant)
+    return family
+
+
+def gain_margins(
+    results: pd.DataFrame,
+    config: str,
+    reference: str,
+    patients: Mapping[str, object],
+    fraction: float = 0.1,
+    metrics: Sequence[str] | None = None,
+) -> dict[tuple[str, str, str], float]:
+    """
+    Equivalence margins δ per (preset, baseline, metric): `fraction` of |the per-patient mean difference config −
+    reference| (method.md §10: ±10 % of FGA's gain over TransMM).
+    """
+    table = patient_comparison(results, config, reference, patients, metrics, n_resamples=1)
+    return {
+        (r.preset, r.baseline, r.metric): equivalence_margin(r.patient_mean_difference, fraction)
+        for r in table.itertuples()
+    }
+
+
+def equivalence_family(
+    results: pd.DataFrame,
+    comparisons: Sequence[Comparison],
+    patients: Mapping[str, object],
+    margins: Mapping[tuple[str, str, str], float],
+    metrics: Sequence[str] | None = None,
+    *,
+    alpha: float = 0.05,
+) -> pd.DataFrame:
+    """
+    Paired TOST ([`tost_paired`]) of every comparison per (preset, baseline, metric) with the margin of that cell
+    (`margins`, e.g. from [`gain_margins`]), Holm-corrected across the family: `holm_p`, and `equivalent`
+    (`holm_p < alpha`).
+    """
+    metrics = [m for m in (metrics or METRICS) if m in results.columns]
+    rows = []
+    for comparison in comparisons:
+        for (preset, baseline), group in results.groupby(list(GROUP_COLUMNS), sort=True):
+            ours = group[group["config"] == comparison.config].set_index("image_id")
+            theirs = group[group["config"] == comparison.reference].set_index("image_id")
+            if ours.empty or theirs.empty:
+                raise ValueError(f"{comparison} has no results in preset {preset!r}, baseline {baseline!r}.")
+            for metric in metrics:
+                if (preset, baseline, metric) not in margins:
+                    raise ValueError(f"no equivalence margin for {(preset, baseline, metric)}: give every cell one.")
+                pairs = pd.concat([ours[metric], theirs[metric]], axis=1, join="inner").astype(float).dropna()
+                differences = (pairs.iloc[:, 0] - pairs.iloc[:, 1]).to_numpy()
+                owners = [patients[i] for i in pairs.index]
+                result = tost_paired(differences, owners, margins[(preset, baseline, metric)])
+                rows.append({
+                    "hypothesis": comparison.hypothesis, "preset": preset, "baseline": baseline,
+                    "config": comparison.config, "reference": comparison.reference, "metric": metric,
+                    "n_patients": result.n_patients, "patient_mean_difference": result.mean, "margin": result.margin,
+                    "p_lower": result.p_lower, "p_upper": result.p_upper, "tost_p": result.p_value,
+                })
+    family = pd.DataFrame(rows)
+    family["holm_p"] = holm(family["tost_p"].to_numpy())
+    family["equivalent"] = family["holm_p"] < alpha
+    return family

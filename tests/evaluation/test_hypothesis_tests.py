@@ -8,15 +8,21 @@ import pytest
 from scipy import stats
 
 from hf_fga.evaluation.hypothesis_tests import (
+    TWO_SIDED,
+    Comparison,
     EquivalenceResult,
     cluster_bootstrap_ci,
+    combine_configurations,
     directional_holds,
+    equivalence_family,
     equivalence_margin,
+    gain_margins,
     holm,
     patient_comparison,
     patient_keys,
     patient_paired_tests,
     per_patient_means,
+    superiority_family,
     tost_paired,
 )
 
@@ -172,3 +178,71 @@ def test_patient_comparison_and_directional_holds():
     assert directional_holds(table).tolist() == [True, False]
     with pytest.raises(ValueError, match="have no patient"):
         patient_comparison(results, "x", "y", {"im0": "p0"})
+
+
+def _family_results(seed: int = 5) -> tuple[pd.DataFrame, dict[str, str]]:
+    """30 images of 10 patients; `ref` is TransMM-like, `gain` = ref + 0.05, `same` = gain + tiny noise,
+    `worse` = gain − 0.03 (pixel_flipping is the same numbers, where lower is better)."""
+    rng = np.random.default_rng(seed)
+    rows, patients = [], {}
+    for i in range(30):
+        image = f"im{i}"
+        patients[image] = f"p{i // 3}"
+        base = rng.uniform(0.3, 0.7)
+        values = {"ref": base, "gain": base + 0.05 + rng.normal(0, 0.005)}
+        values["same"] = values["gain"] + rng.normal(0, 0.0005)
+        values["worse"] = values["gain"] - 0.03 + rng.normal(0, 0.005)
+        for config, value in values.items():
+            rows.append({"preset": "papers", "baseline": "mean", "config": config, "image_id": image,
+                         "label": i % 2, "saco": value, "pixel_flipping": value})
+    return pd.DataFrame(rows), patients
+
+
+def test_superiority_family_holm_corrects_across_every_row():
+    results, patients = _family_results()
+    family = superiority_family(results, [Comparison("H1", "gain", "worse"), Comparison("H2", "gain", "same"),
+                                          Comparison("H3", "worse", "gain", TWO_SIDED)],
+                               patients, ["saco", "pixel_flipping"], n_resamples=200)
+    assert len(family) == 6
+    np.testing.assert_allclose(family["holm_p"], holm(family["wilcoxon_p"]))
+    holds = family.set_index(["hypothesis", "metric"])["holds"]
+    assert holds[("H1", "saco")] and not holds[("H1", "pixel_flipping")]  # higher PF is worse
+    assert not holds[("H2", "saco")]  # no real difference
+    assert holds[("H3", "saco")] and holds[("H3", "pixel_flipping")]  # two-sided: either direction
+    with pytest.raises(ValueError, match="direction must be"):
+        superiority_family(results, [Comparison("H", "gain", "ref", "up")], patients)
+
+
+def test_equivalence_family_and_gain_margins():
+    results, patients = _family_results()
+    margins = gain_margins(results, "gain", "ref", patients, metrics=["saco", "pixel_flipping"])
+    gain = per_patient_means(
+        (results[results.config == "gain"].set_index("image_id")["saco"]
+         - results[results.config == "ref"].set_index("image_id")["saco"]).to_numpy(),
+        [patients[f"im{i}"] for i in range(30)],
+    ).mean()
+    assert margins[("papers", "mean", "saco")] == pytest.approx(0.1 * abs(gain))
+    family = equivalence_family(results, [Comparison("H1", "same", "gain"), Comparison("H2", "worse", "gain")],
+                                patients, margins, ["saco", "pixel_flipping"])
+    equivalent = family.set_index(["hypothesis", "metric"])["equivalent"]
+    assert equivalent[("H1", "saco")] and equivalent[("H1", "pixel_flipping")]
+    assert not equivalent[("H2", "saco")]  # shifted by −0.03, far outside ±0.005
+    np.testing.assert_allclose(family["holm_p"], holm(family["tost_p"]))
+    with pytest.raises(ValueError, match="no equivalence margin"):
+        equivalence_family(results, [Comparison("H1", "same", "gain")], patients, {}, ["saco"])
+
+
+def test_combine_configurations_builds_a_difference_in_differences():
+    results, _ = _family_results()
+    derived = combine_configurations(results, "did", {"gain": 1.0, "same": -1.0, "ref": 1.0})
+    frame = results.pivot(index="image_id", columns="config", values="saco")
+    expected = frame["gain"] - frame["same"] + frame["ref"]
+    got = derived.set_index("image_id")["saco"]
+    np.testing.assert_allclose(got.loc[expected.index], expected, rtol=1e-12)
+    assert set(derived["config"]) == {"did"} and "label" in derived.columns
+    partial = combine_configurations(results[results.image_id != "im3"].pipe(
+        lambda r: pd.concat([r, results[(results.image_id == "im3") & (results.config == "gain")]])),
+        "did", {"gain": 1.0, "ref": -1.0})
+    assert "im3" not in set(partial["image_id"])  # a missing term drops the image
+    with pytest.raises(ValueError, match="not in the results"):
+        combine_configurations(results, "x", {"nope": 1.0})
