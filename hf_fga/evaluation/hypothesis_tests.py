@@ -226,6 +226,16 @@ def tost_paired(differences: Sequence[float], patients: Sequence[object], margin
     return EquivalenceResult(mean, margin, p_lower, p_upper, max(p_lower, p_upper), n)
 
 
+def _by_image(group: pd.DataFrame, config: str, preset: str, baseline: str) -> pd.DataFrame:
+    frame = group[group["config"] == config].set_index("image_id")
+    if frame.index.has_duplicates:
+        raise ValueError(
+            f"configuration {config!r} has several rows for one image in preset {preset!r}, baseline {baseline!r} "
+            f"(e.g. {frame.index[frame.index.duplicated()][0]!r}): results of two runs were concatenated; keep one."
+        )
+    return frame
+
+
 def patient_comparison(
     results: pd.DataFrame,
     config: str,
@@ -260,8 +270,7 @@ def patient_comparison(
         )
     rows = []
     for (preset, baseline), group in results.groupby(list(GROUP_COLUMNS), sort=True):
-        ours = group[group["config"] == config].set_index("image_id")
-        theirs = group[group["config"] == reference].set_index("image_id")
+        ours, theirs = (_by_image(group, key, preset, baseline) for key in (config, reference))
         for metric in metrics:
             pairs = pd.concat([ours[metric], theirs[metric]], axis=1, join="inner").astype(float).dropna()
             differences = (pairs.iloc[:, 0] - pairs.iloc[:, 1]).to_numpy()
@@ -405,8 +414,8 @@ def equivalence_family(
     rows = []
     for comparison in comparisons:
         for (preset, baseline), group in results.groupby(list(GROUP_COLUMNS), sort=True):
-            ours = group[group["config"] == comparison.config].set_index("image_id")
-            theirs = group[group["config"] == comparison.reference].set_index("image_id")
+            pair = (comparison.config, comparison.reference)
+            ours, theirs = (_by_image(group, key, preset, baseline) for key in pair)
             if ours.empty or theirs.empty:
                 raise ValueError(f"{comparison} has no results in preset {preset!r}, baseline {baseline!r}.")
             for metric in metrics:
