@@ -8,7 +8,7 @@ from transformers import AutoConfig, AutoModel
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from . import bundled
-from .attribution import AttributionOutput, FeatureGradientAttribution
+from .attribution import AttributionOutput, Attributor, FeatureGradientAttribution, list_methods
 from .metrics import metric_path
 from .sae import (
     SparseAutoencoder,
@@ -49,6 +49,7 @@ _register()
 
 __all__ = [
     "AttributionOutput",
+    "Attributor",
     "FeatureGradientAttribution",
     "SparseAutoencoder",
     "SparseAutoencoderConfig",
@@ -57,6 +58,7 @@ __all__ = [
     "bundled",
     "load_prisma_sae",
     "load_saelens_sae",
+    "list_methods",
     "load_saes",
     "metric_path",
     "push_sae_set_to_hub",

@@ -119,7 +119,7 @@ def main() -> None:
     for backend in args.linear_backends:
         attr = FeatureGradientAttribution(model, saes, linear_backend=backend)
         attr.attribute(pixels[:1])  # packs and the one-time check, outside the timings
-        label = "oneDNN linears and SAE encoders" if attr._onednn_active else "PyTorch's stock kernels"
+        label = "oneDNN linears and SAE encoders" if attr.onednn_active else "PyTorch's stock kernels"
         print(f"\nlinear_backend={backend!r} ({label}):")
         print(
             f"{'batch':>5} | {'clock':>5} | {'TransMM s/img':>13} | {'FGA s/img':>9} | {'ratio':>6} | "

@@ -4,7 +4,7 @@ against a plain `torch.mm` of the encoder's shape `(B, d_in) @ (d_in, d_sae)`, m
 
 FLOPs are counted for the algorithm each variant runs (multiply-add = 2 FLOPs):
 
-- `harness` (what `hf_fga.sae.training` uses for Top-K): encoder forward 2·B·d·K (dense, needed to pick the top k),
+- `harness` (`hf_fga.sae.training_loss` for Top-K): encoder forward 2·B·d·K (dense, needed to pick the top k),
   encoder backward 2·B·k·d (sparse gradient of W_enc) + K·d (b_dec), decoder forward 2·B·k·d (embedding_bag),
   decoder backward 2·B·k·d (sparse gradient of W_dec) + 2·B·d·K (gradient of the k values through one dense
   product and a gather, faster on CPU than B·k gathered dot products). No dead features here, so no AuxK term.
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from hf_fga.sae import SparseAutoencoder, SparseAutoencoderConfig
-from hf_fga.sae.training import normalize_decoder, project_decoder_gradient, sae_training_loss
+from hf_fga.sae.training_loss import normalize_decoder, project_decoder_gradient, sae_training_loss
 
 
 def autograd_loss(sae: SparseAutoencoder, x: torch.Tensor, dense_decoder: bool) -> torch.Tensor:

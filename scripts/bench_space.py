@@ -35,6 +35,17 @@ def load_app():
     return module
 
 
+def load_tests_package():
+    """The repository's `tests` package (for the stand-in model), imported from its folder."""
+    spec = importlib.util.spec_from_file_location(
+        "tests", ROOT / "tests" / "__init__.py", submodule_search_locations=[str(ROOT / "tests")]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["tests"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def timed(fn, repeats: int) -> list[float]:
     times = []
     for _ in range(repeats):
@@ -56,10 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--standin", action="store_true", help="the tests' small random stand-in model")
     args = parser.parse_args(argv)
 
-    sys.path.insert(0, str(ROOT))
     app = load_app()
     app.configure_torch_threads()  # as the Space does at start-up
     if args.standin:
+        load_tests_package()
         from tests.spaces.conftest import standin_explainer
 
         explainer = standin_explainer(Path(tempfile.mkdtemp()))

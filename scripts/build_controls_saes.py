@@ -31,6 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from hf_fga.introspection import load_vision_model  # noqa: E402
 from hf_fga.sae import SparseAutoencoder, load_saes, save_sae_set  # noqa: E402
 from hf_fga.sae.activations import residual_activations  # noqa: E402
 from hf_fga.sae.dictionaries import (  # noqa: E402
@@ -40,7 +41,8 @@ from hf_fga.sae.dictionaries import (  # noqa: E402
     random_orthonormal_directions,
 )
 from hf_fga.sae.model_card import QUALITY_FIELDS  # noqa: E402
-from hf_fga.sae.training import SaeTrainingArguments, load_vision_model, sae_quality, train_saes  # noqa: E402
+from hf_fga.sae.quality import sae_quality  # noqa: E402
+from hf_fga.sae.training import SaeTrainingArguments, train_saes  # noqa: E402
 
 MODEL = "hf_fga/bundled/model"
 BUNDLED_SAES = "hf_fga/bundled/saes"

@@ -1,7 +1,7 @@
 """
 Precompute the Space's feature prototypes (method.md §7): for every feature of every SAE of the bundled set, its
 top activating images of a reference split with the patches where it fires, written to `spaces/assets/` as small
-JPEG thumbnails, a JSON index and one compressed array file (see `spaces/fga_space/prototypes.py`).
+JPEG thumbnails, a JSON index and one compressed array file (see `hf_fga/prototypes.py`).
 
 The reference split is the bundled model's validation split (`hf_fga/bundled/splits.json`: patients carved out of
 the chest X-ray train split), never the test split. Only images that are some feature's prototype get a thumbnail.
@@ -21,19 +21,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import pipeline
+
+import hf_fga  # noqa: F401  (registers the pipeline task)
+from hf_fga import bundled
+from hf_fga.images import load_image
+from hf_fga.pipelines import TASK
+from hf_fga.prototypes import (
+    ARRAYS_NAME,
+    INDEX_NAME,
+    THUMBS_DIR,
+    PrototypeIndex,
+    compute_prototypes,
+    sae_fingerprint,
+    write_thumbnails,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "spaces"), str(ROOT)]
-
-from fga_space.prototypes import (  # noqa: E402, I001
-    ARRAYS_NAME, INDEX_NAME, THUMBS_DIR, PrototypeIndex, compute_prototypes, sae_fingerprint, write_thumbnails,
-)
-from transformers import pipeline  # noqa: E402
-
-import hf_fga  # noqa: E402, F401  (registers the pipeline task)
-from hf_fga import bundled  # noqa: E402
-from hf_fga.images import load_image  # noqa: E402
-from hf_fga.pipelines import TASK  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "chest_xray_pneumonia"
 

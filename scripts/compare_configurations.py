@@ -9,16 +9,13 @@ printed as a Markdown table: e.g. FGA `combined` against its `centered` and `mea
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from hf_fga.evaluation.configuration import EvaluationConfiguration  # noqa: E402
-from hf_fga.evaluation.statistics import METRIC_NAMES, paired_comparison  # noqa: E402
-from hf_fga.evaluation.storage import read_parts  # noqa: E402
+from hf_fga.evaluation.configuration import EvaluationConfiguration
+from hf_fga.evaluation.statistics import METRIC_NAMES, paired_comparison
+from hf_fga.evaluation.storage import read_parts
 
 
 def markdown(table: pd.DataFrame) -> str:

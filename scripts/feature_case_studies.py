@@ -22,23 +22,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hf_fga.attribution import Attributor
+from hf_fga.evaluation.case_studies import select_improved_images
+from hf_fga.evaluation.configuration import EvaluationConfiguration
+from hf_fga.evaluation.storage import read_parts
+from hf_fga.feature_drivers import patch_change, patch_drivers
+from hf_fga.images import load_image
+from hf_fga.introspection import load_vision_model
+from hf_fga.prototypes import PrototypeIndex
+from hf_fga.sae import load_saes
+from hf_fga.viz import draw_patch_boxes, overlay
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "spaces"), str(ROOT)]
-
-from fga_space.prototypes import PrototypeIndex  # noqa: E402, I001
-
-from hf_fga.attribution import FeatureGradientAttribution  # noqa: E402
-from hf_fga.evaluation.case_studies import (  # noqa: E402
-    changed_patches,
-    patch_change,
-    patch_feature,
-    select_improved_images,
-)
-from hf_fga.evaluation.configuration import EvaluationConfiguration  # noqa: E402
-from hf_fga.evaluation.storage import read_parts  # noqa: E402
-from hf_fga.images import load_image  # noqa: E402
-from hf_fga.sae import load_saes  # noqa: E402
-from hf_fga.viz import draw_patch_boxes, overlay  # noqa: E402
 
 BOX_UP, BOX_DOWN = "#00e000", "#ff00ff"  # patches FGA raised / lowered
 FEATURES_PER_SHEET = 10
@@ -69,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
     from datasets import load_dataset
-    from transformers import AutoImageProcessor, AutoModelForImageClassification
+    from transformers import AutoImageProcessor
 
     results = read_parts(args.results / "results")
     if results is None or results.empty:
@@ -80,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     if method != "fga":
         raise SystemExit(f"--config {args.config!r} is not an FGA configuration.")
 
-    model = AutoModelForImageClassification.from_pretrained(args.model).eval()
+    model = load_vision_model(args.model)
     processor = AutoImageProcessor.from_pretrained(args.model)
     saes = load_saes(args.sae)
     prototypes = PrototypeIndex.load(args.prototypes)
@@ -93,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [int(i) for i in chosen["index"]]
     images = [load_image(dataset[i]["image"]) for i in rows]
     pixel_values = processor(images=images, return_tensors="pt")["pixel_values"]
-    explainer = FeatureGradientAttribution(model, saes)
+    explainer = Attributor(model, saes)
     output = explainer.attribute(
         pixel_values, method="fga", variant=variant, layers=layers, kappa=kappa, cmax=cmax,
         return_contributions=True,
@@ -101,17 +96,19 @@ def main(argv: list[str] | None = None) -> int:
     grid = output.grid
     table = []
     for n, image_id in enumerate(chosen.index):
-        fga, base = output.attribution[n].numpy(), output.baseline[n].numpy()
-        for patch, delta in changed_patches(fga, base, args.patches):
-            feature = patch_feature(output, n, patch)
+        for driver in patch_drivers(output, n, args.patches):
             table.append({
-                "image_id": image_id, "patch": patch, "row": patch // grid[1], "col": patch % grid[1],
-                "change": delta, "block": feature.block, "feature": feature.feature,
-                "contribution": feature.contribution, "gate": feature.gate, "role": feature.role,
+                "image_id": image_id, "patch": driver.patch, "row": driver.patch // grid[1],
+                "col": driver.patch % grid[1], "change": driver.change, "block": driver.block,
+                "feature": driver.feature, "contribution": driver.push, "role": driver.sign,
+                "gate": float(output.gates[driver.block][n].reshape(-1)[driver.patch]),
             })
 
     import pandas as pd
 
+    if not table:
+        raise SystemExit(f"No SAE feature pushed the gates of the chosen patches under {args.config!r}: the variant "
+                         "must read SAE features (combined or shuffled).")
     table = pd.DataFrame(table)
     figures = args.output_dir / "figures"
     figures.mkdir(parents=True, exist_ok=True)
@@ -200,8 +197,11 @@ def _write_markdown(args, chosen, table, features, sheets, seconds: float) -> No
         f"`{args.preset}` preset's metrics (method.md §7; selection rule in "
         "`hf_fga.evaluation.case_studies.select_improved_images`). For each image, the "
         f"{args.patches} patches with the largest |FGA − TransMM| (maps min–max scaled), and for each patch the SAE "
-        "feature that pushed its gate hardest in the direction the gate went (`patch_feature`). Prototypes: the "
-        "feature's top-10 activating images of the validation split, activating patches boxed in yellow.",
+        "feature with the largest push c / (1.4826 (MAD + ε)) on its normalised score ŝ over the gated blocks, "
+        "i.e. the one that pushed its gate hardest (`hf_fga.feature_drivers`, the rule of the pipeline's "
+        "`top_features` and of the Space); its sign makes it an amplifier or a suppressor. Patches where no feature "
+        "pushed are left out. Prototypes: the feature's top-10 activating images of the validation split, "
+        "activating patches boxed in yellow.",
         "",
         f"{int(chosen['all_improved'].sum())} of the {len(chosen)} images improved all three metrics. "
         f"Built in {seconds:.0f} s by:",
@@ -214,7 +214,7 @@ def _write_markdown(args, chosen, table, features, sheets, seconds: float) -> No
         "",
         "## Images and patches",
         "",
-        "| image | ΔSaCo | ΔFC | ΔPF AUC | patch (row, col) | change | block | feature | role | c | gate |",
+        "| image | ΔSaCo | ΔFC | ΔPF AUC | patch (row, col) | change | block | feature | role | push on ŝ | gate |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in table.itertuples():

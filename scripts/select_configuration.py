@@ -11,14 +11,12 @@ metrics (`hf_fga.evaluation.statistics.rank_configurations`), to choose the one 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from hf_fga.evaluation.statistics import METRICS, rank_configurations  # noqa: E402
+from hf_fga.evaluation.statistics import METRICS, rank_configurations
+from hf_fga.evaluation.storage import upgrade_columns
 
 
 def multi_block_sets(ranked: pd.DataFrame, max_block: int) -> list[tuple[int, ...]]:
@@ -39,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path, help="an evaluation output folder holding summary.csv")
     parser.add_argument("--preset", default="papers")
-    parser.add_argument("--baseline", default="mean")
+    parser.add_argument("--fill", default="mean", help="the perturbation fill whose results are ranked")
     parser.add_argument("--variant", default=None, help="only this FGA variant")
     parser.add_argument("--metrics", default=",".join(METRICS))
     parser.add_argument("--top", type=int, default=10)
@@ -53,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     if not path.is_file():
         parser.error(f"{path} does not exist: run scripts/evaluate_faithfulness.py (or --report_only) first.")
     summary = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"layers": str, "variant": str})
-    ranked = rank_configurations(summary, preset=args.preset, baseline=args.baseline,
+    ranked = rank_configurations(upgrade_columns(summary), preset=args.preset, fill=args.fill,
                                  metrics=args.metrics.split(","), variant=args.variant)
     if args.layers is not None:
         ranked = ranked[ranked["layers"] == args.layers]

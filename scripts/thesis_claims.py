@@ -9,13 +9,10 @@ and whether the features add anything beyond the `centered` / `mean-centered` co
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from hf_fga.evaluation.claims import claims_markdown, thesis_claims  # noqa: E402
-from hf_fga.evaluation.storage import read_parts  # noqa: E402
+from hf_fga.evaluation.claims import claims_markdown, thesis_claims
+from hf_fga.evaluation.storage import read_parts
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import random
 import sys
 import time
@@ -101,7 +102,7 @@ def load_split(data_dir: str, split: str, cache_dir: Path) -> dict:
     """Decode a split once into grey uint8 images `(N, H, W)` plus labels and ids (cached as a `.pt` file)."""
     cache = cache_dir / f"cache_{split}.pt"
     if cache.exists():
-        return torch.load(cache)
+        return safe_torch_load(cache)
     import datasets
 
     ds = datasets.load_dataset(data_dir, split=split)
@@ -304,16 +305,37 @@ def make_processor(mean: float, std: float, size: int) -> ViTImageProcessorPil:
 
 
 def rng_state(gen: torch.Generator) -> dict:
+    """Every RNG state as tensors and plain Python values, so a checkpoint loads with `weights_only=True`."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
     return {
-        "torch": torch.get_rng_state(), "gen": gen.get_state(), "numpy": np.random.get_state(), "py": random.getstate()
+        "torch": torch.get_rng_state(), "gen": gen.get_state(), "py": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
     }
 
 
 def set_rng_state(state: dict, gen: torch.Generator) -> None:
     torch.set_rng_state(state["torch"])
     gen.set_state(state["gen"])
-    np.random.set_state(state["numpy"])
+    numpy = state["numpy"]
+    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["position"],
+                         numpy["has_gauss"], numpy["gauss"]))
     random.setstate(state["py"])
+
+
+def safe_torch_load(path: Path) -> dict:
+    """
+    A checkpoint or cache written by this script, read with `torch.load(weights_only=True)`: tensors and plain
+    Python containers only, so a crafted file cannot run code. Anything else is a `ValueError` naming the file.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{path} holds Python objects that this script refuses to unpickle (weights_only=True): only tensors and "
+            "plain containers are read, so a crafted file cannot run code. If it was written by an older version of "
+            "this script (NumPy RNG state as an array), delete it to start over; never load files you do not trust."
+        ) from err
 
 
 def log(out: Path, record: dict) -> None:
@@ -362,7 +384,7 @@ def train(args: TrainClassifierArguments) -> dict:
     state = {"epoch": 0, "best_balanced_accuracy": -1.0, "best_epoch": None, "train_seconds": 0.0}
     ckpt = out / "last.pt"
     if ckpt.exists():
-        saved = torch.load(ckpt, weights_only=False)
+        saved = safe_torch_load(ckpt)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])

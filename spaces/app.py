@@ -13,10 +13,12 @@ import os
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported: no analytics, ever
 
 import functools
+import logging
 import re
 import sys
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -25,32 +27,30 @@ if (HERE.parent / "hf_fga" / "__init__.py").is_file():  # running from a checkou
     sys.path.insert(1, str(HERE.parent))
 
 import gradio as gr
-import matplotlib
-import numpy as np
 import torch
-from fga_space import PrototypeIndex, feature_findings
-from fga_space.prototypes import card
-from fga_space.quick_metrics import QUICK_SETTINGS, quick_faithfulness
-from PIL import Image, ImageDraw, ImageFont
+from fga_space import QUICK_SETTINGS, quick_faithfulness
+from PIL import Image
 from transformers import pipeline
 
 import hf_fga  # noqa: F401  (registers the feature-gradient-attribution task)
-from hf_fga.attribution import VARIANTS
-from hf_fga.attribution.targets import is_clip
-from hf_fga.images import load_image
+from hf_fga.attribution import VARIANTS, load_mean_residuals
+from hf_fga.feature_drivers import AMPLIFIER
+from hf_fga.images import MIN_SIDE, load_image
 from hf_fga.pipelines import TASK, FeatureGradientAttributionPipeline
 from hf_fga.pipelines.feature_gradient_attribution import FEATURE_VARIANTS
-from hf_fga.viz import overlay
+from hf_fga.prototypes import PrototypeIndex
+from hf_fga.viz import captioned_stack, draw_patch_boxes, feature_card, fit_within, gate_image, overlay
 
 ASSETS = HERE / "assets"
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 MAX_UPLOAD_PIXELS = 25_000_000
 DISPLAY_SIDE = 448  # images are shown (and overlaid) at most this many pixels on their long side
-NUM_CHANGED_PATCHES = 8  # the most changed patches whose features are explained (method.md §7)
-MAX_FEATURE_CARDS = 6
+MAX_FEATURE_CARDS = 6  # features shown: the drivers of the most changed patches (method.md §7)
 TORCH_THREADS_ENV = "FGA_SPACE_TORCH_THREADS"
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 AMPLIFIER_COLOUR, SUPPRESSOR_COLOUR = "#00c853", "#ff1744"
+UPLOAD_FORMATS = "a JPEG, PNG, BMP, TIFF or WebP picture"
+LOG = logging.getLogger("fga_space")
 
 
 METRICS_OUTPUT = 6  # position of the metrics table among the handler's outputs (see `Explanation.as_tuple`)
@@ -71,6 +71,7 @@ class Explainer:
         default_blocks (`list[int]`): the gated blocks ticked at start.
         examples (`list[str]`): example image paths.
         prototypes (`PrototypeIndex`, *optional*): precomputed feature prototypes for these SAEs.
+        mean_blocks (`list[int]`, *optional*): the blocks with a mean patch residual (the `mean-centered` control).
     """
 
     pipe: FeatureGradientAttributionPipeline
@@ -78,6 +79,7 @@ class Explainer:
     default_blocks: list[int]
     examples: list[str]
     prototypes: PrototypeIndex | None = None
+    mean_blocks: list[int] = field(default_factory=list)
 
     @property
     def blocks(self) -> list[int]:
@@ -105,8 +107,10 @@ def make_explainer(
     Load the pipeline once (with the mean residuals that the `mean-centered` control needs, when given), and the
     prototypes in `assets` when they were computed for these SAEs.
     """
+    if isinstance(mean_residuals, (str, Path)):
+        mean_residuals = load_mean_residuals(mean_residuals)
     pipe = pipeline(TASK, model=model, sae=sae, mean_residuals=mean_residuals)
-    if is_clip(pipe.model):
+    if pipe.model.config.model_type == "clip":
         raise SpaceInputError(
             f"{name} is a CLIP model: this Space explains image classifiers only (CLIP needs candidate labels). "
             "Use the library's pipeline with candidate_labels=[...] instead."
@@ -116,8 +120,8 @@ def make_explainer(
         index = PrototypeIndex.load(assets)
         if index.matches(pipe.saes) and index.meta.get("model") == name:
             prototypes = index
-    num_layers = pipe.attributor.num_layers
-    return Explainer(pipe, name, default_blocks(sorted(pipe.saes), num_layers), [str(p) for p in examples], prototypes)
+    blocks = default_blocks(sorted(pipe.saes), pipe.model.config.num_hidden_layers)
+    return Explainer(pipe, name, blocks, [str(p) for p in examples], prototypes, sorted(mean_residuals or {}))
 
 
 @functools.cache
@@ -153,83 +157,71 @@ def hub_explainer(model_id: str, sae_id: str) -> Explainer:
     except SpaceInputError:
         raise
     except Exception as error:  # network, missing repo, incompatible SAE: all end up as a message in the page
+        LOG.warning("loading %s with SAEs %s failed: %r", model_id, sae_id, error)
         raise SpaceInputError(
-            f"Could not load `{model_id}` with SAEs `{sae_id}` from the Hub ({type(error).__name__}: {error}). "
-            "Without a network connection only the bundled model is available."
+            f"Could not load `{model_id}` with SAEs `{sae_id}` from the Hub: one of them does not exist, is private, "
+            "or the SAEs were trained for another model. Check both ids, or leave them empty to use the bundled "
+            "model (without a network connection only the bundled model is available)."
         ) from error
 
 
-def read_upload(path: str | None) -> Image.Image:
-    """The uploaded file as an RGB image, or a `SpaceInputError` saying what is wrong with it."""
+def read_upload(path: str | Image.Image | None) -> Image.Image:
+    """
+    The uploaded file as an RGB image, or a `SpaceInputError` in the visitor's words. The file size and the image's
+    dimensions (from its header: PIL reads them without decoding the pixels) are checked before it is decoded.
+    """
     if path is None:
         raise SpaceInputError("Pick an example or upload an image first.")
     if isinstance(path, Image.Image):
-        return load_image(path)
+        return decode_upload(path, path.size)
     file = Path(path)
     if not file.is_file():
         raise SpaceInputError("The uploaded file could not be found; please upload it again.")
     size = file.stat().st_size
     if size > MAX_UPLOAD_BYTES:
         raise SpaceInputError(
-            f"The upload is {size / 2**20:.1f} MB; the limit is {MAX_UPLOAD_BYTES // 2**20} MB. Use a smaller image."
+            f"The upload is {size / 2**20:.1f} MB; the limit is {MAX_UPLOAD_BYTES // 2**20} MB. Upload a smaller or "
+            "more compressed picture (a JPEG of the X-ray is usually enough)."
         )
     try:
-        with Image.open(file) as probe:
-            width, height = probe.size
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(file) as probe:
+                dimensions = probe.size
+    except Image.DecompressionBombError:
+        raise SpaceInputError(too_large_message(None)) from None
     except Exception as error:
-        raise SpaceInputError(
-            "The upload is not a readable image (JPEG, PNG, BMP, TIFF or WebP expected)."
-        ) from error
+        LOG.info("unreadable upload: %r", error)
+        raise SpaceInputError(f"The upload is not a readable image. Upload {UPLOAD_FORMATS}.") from None
+    return decode_upload(str(file), dimensions)
+
+
+def too_large_message(dimensions: tuple[int, int] | None) -> str:
+    what = f"{dimensions[0]}×{dimensions[1]} pixels" if dimensions else "too large to open"
+    return (
+        f"The image is {what}; the limit is {MAX_UPLOAD_PIXELS:,} pixels (about 5000 × 5000). Downscale it and upload "
+        "it again."
+    )
+
+
+def decode_upload(source: str | Image.Image, dimensions: tuple[int, int]) -> Image.Image:
+    """Check the dimensions, then decode with the library's `load_image`; its errors become the visitor's words."""
+    width, height = dimensions
     if width * height > MAX_UPLOAD_PIXELS:
+        raise SpaceInputError(too_large_message(dimensions))
+    if min(width, height) < MIN_SIDE:
         raise SpaceInputError(
-            f"The image is {width}×{height} pixels; the limit is {MAX_UPLOAD_PIXELS:,} pixels. Downscale it first."
+            f"The image is {width}×{height} pixels: too small to explain. Upload a picture at least "
+            f"{MIN_SIDE}×{MIN_SIDE} pixels (the model looks at it in 16 × 16 pixel patches)."
         )
     try:
-        return load_image(str(file))
-    except Exception as error:
-        raise SpaceInputError(f"The image could not be decoded: {error}") from error
-
-
-def display_copy(image: Image.Image) -> Image.Image:
-    scale = DISPLAY_SIDE / max(image.size)
-    if scale >= 1:
-        return image
-    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BILINEAR)
-
-
-def gate_image(gate: np.ndarray, cmax: float, size: int = 224) -> Image.Image:
-    """A gate map on a log colour scale over [1/c_max, c_max]: red suppressed (< 1), yellow 1, green amplified."""
-    norm = matplotlib.colors.LogNorm(vmin=1.0 / cmax, vmax=cmax)
-    rgb = (matplotlib.colormaps["RdYlGn"](norm(np.clip(gate, 1.0 / cmax, cmax)))[..., :3] * 255).astype(np.uint8)
-    return Image.fromarray(rgb).resize((size, size), Image.NEAREST)
-
-
-def stack_cards(cards: Sequence[tuple[Image.Image, str]], gap: int = 6) -> Image.Image:
-    """The feature cards one below the other, each under its caption."""
-    font = ImageFont.load_default(size=15)
-    width = max(c.width for c, _ in cards)
-    band = 24
-    sheet = Image.new("RGB", (width, sum(c.height + band + gap for c, _ in cards)), "white")
-    draw, top = ImageDraw.Draw(sheet), 0
-    for picture, caption in cards:
-        draw.text((4, top + 3), caption, fill="black", font=font)
-        sheet.paste(picture, (0, top + band))
-        top += picture.height + band + gap
-    return sheet
-
-
-def numbered_boxes(image: Image.Image, marks: Sequence[tuple[int, str, str]], grid: tuple[int, int]) -> Image.Image:
-    """Patch boxes `(patch, colour, label)` with their label in the box's corner."""
-    out = image.convert("RGB").copy()
-    draw = ImageDraw.Draw(out)
-    ph, pw = out.height / grid[0], out.width / grid[1]
-    for patch, colour, label in marks:
-        row, col = divmod(patch, grid[1])
-        box = [col * pw, row * ph, (col + 1) * pw - 1, (row + 1) * ph - 1]
-        draw.rectangle(box, outline=colour, width=3)
-        draw.rectangle([box[0], box[1], box[0] + 7 * len(label) + 4, box[1] + 12], fill=colour)
-        draw.text((box[0] + 2, box[1]), label, fill="black")
-    return out
+        return load_image(source, name="the upload")
+    except Exception as error:  # corrupt data, unusual pixel formats: the details stay in the server log
+        LOG.info("undecodable upload: %r", error)
+        raise SpaceInputError(
+            f"The upload could not be decoded: the file is damaged or stores its pixels in an unusual format. "
+            f"Upload {UPLOAD_FORMATS} (8- or 16-bit, grayscale or colour)."
+        ) from None
 
 
 def metrics_markdown(scores: dict[str, dict[str, float]]) -> str:
@@ -249,42 +241,48 @@ def metrics_markdown(scores: dict[str, dict[str, float]]) -> str:
     return "\n".join(rows) + f"\n\n<sub>This image only; quick settings: {QUICK_SETTINGS}.</sub>"
 
 
-def feature_panel(explainer: Explainer, image: Image.Image, output, variant: str):
-    """(boxed image, sheet of feature cards, Markdown table) for the features that changed the map most."""
-    grid = output.grid
-    findings = feature_findings(output, 0, NUM_CHANGED_PATCHES)[:MAX_FEATURE_CARDS]
-    if not findings:
+def feature_panel(explainer: Explainer, image: Image.Image, result: dict, variant: str):
+    """(boxed image, sheet of feature cards, Markdown table) for the pipeline's `top_features` (method.md §7)."""
+    grid = result["attribution"].shape
+    found = sorted(
+        ((block, feature) for block, features in result["top_features"].items() for feature in features),
+        key=lambda item: abs(item[1]["contribution"]),
+        reverse=True,
+    )
+    if not found:
         why = (
             f"The `{variant}` variant does not read SAE features; choose `combined` (or `shuffled`) to see them."
             if variant not in FEATURE_VARIANTS
             else "No feature contributed to the most changed patches."
         )
         return image, None, why
-    marks, cards = [], []
+    marks, numbers, cards = [], [], []
     rows = ["| # | block | feature | role | push on ŝ | patches |", "| --- | --- | --- | --- | --- | --- |"]
-    for n, finding in enumerate(findings, start=1):
-        colour = AMPLIFIER_COLOUR if finding.sign == "amplifier" else SUPPRESSOR_COLOUR
-        marks.extend((p, colour, str(n)) for p in finding.patches)
+    for n, (block, feature) in enumerate(found, start=1):
+        colour = AMPLIFIER_COLOUR if feature["sign"] == AMPLIFIER else SUPPRESSOR_COLOUR
         strip, note = None, "Prototypes are precomputed for\nthe bundled model's SAEs only."
         if explainer.prototypes is not None:
-            strip = explainer.prototypes.strip(finding.block, finding.index)
+            strip = explainer.prototypes.strip(block, feature["index"])
             note = "This feature never fired on\nthe reference split."
-        boxes = [(p // grid[1], p % grid[1], colour) for p in finding.patches]
+        boxes = [(p // grid[1], p % grid[1], colour) for p in feature["patches"]]
+        marks += boxes
+        numbers += [str(n)] * len(boxes)
         caption = (
-            f"#{n} · block {finding.block} · feature {finding.index} · {finding.sign} "
-            f"({finding.contribution:+.2f}) · right: its top reference images, yellow = where it fires"
+            f"#{n} · block {block} · feature {feature['index']} · {feature['sign']} "
+            f"({feature['contribution']:+.2f}) · right: its top reference images, yellow = where it fires"
         )
-        cards.append((card(image, boxes, grid, strip, note), caption))
+        cards.append((feature_card(image, boxes, grid, strip, note), caption))
         rows.append(
-            f"| {n} | {finding.block} | {finding.index} | {finding.sign} | {finding.contribution:+.2f} | "
-            f"{len(finding.patches)} |"
+            f"| {n} | {block} | {feature['index']} | {feature['sign']} | {feature['contribution']:+.2f} | "
+            f"{len(feature['patches'])} |"
         )
     legend = (
         "Green boxes: the feature **amplified** the gate of that patch; red: it **suppressed** it. Each feature is "
         "the one that pushed hardest on the normalised score ŝ of one of the patches whose attribution FGA changed "
         "most against TransMM (method.md §7)."
     )
-    return numbered_boxes(image, marks, grid), stack_cards(cards), legend + "\n\n" + "\n".join(rows)
+    boxed = draw_patch_boxes(image, marks, grid, width=3, labels=numbers)
+    return boxed, captioned_stack(cards), legend + "\n\n" + "\n".join(rows)
 
 
 @dataclass
@@ -322,7 +320,10 @@ def explain(
     cmax: float = 10.0,
     metrics: bool = True,
 ) -> Explanation:
-    """Attribute one image with FGA and TransMM (one pass), score both, and find the features behind the change."""
+    """
+    Explain one image with the pipeline (FGA and TransMM from one pass, the gates, the features behind the change)
+    and score both maps.
+    """
     if variant not in VARIANTS:
         raise SpaceInputError(f"Unknown variant `{variant}`; choose one of {', '.join(VARIANTS)}.")
     available = explainer.blocks
@@ -334,45 +335,49 @@ def explain(
         raise SpaceInputError(f"Blocks {missing} have no SAE; this SAE set covers blocks {available}.")
     if not (kappa > 0 and cmax > 1):
         raise SpaceInputError(f"κ must be > 0 and c_max > 1; got κ={kappa}, c_max={cmax}.")
-    pipe = explainer.pipe
-    pixel_values = pipe.image_processor(images=image, return_tensors="pt")["pixel_values"].to(pipe.model.dtype)
-    if variant == "mean-centered" and any(b not in pipe.attributor.mean_residuals for b in chosen):
+    if variant == "mean-centered" and any(b not in explainer.mean_blocks for b in chosen):
         raise SpaceInputError(
             "The `mean-centered` control needs the model's mean patch residuals, which this model does not ship; "
             "choose another variant."
         )
+    pipe = explainer.pipe
     try:
-        output = pipe.attributor.attribute(
-            pixel_values, method="fga", variant=variant, layers=chosen, kappa=float(kappa), cmax=float(cmax),
-            return_contributions=variant in FEATURE_VARIANTS,
+        result = pipe(
+            image, method="fga", variant=variant, layers=chosen, kappa=float(kappa), cmax=float(cmax),
+            top_k_features=MAX_FEATURE_CARDS,
         )
-    except ValueError as error:  # the library's checks name what is wrong (e.g. an SAE for another model)
-        raise SpaceInputError(f"This model and SAE set cannot be explained together: {error}") from error
-    shown = display_copy(image)
+    except ValueError as error:  # the library's messages name its API: the details stay in the server log
+        LOG.warning("explaining failed: %r", error)
+        raise SpaceInputError(
+            "This image could not be explained with this model and SAE set. Try another image, other gated blocks, "
+            "or the bundled model."
+        ) from error
+    pixel_values = pipe.image_processor(images=image, return_tensors="pt")["pixel_values"].to(pipe.model.dtype)
+    with torch.no_grad():
+        probabilities = pipe.model(pixel_values=pixel_values).logits.softmax(dim=-1)[0].tolist()
+    shown = fit_within(image, DISPLAY_SIDE)
     labels = explainer.labels
-    probabilities = output.probabilities[0].tolist()
-    target = int(output.target[0])
     gates = [
-        (gate_image(g[0].numpy(), float(cmax)), f"block {b}: gates {float(g.min()):.2f} – {float(g.max()):.2f}")
-        for b, g in sorted(output.gates.items())
+        (gate_image(g, float(cmax)), f"block {b}: gates {float(g.min()):.2f} – {float(g.max()):.2f}")
+        for b, g in sorted(result["gates"].items())
     ]
-    feature_image, cards, features = feature_panel(explainer, shown, output, variant)
+    feature_image, cards, features = feature_panel(explainer, shown, result, variant)
     message = (
-        f"**{labels[target]}** with probability {probabilities[target]:.3f} · model: {explainer.name} · variant "
+        f"**{result['label']}** with probability {result['score']:.3f} · model: {explainer.name} · variant "
         f"`{variant}`, blocks {chosen}, κ = {kappa:g}, c_max = {cmax:g}"
     )
     explanation = Explanation(
         message,
         dict(zip(labels, probabilities, strict=True)),
         shown,
-        overlay(shown, output.baseline[0].numpy()),
-        overlay(shown, output.attribution[0].numpy()),
+        overlay(shown, result["baseline"]),
+        overlay(shown, result["attribution"]),
         gates,
         "_Computing this image's faithfulness scores…_",
         feature_image,
         cards,
         features,
-        (pipe.model, pixel_values, {"TransMM": output.baseline[0], "FGA": output.attribution[0]}),
+        (pipe.model, pixel_values, {"TransMM": result["baseline"], "FGA": result["attribution"]}),
     )
     return score(explanation) if metrics else explanation
 
@@ -451,8 +456,8 @@ def build_demo(explainer: Explainer | None = None) -> gr.Blocks:
         gr.Markdown(INTRO)
         with gr.Row():
             with gr.Column(scale=1):
-                image = tolerant_upload(
-                    gr.Image(type="filepath", label="Image", sources=["upload"], elem_id="fga-input")
+                image = tolerant_upload(  # image_mode=None: Gradio hands over the file without decoding it
+                    gr.Image(type="filepath", image_mode=None, label="Image", sources=["upload"], elem_id="fga-input")
                 )
                 variant = gr.Dropdown(list(VARIANTS), value="combined", label="Variant", elem_id="fga-variant")
                 blocks = gr.CheckboxGroup(

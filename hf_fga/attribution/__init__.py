@@ -1,15 +1,25 @@
-"""Attribution for ViT-family classifiers and CLIP: TransMM, Feature-Gradient Attribution and attention baselines."""
+"""Attribution for ViT-family classifiers and CLIP: a registry of methods (TransMM, FGA, attention baselines, …) and
+the engine that runs them (`Attributor`)."""
 
-from .feature_gradient_attribution import METHODS, AttributionOutput, FeatureGradientAttribution
-from .fga import VARIANTS
+from .capture import Capture
+from .engine import AttributionOutput, Attributor, FeatureGradientAttribution
 from .mean_residuals import compute_mean_residuals, load_mean_residuals, save_mean_residuals
+from .methods import AttributionMethod, MethodResult, get_method, list_methods, register_method, unregister_method
+from .methods.fga import VARIANTS
 
 __all__ = [
-    "METHODS",
     "VARIANTS",
+    "AttributionMethod",
     "AttributionOutput",
+    "Attributor",
+    "Capture",
     "FeatureGradientAttribution",
+    "MethodResult",
     "compute_mean_residuals",
+    "get_method",
+    "list_methods",
     "load_mean_residuals",
+    "register_method",
     "save_mean_residuals",
+    "unregister_method",
 ]

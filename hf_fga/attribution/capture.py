@@ -13,23 +13,32 @@ also when an exception is raised.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor, nn
-from transformers import PretrainedConfig, PreTrainedModel
+from torch import Tensor
+from torch.utils.hooks import RemovableHandle
+from transformers import PreTrainedModel
 
-from .targets import is_clip, model_logits, vision_layers
+from ..introspection import (
+    model_dtype,
+    model_logits,
+    register_attention_hooks,
+    register_residual_hooks,
+    vision_layers,
+)
 
-HOOK_POINTS = ("resid_pre", "resid_post")
+# `backward_context(model)` is entered around the forward and backward pass (e.g. LibraGrad's backward rules)
+BackwardContext = Callable[[PreTrainedModel], AbstractContextManager]
 
 
 @dataclass
 class Capture:
     """
-    What one forward/backward pass recorded.
+    What one forward/backward pass recorded; made by [`Attributor.capture`], read by any number of
+    [`Attributor.explain`] calls.
 
     Args:
         logits (`Tensor` of shape `(B, C)`): the target scores of every class / candidate label (detached).
@@ -38,8 +47,11 @@ class Capture:
         attention_grads (`list[Tensor]`, same shapes): ∂y/∂A_ℓ.
         residuals (`dict[tuple[int, str], Tensor]`, `(B, T, d)`): x at each requested `(block, hook_point)`.
         residual_grads (`dict[tuple[int, str], Tensor]`, `(B, T, d)`): ∂y/∂x there.
-        cache (`dict`): results derived from this capture that several maps share (the SAE codes of a block), so
-            deriving many configurations from one capture encodes each block once.
+        grid (`tuple[int, int]`, *optional*): the patch grid (h, w) of the images.
+        onednn (`bool`, defaults to `False`): whether the pass ran the model's linears through oneDNN (then the SAE
+            encoders of the maps derived from it may too).
+        cache (`dict`): results derived from this capture that several maps share (the SAE codes of a block, the
+            gradient-weighted attention), so deriving many configurations from one capture computes each once.
     """
 
     logits: Tensor
@@ -48,78 +60,19 @@ class Capture:
     attention_grads: list[Tensor]
     residuals: dict[tuple[int, str], Tensor]
     residual_grads: dict[tuple[int, str], Tensor]
+    grid: tuple[int, int] | None = None
+    onednn: bool = False
     cache: dict = field(default_factory=dict)
 
-
-def vision_config(model: PreTrainedModel) -> PretrainedConfig:
-    """The config that describes the vision tower (CLIP's `vision_config`, else the model's own config)."""
-    return model.config.vision_config if is_clip(model) else model.config
-
-
-def _all_configs(model: PreTrainedModel) -> list[PretrainedConfig]:
-    """Every config object reachable from the model (top level, sub-configs, and those held by submodules)."""
-    found: dict[int, PretrainedConfig] = {}
-    stack = [model.config]
-    stack.extend(getattr(m, "config", None) for m in model.modules())
-    while stack:
-        config = stack.pop()
-        if not isinstance(config, PretrainedConfig) or id(config) in found:
-            continue
-        found[id(config)] = config
-        stack.extend(getattr(config, key, None) for key in getattr(config, "sub_configs", {}))
-    return list(found.values())
-
-
-@contextlib.contextmanager
-def prepared_model(model: PreTrainedModel) -> Iterator[list[torch.utils.hooks.RemovableHandle]]:
-    """
-    Put `model` in eval mode with eager attention and frozen parameters; restore all of it on exit.
-
-    Yields a list to which the caller appends its hook handles; they are removed on exit, also after an exception.
-    Restored: every submodule's train/eval flag, every parameter's `requires_grad`, and the attention implementation
-    of every config (the model's own `_attn_implementation` included).
-    """
-    training = [(module, module.training) for module in model.modules()]
-    requires_grad = [(param, param.requires_grad) for param in model.parameters()]
-    configs = _all_configs(model)
-    attn = [(config, config.__dict__.get("_attn_implementation_internal")) for config in configs]
-    handles: list[torch.utils.hooks.RemovableHandle] = []
-    try:
-        model.eval()
-        for param, _ in requires_grad:
-            param.requires_grad_(False)
-        if any(config._attn_implementation not in (None, "eager") for config in configs):
-            model.set_attn_implementation("eager")
-        yield handles
-    finally:
-        for handle in handles:
-            handle.remove()
-        for config, value in attn:
-            config._attn_implementation_internal = value
-        for param, flag in requires_grad:
-            param.requires_grad_(flag)
-        for module, flag in training:
-            module.training = flag
-
-
-def attention_module(layer: nn.Module, index: int) -> nn.Module:
-    """The self-attention module of a block: the first submodule whose class name ends with `Attention`."""
-    for module in layer.modules():
-        if type(module).__name__.endswith("Attention"):
-            return module
-    raise TypeError(
-        f"Block {index} ({type(layer).__name__}) has no submodule named '*Attention': attention maps cannot be "
-        "captured for this architecture. Use a ViT-family classifier or a CLIPModel."
-    )
-
-
-def _hidden_states_argument(args: tuple, kwargs: Mapping) -> Tensor:
-    return args[0] if args else kwargs["hidden_states"]
+    @property
+    def hook_points(self) -> dict[int, str]:
+        """Where the residual of each recorded block was read, `{block: hook_point}`."""
+        return {block: point for block, point in self.residuals}
 
 
 def install_hooks(
     model: PreTrainedModel,
-    handles: list[torch.utils.hooks.RemovableHandle],
+    handles: list[RemovableHandle],
     hook_points: Mapping[int, str],
     store: dict,
     capture_attentions: bool = True,
@@ -129,46 +82,20 @@ def install_hooks(
 
     The handles are appended to `handles` (removed by [`prepared_model`] on exit).
     """
-    layers = vision_layers(model)
-    store.setdefault("attentions", {})
-    store.setdefault("residuals", {})
+    attentions = store.setdefault("attentions", {})
+    residuals = store.setdefault("residuals", {})
+    if capture_attentions:
+        handles.extend(register_attention_hooks(model, attentions.__setitem__))
 
-    for index, layer in enumerate(layers):
-        if capture_attentions:
+    def record(block: int, point: str, x: Tensor) -> None:
+        residuals[(block, point)] = x
 
-            def save_attention(module, args, output, index=index):
-                weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
-                if not isinstance(weights, Tensor) or weights.dim() != 4:
-                    raise TypeError(
-                        f"The attention module of block {index} did not return attention probabilities (B, H, T, T): "
-                        "eager attention is needed to capture them."
-                    )
-                store["attentions"][index] = weights
-
-            handles.append(attention_module(layer, index).register_forward_hook(save_attention))
-
-        point = hook_points.get(index)
-        if point == "resid_pre":
-
-            def save_input(module, args, kwargs, index=index):
-                store["residuals"][(index, "resid_pre")] = _hidden_states_argument(args, kwargs)
-
-            handles.append(layer.register_forward_pre_hook(save_input, with_kwargs=True))
-        elif point == "resid_post":
-
-            def save_output(module, args, output, index=index):
-                store["residuals"][(index, "resid_post")] = output[0] if isinstance(output, tuple) else output
-
-            handles.append(layer.register_forward_hook(save_output))
-
-
-def model_dtype(model: PreTrainedModel) -> torch.dtype:
-    return next(model.parameters()).dtype
+    handles.extend(register_residual_hooks(model, hook_points, record))
 
 
 def run_capture(
     model: PreTrainedModel,
-    handles: list[torch.utils.hooks.RemovableHandle],
+    handles: list[RemovableHandle],
     pixel_values: Tensor,
     target: Tensor | None,
     hook_points: Mapping[int, str],

@@ -16,8 +16,15 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from .capture import HOOK_POINTS, install_hooks, model_dtype, prepared_model, vision_config
-from .targets import is_clip, vision_layers
+from ..introspection import (
+    HOOK_POINTS,
+    model_dtype,
+    prepared_model,
+    residual_hooks,
+    vision_config,
+    vision_layers,
+    vision_tower,
+)
 
 FORMAT = "hf_fga.mean_residuals"
 
@@ -58,15 +65,13 @@ def compute_mean_residuals(
     patch = config.patch_size if isinstance(config.patch_size, int) else config.patch_size[0]
     sums = {block: torch.zeros(config.hidden_size, dtype=torch.float64) for block in layers}
     count = 0
-    tower = model.vision_model if is_clip(model) else model
-    with prepared_model(model) as handles:
-        store: dict = {}
-        install_hooks(model, handles, {block: hook_point for block in layers}, store, capture_attentions=False)
+    tower = vision_tower(model)
+    with prepared_model(model), residual_hooks(model, {block: hook_point for block in layers}) as seen:
         for pixels in tqdm(pixel_batches, desc="mean residuals", disable=not progress):
             tower(pixel_values=pixels.to(model.device, model_dtype(model)))
             patches = (pixels.shape[2] // patch) * (pixels.shape[3] // patch)
             for block in layers:
-                x = store["residuals"][(block, hook_point)][:, -patches:]
+                x = seen[block][:, -patches:]
                 sums[block] += x.double().sum(dim=(0, 1)).cpu()
             count += pixels.shape[0] * patches
     if count == 0:

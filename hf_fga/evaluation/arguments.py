@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 
@@ -86,9 +87,10 @@ class EvaluationArguments:
     metrics: str = field(
         default="saco,faithfulness_correlation,pixel_flipping", metadata={"help": "Comma-separated metrics."}
     )
-    baseline: str = field(
-        default="mean", metadata={"help": "Perturbation baseline: mean, zero, black, blur, uniform."}
+    fill: str = field(
+        default="mean", metadata={"help": "What a perturbed patch is filled with: mean, zero, black, blur, uniform."}
     )
+    baseline: str | None = field(default=None, metadata={"help": "Deprecated alias of --fill."})
     preset_overrides: str | None = field(
         default=None,
         metadata={"help": "JSON object of FaithfulnessPreset fields applied to every preset, e.g. "
@@ -106,7 +108,24 @@ class EvaluationArguments:
                   "encoders): auto (oneDNN on CPU where it agrees with the stock forward; hf_fga.onednn), onednn, or "
                   "default (stock)."},
     )
+    num_threads: int | None = field(
+        default=None,
+        metadata={"help": "torch threads per process (torch.set_num_threads), recorded in run.json and the report. "
+                  "Results are bitwise identical for any number of processes at the same thread count; the default "
+                  "keeps the launch's count (accelerate launch gives each of N processes cores / N threads, and "
+                  "float32 sums then differ in their last bits, ~1e-8 in the scores)."},
+    )
     shuffle_seed: int = field(default=12345, metadata={"help": "Seed of the shuffled-decoder permutation."})
     report_only: bool = field(default=False, metadata={"help": "Only rebuild the report from the parquet files."})
     no_report: bool = field(default=False, metadata={"help": "Do not write the report at the end."})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar (main process only)."})
+
+    def __post_init__(self) -> None:
+        if self.baseline is not None:
+            warnings.warn(
+                "--baseline is deprecated and will be removed: pass --fill (what a perturbed patch is filled with); "
+                "`baseline` names the TransMM map in attribution outputs.",
+                FutureWarning,
+                stacklevel=2,
+            )
+            self.fill, self.baseline = self.baseline, None

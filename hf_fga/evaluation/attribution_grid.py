@@ -4,8 +4,8 @@ Every attribution map of a configuration grid from ONE forward and ONE backward 
 The gates of FGA do not change the forward or the backward pass: every configuration (variant, gated blocks, κ,
 c_max), TransMM, rollout and raw attention read the same captured attention maps, residuals and gradients. So the
 batch is captured once (with the residuals of every block any configuration gates) and each configuration's map is
-derived from that capture, exactly as [`FeatureGradientAttribution.attribute`] derives it from its own capture; the
-tests check the two agree.
+derived from that capture, through the attributor's public `capture` / `explain`, exactly as `attribute` derives
+it from its own capture; the tests check the two agree.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor
 
-from ..attribution import AttributionOutput, FeatureGradientAttribution
-from ..attribution.feature_gradient_attribution import _Options
+from ..attribution import Attributor, get_method
 from .configuration import EvaluationConfiguration
 
 DIAGNOSTIC_KEYS = ("g_dot_centered", "g_dot_error", "g_dot_x")
@@ -47,15 +47,32 @@ class GridAttributions:
     grid: tuple[int, int]
 
 
-def gated_blocks(attr: FeatureGradientAttribution, configuration: EvaluationConfiguration) -> list[int]:
-    """The blocks a configuration gates (its `layers`, or the attribution's default when empty), validated."""
+def method_options(configuration: EvaluationConfiguration, shuffle_seed: int = 12345) -> dict[str, Any]:
+    """The `attribute` / `explain` options of a configuration (the gate settings for FGA, none otherwise)."""
     if not configuration.is_gated:
-        return []
-    return attr._gated_blocks(configuration.variant, list(configuration.layers) or None)
+        return {}
+    return dict(
+        variant=configuration.variant or "combined",
+        layers=list(configuration.layers) or None,
+        kappa=configuration.kappa or 0.5,
+        cmax=configuration.cmax or 10.0,
+        shuffle_seed=shuffle_seed,
+    )
+
+
+def hook_points(attr: Attributor, configuration: EvaluationConfiguration) -> dict[int, str]:
+    """The residuals a configuration reads, `{block: hook_point}`; validates blocks, SAEs, mean residuals, κ, c_max."""
+    method = get_method(configuration.method)
+    return method.hook_points(attr, method.check_options(attr, **method_options(configuration)))
+
+
+def gated_blocks(attr: Attributor, configuration: EvaluationConfiguration) -> list[int]:
+    """The blocks a configuration gates (its `layers`, or the attribution's default when empty), validated."""
+    return sorted(hook_points(attr, configuration))
 
 
 def attribute_configurations(
-    attr: FeatureGradientAttribution,
+    attr: Attributor,
     pixel_values: Tensor,
     configurations: Sequence[EvaluationConfiguration],
     target: Tensor | None = None,
@@ -68,45 +85,28 @@ def attribute_configurations(
     `target=None` explains each image's predicted class. Configurations are validated (blocks, SAEs, mean residuals,
     κ, c_max) before the pass, with the same errors as `attribute`.
     """
-    grid = attr._check_pixels(pixel_values)
-    batch = pixel_values.shape[0]
-    target = attr._check_target(target, batch, attr._num_classes(text_embeds))
-    blocks = {c.key: gated_blocks(attr, c) for c in configurations}
-    union = sorted({block for chosen in blocks.values() for block in chosen})
-    hook_points = {block: attr.hook_point_of(block) for block in union}
-
-    def options(method: str, variant: str = "combined", kappa: float = 0.5, cmax: float = 10.0, diagnose=False):
-        return _Options(method, variant, float(kappa), float(cmax), diagnose, False, 1, shuffle_seed)
-
-    maps: dict[str, Tensor] = {}
-    capture = attr._capture(pixel_values, target, hook_points, text_embeds)
-    first: AttributionOutput | None = None
+    union: dict[int, str] = {}
     for configuration in configurations:
-        if configuration.method == "transmm" and first is not None:
-            maps[configuration.key] = first.baseline
-            continue
-        chosen = {block: hook_points[block] for block in blocks[configuration.key]}
-        out = attr._explain(
-            capture,
-            chosen,
-            grid,
-            options(configuration.method, configuration.variant or "combined", configuration.kappa or 0.5,
-                    configuration.cmax or 10.0),
-        )
-        first = first or out
-        maps[configuration.key] = out.attribution
+        union.update(hook_points(attr, configuration))
+    union = dict(sorted(union.items()))
+    capture = attr.capture(pixel_values, target=target, text_embeds=text_embeds, hook_points=union)
+    maps = {
+        c.key: attr.explain(capture, method=c.method, **method_options(c, shuffle_seed)).attribution
+        for c in configurations
+    }
+    shared = attr.explain(capture, method="transmm")
     diagnostics: dict[int, dict[str, Tensor]] = {}
     if union:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # `no-sae` degeneracy warnings: only the terms are read
-            out = attr._explain(capture, hook_points, grid, options("fga", "no-sae", diagnose=True))
+            out = attr.explain(capture, method="fga", variant="no-sae", layers=list(union), return_diagnostics=True)
         diagnostics = out.diagnostics or {}
     return GridAttributions(
         maps=maps,
-        logits=first.logits,
-        probabilities=first.probabilities,
-        target=first.target,
+        logits=shared.logits,
+        probabilities=shared.probabilities,
+        target=shared.target,
         diagnostics=diagnostics,
-        hook_points=hook_points,
-        grid=grid,
+        hook_points=union,
+        grid=capture.grid,
     )

@@ -39,7 +39,7 @@ def _metric_title(metric: str) -> str:
 
 
 def bar_figure(summary: pd.DataFrame, path: str | os.PathLike, title: str) -> Path:
-    """One panel per metric: mean ± SEM of every configuration of `summary` (one preset and baseline)."""
+    """One panel per metric: mean ± SEM of every configuration of `summary` (one preset and fill)."""
     metrics = list(dict.fromkeys(summary["metric"]))
     configs = list(dict.fromkeys(summary["config"]))
     figure, axes = plt.subplots(1, len(metrics), figsize=(max(4.0, 0.45 * len(configs) + 2) * len(metrics), 4.2))

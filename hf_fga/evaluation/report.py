@@ -41,16 +41,16 @@ def _slug(*parts: object) -> str:
 
 
 def mean_curves(results: pd.DataFrame) -> pd.DataFrame:
-    """Per (preset, baseline, config): the mean Pixel Flipping curve over images, its label and mean AUC."""
+    """Per (preset, fill, config): the mean Pixel Flipping curve over images, its label and mean AUC."""
     if CURVE_COLUMN not in results.columns:
-        return pd.DataFrame(columns=["preset", "baseline", "config", "label", "auc", "curve"])
+        return pd.DataFrame(columns=["preset", "fill", "config", "label", "auc", "curve"])
     rows = []
-    for (preset, baseline, config), frame in results.groupby(["preset", "baseline", "config"], sort=False):
+    for (preset, fill, config), frame in results.groupby(["preset", "fill", "config"], sort=False):
         curves = [np.asarray(c, dtype=float) for c in frame[CURVE_COLUMN] if c is not None and len(c)]
         if not curves or len({len(c) for c in curves}) != 1:
             continue
         rows.append({
-            "preset": preset, "baseline": baseline, "config": config, "label": _label(frame.iloc[0]),
+            "preset": preset, "fill": fill, "config": config, "label": _label(frame.iloc[0]),
             "auc": float(frame["pixel_flipping"].mean()), "curve": np.mean(curves, axis=0),
         })
     return pd.DataFrame(rows)
@@ -122,26 +122,26 @@ def _paired_table(summary: pd.DataFrame) -> list[str]:
     return lines
 
 
-def _figures(summary: pd.DataFrame, curves: pd.DataFrame, figures: Path, preset: str, baseline: str) -> list[Path]:
-    """Every figure of one (preset, baseline) group; returns their paths."""
-    written = [bar_figure(summary, figures / f"bars_{_slug(preset, baseline)}.png",
-                          f"mean ± SEM ({preset} preset, {baseline} baseline)")]
+def _figures(summary: pd.DataFrame, curves: pd.DataFrame, figures: Path, preset: str, fill: str) -> list[Path]:
+    """Every figure of one (preset, fill) group; returns their paths."""
+    written = [bar_figure(summary, figures / f"bars_{_slug(preset, fill)}.png",
+                          f"mean ± SEM ({preset} preset, {fill} fill)")]
     gated = summary[summary["method"] == GATED_METHOD]
     reference = summary[summary["config"] == REFERENCE.key]
     for (variant, layers), frame in gated.groupby(["variant", "layers"], sort=False):
         if frame["kappa"].nunique() * frame["cmax"].nunique() > 1:
-            path = figures / f"heatmap_{_slug(preset, baseline, variant, 'blocks', layers.replace(',', '-'))}.png"
+            path = figures / f"heatmap_{_slug(preset, fill, variant, 'blocks', layers.replace(',', '-'))}.png"
             title = f"FGA {variant} [{layers}]: % improvement over TransMM ({preset})"
             written.append(heatmap_figure(pd.concat([frame]), path, title))
     single = gated[gated["layers"].astype(str).str.fullmatch(r"\d+")]
     for (kappa, cmax), frame in single.groupby(["kappa", "cmax"], sort=False):
         if frame["layers"].nunique() > 1:
-            path = figures / f"blocks_{_slug(preset, baseline, f'k{kappa:g}', f'c{cmax:g}')}.png"
+            path = figures / f"blocks_{_slug(preset, fill, f'k{kappa:g}', f'c{cmax:g}')}.png"
             title = f"single-block sweep, κ={kappa:g}, c_max={cmax:g} ({preset})"
             written.append(block_curve_figure(frame, reference, path, title))
-    group_curves = curves[(curves["preset"] == preset) & (curves["baseline"] == baseline)] if len(curves) else curves
+    group_curves = curves[(curves["preset"] == preset) & (curves["fill"] == fill)] if len(curves) else curves
     if len(group_curves):
-        path = figures / f"pixel_flipping_{_slug(preset, baseline)}.png"
+        path = figures / f"pixel_flipping_{_slug(preset, fill)}.png"
         written.append(pixel_flipping_figure(group_curves, path, f"mean Pixel Flipping curves ({preset})"))
     return written
 
@@ -177,11 +177,11 @@ def write_report(output_dir: str | os.PathLike, metrics: list[str] | None = None
         "are the sharper comparison; 'beats TransMM' counts images where the configuration is strictly better.",
         "",
     ]
-    for (preset, baseline), group in summary.groupby(["preset", "baseline"], sort=True):
-        lines += [f"## Preset `{preset}`, perturbation baseline `{baseline}`", ""]
+    for (preset, fill), group in summary.groupby(["preset", "fill"], sort=True):
+        lines += [f"## Preset `{preset}`, perturbation fill `{fill}`", ""]
         lines += _main_table(group, metrics) + [""]
         lines += ["### Paired comparison with TransMM", ""] + _paired_table(group) + [""]
-        for path in _figures(group, curves, figures, preset, baseline):
+        for path in _figures(group, curves, figures, preset, fill):
             lines += [f"![{path.stem}](figures/{path.name})", ""]
 
     diagnostics = read_parts(output_dir / DIAGNOSTICS_FOLDER)

@@ -22,7 +22,7 @@ METRIC_NAMES = {
     "faithfulness_correlation": "Faithfulness Correlation",
     "pixel_flipping": "Pixel Flipping",
 }
-GROUP_COLUMNS = ("preset", "baseline")
+GROUP_COLUMNS = ("preset", "fill")
 CONFIG_COLUMNS = ("config", "method", "variant", "layers", "kappa", "cmax")
 
 
@@ -83,7 +83,7 @@ def improvement(change: float, metric: str) -> float:
 
 def summarize(results: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.DataFrame:
     """
-    One row per (preset, baseline, configuration, metric) of the per-image `results`, with n, mean, sem,
+    One row per (preset, fill, configuration, metric) of the per-image `results`, with n, mean, sem,
     pct_change / pct_improvement against TransMM, welch_p, welch_stars, n_paired, mean_difference, wilcoxon_p,
     paired_t_p, paired_stars (of the Wilcoxon p) and beats_fraction. NaN scores are left out (pairwise for the paired
     tests). Configurations are in report order (`EvaluationConfiguration.sort_key`); TransMM rows have NaN
@@ -96,7 +96,7 @@ def summarize(results: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd
     }
     results = results.assign(_order=results["config"].map(order)).sort_values("_order", kind="stable")
     rows = []
-    for (preset, baseline), group in results.groupby(list(GROUP_COLUMNS), sort=True):
+    for (preset, fill), group in results.groupby(list(GROUP_COLUMNS), sort=True):
         reference = group[group["config"] == REFERENCE.key].set_index("image_id")
         for config, frame in group.groupby("config", sort=False):
             first = frame.iloc[0]
@@ -104,7 +104,7 @@ def summarize(results: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd
             for metric in metrics:
                 values = frame[metric].astype(float).dropna()
                 ref_values = reference[metric].astype(float).dropna() if len(reference) else pd.Series(dtype=float)
-                row = {"preset": preset, "baseline": baseline, **{c: first[c] for c in CONFIG_COLUMNS}}
+                row = {"preset": preset, "fill": fill, **{c: first[c] for c in CONFIG_COLUMNS}}
                 row.update(metric=metric, n=len(values), mean=float(values.mean()), sem=sem(values))
                 comparison = config != REFERENCE.key and len(ref_values) > 0
                 pairs = pd.concat([values, ref_values], axis=1, join="inner").to_numpy() if comparison else None
@@ -132,7 +132,7 @@ def rank_configurations(
     summary: pd.DataFrame,
     *,
     preset: str = "papers",
-    baseline: str = "mean",
+    fill: str = "mean",
     metrics: Sequence[str] = METRICS,
     variant: str | None = None,
 ) -> pd.DataFrame:
@@ -149,14 +149,14 @@ def rank_configurations(
         `label`-ready columns (`variant`, `layers`, `kappa`, `cmax`), best first. Configurations missing a metric
         are dropped.
     """
-    rows = summary[(summary["preset"] == preset) & (summary["baseline"] == baseline)]
+    rows = summary[(summary["preset"] == preset) & (summary["fill"] == fill)]
     rows = rows[rows["method"] == "fga"]
     if variant is not None:  # a control's parameter is part of its variant: `transmm-power` matches `transmm-power@2`
         rows = rows[(rows["variant"] == variant) | rows["variant"].astype(str).str.startswith(f"{variant}@")]
     if rows.empty:
         raise ValueError(
             f"no FGA configuration{'' if variant is None else f' of variant {variant!r}'} in the summary for "
-            f"preset {preset!r} and baseline {baseline!r}."
+            f"preset {preset!r} and fill {fill!r}."
         )
     table = rows.pivot_table(index="config", columns="metric", values="pct_improvement", aggfunc="first")
     missing = [m for m in metrics if m not in table.columns]
@@ -173,7 +173,7 @@ def paired_comparison(
 ) -> pd.DataFrame:
     """
     Paired statistics of two configurations scored on the same images (e.g. FGA `combined` against its `centered`
-    control, method.md §6): per (preset, baseline, metric), the number of pairs, both means, the mean per-image
+    control, method.md §6): per (preset, fill, metric), the number of pairs, both means, the mean per-image
     difference (config − reference), the Wilcoxon signed-rank and paired-t p-values, and the fraction of images where
     `config` is strictly better (lower for Pixel Flipping). Images where either score is NaN are left out.
     """
@@ -183,7 +183,7 @@ def paired_comparison(
         if needed not in known:
             raise ValueError(f"configuration {needed!r} is not in the results; they hold {sorted(known)}.")
     rows = []
-    for (preset, baseline), group in results.groupby(list(GROUP_COLUMNS), sort=True):
+    for (preset, fill), group in results.groupby(list(GROUP_COLUMNS), sort=True):
         ours = group[group["config"] == config].set_index("image_id")
         theirs = group[group["config"] == reference].set_index("image_id")
         for metric in metrics:
@@ -191,7 +191,7 @@ def paired_comparison(
             differences = pairs[:, 0] - pairs[:, 1]
             wilcoxon, paired_t = paired_tests(differences)
             rows.append({
-                "preset": preset, "baseline": baseline, "config": config, "reference": reference, "metric": metric,
+                "preset": preset, "fill": fill, "config": config, "reference": reference, "metric": metric,
                 "n_paired": len(differences),
                 "mean": float(pairs[:, 0].mean()) if len(pairs) else float("nan"),
                 "reference_mean": float(pairs[:, 1].mean()) if len(pairs) else float("nan"),

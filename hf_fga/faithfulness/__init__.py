@@ -1,6 +1,5 @@
 """Batched perturbation engine for the faithfulness metrics of method.md §5 (SaCo, FC, Pixel Flipping, …)."""
 
-from .baselines import BASELINES, PatchGrid, patch_grid
 from .evaluation import (
     METRICS,
     evaluate_faithfulness,
@@ -11,12 +10,13 @@ from .evaluation import (
     make_runner,
     score_records,
 )
+from .fills import FILLS, PatchGrid, patch_grid
 from .presets import PRESETS, FaithfulnessPreset, resolve_preset
 from .records import CurveRecord, FaithfulnessCorrelationRecord, SaCoRecord
 from .runner import PerturbationRunner, ResponseCache
 
 __all__ = [
-    "BASELINES",
+    "FILLS",
     "METRICS",
     "PRESETS",
     "CurveRecord",

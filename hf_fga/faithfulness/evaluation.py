@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import warnings
 from collections.abc import Callable, Sequence
 
 import evaluate
@@ -11,10 +12,10 @@ import numpy as np
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from ..attribution.targets import clip_text_embeddings, is_clip, model_logits
+from ..introspection import clip_text_embeddings, is_clip, model_logits
 from ..metrics import metric_path
-from .baselines import BASELINES, check_attributions, default_normalization, patch_grid
 from .fast_linear import fast_forward
+from .fills import FILLS, check_attributions, check_pixel_values, default_normalization, patch_grid
 from .presets import FaithfulnessPreset, resolve_preset
 from .records import Plan, plan_curve, plan_faithfulness_correlation, plan_saco
 from .runner import PerturbationRunner, ResponseCache
@@ -46,14 +47,15 @@ def make_runner(
     A `PerturbationRunner` for a ViT-family classifier, a CLIPModel (with `text_embeds`, or `candidate_labels` and
     `tokenizer`), or any callable `pixel_values -> scores (b, num_outputs)` (then pass `patch_size`).
 
-    Scores are the model logits (`hf_fga.attribution.targets.model_logits`); probabilities are their softmax (for
+    Scores are the model logits (`hf_fga.introspection.model_logits`); probabilities are their softmax (for
     CLIP, over the candidate labels). `image_mean`/`image_std` default to the processor defaults of the model family
-    (pass `processor.image_mean`, `processor.image_std`); they are used by the `black` and `uniform` baselines only.
+    (pass `processor.image_mean`, `processor.image_std`); they are used by the `black` and `uniform` fills only.
     `linear_backend` (`"auto"`, `"onednn"` or `"default"`) picks how a `PreTrainedModel`'s linear layers run in the
     perturbation forwards (`hf_fga.faithfulness.fast_linear`): `"auto"` uses prepacked oneDNN kernels on CPU where
     they agree with the stock forward, which is up to ~1.7x faster on CPUs where MKL's sgemm is slow.
     """
     grid = patch_grid(model, pixel_values, patch_size)
+    check_pixel_values(pixel_values)
     if isinstance(model, PreTrainedModel):
         if is_clip(model) and text_embeds is None:
             if candidate_labels is None or tokenizer is None:
@@ -96,7 +98,7 @@ def plan_metrics(
     attributions: np.ndarray,
     metrics: Sequence[str],
     preset: FaithfulnessPreset,
-    baseline: str,
+    fill: str,
     seed: int,
     curve_quantity: str = "probability",
 ) -> dict[str, Plan]:
@@ -108,23 +110,23 @@ def plan_metrics(
     unknown = [name for name in metrics if name not in METRICS]
     if unknown or not metrics:
         raise ValueError(f"metrics={tuple(metrics)} is not a non-empty subset of {METRICS}.")
-    if baseline not in BASELINES:
-        raise ValueError(f"baseline={baseline!r} is unknown: expected one of {BASELINES}.")
-    fill = runner.fill_key(baseline, preset.mean_fill)
+    if fill not in FILLS:
+        raise ValueError(f"fill={fill!r} is unknown: expected one of {FILLS}.")
+    fill_key = runner.fill_key(fill, preset.mean_fill)
     builders = {
         "saco": lambda: plan_saco(
             runner, attributions, num_groups=preset.saco_num_groups, group_size=preset.saco_group_size,
-            target=preset.saco_target, fill=fill,
+            target=preset.saco_target, fill_key=fill_key,
         ),
         "faithfulness_correlation": lambda: plan_faithfulness_correlation(
             runner, attributions, runs=preset.fc_runs, subset_size=preset.subset_size(runner.grid.patch_size),
-            trials=preset.fc_trials, seed=seed, fill=fill,
+            trials=preset.fc_trials, seed=seed, fill_key=fill_key,
         ),
         "pixel_flipping": lambda: plan_curve(
-            runner, attributions, fill=fill, recompute_mean=baseline == "mean" and preset.mean_fill == "scalar",
+            runner, attributions, fill_key=fill_key, recompute_mean=fill == "mean" and preset.mean_fill == "scalar",
         ),
-        "insertion": lambda: plan_curve(runner, attributions, insert=True, fill=fill, quantity=curve_quantity),
-        "deletion": lambda: plan_curve(runner, attributions, fill=fill, quantity=curve_quantity),
+        "insertion": lambda: plan_curve(runner, attributions, insert=True, fill_key=fill_key, quantity=curve_quantity),
+        "deletion": lambda: plan_curve(runner, attributions, fill_key=fill_key, quantity=curve_quantity),
     }
     return {name: builders[name]() for name in metrics}
 
@@ -165,7 +167,7 @@ def faithfulness_records(
     attributions: Tensor | np.ndarray,
     metrics: Sequence[str] = DEFAULT_METRICS,
     preset: str | FaithfulnessPreset = "papers",
-    baseline: str = "mean",
+    fill: str = "mean",
     seed: int = 0,
     batch_size: int = 64,
     **options,
@@ -175,7 +177,7 @@ def faithfulness_records(
     `evaluate` modules score. All metrics' perturbed inputs are batched together. Arguments as `evaluate_faithfulness`.
     """
     return faithfulness_records_for_presets(
-        model, pixel_values, attributions, metrics, (preset,), baseline, seed, batch_size, **options
+        model, pixel_values, attributions, metrics, (preset,), fill, seed, batch_size, **options
     )[0]
 
 
@@ -185,7 +187,7 @@ def faithfulness_records_for_presets(
     attributions: Tensor | np.ndarray,
     metrics: Sequence[str] = DEFAULT_METRICS,
     presets: Sequence[str | FaithfulnessPreset] = ("papers", "thesis"),
-    baseline: str = "mean",
+    fill: str = "mean",
     seed: int = 0,
     batch_size: int = 64,
     **options,
@@ -194,14 +196,28 @@ def faithfulness_records_for_presets(
     Records for several presets from one runner: every distinct perturbed input runs once (see `ResponseCache` for
     what the presets share). Keyword options are `make_runner`'s, then preset overrides applied to every preset.
     """
+    fill = _deprecated_baseline(options, fill)
     runner_options = {k: options.pop(k) for k in list(options) if k in _RUNNER_OPTIONS}
     curve_quantity = runner_options.pop("curve_quantity", "probability")
     resolved = [resolve_preset(preset, **options) for preset in presets]
     runner = make_runner(model, pixel_values, batch_size=batch_size, seed=seed, **runner_options)
     values = check_attributions(attributions, runner.grid, runner.num_images)
-    plans = [plan_metrics(runner, values, metrics, preset, baseline, seed, curve_quantity) for preset in resolved]
+    plans = [plan_metrics(runner, values, metrics, preset, fill, seed, curve_quantity) for preset in resolved]
     runner.prefetch(runner.clean_requests() + [r for per in plans for plan in per.values() for r in plan.requests])
     return [{name: plan.build(runner.responses(plan.requests)) for name, plan in per.items()} for per in plans]
+
+
+def _deprecated_baseline(options: dict, fill: str) -> str:
+    """`fill`, or the value of the deprecated `baseline=` keyword (removed from `options`) with a FutureWarning."""
+    if "baseline" not in options:
+        return fill
+    warnings.warn(
+        "The faithfulness keyword `baseline=` is deprecated and will be removed: pass `fill=` (what a perturbed "
+        "patch is filled with); `baseline` names the TransMM map in attribution outputs.",
+        FutureWarning,
+        stacklevel=3,
+    )
+    return options.pop("baseline")
 
 
 _RUNNER_OPTIONS = (
@@ -216,7 +232,7 @@ def evaluate_faithfulness(
     attributions: Tensor | np.ndarray,
     metrics: Sequence[str] = DEFAULT_METRICS,
     preset: str | FaithfulnessPreset = "papers",
-    baseline: str = "mean",
+    fill: str = "mean",
     seed: int = 0,
     batch_size: int = 64,
     **overrides,
@@ -234,7 +250,8 @@ def evaluate_faithfulness(
             `"insertion"`, `"deletion"`.
         preset (`str` or `FaithfulnessPreset`, *optional*, defaults to `"papers"`): `"papers"` or `"thesis"` (the
             thesis code's protocol, method.md §5 table).
-        baseline (`str`, *optional*, defaults to `"mean"`): `"mean"`, `"zero"`, `"black"`, `"blur"` or `"uniform"`.
+        fill (`str`, *optional*, defaults to `"mean"`): what a perturbed patch is filled with (method.md §5):
+            `"mean"`, `"zero"`, `"black"`, `"blur"` or `"uniform"`. (`baseline=` is a deprecated alias.)
         seed (`int`, *optional*, defaults to 0): seeds the random subsets and the noise, per image.
         batch_size (`int`, *optional*, defaults to 64): perturbed inputs per forward pass; scores do not depend on it.
         overrides: `make_runner` options (`text_embeds`, `candidate_labels`, `tokenizer`, `image_ids`, `targets`,
@@ -257,7 +274,7 @@ def evaluate_faithfulness(
     >>> from hf_fga.faithfulness import evaluate_faithfulness
     >>> pixel_values, attributions = torch.rand(2, 3, 32, 32), torch.rand(2, 4, 4)
     >>> scores = evaluate_faithfulness(
-    ...     lambda x: x.mean(dim=(2, 3)), pixel_values, attributions, preset="thesis", baseline="zero",
+    ...     lambda x: x.mean(dim=(2, 3)), pixel_values, attributions, preset="thesis", fill="zero",
     ...     patch_size=8, fc_subset_size=4, progress=False,
     ... )
     >>> {name: values.shape for name, values in scores.items()}
@@ -265,7 +282,8 @@ def evaluate_faithfulness(
 
     ```
     """
-    records = faithfulness_records(model, pixel_values, attributions, metrics, preset, baseline, seed, batch_size,
+    fill = _deprecated_baseline(overrides, fill)
+    records = faithfulness_records(model, pixel_values, attributions, metrics, preset, fill, seed, batch_size,
                                    **overrides)
     preset_overrides = {k: v for k, v in overrides.items() if k not in _RUNNER_OPTIONS}
     return score_records(records, resolve_preset(preset, **preset_overrides))
@@ -277,7 +295,7 @@ def evaluate_presets(
     attributions: Tensor | np.ndarray,
     metrics: Sequence[str] = DEFAULT_METRICS,
     presets: Sequence[str | FaithfulnessPreset] = ("papers", "thesis"),
-    baseline: str = "mean",
+    fill: str = "mean",
     seed: int = 0,
     batch_size: int = 64,
     **overrides,
@@ -285,11 +303,12 @@ def evaluate_presets(
     """
     `evaluate_faithfulness` under several presets at once, `{preset name: {metric: (B,) scores}}`, sharing the
     model responses wherever the perturbed inputs coincide (one `ResponseCache`; see its docstring for what is
-    shared: always the clean forward; with a non-`mean` baseline also the Pixel Flipping curve and Faithfulness
+    shared: always the clean forward; with a non-`mean` fill also the Pixel Flipping curve and Faithfulness
     Correlation's first-trial subsets when the subset sizes agree).
     """
+    fill = _deprecated_baseline(overrides, fill)
     records = faithfulness_records_for_presets(
-        model, pixel_values, attributions, metrics, presets, baseline, seed, batch_size, **overrides
+        model, pixel_values, attributions, metrics, presets, fill, seed, batch_size, **overrides
     )
     preset_overrides = {k: v for k, v in overrides.items() if k not in _RUNNER_OPTIONS}
     resolved = [resolve_preset(preset, **preset_overrides) for preset in presets]

@@ -33,7 +33,7 @@ class FaithfulnessPreset:
         fc_trials (`int`, *optional*, defaults to 1): seeded trials averaged (the thesis: 3).
         pf_auc (`str`, *optional*, defaults to `"normalized"`): `"normalized"`: (1/N) Σ trapezoids ∈ [0, 1];
             `"trapezoid"` (thesis): dx = 1, not divided by N.
-        mean_fill (`str`, *optional*, defaults to `"per_channel"`): how the `"mean"` baseline fills a patch:
+        mean_fill (`str`, *optional*, defaults to `"per_channel"`): how the `"mean"` fill perturbs a patch:
             `"per_channel"`: the clean image's per-channel mean; `"scalar"` (thesis code): one scalar mean of the
             preprocessed tensor, which Pixel Flipping recomputes on the partly perturbed image before each step.
     """

@@ -103,12 +103,17 @@ def plan_saco(
     num_groups: int | None = 10,
     group_size: int | None = None,
     target: str = "clean",
-    fill: str,
+    fill_key: str,
 ) -> Plan:
     """
     SaCo (Wu et al. 2024; method.md §5): K groups of (near) equal size from `numpy.array_split` of the ranking,
     K = `num_groups` or ceil(N / `group_size`); one forward per group, the clean forward shared.
     `target="clean"`: Δ = p(Ŷ|x) − p(Ŷ|x_G); `"perturbed_argmax"` (thesis code): Δ = p(Ŷ|x) − max_c p(c|x_G).
+
+    A constant map ranks no patch above another: its group sums would differ only where `array_split` makes groups
+    of unequal size (N not divisible by K), and which patches land in the larger groups depends on the patch order,
+    so SaCo would take an arbitrary value. Such a map's groups get equal saliences (the mean group sum), so that
+    Σ|w| = 0 and its SaCo is 0.0 for any patch order (the `saco` module's definition).
     """
     num_images, num_patches = attributions.shape
     k = num_groups if num_groups is not None else -(-num_patches // group_size)
@@ -121,7 +126,9 @@ def plan_saco(
         for g, members in enumerate(np.array_split(order[image], k)):
             groups[image, members] = g
             saliences[image, g] = attributions[image, members].sum()
-            requests.append(runner.request(image, fill, _mask(num_patches, members)))
+            requests.append(runner.request(image, fill_key, _mask(num_patches, members)))
+        if (attributions[image] == attributions[image, 0]).all():
+            saliences[image] = saliences[image].mean()
 
     def build(scores: np.ndarray) -> SaCoRecord:
         targets = runner.targets()
@@ -144,7 +151,7 @@ def plan_faithfulness_correlation(
     subset_size: int = 20,
     trials: int = 1,
     seed: int = 0,
-    fill: str,
+    fill_key: str,
 ) -> Plan:
     """
     Faithfulness Correlation (Bhatt et al. 2020; method.md §5): per image and trial t, `runs` subsets of
@@ -164,7 +171,7 @@ def plan_faithfulness_correlation(
             rng = np.random.default_rng([seed, runner.image_ids[image], trial])
             for run in range(runs):
                 subsets[image, trial, run] = rng.choice(num_patches, size=subset_size, replace=False)
-                requests.append(runner.request(image, fill, _mask(num_patches, subsets[image, trial, run])))
+                requests.append(runner.request(image, fill_key, _mask(num_patches, subsets[image, trial, run])))
     sums = np.take_along_axis(attributions[:, None, None, :], subsets, axis=3).sum(axis=3)
 
     def build(scores: np.ndarray) -> FaithfulnessCorrelationRecord:
@@ -189,7 +196,7 @@ def plan_curve(
     attributions: np.ndarray,
     *,
     insert: bool = False,
-    fill: str | None,
+    fill_key: str | None,
     recompute_mean: bool = False,
     quantity: str = "probability",
 ) -> Plan:
@@ -203,7 +210,7 @@ def plan_curve(
     order = ranking(attributions)
     requests = []
     for image in range(num_images):
-        key = runner.recomputed_mean_key(image, order[image]) if recompute_mean else fill
+        key = runner.recomputed_mean_key(image, order[image]) if recompute_mean else fill_key
         removed = np.zeros(num_patches, dtype=bool)
         steps = [removed.copy()]
         for patch in order[image]:

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .baselines import PatchGrid, baseline_fill, recomputed_scalar_fill
+from .fills import PatchGrid, fill_source, recomputed_scalar_fill
 
 CLEAN = "clean"
 
@@ -24,10 +24,10 @@ class ResponseCache:
 
     Pass one cache to several calls on the same model and images (e.g. `evaluate_presets`, or
     `evaluate_faithfulness(..., cache=cache)` once per preset) and every perturbed input they have in common is run
-    once: always the clean forward; with the same baseline fill, identical masks (the papers preset's deletion curve
-    is its Pixel Flipping curve; with a non-`mean` baseline both presets share the Pixel Flipping curve, and
+    once: always the clean forward; with the same fill, identical masks (the papers preset's deletion curve
+    is its Pixel Flipping curve; with a non-`mean` fill both presets share the Pixel Flipping curve, and
     Faithfulness Correlation's first trial shares its subsets when the seed and subset size agree). The `mean`
-    baseline fills differently in the two presets (per-channel vs scalar mean), so those inputs are never shared.
+    fill differs between the two presets (per-channel vs scalar mean), so those inputs are never shared.
     """
 
     def __init__(self) -> None:
@@ -62,13 +62,13 @@ class PerturbationRunner:
             any per-output score such as SAE feature activations).
         pixel_values (`Tensor` of shape `(B, C, H, W)`): the clean, preprocessed images.
         grid (`PatchGrid`): the model's patch grid.
-        image_mean, image_std (`list[float]`): the processor's normalisation (for `black` and `uniform`).
+        image_mean, image_std (`list[float]`): the processor's normalisation (for the `black` and `uniform` fills).
         batch_size (`int`, *optional*, defaults to 64): inputs per forward pass.
-        seed (`int`, *optional*, defaults to 0): seeds the `uniform` baseline (per image, from the image id).
+        seed (`int`, *optional*, defaults to 0): seeds the `uniform` fill (per image, from the image id).
         image_ids (`list[int]`, *optional*): ids that seed each image's randomness (defaults to 0..B-1); pass
             dataset indices so results do not depend on how a dataset is split into calls.
         targets (`Sequence[int]`, *optional*): the class (output) tracked per image; defaults to the clean argmax.
-        blur_sigma (`float`, *optional*): the `blur` baseline's Gaussian σ in pixels (defaults to patch_size / 2).
+        blur_sigma (`float`, *optional*): the `blur` fill's Gaussian σ in pixels (defaults to patch_size / 2).
         cache (`ResponseCache`, *optional*): share responses with other runs on the same model.
         model_key (`object`, *optional*): identifies the model for the cache.
         progress (`bool`, *optional*, defaults to `True`): a tqdm bar over batches when there is more than one.
@@ -124,21 +124,21 @@ class PerturbationRunner:
     def num_images(self) -> int:
         return self.pixel_values.shape[0]
 
-    def fill_key(self, baseline: str, mean_fill: str = "per_channel") -> str:
-        """The key of a whole-batch baseline fill, built on first use."""
-        if baseline == "mean":
+    def fill_key(self, fill: str, mean_fill: str = "per_channel") -> str:
+        """The key of a whole-batch fill (`"mean"`, `"zero"`, ...), its source images built on first use."""
+        if fill == "mean":
             key = f"mean:{mean_fill}"
-        elif baseline == "black":
+        elif fill == "black":
             key = f"black:{self.image_mean}:{self.image_std}"
-        elif baseline == "blur":
+        elif fill == "blur":
             key = f"blur:{self.blur_sigma}"
-        elif baseline == "uniform":
+        elif fill == "uniform":
             key = f"uniform:{self.seed}:{self.image_mean}:{self.image_std}"
         else:
-            key = baseline
+            key = fill
         if key not in self._fills:
-            self._fills[key] = baseline_fill(
-                self.pixel_values, baseline, mean_fill=mean_fill, image_mean=self.image_mean,
+            self._fills[key] = fill_source(
+                self.pixel_values, fill, mean_fill=mean_fill, image_mean=self.image_mean,
                 image_std=self.image_std, seed=self.seed, image_ids=self.image_ids, blur_sigma=self.blur_sigma,
             )
         return key
@@ -205,9 +205,25 @@ class PerturbationRunner:
             for start in bar:
                 chunk = todo[start : start + self.batch_size]
                 scores = self.forward(self._materialise(chunk)).detach().to(torch.float64).cpu().numpy()
+                self._check_scores(scores, chunk)
                 self.num_forwards += len(chunk)
                 for key, score in zip(keys[start : start + self.batch_size], scores, strict=True):
                     self.cache.put(key, score)
+
+    def _check_scores(self, scores: np.ndarray, requests: list[Request]) -> None:
+        """A ValueError naming the images (and inputs) on which the model returned NaN or infinite scores."""
+        finite = np.isfinite(scores).reshape(len(requests), -1).all(axis=1)
+        if finite.all():
+            return
+        bad = [requests[j] for j in np.flatnonzero(~finite)]
+        images = sorted({image for image, fill, _ in bad if fill == CLEAN})
+        inputs = "the clean image"
+        if not images:
+            images, inputs = sorted({image for image, _, _ in bad}), f"perturbed copies ({bad[0][1]} fill)"
+        raise ValueError(
+            f"The model returned NaN or infinite scores for {inputs} of image(s) {images}, whose pixel_values are "
+            "finite: the model itself produces them (check its weights and dtype, e.g. float16 overflow)."
+        )
 
     def responses(self, requests: Sequence[Request]) -> np.ndarray:
         """The model scores `(R, num_outputs)` (float64) of the requests, running those not cached."""

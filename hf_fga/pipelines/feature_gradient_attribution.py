@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from transformers import AutoConfig, AutoModelForImageClassification, CLIPModel, Pipeline
+from transformers import Pipeline
 
-from ..attribution import FeatureGradientAttribution
-from ..attribution.targets import clip_text_embeddings, is_clip
-from ..images import as_image_list, load_image
+from ..attribution import FeatureGradientAttribution, get_method
+from ..feature_drivers import feature_drivers
+from ..images import as_pipeline_inputs, load_image
+from ..introspection import clip_text_embeddings, is_clip, load_vision_model
+from ..validation import candidate_label_list, integer, real_number
 from ..viz import overlay
 
 TASK = "feature-gradient-attribution"
 # Variants that read an SAE's features, so that "which features drove the gates" has an answer.
 FEATURE_VARIANTS = ("combined", "shuffled")
+OPTIONS = (
+    "target", "candidate_labels", "method", "variant", "kappa", "cmax", "layers", "top_k_features", "timeout",
+    "batch_size", "num_workers",
+)
 
 
 class AutoModelForFeatureGradientAttribution:
@@ -26,45 +34,70 @@ class AutoModelForFeatureGradientAttribution:
     @classmethod
     def from_pretrained(cls, name_or_path: str, **kwargs):
         kwargs.pop("_from_pipeline", None)
-        config = kwargs.pop("config", None) or AutoConfig.from_pretrained(name_or_path, **_hub_kwargs(kwargs))
-        if config.model_type == "clip":
-            return CLIPModel.from_pretrained(name_or_path, config=config, **kwargs)
-        return AutoModelForImageClassification.from_pretrained(name_or_path, config=config, **kwargs)
-
-
-def _hub_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
+        return load_vision_model(name_or_path, **kwargs)
 
 
 class FeatureGradientAttributionPipeline(Pipeline):
     r"""
     Explains image predictions with Feature-Gradient Attribution (method.md §3) beside its TransMM baseline (§2).
 
-    Args:
+    A standard transformers pipeline: `Pipeline.__call__` merges the options given to `pipeline(...)` with those of
+    each call (the call's win), batches lists, `KeyDataset`s and generators through a `DataLoader` (`batch_size`,
+    `num_workers`), and streams datasets and generators. Images of one batch share one forward and one backward pass;
+    the results equal the per-image ones (method.md §1).
+
+    Construction-only args:
         model: a ViT-family image classifier or a `CLIPModel` (id, folder or instance).
         sae: a [`SparseAutoencoder`], a folder or Hub id of one SAE or of a set, or a list/dict of those.
-        layers (`list[int]`, *optional*): the gated blocks to pick out of the SAE set (default: all of them).
+        layers (`list[int]`, *optional*): the gated blocks to pick out of the SAE set (default: all of them); also
+            the default gated blocks of every call.
         mean_residuals (*optional*): μ_ℓ per block (a dict of tensors or a path written by `save_mean_residuals`),
             for `variant="mean-centered"`, which needs no SAE.
         linear_backend (`str`, *optional*, defaults to `"auto"`): `"auto"`, `"onednn"` or `"default"`, how linear
             layers and SAE encoders run on CPU (see [`FeatureGradientAttribution`]).
 
-    Call-time parameters: `target` (index or label name; default the predicted class), `candidate_labels` (CLIP),
-    `method` ("fga", "transmm", "rollout", "raw-attention"), `variant`, `kappa`, `cmax`, `batch_size`,
-    `top_k_features`.
+    Options (given to `pipeline(...)` they apply to every call; given to a call, to that call):
+        target (`int` or `str`, *optional*): the class index or label name explained, for every image (default: each
+            image's predicted class). To explain several classes, call once per class.
+        candidate_labels (`list[str]` or `str`): CLIP's zero-shot labels; a string is one label, or several
+            separated by commas (`"cat, dog"`).
+        method (`str`, defaults to `"fga"`): `"fga"`, `"transmm"`, `"rollout"` or `"raw-attention"`.
+        variant (`str`, defaults to `"combined"`): the FGA score (method.md §3).
+        kappa (`float`, defaults to 0.5): κ > 0; any real number type (Python, numpy, 0-d tensor), not a bool.
+        cmax (`float`, defaults to 10.0): c_max > 1, same types.
+        layers (`list[int]`): the gated blocks (at least one).
+        top_k_features (`int`, defaults to 5): at most this many features in `top_features` (≥ 1).
+        timeout (`float`, *optional*): seconds to wait for an image URL.
+        batch_size (`int`, defaults to 1), num_workers (`int`, defaults to 0): as in every transformers pipeline.
+
+    Inputs: one image or a list / tuple / `datasets` column / `KeyDataset` / generator of images: paths, http(s) URLs
+    and base64 strings (read by `transformers.image_utils.load_image`, EXIF orientation applied), PIL images, arrays
+    and tensors (the accepted values per dtype are listed in `hf_fga.images`), `datasets` image cells.
 
     Returns, per image, a dict of plain Python / numpy values: `label`, `score` (probability of the explained class),
-    `target`, `attribution` (float32, patch grid h × w), `baseline` (TransMM, h × w), `gates` ({block: h × w}),
-    `top_features` ({block: [{"index", "sign", "contribution"}, …]}), `overlay` (PIL image).
+    `target`, `attribution` (float32, patch grid h × w), `baseline` (TransMM of the same pass, h × w; `None` for
+    methods that run their own passes), `gates` ({block: h × w}),
+    `top_features` ({block: [{"index", "sign", "contribution", "patches"}, …]}, see below), `overlay` (PIL image).
+    A list of such dicts for a list of images; an iterator of them for a dataset or a generator.
+
+    `top_features` follows method.md §7 (`hf_fga.feature_drivers`): from the patch whose attribution FGA changed most
+    against TransMM (both maps min–max scaled) on, each patch's driver is the (block, feature) with the largest push
+    c_{t,k} / (1.4826 (MAD_ℓ + ε)) on its normalised score ŝ_t, hence on its gate: an amplifier when positive, a
+    suppressor when negative. Up to `top_k_features` distinct drivers are listed under their block, strongest first,
+    with their summed push (`contribution`) and the patches they drive; every gated block with an SAE has a key, so
+    a block whose features drove none of the largest changes has an empty list. Empty (`{}`) for methods and variants
+    that do not read SAE features.
 
     Example:
     ```python
     >>> import hf_fga
     >>> from transformers import pipeline
     >>> model, sae = hf_fga.bundled.model_dir(), hf_fga.bundled.sae_dir()
-    >>> explain = pipeline("feature-gradient-attribution", model=model, sae=sae)  # doctest: +SKIP
+    >>> explain = pipeline("feature-gradient-attribution", model=model, sae=sae, kappa=1.0)  # doctest: +SKIP
     >>> explain(hf_fga.bundled.example_images()[0])["label"]  # doctest: +SKIP
     'PNEUMONIA'
+    >>> [out["label"] for out in explain(hf_fga.bundled.example_images()[:4], batch_size=4)]  # doctest: +SKIP
+    ['PNEUMONIA', 'NORMAL', 'NORMAL', 'NORMAL']
     ```
     """
 
@@ -82,21 +115,33 @@ class FeatureGradientAttributionPipeline(Pipeline):
         linear_backend: str = "auto",
         **kwargs,
     ):
-        super().__init__(*args, **kwargs)
+        layers = gated_layers(layers) if layers is not None else None
+        super().__init__(*args, **kwargs)  # sanitizes the remaining options: they apply to every call
         from ..attribution import load_mean_residuals
         from ..sae import load_saes
 
         self.saes = load_saes(sae, layers=layers) if sae is not None else {}
         if isinstance(mean_residuals, (str, bytes)) or hasattr(mean_residuals, "__fspath__"):
             mean_residuals = load_mean_residuals(mean_residuals)
-        self.layers = list(layers) if layers is not None else None
+        self.layers = layers
+        if layers is not None:
+            self._forward_params = {"layers": layers, **self._forward_params}
         self.attributor = FeatureGradientAttribution(
             self.model, self.saes, mean_residuals=mean_residuals, linear_backend=linear_backend
         )
         self._text_cache: tuple[tuple[str, ...], torch.Tensor] | None = None
 
+    def __call__(self, inputs, **kwargs):
+        """
+        Explain one image, or several (a list, tuple, `datasets` column, 4-D array, `KeyDataset` or generator).
+
+        Tuples, columns and 4-D arrays are handed to `Pipeline.__call__` as lists (so they are batched and a list
+        comes back); everything else as it is. Keyword arguments are the options of the class docstring.
+        """
+        return super().__call__(as_pipeline_inputs(inputs), **kwargs)
+
     def get_inference_context(self):
-        return torch.enable_grad
+        return gradients_on  # `Pipeline.forward` runs `_forward` under it: attribution needs gradients
 
     def _sanitize_parameters(
         self,
@@ -112,70 +157,47 @@ class FeatureGradientAttributionPipeline(Pipeline):
         **unexpected,
     ):
         if unexpected:
-            raise TypeError(
-                f"Unknown parameter(s) {sorted(unexpected)} for the {TASK} pipeline; accepted: target, "
-                "candidate_labels, method, variant, kappa, cmax, layers, top_k_features, batch_size."
-            )
+            raise TypeError(f"Unknown parameter(s) {sorted(unexpected)} for the {TASK} pipeline; accepted: {OPTIONS}.")
         preprocess, forward, postprocess = {}, {}, {}
-        for name, value in (
-            ("target", target),
-            ("method", method),
-            ("variant", variant),
-            ("kappa", kappa),
-            ("cmax", cmax),
-            ("layers", layers),
-            ("candidate_labels", candidate_labels),
-        ):
+        if timeout is not None:
+            preprocess["timeout"] = real_number("timeout", timeout, low=0, inclusive=False, meaning="seconds")
+        if target is not None:
+            forward["target"] = check_target(target)
+        if candidate_labels is not None:
+            forward["candidate_labels"] = tuple(candidate_label_list(candidate_labels))
+        for name, value in (("method", method), ("variant", variant)):
             if value is not None:
+                if not isinstance(value, str):
+                    raise TypeError(f"{name} must be a string, got {value!r}.")
                 forward[name] = value
+        if kappa is not None:
+            forward["kappa"] = real_number("kappa", kappa, low=0, inclusive=False, meaning="the gate's sensitivity")
+        if cmax is not None:
+            forward["cmax"] = real_number(
+                "cmax", cmax, low=1, inclusive=False, meaning="gates lie in [1/cmax, cmax]"
+            )
+        if layers is not None:
+            forward["layers"] = gated_layers(layers)
         if top_k_features is not None:
-            postprocess["top_k_features"] = top_k_features
+            postprocess["top_k_features"] = integer(
+                "top_k_features", top_k_features, low=1, meaning="how many features top_features lists"
+            )
         return preprocess, forward, postprocess
 
-    # ------------------------------------------------------------------------------------------------------- call
-    def __call__(self, inputs, **kwargs):
-        """Explain one image or a list / `datasets` column of images; batches of `batch_size` share one backward."""
-        batch_size = int(kwargs.pop("batch_size", self._batch_size or 1))
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size}.")
-        items, single = as_image_list(inputs)
-        _, forward_params, postprocess_params = self._sanitize_parameters(**kwargs)
-        results = []
-        for start in range(0, len(items), batch_size):
-            chunk = [self.preprocess(item) for item in items[start : start + batch_size]]
-            model_inputs = {
-                "pixel_values": torch.cat([c["pixel_values"] for c in chunk]),
-                "images": [c["image"] for c in chunk],
-            }
-            with self.device_placement(), self.get_inference_context()():
-                model_outputs = self._forward(model_inputs, **forward_params)
-            results.extend(self.postprocess(model_outputs, **postprocess_params))
-        return results[0] if single else results
-
-    def preprocess(self, image, timeout=None) -> dict[str, Any]:
-        image = load_image(image)
+    def preprocess(self, image, timeout: float | None = None) -> dict[str, Any]:
+        image = load_image(image, timeout=timeout)
         pixel_values = self.image_processor(images=image, return_tensors="pt")["pixel_values"]
-        return {"pixel_values": pixel_values.to(self.device, dtype=self.model.dtype), "image": image}
+        return {"pixel_values": pixel_values.to(dtype=self.model.dtype), "image": image}
 
-    def _target_indices(self, target, labels: Sequence[str], batch: int) -> list[int] | None:
-        if target is None:
-            return None
-        targets = list(target) if isinstance(target, (list, tuple)) else [target] * batch
-        if len(targets) != batch:
-            raise ValueError(f"Got {len(targets)} targets for {batch} images: pass one target, or one per image.")
-        indices = []
-        for t in targets:
-            if isinstance(t, str):
-                if t not in labels:
-                    raise ValueError(f"Unknown target label {t!r}; the model's labels are {list(labels)}.")
-                indices.append(list(labels).index(t))
-            elif isinstance(t, (int, np.integer)) and 0 <= int(t) < len(labels):
-                indices.append(int(t))
-            else:
-                raise ValueError(f"target must be a label name or an index in [0, {len(labels) - 1}], got {t!r}.")
-        return indices
-
-    def _clip_text(self, candidate_labels) -> torch.Tensor:
+    def _labels(self, candidate_labels: tuple[str, ...] | None) -> tuple[tuple[str, ...], torch.Tensor | None]:
+        """The labels the target indexes, and CLIP's text embeddings of them (`None` for a classifier)."""
+        if not is_clip(self.model):
+            if candidate_labels is not None:
+                warnings.warn(
+                    "candidate_labels is only used by CLIP models; ignoring it for this classifier.", stacklevel=4
+                )
+            config = self.model.config
+            return tuple(config.id2label[i] for i in range(config.num_labels)), None
         if not candidate_labels:
             raise ValueError(
                 "This is a CLIP model: pass candidate_labels=[...] (the zero-shot labels to choose between)."
@@ -184,10 +206,11 @@ class FeatureGradientAttributionPipeline(Pipeline):
             raise ValueError(
                 "CLIP needs its tokenizer: pass tokenizer=... to pipeline(), or a model folder that has one."
             )
-        key = tuple(candidate_labels)
-        if self._text_cache is None or self._text_cache[0] != key:
-            self._text_cache = (key, clip_text_embeddings(self.model, self.tokenizer, list(candidate_labels)))
-        return self._text_cache[1]
+        if self._text_cache is None or self._text_cache[0] != candidate_labels:
+            self._text_cache = (
+                candidate_labels, clip_text_embeddings(self.model, self.tokenizer, list(candidate_labels))
+            )
+        return candidate_labels, self._text_cache[1]
 
     def _forward(
         self,
@@ -199,74 +222,120 @@ class FeatureGradientAttributionPipeline(Pipeline):
         kappa=0.5,
         cmax=10.0,
         layers=None,
-    ) -> dict[str, Any]:
-        pixel_values = model_inputs["pixel_values"]
-        if is_clip(self.model):
-            text_embeds = self._clip_text(candidate_labels)
-            labels = list(candidate_labels)
-        else:
-            if candidate_labels is not None:
-                warnings.warn(
-                    "candidate_labels is only used by CLIP models; ignoring it for this classifier.", stacklevel=3
-                )
-            text_embeds = None
-            labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
-        wants_features = method == "fga" and variant in FEATURE_VARIANTS
-        out = self.attributor.attribute(
-            pixel_values,
-            target=self._target_indices(target, labels, pixel_values.shape[0]),
-            method=method,
+    ) -> dict[str, list]:
+        """
+        One forward and one backward pass for a batch `pixel_values (B, 3, H, W)`; returns per-image lists (the
+        `DataLoader` unbatches them): `output` (an `AttributionOutput` of batch 1 each), `image`, `labels`.
+        """
+        pixel_values = model_inputs["pixel_values"].clone()  # a normal tensor even if made under inference mode
+        images = model_inputs["image"] if isinstance(model_inputs["image"], list) else [model_inputs["image"]]
+        labels, text_embeds = self._labels(candidate_labels)
+        options = dict(
             variant=variant,
-            layers=layers if layers is not None else self.layers,
+            layers=layers,
             kappa=kappa,
             cmax=cmax,
-            text_embeds=text_embeds,
-            return_contributions=wants_features,
+            return_contributions=method == "fga" and variant in FEATURE_VARIANTS,
         )
-        return {"output": out, "images": model_inputs["images"], "labels": labels}
+        accepted = get_method(method).options  # the FGA settings apply to the methods that take them
+        out = self.attributor.attribute(
+            pixel_values,
+            target=target_index(target, labels),
+            method=method,
+            text_embeds=text_embeds,
+            **{name: value for name, value in options.items() if name in accepted},
+        )
+        batch = pixel_values.shape[0]
+        return {"output": [one_image(out, b) for b in range(batch)], "image": images, "labels": [labels] * batch}
 
-    def postprocess(self, model_outputs, top_k_features: int = 5) -> list[dict[str, Any]]:
-        out, labels = model_outputs["output"], model_outputs["labels"]
-        results = []
-        for b, image in enumerate(model_outputs["images"]):
-            t = int(out.target[b])
-            attribution = out.attribution[b].numpy().astype(np.float32)
-            results.append(
-                {
-                    "label": labels[t],
-                    "score": float(out.probabilities[b, t]),
-                    "target": t,
-                    "attribution": attribution,
-                    "baseline": out.baseline[b].numpy().astype(np.float32),
-                    "gates": {block: g[b].numpy().astype(np.float32) for block, g in out.gates.items()},
-                    "top_features": _top_features(out, b, top_k_features),
-                    "overlay": overlay(image, attribution),
-                }
-            )
-        return results
+    def postprocess(self, model_outputs, top_k_features: int = 5) -> dict[str, Any]:
+        # A batch unrolled by the DataLoader gives each image's entries; a single call, lists of one.
+        out, image, labels = (v[0] if isinstance(v, list) else v for v in (
+            model_outputs["output"], model_outputs["image"], model_outputs["labels"]))
+        t = int(out.target[0])
+        attribution = out.attribution[0].numpy().astype(np.float32)
+        return {
+            "label": labels[t],
+            "score": float(out.probabilities[0, t]),
+            "target": t,
+            "attribution": attribution,
+            "baseline": None if out.baseline is None else out.baseline[0].numpy().astype(np.float32),
+            "gates": {block: g[0].numpy().astype(np.float32) for block, g in out.gates.items()},
+            "top_features": top_features(out, top_k_features),
+            "overlay": overlay(image, attribution),
+        }
 
 
-def _top_features(out, b: int, top_k: int) -> dict[int, list[dict[str, Any]]]:
+@contextlib.contextmanager
+def gradients_on() -> Iterator[None]:
+    """Gradients on, also when the caller runs the pipeline under `torch.inference_mode()` or `torch.no_grad()`."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
+
+
+def gated_layers(layers) -> list[int]:
+    """`layers` (one block or a sequence of blocks) as a list of block indices; empty is an error."""
+    if isinstance(layers, (int, np.integer)) and not isinstance(layers, (bool, np.bool_)):
+        layers = [layers]
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, (Sequence, np.ndarray)):
+        raise TypeError(f"layers must be a list of block indices, e.g. layers=[4, 5], got {layers!r}.")
+    blocks = [integer("layers", block, low=0, meaning="a 0-indexed block") for block in layers]
+    if not blocks:
+        raise ValueError(
+            "layers=[] gates no block, so FGA would be plain TransMM: pass at least one block (e.g. layers=[4, 5]), "
+            "leave layers out to gate every block that has an SAE, or use method='transmm'."
+        )
+    return blocks
+
+
+def check_target(target) -> int | str:
+    """One class index or label name (the same for every image)."""
+    if isinstance(target, str):
+        return target
+    if isinstance(target, (list, tuple)):
+        raise TypeError(
+            f"target applies to every image: pass one class index or label name, got {target!r}. To explain "
+            "several classes, call the pipeline once per class."
+        )
+    return integer("target", target, low=0, meaning="a class index or a label name")
+
+
+def target_index(target: int | str | None, labels: Sequence[str]) -> int | None:
+    """The class index of `target` among `labels` (`None` keeps each image's prediction)."""
+    if target is None:
+        return None
+    if isinstance(target, str):
+        if target not in labels:
+            raise ValueError(f"Unknown target label {target!r}; the labels are {list(labels)}.")
+        return list(labels).index(target)
+    if target >= len(labels):
+        raise ValueError(f"target must be a label name or an index in [0, {len(labels) - 1}], got {target}.")
+    return target
+
+
+def one_image(out, b: int):
+    """Image `b` of a batched `AttributionOutput`, as an output of batch 1 (every tensor sliced `[b : b + 1]`)."""
+
+    def select(value):
+        if isinstance(value, torch.Tensor):
+            return value[b : b + 1]
+        if isinstance(value, dict):
+            return {k: select(v) for k, v in value.items()}
+        if isinstance(value, tuple):
+            return tuple(select(v) for v in value)
+        return value
+
+    return dataclasses.replace(out, **{f.name: select(getattr(out, f.name)) for f in dataclasses.fields(out)})
+
+
+def top_features(out, top_k: int) -> dict[int, list[dict[str, Any]]]:
     """
-    The features that moved the gates most, per gated block.
-
-    A feature's contribution is Σ_t c_{t,k} / (1.4826 (MAD + ε)), with c_{t,k} = f_t^k (Dᵀ g_t)_k its share of the
-    patch scores s_t = Σ_k c_{t,k}: its total push on the normalised scores ŝ that set the gates (method.md §3).
-    Positive = amplifier (raises the gates of the patches it is active on), negative = suppressor.
+    The pipeline's `top_features` of an output of batch 1 (see the class docstring): up to `top_k` drivers from
+    [`hf_fga.feature_drivers.feature_drivers`], grouped by block, strongest first.
     """
     if not out.contributions:
         return {}
-    top = {}
-    for block, (values, indices) in out.contributions.items():
-        scores = out.scores[block][b].flatten().double()
-        median = scores.median()
-        scale = 1.4826 * ((scores - median).abs().median() + 1e-8)
-        totals: dict[int, float] = {}
-        for value, index in zip(values[b].flatten().tolist(), indices[b].flatten().tolist(), strict=True):
-            totals[index] = totals.get(index, 0.0) + value
-        ranked = sorted(totals.items(), key=lambda kv: abs(kv[1]), reverse=True)[:top_k]
-        top[block] = [
-            {"index": int(k), "sign": "amplifier" if v > 0 else "suppressor", "contribution": float(v / scale)}
-            for k, v in ranked
-        ]
-    return top
+    grouped: dict[int, list[dict[str, Any]]] = {block: [] for block in sorted(out.contributions)}
+    for driver in feature_drivers(out, 0, max_features=top_k):
+        grouped[driver.block].append(driver.as_dict())
+    return grouped

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch import Tensor, nn
+from torch import Tensor
 from transformers import PreTrainedModel
 
-from ..attribution.targets import is_clip, vision_layers
+from ..introspection import residual_hooks, vision_config, vision_layers, vision_tower
 
 ACTIVATION_KEY = "activations"
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -26,10 +26,6 @@ DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch
 
 class _StopForward(Exception):
     """Raised by the hook of the deepest requested block: the rest of the forward pass is not needed."""
-
-
-def vision_config(model: PreTrainedModel):
-    return model.config.vision_config if is_clip(model) else model.config
 
 
 def select_tokens(hidden: Tensor, pixel_values: Tensor, patch_size: int, token_scope: str) -> Tensor:
@@ -64,34 +60,16 @@ def residual_activations(
     captured: dict[int, Tensor] = {}
     last = max(blocks)
 
-    def record(block: int, hidden: Tensor) -> None:
+    def record(block: int, point: str, hidden: Tensor) -> None:
         captured[block] = select_tokens(hidden, pixel_values, patch_size, token_scope)
         if block == last:
             raise _StopForward
 
-    handles = []
-    for block in blocks:
-        layer: nn.Module = layers[block]
-        if hook_point == "resid_pre":
-
-            def pre_hook(module, args, kwargs, block=block):
-                record(block, args[0] if args else kwargs["hidden_states"])
-
-            handles.append(layer.register_forward_pre_hook(pre_hook, with_kwargs=True))
-        else:
-
-            def post_hook(module, args, output, block=block):
-                record(block, output[0] if isinstance(output, tuple) else output)
-
-            handles.append(layer.register_forward_hook(post_hook))
-    tower = model.vision_model if is_clip(model) else model
-    try:
-        tower(pixel_values=pixel_values)
-    except _StopForward:
-        pass
-    finally:
-        for handle in handles:
-            handle.remove()
+    with residual_hooks(model, {block: hook_point for block in blocks}, record):
+        try:
+            vision_tower(model)(pixel_values=pixel_values)
+        except _StopForward:
+            pass
     return captured
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 import sys
 import warnings
 from importlib import metadata
@@ -29,6 +31,43 @@ def library_version() -> str:
 def _check_choice(field: str, value, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"SparseAutoencoderConfig.{field} must be one of {list(allowed)}, got {value!r}.")
+
+
+def _kind(value) -> str:
+    return f"{value!r} (a {type(value).__name__})"
+
+
+def _what_to_pass(value, wanted: str) -> str:
+    if isinstance(value, str | bool):
+        return f"pass {wanted}, not a string or a bool (e.g. read JSON numbers as numbers)"
+    return f"pass {wanted}"
+
+
+def _check_integer(field: str, value, minimum: int, maximum: int | None = None, note: str = "") -> int:
+    """`value` as an `int` in [minimum, maximum]; any integral type but `bool`, else a ValueError naming the field."""
+    bound = f"in [{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(
+            f"SparseAutoencoderConfig.{field} must be an integer {bound}{note}, got {_kind(value)}: "
+            f"{_what_to_pass(value, 'an integer')}."
+        )
+    if value < minimum or (maximum is not None and value > maximum):
+        raise ValueError(f"SparseAutoencoderConfig.{field} must be an integer {bound}{note}, got {value!r}.")
+    return int(value)
+
+
+def _check_real(field: str, value, *, positive: bool) -> float:
+    """`value` as a finite `float` (> 0 or >= 0); any real type but `bool`, else a ValueError naming the field."""
+    bound = "> 0" if positive else ">= 0"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(
+            f"SparseAutoencoderConfig.{field} must be a finite real number {bound}, got {_kind(value)}: "
+            f"{_what_to_pass(value, 'a number')}."
+        )
+    value = float(value)
+    if not math.isfinite(value) or (value <= 0 if positive else value < 0):
+        raise ValueError(f"SparseAutoencoderConfig.{field} must be a finite real number {bound}, got {value!r}.")
+    return value
 
 
 _KNOWN_BASE_KEYS = set(PretrainedConfig().to_dict()) | {"name_or_path", "torch_dtype", "num_labels"}
@@ -92,23 +131,24 @@ class SparseAutoencoderConfig(PretrainedConfig):
         hf_fga_version: str | None = None,
         **kwargs,
     ):
-        for field, value in (("d_in", d_in), ("d_sae", d_sae)):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"SparseAutoencoderConfig.{field} must be a positive integer, got {value!r}.")
+        d_in = _check_integer("d_in", d_in, 1)
+        d_sae = _check_integer("d_sae", d_sae, 1)
         _check_choice("activation", activation, ACTIVATIONS)
         _check_choice("hook_point", hook_point, HOOK_POINTS)
         _check_choice("token_scope", token_scope, TOKEN_SCOPES)
         _check_choice("normalize_activations", normalize_activations, NORMALIZATIONS)
-        if activation == "topk" and not (isinstance(k, int) and 0 < k <= d_sae):
+        if activation == "topk":
+            k = _check_integer("k", k, 1, d_sae, note=" (d_sae) for a Top-K SAE")
+        else:  # unused by ReLU SAEs, but stored: still a valid count
+            k = _check_integer("k", k, 0)
+        l1_coefficient = _check_real("l1_coefficient", l1_coefficient, positive=False)
+        hook_layer = _check_integer("hook_layer", hook_layer, 0)
+        norm_scaling_factor = _check_real("norm_scaling_factor", norm_scaling_factor, positive=True)
+        if not isinstance(apply_b_dec_to_input, bool | numbers.Integral) or apply_b_dec_to_input not in (0, 1):
             raise ValueError(
-                f"SparseAutoencoderConfig.k must be an integer in [1, d_sae={d_sae}] for a Top-K SAE, got {k!r}."
+                "SparseAutoencoderConfig.apply_b_dec_to_input must be True or False, got "
+                f"{_kind(apply_b_dec_to_input)}."
             )
-        if l1_coefficient < 0:
-            raise ValueError(f"SparseAutoencoderConfig.l1_coefficient must be >= 0, got {l1_coefficient!r}.")
-        if not isinstance(hook_layer, int) or isinstance(hook_layer, bool) or hook_layer < 0:
-            raise ValueError(f"SparseAutoencoderConfig.hook_layer must be a non-negative integer, got {hook_layer!r}.")
-        if not norm_scaling_factor > 0:
-            raise ValueError(f"SparseAutoencoderConfig.norm_scaling_factor must be > 0, got {norm_scaling_factor!r}.")
         self.d_in = d_in
         self.d_sae = d_sae
         self.activation = activation

@@ -32,12 +32,11 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from .configuration_sae import SparseAutoencoderConfig
 from .modeling_sae import SparseAutoencoder
+from .weights import WEIGHT_NAMES, check_finite, check_present, check_shapes, load_safetensors
 
-WEIGHT_NAMES = ("W_enc", "b_enc", "W_dec", "b_dec")
 UNSUPPORTED_WEIGHTS = ("threshold", "log_threshold", "r_mag", "b_gate", "b_mag")
 SUPPORTED_ARCHITECTURES = ("standard", "topk", "relu")
 SAELENS_CONFIG = "cfg.json"
@@ -97,7 +96,7 @@ def _normalization(name: str | None, config: dict, where: str) -> tuple[str, flo
                 f"{where}: normalize_activations='expected_average_only_in' but no norm_scaling_factor is recorded; "
                 "fold the factor into the weights (SAELens does this when it saves) or add it to the config."
             )
-        return "constant_scale", float(factor)
+        return "constant_scale", factor
     raise ValueError(
         f"{where}: normalize_activations={name!r} is not supported (supported: 'none', 'layer_norm', "
         "'expected_average_only_in' with its norm_scaling_factor); 'constant_norm_rescale' rescales each token by "
@@ -112,16 +111,17 @@ def _activation(name: str | None, kwargs: dict | None, k_field, where: str) -> t
         k = k_field if k_field is not None else (kwargs or {}).get("k")
         if k is None:
             raise ValueError(f"{where}: a Top-K SAE must record k (activation_fn_kwargs={{'k': ...}} or k).")
-        return "topk", int(k)
+        return "topk", k
     raise ValueError(
         f"{where}: activation/architecture {name!r} is not supported; hf_fga imports ReLU ('standard') and Top-K "
         "SAEs. JumpReLU, gated and BatchTopK SAEs have different encoders."
     )
 
 
-def _load_weights(path: Path) -> dict[str, torch.Tensor]:
+def _read_state(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a `.safetensors` file, or the state dict of a `.pt` / `.pth` file (tensors only)."""
     if path.suffix == ".safetensors":
-        state = load_file(str(path))
+        state = load_safetensors(path)
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -133,30 +133,39 @@ def _load_weights(path: Path) -> dict[str, torch.Tensor]:
             ) from err
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} does not hold a state dict of tensors (got {type(state).__name__}).")
+    if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
+        raise ValueError(
+            f"{path} does not hold a state dict of tensors (got {type(state).__name__}): save the SAE's "
+            f"{list(WEIGHT_NAMES)} as a dict of tensors."
+        )
+    return state
+
+
+def _load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The SAE tensors of a weights file; refuses JumpReLU / gated SAEs."""
+    state = _read_state(path)
     present_unsupported = [name for name in UNSUPPORTED_WEIGHTS if name in state]
     if present_unsupported:
         raise ValueError(
             f"{path} holds {present_unsupported}: a JumpReLU / gated SAE, which hf_fga does not support "
             "(ReLU and Top-K only)."
         )
-    missing = [name for name in WEIGHT_NAMES if name not in state]
-    if missing:
-        raise ValueError(f"{path} lacks the weights {missing}: expected {list(WEIGHT_NAMES)}, found {sorted(state)}.")
-    return {name: state[name] for name in WEIGHT_NAMES}
+    check_present(state, str(path))
+    check_finite(state.items(), str(path))
+    return state
+
+
+def _config(path: Path, **fields) -> SparseAutoencoderConfig:
+    """The hf_fga config of an imported SAE; an invalid field is a `ValueError` naming the file it came from."""
+    try:
+        return SparseAutoencoderConfig(**fields)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err} Fix the field in that file.") from err
 
 
 def _build(config: SparseAutoencoderConfig, weights: dict[str, torch.Tensor], where: str) -> SparseAutoencoder:
-    expected = {
-        "W_enc": (config.d_in, config.d_sae),
-        "b_enc": (config.d_sae,),
-        "W_dec": (config.d_sae, config.d_in),
-        "b_dec": (config.d_in,),
-    }
-    for name, shape in expected.items():
-        if tuple(weights[name].shape) != shape:
-            raise ValueError(f"{where}: {name} has shape {tuple(weights[name].shape)}, the config implies {shape}.")
+    """The SAE of `config` with `weights` (every tensor present, shaped as the config implies)."""
+    check_shapes({name: tuple(tensor.shape) for name, tensor in weights.items()}, config, where)
     sae = SparseAutoencoder(config)
     with torch.no_grad():
         for name in WEIGHT_NAMES:
@@ -164,32 +173,49 @@ def _build(config: SparseAutoencoderConfig, weights: dict[str, torch.Tensor], wh
     return sae.eval()
 
 
-def load_prisma_sae(folder: str | Path) -> SparseAutoencoder:
-    """Import a Prisma SAE folder (`config.json` + weights in `.safetensors` or `.pt`)."""
-    folder = Path(folder)
-    where = f"Prisma SAE at {folder}"
-    cfg = _read_json(folder / "config.json")
-    weight_files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.pt")) or sorted(folder.glob("*.pth"))
-    if not weight_files:
-        raise FileNotFoundError(f"{where}: no weights file (*.safetensors, *.pt or *.pth) next to config.json.")
-    weights = _load_weights(weight_files[0])
-    layer = cfg.get("hook_point_layer")
+def _prisma_hook(cfg: dict, where: str) -> tuple[int, str]:
+    """The block and hook of a Prisma config: `hook_point_layer` + `layer_subtype`, or the `hook_point` name."""
+    match = HOOK_NAME.fullmatch(cfg.get("hook_point") or "")
+    layer = cfg.get("hook_point_layer", int(match.group(1)) if match else None)
     if isinstance(layer, list):
         if len(layer) != 1:
             raise ValueError(f"{where}: hook_point_layer={layer} names several blocks; one SAE reads one block.")
         layer = layer[0]
-    subtype = cfg.get("layer_subtype") or HOOK_NAME.fullmatch(cfg.get("hook_point", "")).group(2)
-    d_in = int(cfg.get("d_in", weights["W_enc"].shape[0]))
-    d_sae = int(cfg.get("d_sae") or d_in * cfg.get("expansion_factor", weights["W_enc"].shape[1] // d_in))
+    subtype = cfg.get("layer_subtype") or (match.group(2) if match else None)
+    if layer is None or subtype is None:
+        raise ValueError(
+            f"{where} names no hook: expected hook_point_layer and layer_subtype (e.g. 1 and 'hook_resid_post') or "
+            f"hook_point (e.g. 'blocks.1.hook_resid_post'); found hook_point_layer={cfg.get('hook_point_layer')!r}, "
+            f"layer_subtype={cfg.get('layer_subtype')!r}, hook_point={cfg.get('hook_point')!r}. Add them to the "
+            "config."
+        )
+    return layer, subtype
+
+
+def load_prisma_sae(folder: str | Path) -> SparseAutoencoder:
+    """Import a Prisma SAE folder (`config.json` + weights in `.safetensors` or `.pt`)."""
+    folder = Path(folder)
+    where = f"Prisma SAE at {folder}"
+    where_config = folder / "config.json"
+    cfg = _read_json(where_config)
+    weight_files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.pt")) or sorted(folder.glob("*.pth"))
+    if not weight_files:
+        raise FileNotFoundError(f"{where}: no weights file (*.safetensors, *.pt or *.pth) next to config.json.")
+    weights = _load_weights(weight_files[0])
+    where = f"Prisma SAE weights {weight_files[0]}"
+    layer, subtype = _prisma_hook(cfg, str(where_config))
+    d_in = cfg.get("d_in", weights["W_enc"].shape[0])
+    d_sae = cfg.get("d_sae") or d_in * cfg.get("expansion_factor", weights["W_enc"].shape[1] // d_in)
     activation, k = _activation(cfg.get("activation_fn_str"), cfg.get("activation_fn_kwargs"), None, where)
     normalization, factor = _normalization(cfg.get("normalize_activations"), cfg, where)
-    config = SparseAutoencoderConfig(
+    config = _config(
+        where_config,
         d_in=d_in,
         d_sae=d_sae,
         activation=activation,
         k=k or 1,
-        l1_coefficient=float(cfg.get("l1_coefficient") or 0.0),
-        hook_layer=int(layer),
+        l1_coefficient=cfg.get("l1_coefficient") or 0.0,
+        hook_layer=layer,
         hook_point=_hook_point(subtype, where),
         token_scope="cls" if cfg.get("cls_token_only") else "all",
         normalize_activations=normalization,
@@ -228,20 +254,21 @@ def load_saelens_sae(folder: str | Path) -> SparseAutoencoder:
     activation, k = _activation(name, cfg.get("activation_fn_kwargs"), cfg.get("k"), where)
     normalization, factor = _normalization(cfg.get("normalize_activations"), cfg, where)
     weights = _load_weights(weights_file)
-    scaling = load_file(str(weights_file)).get("scaling_factor")
+    scaling = weights.get("scaling_factor")
     if scaling is not None:
         # Pre-6.0 SAELens finetuning scaling: f is multiplied by it before decoding; fold it into W_dec.
         weights["W_dec"] = weights["W_dec"] * scaling[:, None]
     layer = cfg.get("hook_layer", int(match.group(1)))
     dataset = meta.get("dataset_path") or cfg.get("dataset_path")
     info = {"source_format": "SAELens"} | ({"dataset": dataset} if dataset else {})
-    config = SparseAutoencoderConfig(
-        d_in=int(cfg["d_in"]),
-        d_sae=int(cfg["d_sae"]),
+    config = _config(
+        folder / SAELENS_CONFIG,
+        d_in=cfg.get("d_in"),
+        d_sae=cfg.get("d_sae"),
         activation=activation,
         k=k or 1,
-        l1_coefficient=float(cfg.get("l1_coefficient") or 0.0),
-        hook_layer=int(layer),
+        l1_coefficient=cfg.get("l1_coefficient") or 0.0,
+        hook_layer=layer,
         hook_point=_hook_point(match.group(2), where),
         token_scope="all",
         normalize_activations=normalization,
@@ -250,4 +277,4 @@ def load_saelens_sae(folder: str | Path) -> SparseAutoencoder:
         base_model_name_or_path=meta.get("model_name") or cfg.get("model_name"),
         training_info=info,
     )
-    return _build(config, weights, where)
+    return _build(config, weights, str(weights_file))

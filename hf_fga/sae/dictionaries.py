@@ -20,7 +20,7 @@ from torch import Tensor
 
 from .configuration_sae import SparseAutoencoderConfig
 from .modeling_sae import SparseAutoencoder
-from .training import sae_quality
+from .quality import sae_quality
 
 DICTIONARY_KINDS = ("pca", "random")
 EV_TOLERANCE = 0.005

@@ -13,14 +13,16 @@ import torch.nn.functional as F
 from huggingface_hub import HfApi
 from torch import Tensor, nn
 from transformers import PreTrainedModel
-from transformers.utils import ModelOutput
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, ModelOutput, cached_file
 
 from .configuration_sae import SparseAutoencoderConfig
 from .model_card import render_sae_card
+from .weights import check_finite, check_weight_files, weight_files
 
 MODEL_CARD_NAME = "README.md"
 
 LAYER_NORM_EPS = 1e-5
+HUB_KWARGS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "subfolder")
 
 
 @dataclass
@@ -205,6 +207,57 @@ class SparseAutoencoder(PreTrainedModel):
         return SparseAutoencoderOutput(
             reconstruction=self._denormalize(x_hat_n, stats), features=f, loss=loss, mse_loss=mse, l1_loss=l1
         )
+
+    # ------------------------------------------------------------------------------------------------- loading
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *model_args, **kwargs):
+        """
+        `PreTrainedModel.from_pretrained`, refusing incomplete or damaged weights instead of loading them.
+
+        Before transformers reads the weights, the safetensors header is checked against the config: every tensor
+        of [`SparseAutoencoder`] present (transformers would fill a missing one with random values) with the shape
+        the config implies (a transposed tensor is named as such), and a truncated file is named. After loading,
+        every parameter must be finite. Each failure is a `ValueError` naming the file, the tensor and what was
+        expected.
+        """
+        where = str(pretrained_model_name_or_path)
+        config = kwargs.get("config")
+        if not isinstance(config, SparseAutoencoderConfig):
+            hub = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs}
+            try:
+                config = SparseAutoencoderConfig.from_pretrained(pretrained_model_name_or_path, **hub)
+            except ValueError as err:
+                if "SparseAutoencoderConfig." not in str(err):
+                    raise
+                raise ValueError(f"The SAE config at {where} is invalid: {err}") from err
+        files = cls._weight_files(pretrained_model_name_or_path, kwargs)
+        if files is not None:
+            check_weight_files(files, config)
+        wants_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(
+            pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+        )
+        lacking = sorted(info.get("missing_keys") or ())
+        if lacking:
+            raise ValueError(
+                f"The weights at {where} lack the tensor(s) {lacking}, which transformers would initialise at "
+                "random: re-export the SAE with every tensor."
+            )
+        check_finite(model.named_parameters(), str(files[0]) if files and len(files) == 1 else f"The SAE at {where}")
+        return (model, info) if wants_info else model
+
+    @staticmethod
+    def _weight_files(source: str | os.PathLike, kwargs: dict) -> list[Path] | None:
+        """The safetensors file(s) `from_pretrained` will read (downloaded if needed), or None if there are none."""
+        folder = Path(source) / kwargs.get("subfolder", "")
+        if folder.is_dir():
+            return weight_files(folder, SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME)
+        hub = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs}
+        single = cached_file(
+            str(source), SAFE_WEIGHTS_NAME, _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False, **hub,
+        )
+        return [Path(single)] if single else None
 
     # -------------------------------------------------------------------------------------------------- saving
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:

@@ -1,6 +1,5 @@
-"""Helpers of the Feature-Gradient Attribution Space: which SAE features moved the map, and their prototypes."""
+"""What only the Feature-Gradient Attribution Space needs: this image's quick faithfulness scores."""
 
-from .features import FeatureFinding, changed_patches, feature_findings
-from .prototypes import PrototypeIndex, compute_prototypes
+from .quick_metrics import QUICK_SETTINGS, quick_faithfulness
 
-__all__ = ["FeatureFinding", "PrototypeIndex", "changed_patches", "compute_prototypes", "feature_findings"]
+__all__ = ["QUICK_SETTINGS", "quick_faithfulness"]

@@ -73,10 +73,10 @@ def quick_faithfulness(
     fill = runner.fill_key("mean", PRESET.mean_fill)
     num_patches = attributions.shape[1]
     plans = {
-        "saco": plan_saco(runner, attributions, num_groups=PRESET.saco_num_groups, fill=fill),
+        "saco": plan_saco(runner, attributions, num_groups=PRESET.saco_num_groups, fill_key=fill),
         "faithfulness_correlation": plan_faithfulness_correlation(
             runner, attributions, runs=fc_runs, subset_size=PRESET.subset_size(runner.grid.patch_size),
-            trials=1, seed=seed, fill=fill,
+            trials=1, seed=seed, fill_key=fill,
         ),
     }
     steps = curve_steps(num_patches, pf_points)

@@ -1,6 +1,6 @@
 import pytest
 
-from hf_fga.attribution.feature_gradient_attribution import same_model_name
+from hf_fga.introspection import same_model_name
 
 
 @pytest.mark.parametrize(

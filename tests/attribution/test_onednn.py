@@ -60,7 +60,7 @@ def test_vit_maps_match_the_stock_kernels(activation):
     fast = FeatureGradientAttribution(model, saes, linear_backend="onednn")
     for variant in ("combined", "activation", "no-sae"):
         _assert_same_outputs(fast.attribute(pixels, variant=variant), stock.attribute(pixels, variant=variant))
-    assert fast._onednn_active and not stock._onednn_active
+    assert fast.onednn_active and not stock.onednn_active
 
 
 @needs_onednn
@@ -119,7 +119,7 @@ def test_backend_errors():
     # float64: 'auto' quietly keeps the stock kernels
     attr = FeatureGradientAttribution(model, {1: tiny_sae(layer=1).double()})
     attr.attribute(pixel_batch(1).double())
-    assert not attr._onednn_active
+    assert not attr.onednn_active
 
 
 @needs_onednn

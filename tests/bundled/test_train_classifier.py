@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import random
 import sys
 from pathlib import Path
 
@@ -77,6 +79,41 @@ def test_train_resume_and_export(script, tmp_path):
     assert model.config.image_size == 32 and processor.size == {"height": 32, "width": 32}
     splits = json.loads((out / "splits.json").read_text())
     assert splits["num_validation"] + splits["num_train"] == 24
+
+
+class _Payload:
+    """Unpickling this runs `os.system`, which creates a marker file: proof that a loader executed pickled code."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("file_name", ["last.pt", "cache_train.pt"])
+def test_crafted_checkpoint_or_cache_is_refused_without_running_it(script, tmp_path, file_name):
+    data = write_tiny_dataset(tmp_path / "data")
+    out, marker = tmp_path / "run", tmp_path / "payload_ran"
+    out.mkdir()
+    torch.save({"model": _Payload(marker), "state": {"epoch": 0}}, out / file_name)
+    with pytest.raises(ValueError, match=rf"{file_name} holds Python objects that this script refuses to unpickle"):
+        script.main(tiny_args(data, out, epochs=2))
+    assert not marker.exists()
+
+
+def test_rng_state_round_trips_through_a_weights_only_checkpoint(script, tmp_path):
+    gen = torch.Generator().manual_seed(3)
+    np.random.seed(5)
+    np.random.standard_normal()  # leaves a cached Gaussian in the legacy NumPy state
+    torch.save({"rng": script.rng_state(gen)}, tmp_path / "rng.pt")
+    expected = (torch.rand(3), torch.rand(3, generator=gen), np.random.standard_normal(4), random.random())
+    script.set_rng_state(script.safe_torch_load(tmp_path / "rng.pt")["rng"], gen)
+    again = (torch.rand(3), torch.rand(3, generator=gen), np.random.standard_normal(4), random.random())
+    torch.testing.assert_close(again[0], expected[0])
+    torch.testing.assert_close(again[1], expected[1])
+    np.testing.assert_array_equal(again[2], expected[2])
+    assert again[3] == expected[3]
 
 
 def test_patient_split_is_disjoint_and_stratified(script):

@@ -16,7 +16,7 @@ def _results(shifts: dict[str, float], n: int = 30, seed: int = 0) -> pd.DataFra
         for config, shift in shifts.items():
             noise = rng.normal(0.0, 0.01, size=3) if shift else np.zeros(3)
             for preset in ("papers", "thesis"):
-                rows.append({"image_id": f"i{image}", "config": config, "preset": preset, "baseline": "mean",
+                rows.append({"image_id": f"i{image}", "config": config, "preset": preset, "fill": "mean",
                              "saco": base[0] + shift + noise[0],
                              "faithfulness_correlation": base[1] + shift + noise[1],
                              "pixel_flipping": base[2] - shift - noise[2]})

@@ -1,5 +1,6 @@
 import pytest
 
+from hf_fga.evaluation.arguments import EvaluationArguments
 from hf_fga.evaluation.configuration import (
     REFERENCE,
     EvaluationConfiguration,
@@ -75,3 +76,10 @@ def test_configuration_key_round_trip():
         EvaluationConfiguration.from_key("fga|combined|1")
     with pytest.raises(ValueError, match="not a configuration key"):
         EvaluationConfiguration.from_key("fga|combined|x|0.5|10")
+
+
+def test_deprecated_baseline_flag_sets_the_fill_with_a_warning():
+    with pytest.warns(FutureWarning, match="--baseline is deprecated.*pass --fill"):
+        arguments = EvaluationArguments(output_dir="out", baseline="zero")
+    assert arguments.fill == "zero" and arguments.baseline is None
+    assert EvaluationArguments(output_dir="out", fill="blur").fill == "blur"

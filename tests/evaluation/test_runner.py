@@ -135,6 +135,35 @@ def test_resume_refuses_other_inputs(setup, tmp_path):
         _run(setup, out, target="label")
 
 
+def test_thread_count_is_applied_recorded_and_restored(setup, tmp_path, monkeypatch):
+    out = tmp_path / "threads"
+    shutil.copytree(setup["reference"], out)
+    recorded = json.loads((out / "run.json").read_text())["num_threads"]
+    assert recorded == torch.get_num_threads()
+    with pytest.raises(ValueError, match=rf"num_threads: stored {recorded}, now {recorded + 1}.*--num_threads"):
+        _run(setup, out, num_threads=str(recorded + 1))
+    for part in (out / RESULTS_FOLDER).glob("part-000-000000-*.parquet"):
+        part.unlink()  # one chunk to recompute, at the pinned count
+    seen, original = [], runner_module.evaluate_chunk
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "evaluate_chunk", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(recorded + 2)  # the launch's count differs: --num_threads wins inside the run
+    try:
+        summary = _run(setup, out, num_threads=str(recorded))
+        assert torch.get_num_threads() == recorded + 2  # restored after the run
+    finally:
+        torch.set_num_threads(before)
+    assert summary.chunks_computed == 1 and seen == [recorded]
+    pd.testing.assert_frame_equal(_results(out), _results(setup["reference"]))
+    with pytest.raises(ValueError, match="--num_threads must be a positive integer"):
+        _run(setup, out, num_threads="0")
+
+
 def test_select_images_with_id_file_and_limit(setup, tmp_path):
     import datasets
 
@@ -165,25 +194,26 @@ def test_accelerate_two_processes_match_one(setup, tmp_path):
     out = tmp_path / "two_processes"
     # on this CPU-only machine `--multi_gpu` makes accelerate 1.15 start 2 processes (torchrun, gloo); `--cpu`
     # alone would start one (see hf_fga.evaluation.runner.process_state)
-    # as many threads per process as the in-process reference: float32 sums (oneDNN's linears in the perturbation
-    # forwards, the gradients of the diagnostics) may depend on the thread count in their last bits
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    # --num_threads pins each process to the in-process reference's thread count (accelerate would give each
+    # process cores / 2): float32 sums (oneDNN's linears in the perturbation forwards, the gradients of the
+    # diagnostics) depend on the thread count in their last bits
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))}
+    env.pop("OMP_NUM_THREADS", None)
     command = [
         str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        str(ROOT / "scripts" / "evaluate_faithfulness.py"), *_arguments(setup, out),
+        str(ROOT / "scripts" / "evaluate_faithfulness.py"),
+        *_arguments(setup, out, num_threads=str(torch.get_num_threads())),
     ]
     completed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stderr[-4000:]
     ranks = {p.name.split("-")[1] for p in (out / RESULTS_FOLDER).glob("part-*.parquet")}
     assert ranks == {"000", "001"}
     results = [_results(folder) for folder in (out, setup["reference"])]
-    pd.testing.assert_frame_equal(*(frame.drop(columns="diagnostics") for frame in results))
-    # the diagnostics are means of dot products: the subprocess's thread count may change their last bits
-    parsed = [pd.json_normalize([json.loads(d) if d else {} for d in frame["diagnostics"]]) for frame in results]
-    pd.testing.assert_frame_equal(*parsed, rtol=1e-5, atol=0)
+    # bitwise: scores, curves and the diagnostics (means of dot products) at the same thread count
+    pd.testing.assert_frame_equal(*results, check_exact=True)
     diagnostics = [read_parts(folder / DIAGNOSTICS_FOLDER) for folder in (out, setup["reference"])]
-    pd.testing.assert_frame_equal(*diagnostics, rtol=1e-5, atol=0)
+    pd.testing.assert_frame_equal(*diagnostics, check_exact=True)
     bodies = [
         (folder / "report.md").read_text().split("Model on")[1].split("## Score decomposition")[0]
         for folder in (out, setup["reference"])

@@ -35,7 +35,7 @@ def run(tmp_path_factory):
             rows.append({
                 "image_id": f"img{image:02d}", "index": image, "config": config, "method": method,
                 "variant": variant, "layers": layers, "kappa": float(kappa or 0), "cmax": float(cmax or 0),
-                "preset": "papers", "baseline": "mean", "saco": base[0] + shift[0],
+                "preset": "papers", "fill": "mean", "saco": base[0] + shift[0],
                 "faithfulness_correlation": base[1] + shift[1], "pixel_flipping": base[2] - shift[2],
             })
     write_part(folder / "results", rows, rank=0, chunk=0)

@@ -64,7 +64,7 @@ def test_stars_thresholds():
 def _results() -> pd.DataFrame:
     rows = []
     for i, (a, b) in enumerate(zip(A, B, strict=True)):
-        common = {"image_id": f"im{i}", "preset": "papers", "baseline": "mean"}
+        common = {"image_id": f"im{i}", "preset": "papers", "fill": "mean"}
         rows.append({**common, "config": "transmm||||", "method": "transmm", "variant": "", "layers": "",
                      "kappa": 0.0, "cmax": 0.0, "saco": b, "pixel_flipping": 1 - b})
         rows.append({**common, "config": "fga|combined|4|0.5|10", "method": "fga", "variant": "combined",
@@ -106,14 +106,14 @@ def test_summarize_pairs_by_image_and_drops_nan():
 
 def _summary_rows(config, variant, improvements):
     return [
-        {"preset": "papers", "baseline": "mean", "config": config, "method": "fga", "variant": variant,
+        {"preset": "papers", "fill": "mean", "config": config, "method": "fga", "variant": variant,
          "layers": "1", "kappa": 0.5, "cmax": 10.0, "metric": metric, "pct_improvement": value}
         for metric, value in improvements.items()
     ]
 
 
 def test_rank_configurations_averages_oriented_improvements():
-    rows = [{"preset": "papers", "baseline": "mean", "config": "transmm||||", "method": "transmm", "variant": "",
+    rows = [{"preset": "papers", "fill": "mean", "config": "transmm||||", "method": "transmm", "variant": "",
              "layers": "", "kappa": 0.0, "cmax": 0.0, "metric": "saco", "pct_improvement": np.nan}]
     rows += _summary_rows("a", "combined", {"saco": 3.0, "faithfulness_correlation": -6.0, "pixel_flipping": 6.0})
     rows += _summary_rows("b", "combined", {"saco": 1.0, "faithfulness_correlation": 2.0, "pixel_flipping": 3.0})
@@ -133,9 +133,9 @@ def test_paired_comparison_by_hand():
     rows = []
     for i, (a, b) in enumerate(zip(A, B, strict=True)):
         for config, value in (("x", a), ("y", b)):
-            rows.append({"preset": "papers", "baseline": "mean", "config": config, "image_id": f"i{i}",
+            rows.append({"preset": "papers", "fill": "mean", "config": config, "image_id": f"i{i}",
                          "saco": value, "pixel_flipping": value})
-    rows.append({"preset": "papers", "baseline": "mean", "config": "x", "image_id": "only-x", "saco": 9.0,
+    rows.append({"preset": "papers", "fill": "mean", "config": "x", "image_id": "only-x", "saco": 9.0,
                  "pixel_flipping": 9.0})  # unpaired: left out
     table = paired_comparison(pd.DataFrame(rows), "x", "y").set_index("metric")
     d = A - B

@@ -29,8 +29,8 @@ def _perturb(image: torch.Tensor, patches, fill: torch.Tensor, width: int, patch
     return out
 
 
-def _fill(image: torch.Tensor, baseline: str, mean_fill: str) -> torch.Tensor:
-    if baseline == "zero":
+def _fill(image: torch.Tensor, fill: str, mean_fill: str) -> torch.Tensor:
+    if fill == "zero":
         return torch.zeros_like(image)
     if mean_fill == "scalar":
         return torch.full_like(image, image.mean().item())
@@ -60,7 +60,7 @@ def naive_scores(
     patch: int,
     *,
     thesis: bool,
-    baseline: str = "mean",
+    fill: str = "mean",
     seed: int = 0,
     fc_runs: int,
     fc_subset: int,
@@ -78,7 +78,7 @@ def naive_scores(
         clean_logits = forward(image[None])[0].double()
         clean_p = _probabilities(clean_logits)
         target = int(torch.argmax(clean_logits))
-        fill = _fill(image, baseline, mean_fill)
+        fill_image = _fill(image, fill, mean_fill)
         order = _ranked(attribution)
 
         # SaCo: groups of near-equal size, the first (n mod K) groups one patch larger (as numpy.array_split).
@@ -90,7 +90,7 @@ def naive_scores(
             start += size
         saliences, drops = [], []
         for group in groups:
-            p = _probabilities(forward(_perturb(image, group, fill, width, patch)[None])[0])
+            p = _probabilities(forward(_perturb(image, group, fill_image, width, patch)[None])[0])
             saliences.append(sum(attribution[q] for q in group))
             drops.append(clean_p[target] - (max(p) if thesis else p[target]))
         total, total_abs = 0.0, 0.0
@@ -109,7 +109,7 @@ def naive_scores(
             sums, deltas = [], []
             for _ in range(fc_runs):
                 subset = [int(q) for q in rng.choice(n, size=fc_subset, replace=False)]
-                logits = forward(_perturb(image, subset, fill, width, patch)[None])[0].double()
+                logits = forward(_perturb(image, subset, fill_image, width, patch)[None])[0].double()
                 sums.append(sum(attribution[q] for q in subset))
                 deltas.append(float(clean_logits[target] - logits[target]))
             if thesis:
@@ -121,7 +121,7 @@ def naive_scores(
         current = image.clone()
         curve = [clean_p[target]]
         for p in order:
-            step_fill = torch.full_like(current, current.mean().item()) if thesis and baseline == "mean" else fill
+            step_fill = torch.full_like(current, current.mean().item()) if thesis and fill == "mean" else fill_image
             current = _perturb(current, [p], step_fill, width, patch)
             curve.append(_probabilities(forward(current[None])[0])[target])
         area = sum((curve[i - 1] + curve[i]) / 2 for i in range(1, n + 1))

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import doctest
-import importlib.util
+import inspect
 import math
+from pathlib import Path
 
 import evaluate
 import numpy as np
@@ -21,9 +22,8 @@ def modules():
 @pytest.mark.parametrize("name", METRIC_NAMES)
 def test_docstring_examples_run(name, monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path))
-    spec = importlib.util.spec_from_file_location(f"script_{name}", f"{metric_path(name)}/{name}.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    # loaded the way users load it, so the script's local imports (curve_auc.py) resolve as they do for them
+    script = inspect.getmodule(type(evaluate.load(metric_path(name))))
     test = doctest.DocTestParser().get_doctest(script._KWARGS_DESCRIPTION, {}, name, None, 0)
     runner = doctest.DocTestRunner()
     runner.run(test)
@@ -99,3 +99,16 @@ def test_invalid_inputs_raise_value_errors(modules):
     for name in ("pixel_flipping", "insertion", "deletion"):
         with pytest.raises(ValueError, match="at least 2 finite"):
             modules[name].compute(curves=[[1.0]])
+
+
+@pytest.mark.parametrize("name", ["pixel_flipping", "deletion", "insertion"])
+def test_curve_metrics_share_one_auc_implementation(name):
+    link = Path(metric_path(name)) / "curve_auc.py"
+    assert link.is_symlink() and link.resolve() == (Path(metric_path(name)).parent / "curve_auc.py").resolve()
+
+
+def test_deletion_is_the_normalised_pixel_flipping_auc(modules):
+    curves = np.random.default_rng(0).random((5, 9)).tolist()
+    deletion = modules["deletion"].compute(curves=curves, return_per_image=True)["deletion_per_image"]
+    flipping = modules["pixel_flipping"].compute(curves=curves, auc="normalized", return_per_image=True)
+    assert deletion == flipping["pixel_flipping_per_image"]

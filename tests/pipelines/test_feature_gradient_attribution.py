@@ -70,11 +70,14 @@ def test_output_schema_plain_python(explain, images):
     assert sorted(out["gates"]) == list(BLOCKS)
     for gate in out["gates"].values():
         assert gate.shape == (4, 4) and (gate >= 0.1 - 1e-6).all() and (gate <= 10 + 1e-5).all()
+    assert sorted(out["top_features"]) == list(BLOCKS)
+    listed = [f for block in BLOCKS for f in out["top_features"][block]]
+    assert 1 <= len(listed) <= 5 and all(f["sign"] in ("amplifier", "suppressor") for f in listed)
     for block in BLOCKS:
         feats = out["top_features"][block]
-        assert feats and all(f["sign"] in ("amplifier", "suppressor") for f in feats)
         assert all((f["contribution"] > 0) == (f["sign"] == "amplifier") for f in feats)
         assert [abs(f["contribution"]) for f in feats] == sorted((abs(f["contribution"]) for f in feats), reverse=True)
+        assert all(f["patches"] and all(0 <= p < 16 for p in f["patches"]) for f in feats)
     assert isinstance(out["overlay"], Image.Image) and out["overlay"].size == images[0].size
     assert _no_tensors(out)
 
@@ -188,6 +191,9 @@ def test_clip_zero_shot(clip_dir, images):
     assert out["label"] in labels and out["attribution"].shape == (4, 4)
     chosen = explain(images[0], candidate_labels=labels, target="x-ray")
     assert chosen["label"] == "x-ray"
+    batched = explain(images[:3], candidate_labels=labels, batch_size=3)
+    for a, image in zip(batched, images[:3], strict=True):
+        _same(a, explain(image, candidate_labels=labels))
     with pytest.raises(ValueError, match="candidate_labels"):
         explain(images[0])
 
@@ -271,3 +277,164 @@ def test_model_left_as_given(vit_dir, images):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         hf_fga._register()
+
+
+# ------------------------------------------------------------------------------ a standard transformers pipeline
+def _same(a: dict, b: dict) -> None:
+    assert a["label"] == b["label"] and a["target"] == b["target"]
+    np.testing.assert_allclose(a["attribution"], b["attribution"], rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(a["baseline"], b["baseline"], rtol=1e-5, atol=1e-8)
+    assert sorted(a["gates"]) == sorted(b["gates"])
+    for block in a["gates"]:
+        np.testing.assert_allclose(a["gates"][block], b["gates"][block], rtol=1e-5, atol=1e-7)
+
+
+def test_construction_options_apply_to_every_call(vit_dir, sae_dirs, explain, images):
+    configured = pipeline(
+        "feature-gradient-attribution", model=str(vit_dir), sae=[str(d) for d in sae_dirs], kappa=1.0, cmax=50.0,
+        variant="activation", layers=[2], top_k_features=1,
+    )
+    for out in (configured(images[0]), configured(images[:2], batch_size=2)[0]):
+        _same(out, explain(images[0], kappa=1.0, cmax=50.0, variant="activation", layers=[2]))
+        assert sum(len(f) for f in out["top_features"].values()) <= 1
+    called = explain(images[0], kappa=0.5, cmax=50.0, variant="activation", layers=[2])
+    _same(configured(images[0], kappa=0.5), called)  # the call's option wins, the others stay
+    with pytest.raises(ValueError, match="kappa"):
+        pipeline("feature-gradient-attribution", model=str(vit_dir), sae=[str(d) for d in sae_dirs], kappa=0)
+
+
+def test_a_batch_shares_one_forward_and_equals_singles(explain, images):
+    calls = []
+    embeddings = explain.model.vit.embeddings
+    handle = embeddings.register_forward_hook(lambda *args: calls.append(args[1][0].shape[0] if args[1] else 0))
+    try:
+        batched = explain(images[:4], batch_size=4)
+        assert len(calls) == 1 and calls[0] == 4
+        calls.clear()
+        singles = [explain(image) for image in images[:4]]
+        assert len(calls) == 4
+    finally:
+        handle.remove()
+    for a, b in zip(batched, singles, strict=True):
+        _same(a, b)
+        for block, features in a["top_features"].items():
+            other = b["top_features"][block]
+            assert [(f["index"], f["sign"], f["patches"]) for f in features] == [
+                (f["index"], f["sign"], f["patches"]) for f in other
+            ]
+            np.testing.assert_allclose([f["contribution"] for f in features], [f["contribution"] for f in other],
+                                       rtol=1e-4)
+
+
+def test_generators_key_datasets_tuples_and_workers(explain, images):
+    datasets = pytest.importorskip("datasets")
+    from transformers.pipelines.pt_utils import KeyDataset
+
+    singles = [explain(image) for image in images[:3]]
+    streamed = explain((image for image in images[:3]), batch_size=2)
+    assert not isinstance(streamed, list)
+    for a, b in zip(list(streamed), singles, strict=True):
+        _same(a, b)
+    ds = datasets.Dataset.from_dict({"image": images[:3]}).cast_column("image", datasets.Image())
+    for a, b in zip(list(explain(KeyDataset(ds, "image"), batch_size=3)), singles, strict=True):
+        _same(a, b)
+    for a, b in zip(explain(tuple(images[:3]), batch_size=2, num_workers=2), singles, strict=True):
+        _same(a, b)
+    stacked = np.stack([np.asarray(image.resize((36, 40))) for image in images[:2]])
+    assert len(explain(stacked)) == 2
+
+
+def test_top_features_follow_the_feature_drivers_rule(explain, images):
+    from hf_fga.feature_drivers import feature_drivers
+
+    out = explain(images[2], top_k_features=3)
+    pixel_values = explain.image_processor(images=images[2], return_tensors="pt")["pixel_values"]
+    direct = FeatureGradientAttribution(explain.model, explain.saes).attribute(
+        pixel_values, return_contributions=True
+    )
+    expected = {block: [] for block in BLOCKS}
+    for driver in feature_drivers(direct, 0, max_features=3):
+        expected[driver.block].append((driver.index, driver.sign, list(driver.patches)))
+    listed = {b: [(f["index"], f["sign"], f["patches"]) for f in fs] for b, fs in out["top_features"].items()}
+    assert listed == expected
+
+
+def test_timeout_reaches_load_image(vit_dir, sae_dirs, images, monkeypatch):
+    import io
+
+    import transformers.image_utils
+
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="PNG")
+    seen = []
+
+    def fake_get(url, timeout=None, follow_redirects=False):
+        seen.append(timeout)
+        return type("Response", (), {"content": buffer.getvalue()})()
+
+    monkeypatch.setattr(transformers.image_utils.httpx, "get", fake_get)
+    configured = pipeline(
+        "feature-gradient-attribution", model=str(vit_dir), sae=[str(d) for d in sae_dirs], timeout=3.0
+    )
+    by_url = configured("https://example.org/x.png")
+    configured("https://example.org/x.png", timeout=0.5)
+    assert seen == [3.0, 0.5]
+    _same(by_url, configured(images[0]))
+    with pytest.raises(ValueError, match="timeout"):
+        configured(images[0], timeout=-1)
+
+
+def test_candidate_labels_string_is_one_label_or_a_comma_separated_list(clip_dir, images):
+    explain = pipeline("feature-gradient-attribution", model=str(clip_dir), sae=tiny_sae(layer=1))
+    assert explain(images[0], candidate_labels="cat")["label"] == "cat"
+    assert explain(images[0], candidate_labels="cat, dog", target="dog")["label"] == "dog"
+    _same(explain(images[0], candidate_labels="cat, dog"), explain(images[0], candidate_labels=["cat", "dog"]))
+    with pytest.raises(ValueError, match="more than once"):
+        explain(images[0], candidate_labels=["cat", "cat"])
+    with pytest.raises(ValueError, match="empty"):
+        explain(images[0], candidate_labels=[])
+
+
+@pytest.mark.parametrize("kappa", [np.float32(0.5), np.float64(0.5), torch.tensor(0.5), np.array(0.5)])
+def test_numeric_options_accept_any_real_number_type(explain, images, kappa):
+    _same(explain(images[0], kappa=kappa, cmax=np.int64(10)), explain(images[0]))
+
+
+@pytest.mark.parametrize(
+    "options, error, match",
+    [
+        ({"kappa": True}, TypeError, "kappa must be a finite real number"),
+        ({"cmax": True}, TypeError, "cmax must be a finite real number"),
+        ({"kappa": "0.5"}, TypeError, "kappa"),
+        ({"kappa": float("nan")}, ValueError, "kappa"),
+        ({"layers": []}, ValueError, r"layers=\[\] gates no block"),
+        ({"layers": [True]}, TypeError, "layers"),
+        ({"top_k_features": -1}, ValueError, "top_k_features must be an integer >= 1"),
+        ({"top_k_features": 0}, ValueError, "top_k_features"),
+        ({"top_k_features": 2.0}, TypeError, "top_k_features"),
+        ({"target": [0, 1]}, TypeError, "target applies to every image"),
+        ({"target": True}, TypeError, "target"),
+        ({"target": 3}, ValueError, r"index in \[0, 2\]"),
+    ],
+)
+def test_bad_options_are_errors(explain, images, options, error, match):
+    with pytest.raises(error, match=match):
+        explain(images[0], **options)
+
+
+def test_numpy_target_and_image_arrays_out_of_range(explain, images):
+    assert explain(images[0], target=np.int64(2))["label"] == "class_2"
+    with pytest.raises(ValueError, match=r"\[0, 1\] or \[0, 255\]"):
+        explain(np.full((40, 40, 3), 300.0))
+    with pytest.raises(ValueError, match="0–255"):
+        explain(np.full((40, 40, 3), -5, dtype=np.int32))
+    with pytest.raises(ValueError, match="complex"):
+        explain(np.ones((40, 40, 3), dtype=np.complex128))
+
+
+def test_gradients_are_on_inside_no_grad_and_inference_mode(explain, images):
+    reference = explain(images[0])
+    with torch.no_grad():
+        _same(explain(images[0]), reference)
+    with torch.inference_mode():
+        _same(explain(images[0]), reference)

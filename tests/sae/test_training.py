@@ -1,6 +1,7 @@
 """End-to-end tests of the SAE training harness on a tiny random ViT and an in-memory dataset."""
 
 import json
+import os
 
 import datasets
 import numpy as np
@@ -9,6 +10,7 @@ import torch
 from PIL import Image
 from transformers import ViTImageProcessorPil
 
+import hf_fga.sae.trainer as trainer
 import hf_fga.sae.training as training
 from hf_fga.sae import load_saes
 from hf_fga.sae.activations import residual_activations, select_tokens, shuffled_batches
@@ -85,7 +87,7 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(tmp_path, mo
     reference = train_saes(_args(tmp_path, "ref"), tiny_vit(), data, _processor())
 
     calls = {"n": 0}
-    original = training.normalize_decoder
+    original = trainer.normalize_decoder
 
     def interrupt_at_block2_step9(sae):
         original(sae)
@@ -93,10 +95,10 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(tmp_path, mo
         if calls["n"] == 28 + 9:  # 28 steps per block: block 2, step 9; its last checkpoint is at step 8
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(training, "normalize_decoder", interrupt_at_block2_step9)
+    monkeypatch.setattr(trainer, "normalize_decoder", interrupt_at_block2_step9)
     with pytest.raises(KeyboardInterrupt):
         train_saes(_args(tmp_path, "resumed"), tiny_vit(), data, _processor())
-    monkeypatch.setattr(training, "normalize_decoder", original)
+    monkeypatch.setattr(trainer, "normalize_decoder", original)
     resumed = train_saes(_args(tmp_path, "resumed"), tiny_vit(), data, _processor())
     for block in (0, 2):
         for name, p in reference[block].named_parameters():
@@ -262,7 +264,7 @@ def test_training_gradients_equal_plain_autograd_float64(activation, with_aux):
 
 def test_resume_with_other_settings_is_refused(tmp_path, monkeypatch):
     data = _dataset()
-    original = training.normalize_decoder
+    original = trainer.normalize_decoder
     calls = {"n": 0}
 
     def interrupt(sae):
@@ -271,10 +273,10 @@ def test_resume_with_other_settings_is_refused(tmp_path, monkeypatch):
         if calls["n"] == 5:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(training, "normalize_decoder", interrupt)
+    monkeypatch.setattr(trainer, "normalize_decoder", interrupt)
     with pytest.raises(KeyboardInterrupt):
         train_saes(_args(tmp_path, "run"), tiny_vit(), data, _processor())
-    monkeypatch.setattr(training, "normalize_decoder", original)
+    monkeypatch.setattr(trainer, "normalize_decoder", original)
     with pytest.raises(ValueError, match=r"other settings \(\['k'\]\)"):
         train_saes(_args(tmp_path, "run", k=6), tiny_vit(), data, _processor())
 
@@ -286,3 +288,22 @@ def test_interrupted_harvest_is_redone_from_scratch(tmp_path):
     stale.write_bytes(b"partial")
     train_saes(args, tiny_vit(), _dataset(), _processor())
     assert not stale.exists()
+
+
+class _Payload:
+    """Unpickling this runs `os.system`, which creates a marker file: proof that the loader executed pickled code."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_crafted_checkpoint_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "payload_ran"
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    torch.save({"settings": _Payload(marker), "done": {}}, tmp_path / "run" / "checkpoints" / "checkpoint.pt")
+    with pytest.raises(ValueError, match="checkpoint.pt holds Python objects that hf_fga refuses to unpickle"):
+        train_saes(_args(tmp_path, "run", blocks=[0]), tiny_vit(), _dataset(20), _processor())
+    assert not marker.exists()

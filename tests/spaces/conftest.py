@@ -42,10 +42,8 @@ def standin_explainer(root: Path):
     from hf_fga import bundled
     from hf_fga.attribution import compute_mean_residuals
     from hf_fga.images import load_image
+    from hf_fga.prototypes import PrototypeIndex, compute_prototypes, write_thumbnails
     from hf_fga.sae import save_sae_set
-
-    sys.path.insert(0, str(SPACE))
-    from fga_space.prototypes import PrototypeIndex, compute_prototypes, write_thumbnails
 
     from ..helpers import tiny_sae
 

@@ -83,7 +83,7 @@ def test_every_variant_explains(app_module, space_explainer, variant):
 
 
 def test_mean_centered_without_means_gives_a_message(app_module, space_explainer, monkeypatch):
-    monkeypatch.setattr(space_explainer.pipe.attributor, "mean_residuals", {})
+    monkeypatch.setattr(space_explainer, "mean_blocks", [])
     image = app_module.read_upload(space_explainer.examples[0])
     with pytest.raises(app_module.SpaceInputError, match="mean patch residuals"):
         app_module.explain(space_explainer, image, "mean-centered", space_explainer.default_blocks, metrics=False)
@@ -108,6 +108,59 @@ def test_unreadable_uploads_give_a_message(handler, tmp_path, content, expected)
     out = handler(str(path), "combined", [], 0.5, 10.0, "", "")
     assert out[0].startswith("⚠️") and expected in out[0]
     assert out[2] is None and out[8] is None
+
+
+def test_upload_messages_hide_server_paths_and_library_advice(handler, tmp_path):
+    path = tmp_path / "upload.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
+    message = handler(str(path), "combined", [1], 0.5, 10.0, "", "")[0]
+    assert str(tmp_path) not in message and "upload.png" not in message
+    for advice in ("pass ", "load_image", "datasets", "array", "()"):
+        assert advice not in message
+    assert "Upload a JPEG, PNG" in message
+
+
+def test_tiny_uploads_are_too_small(handler, tmp_path):
+    path = tmp_path / "dot.png"
+    Image.new("RGB", (1, 1)).save(path)
+    message = handler(str(path), "combined", [1], 0.5, 10.0, "", "")[0]
+    assert message.startswith("⚠️") and "too small" in message and "1×1" in message
+    assert "decoded" not in message and str(tmp_path) not in message
+
+
+def test_huge_uploads_are_refused_from_the_header(app_module, handler, tmp_path, monkeypatch):
+    path = tmp_path / "huge.png"
+    Image.new("1", (10000, 10000)).save(path)  # 100 megapixels, a few kB on disk
+    monkeypatch.setattr(app_module, "load_image", lambda *a, **k: pytest.fail("the upload was decoded"))
+    monkeypatch.setattr(Image.Image, "load", lambda self: pytest.fail("the upload was decoded"))
+    message = handler(str(path), "combined", [1], 0.5, 10.0, "", "")[0]
+    assert "10000×10000" in message and "Downscale" in message
+
+
+def test_16_bit_uploads_keep_their_contrast(app_module, tmp_path):
+    ramp = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)  # 0 .. 65520
+    path = tmp_path / "xray16.png"
+    Image.fromarray(ramp).save(path)
+    image = np.asarray(app_module.read_upload(str(path)))
+    expected = np.round(ramp.astype(np.float64) * 255 / 65535).astype(np.uint8)
+    np.testing.assert_array_equal(image[..., 0], expected)  # not clipped to white as an 8-bit conversion would
+
+
+def test_the_space_explains_through_the_pipeline(app_module, space_explainer, monkeypatch):
+    import inspect
+
+    assert ".attributor" not in inspect.getsource(app_module)
+    calls = []
+    pipe = space_explainer.pipe
+    original = type(pipe).__call__
+    monkeypatch.setattr(type(pipe), "__call__", lambda self, *a, **k: calls.append(k) or original(self, *a, **k))
+    image = app_module.read_upload(space_explainer.examples[0])
+    out = app_module.explain(space_explainer, image, "combined", space_explainer.default_blocks, 1.0, 20.0,
+                             metrics=False)
+    assert len(calls) == 1 and calls[0]["kappa"] == 1.0 and calls[0]["layers"] == space_explainer.default_blocks
+    result = original(pipe, image, layers=space_explainer.default_blocks, kappa=1.0, cmax=20.0)
+    shown = app_module.fit_within(image, app_module.DISPLAY_SIDE)
+    np.testing.assert_array_equal(np.asarray(out.fga), np.asarray(app_module.overlay(shown, result["attribution"])))
 
 
 def test_too_large_uploads_give_a_message(app_module, handler, tmp_path, monkeypatch):

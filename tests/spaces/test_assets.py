@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from hf_fga.prototypes import INDEX_NAME, NO_PATCH, PrototypeIndex
+
 from .conftest import SPACE, bundle_complete
-
-sys.path.insert(0, str(SPACE))
-
-from fga_space.prototypes import INDEX_NAME, NO_PATCH, PrototypeIndex  # noqa: E402
 
 ASSETS = SPACE / "assets"
 pytestmark = pytest.mark.skipif(not (ASSETS / INDEX_NAME).is_file(), reason="spaces/assets/ has no prototypes")

@@ -4,6 +4,8 @@ import datasets
 import evaluate
 import numpy as np
 
+from .curve_auc import curve_aucs
+
 _CITATION = """\
 @inproceedings{petsiuk2018rise,
   title={RISE: Randomized Input Sampling for Explanation of Black-box Models},
@@ -16,7 +18,7 @@ _CITATION = """\
 _DESCRIPTION = """\
 Patch deletion (method.md §5): the curve starts from the clean image and perturbs patches in descending attribution
 order, so s_0 is the score of the clean image and s_N that of the fully perturbed image (the Pixel Flipping curve).
-Lower is better.
+Lower is better. Its AUC is Pixel Flipping's normalised AUC, computed by the same code (`curve_auc.py`).
 The tracked score is a class probability or any other target quantity (e.g. an SAE feature activation). The
 normalised AUC puts the N + 1 points at k / N: AUC = (1/N) Σ_{k=1..N} (s_{k-1} + s_k) / 2.
 """
@@ -49,17 +51,7 @@ class Deletion(evaluate.Metric):
         )
 
     def _compute(self, curves, return_per_image=False):
-        if len(curves) == 0:
-            raise ValueError("deletion got no images: pass at least one curve of N + 1 scores.")
-        scores = []
-        for index, curve in enumerate(curves):
-            curve = np.asarray(curve, dtype=np.float64)
-            if curve.size < 2 or not np.isfinite(curve).all():
-                raise ValueError(
-                    f"deletion: image {index} has a curve of {curve.size} values; expected at least 2 finite "
-                    "scores s_0..s_N."
-                )
-            scores.append(float(((curve[:-1] + curve[1:]) / 2).sum()) / (curve.size - 1))
+        scores = curve_aucs(curves, "deletion")
         result = {"deletion": float(np.mean(scores))}
         if return_per_image:
             result["deletion_per_image"] = scores

@@ -4,6 +4,8 @@ import datasets
 import evaluate
 import numpy as np
 
+from .curve_auc import curve_aucs
+
 _CITATION = """\
 @inproceedings{petsiuk2018rise,
   title={RISE: Randomized Input Sampling for Explanation of Black-box Models},
@@ -49,17 +51,7 @@ class Insertion(evaluate.Metric):
         )
 
     def _compute(self, curves, return_per_image=False):
-        if len(curves) == 0:
-            raise ValueError("insertion got no images: pass at least one curve of N + 1 scores.")
-        scores = []
-        for index, curve in enumerate(curves):
-            curve = np.asarray(curve, dtype=np.float64)
-            if curve.size < 2 or not np.isfinite(curve).all():
-                raise ValueError(
-                    f"insertion: image {index} has a curve of {curve.size} values; expected at least 2 finite "
-                    "scores s_0..s_N."
-                )
-            scores.append(float(((curve[:-1] + curve[1:]) / 2).sum()) / (curve.size - 1))
+        scores = curve_aucs(curves, "insertion")
         result = {"insertion": float(np.mean(scores))}
         if return_per_image:
             result["insertion_per_image"] = scores

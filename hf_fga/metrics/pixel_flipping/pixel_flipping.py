@@ -4,6 +4,8 @@ import datasets
 import evaluate
 import numpy as np
 
+from .curve_auc import curve_aucs
+
 _CITATION = """\
 @article{bach2015pixel,
   title={On Pixel-Wise Explanations for Non-Linear Classifier Decisions by Layer-Wise Relevance Propagation},
@@ -42,8 +44,6 @@ Examples:
     {'pixel_flipping': 1.25}
 """
 
-AUC_KINDS = ("normalized", "trapezoid")
-
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class PixelFlipping(evaluate.Metric):
@@ -57,20 +57,7 @@ class PixelFlipping(evaluate.Metric):
         )
 
     def _compute(self, curves, auc="normalized", return_per_image=False):
-        if auc not in AUC_KINDS:
-            raise ValueError(f"pixel_flipping got auc={auc!r}; expected one of {AUC_KINDS}.")
-        if len(curves) == 0:
-            raise ValueError("pixel_flipping got no images: pass at least one curve of N + 1 scores.")
-        scores = []
-        for index, curve in enumerate(curves):
-            curve = np.asarray(curve, dtype=np.float64)
-            if curve.size < 2 or not np.isfinite(curve).all():
-                raise ValueError(
-                    f"pixel_flipping: image {index} has a curve of {curve.size} values; expected at least 2 finite "
-                    "scores s_0..s_N."
-                )
-            area = float(((curve[:-1] + curve[1:]) / 2).sum())
-            scores.append(area / (curve.size - 1) if auc == "normalized" else area)
+        scores = curve_aucs(curves, "pixel_flipping", auc)
         result = {"pixel_flipping": float(np.mean(scores))}
         if return_per_image:
             result["pixel_flipping_per_image"] = scores

@@ -18,9 +18,12 @@ SaCo checks whether patch groups with more salience change the prediction more, 
 salience difference. For groups G_1..G_K (sorted by salience, descending) with salience sums s_i and probability
 drops Δ_i (each group perturbed on its own), every pair i < j contributes w = s_i - s_j if Δ_i >= Δ_j and
 w = -(s_i - s_j) otherwise; SaCo = Σw / Σ|w| ∈ [-1, 1] (method.md §5, thesis eq. 4.6-4.7). Higher is better.
-When Σ|w| = 0 (all group saliences equal, e.g. a constant attribution over equal-sized groups) the attribution
-claims no group matters more than another, so it earns neither credit nor penalty: the score is defined as 0.0,
-which is also the expected score of a random attribution.
+When Σ|w| = 0 (all group saliences equal) the attribution claims no group matters more than another, so it earns
+neither credit nor penalty: the score is defined as 0.0, which is also the expected score of a random attribution.
+A constant attribution map scores 0.0 whatever the order of its patches: the `hf_fga.faithfulness` engine gives
+its groups equal saliences even where the groups differ in size by one patch (N not divisible by K), since their
+sums would otherwise differ by the group size alone and the score would depend on which patches fill the larger
+groups.
 """
 
 _KWARGS_DESCRIPTION = """
@@ -47,7 +50,7 @@ Examples:
 
 
 def saco_score(saliences: np.ndarray, drops: np.ndarray) -> float:
-    """SaCo of one image from its `(K,)` group saliences and drops; 0.0 when every weight is zero."""
+    """SaCo of one image from its `(K,)` group saliences and drops; 0.0 when every weight is zero (equal saliences)."""
     upper = np.triu(np.ones((len(saliences), len(saliences)), dtype=bool), k=1)
     difference = saliences[:, None] - saliences[None, :]
     agrees = drops[:, None] >= drops[None, :]

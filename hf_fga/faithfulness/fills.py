@@ -1,4 +1,4 @@
-"""Patch grids and perturbation baselines, all patch-aligned in the model's preprocessed input space (method.md §5)."""
+"""Patch grids and perturbation fills, all patch-aligned in the model's preprocessed input space (method.md §5)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from torch import Tensor
 from transformers import PreTrainedModel
 from transformers.image_utils import IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from ..attribution.targets import is_clip
+from ..introspection import is_clip, vision_config
 
-BASELINES = ("mean", "zero", "black", "blur", "uniform")
+FILLS = ("mean", "zero", "black", "blur", "uniform")
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def patch_grid(model, pixel_values: Tensor, patch_size: int | None = None) -> Pa
         raise ValueError(f"pixel_values must be (B, C, H, W); got shape {tuple(pixel_values.shape)}.")
     height, width = pixel_values.shape[-2:]
     if isinstance(model, PreTrainedModel) and patch_size is None:
-        config = model.config.vision_config if is_clip(model) else model.config
+        config = vision_config(model)
         patch_size = _as_int(config.patch_size)
         image_size = _as_int(config.image_size)
         if (height, width) != (image_size, image_size):
@@ -67,6 +67,17 @@ def patch_grid(model, pixel_values: Tensor, patch_size: int | None = None) -> Pa
     if height % patch_size or width % patch_size:
         raise ValueError(f"pixel_values of {height}×{width} pixels do not tile into {patch_size}-pixel patches.")
     return PatchGrid(patch_size, height // patch_size, width // patch_size)
+
+
+def check_pixel_values(pixel_values: Tensor) -> None:
+    """A ValueError naming the images whose `pixel_values (B, C, H, W)` hold NaN or infinite values."""
+    finite = torch.isfinite(pixel_values).flatten(1).all(dim=1)
+    if not finite.all():
+        bad = torch.nonzero(~finite).flatten().tolist()
+        raise ValueError(
+            f"pixel_values of image(s) {bad} contain NaN or infinite values: every score of a perturbed copy would be "
+            "NaN. Check the images and their preprocessing (e.g. a division by a zero image_std)."
+        )
 
 
 def check_attributions(attributions, grid: PatchGrid, batch_size: int) -> np.ndarray:
@@ -112,9 +123,9 @@ def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
     return F.conv2d(rows, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
 
 
-def baseline_fill(
+def fill_source(
     pixel_values: Tensor,
-    baseline: str,
+    fill: str,
     *,
     mean_fill: str = "per_channel",
     image_mean: list[float],
@@ -135,10 +146,10 @@ def baseline_fill(
       (seed, image id) so it does not depend on batching.
     """
     images = pixel_values
-    if baseline == "mean":
+    if fill == "mean":
         dims = (1, 2, 3) if mean_fill == "scalar" else (2, 3)
         return images.mean(dim=dims, keepdim=True)
-    if baseline == "zero":
+    if fill == "zero":
         return images.new_zeros(1, 1, 1, 1)
     mean = torch.tensor(image_mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
     std = torch.tensor(image_std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
@@ -147,11 +158,11 @@ def baseline_fill(
             f"image_mean/image_std have {mean.shape[1]}/{std.shape[1]} values but the images have "
             f"{images.shape[1]} channels: pass the image processor's image_mean and image_std."
         )
-    if baseline == "black":
+    if fill == "black":
         return -mean / std
-    if baseline == "blur":
+    if fill == "blur":
         return gaussian_blur(images, blur_sigma)
-    if baseline == "uniform":
+    if fill == "uniform":
         ids = list(range(images.shape[0])) if image_ids is None else image_ids
         noise = torch.stack(
             [
@@ -160,7 +171,7 @@ def baseline_fill(
             ]
         )
         return (noise.to(images.dtype).to(images.device) - mean) / std
-    raise ValueError(f"baseline={baseline!r} is unknown: expected one of {BASELINES}.")
+    raise ValueError(f"fill={fill!r} is unknown: expected one of {FILLS}.")
 
 
 def recomputed_scalar_fill(image: Tensor, order: np.ndarray, grid: PatchGrid) -> Tensor:

@@ -1,7 +1,8 @@
 """
 Feature prototypes: for every feature of every SAE, its top activating images of a reference split, with the patches
-where it fires. Computed once by `scripts/build_space_assets.py` and shipped with the Space as small JPEG thumbnails,
-a JSON index and one compressed array file (the per-feature tables are too large for JSON).
+where it fires (method.md §7). Computed once by `scripts/build_space_assets.py` and shipped with the Space as small
+JPEG thumbnails, a JSON index and one compressed array file (the per-feature tables are too large for JSON); read by
+the Space and by `scripts/feature_case_studies.py`.
 
 Layout of an asset folder:
 
@@ -14,19 +15,18 @@ Layout of an asset folder:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from hf_fga.attribution.targets import is_clip, vision_layers
-from hf_fga.viz import draw_patch_boxes
+from .introspection import residual_hooks, vision_tower
+from .viz import draw_patch_boxes, image_grid
 
 INDEX_NAME = "prototypes.json"
 ARRAYS_NAME = "prototypes.npz"
@@ -128,15 +128,11 @@ class PrototypeIndex:
         found = self.prototypes(block, feature)
         if not found:
             return None
-        size = int(self.meta["thumbnail_size"])
-        columns = min(columns, len(found))
-        rows = -(-len(found) // columns)
-        sheet = Image.new("RGB", (columns * size, rows * size), "white")
-        for n, (image, _, patches) in enumerate(found):
+        tiles = []
+        for image, _, patches in found:
             boxes = [(p // self.grid[1], p % self.grid[1], PROTOTYPE_COLOUR) for p in patches]
-            tile = draw_patch_boxes(self.thumbnail(image), boxes, self.grid, width=2)
-            sheet.paste(tile, ((n % columns) * size, (n // columns) * size))
-        return sheet
+            tiles.append(draw_patch_boxes(self.thumbnail(image), boxes, self.grid, width=2))
+        return image_grid(tiles, columns, int(self.meta["thumbnail_size"]))
 
 
 def sae_fingerprint(sae) -> str:
@@ -156,34 +152,6 @@ def write_thumbnails(images: Iterable[Image.Image], folder: str | Path, size: in
         image.convert("RGB").resize((size, size), Image.BILINEAR).save(Path(folder) / name, quality=quality)
         names.append(name)
     return names
-
-
-@contextlib.contextmanager
-def residual_hooks(model, points: Mapping[int, str]) -> Iterator[dict[int, torch.Tensor]]:
-    """Record the residual stream `(B, T, d)` at `{block: "resid_pre" | "resid_post"}` during forward passes."""
-    layers, seen, handles = vision_layers(model), {}, []
-
-    def first_tensor(value):
-        return value[0] if isinstance(value, (tuple, list)) else value
-
-    for block, point in points.items():
-        if point == "resid_pre":
-            def pre(module, args, kwargs, block=block):
-                seen[block] = (args[0] if args else kwargs["hidden_states"]).detach()
-
-            handles.append(layers[block].register_forward_pre_hook(pre, with_kwargs=True))
-        elif point == "resid_post":
-            def post(module, args, output, block=block):
-                seen[block] = first_tensor(output).detach()
-
-            handles.append(layers[block].register_forward_hook(post))
-        else:
-            raise ValueError(f"Block {block}: unknown hook point {point!r}; expected 'resid_pre' or 'resid_post'.")
-    try:
-        yield seen
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def _merge_top(best: PrototypeTable, values: torch.Tensor, images: torch.Tensor, patches: torch.Tensor, top: int):
@@ -237,7 +205,7 @@ def compute_prototypes(
     with residual_hooks(model, points) as seen:
         for pixel_values in pixel_batches:
             batch = pixel_values.shape[0]
-            (model.vision_model if is_clip(model) else model)(pixel_values=pixel_values)
+            vision_tower(model)(pixel_values=pixel_values)
             for b, sae in saes.items():
                 x = seen[b][:, -num_patches:].float()
                 acts = sae.encode(x.reshape(-1, x.shape[-1]).to(sae.dtype)).float().reshape(batch, num_patches, -1)
@@ -250,18 +218,3 @@ def compute_prototypes(
     for table in tables.values():
         table.images[table.values <= 0] = -1
     return tables
-
-
-def card(image: Image.Image, boxes: list[tuple[int, int, str]], grid: tuple[int, int], strip: Image.Image | None,
-         note: str) -> Image.Image:
-    """One feature's card: the explained image with its boxes beside the prototype sheet (or a note when none)."""
-    left = draw_patch_boxes(image.convert("RGB").resize((224, 224)), boxes, grid, width=3)
-    right = strip if strip is not None else Image.new("RGB", (448, 224), "white")
-    if strip is None:
-        ImageDraw.Draw(right).multiline_text((10, 10), note, fill="black")
-    scale = 224 / right.height
-    right = right.resize((max(1, round(right.width * scale)), 224))
-    sheet = Image.new("RGB", (224 + 8 + right.width, 224), "white")
-    sheet.paste(left, (0, 0))
-    sheet.paste(right, (232, 0))
-    return sheet

@@ -6,9 +6,16 @@ Encoder-Decoder Transformers"; thesis §3.4), optionally with FGA's per-block co
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
+
+from .base import AttributionMethod, MethodResult, register_method
+
+if TYPE_CHECKING:
+    from ..capture import Capture
+    from ..engine import Attributor
 
 
 def gradient_weighted_attention(attention: Tensor, attention_grad: Tensor) -> Tensor:
@@ -42,3 +49,29 @@ def cls_to_patches(matrix: Tensor, grid: tuple[int, int]) -> Tensor:
     """Row 0 (the CLS token) of `(B, T, T)` restricted to the patch tokens (the last h·w), as `(B, h, w)`."""
     h, w = grid
     return matrix[:, 0, -h * w :].reshape(-1, h, w)
+
+
+def weighted_attentions(capture: Capture) -> list[Tensor]:
+    """Ā_ℓ `(B, T, T)` of every block of a capture (computed once per capture, then read from its cache)."""
+    if "weighted" not in capture.cache:
+        pairs = zip(capture.attentions, capture.attention_grads, strict=True)
+        capture.cache["weighted"] = [gradient_weighted_attention(a, g) for a, g in pairs]
+    return capture.cache["weighted"]
+
+
+def transmm_map(capture: Capture) -> Tensor:
+    """The TransMM map `(B, h, w)` of a capture (computed once per capture: it is every map's `baseline`)."""
+    if "transmm" not in capture.cache:
+        capture.cache["transmm"] = cls_to_patches(propagate_relevance(weighted_attentions(capture)), capture.grid)
+    return capture.cache["transmm"]
+
+
+@register_method
+class TransMM(AttributionMethod):
+    name = "transmm"
+    description = "TransMM (Chefer et al. 2021): gradient-weighted attention propagated through every block"
+    uses_capture = True
+    gradient_based = True
+
+    def explain(self, attributor: Attributor, capture: Capture, options: Mapping[str, Any]) -> MethodResult:
+        return MethodResult(attribution=transmm_map(capture))

@@ -1,0 +1,20 @@
+"""
+Registered attribution methods, one per file. Importing this package registers the built-in ones; a new method is
+one more file here (an [`AttributionMethod`] subclass decorated with [`register_method`]) and one import below.
+"""
+
+from . import fga, raw_attention, rollout, transmm
+from .base import AttributionMethod, MethodResult, get_method, list_methods, register_method, unregister_method
+
+__all__ = [
+    "AttributionMethod",
+    "MethodResult",
+    "fga",
+    "get_method",
+    "list_methods",
+    "raw_attention",
+    "register_method",
+    "rollout",
+    "transmm",
+    "unregister_method",
+]

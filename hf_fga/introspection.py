@@ -1,0 +1,283 @@
+"""
+The bottom layer: what `hf_fga` needs to know about a ViT-family classifier or a CLIPModel.
+
+Everything that reads a model's structure lives here, once: which model family it is ([`is_clip`]), its vision
+blocks, vision config and vision tower, the target scores of method.md §1 ([`model_logits`],
+[`clip_text_embeddings`]), loading a checkpoint ([`load_vision_model`]), preparing it for an attribution pass and
+restoring it exactly afterwards ([`prepared_model`]), and the forward hooks on the residual stream and the attention
+probabilities. Attribution methods, SAE training, the faithfulness engine, the evaluation and the Space sit above it
+and import nothing from each other to reach a model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+from transformers import CLIPModel, PretrainedConfig, PreTrainedModel
+
+HOOK_POINTS = ("resid_pre", "resid_post")
+CLIP_TEMPLATE = "a photo of a {}"
+HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only")
+
+
+# ------------------------------------------------------------------------------------------------ model structure
+def is_clip(model: nn.Module) -> bool:
+    """Whether `model` is a `CLIPModel` (zero-shot targets are candidate labels) rather than a classifier."""
+    return isinstance(model, CLIPModel)
+
+
+def vision_config(model: PreTrainedModel) -> PretrainedConfig:
+    """The config that describes the vision tower (CLIP's `vision_config`, else the model's own config)."""
+    return model.config.vision_config if is_clip(model) else model.config
+
+
+def vision_tower(model: PreTrainedModel) -> nn.Module:
+    """The module whose forward runs the image encoder alone (`model.vision_model` for CLIP, else the model)."""
+    return model.vision_model if is_clip(model) else model
+
+
+def vision_layers(model: PreTrainedModel) -> nn.ModuleList:
+    """The transformer blocks of the vision tower (`model.vit.layers` in transformers 5, or CLIP's encoder layers)."""
+    if is_clip(model):
+        return model.vision_model.encoder.layers
+    backbone = getattr(model, model.base_model_prefix, None)
+    layers = getattr(backbone, "layers", None)
+    if layers is None and backbone is not None and hasattr(backbone, "encoder"):
+        layers = getattr(backbone.encoder, "layer", None) or getattr(backbone.encoder, "layers", None)
+    if layers is None:
+        raise TypeError(
+            f"{type(model).__name__} is not supported: expected a ViT-family image classifier (e.g. "
+            "ViTForImageClassification, DeiTForImageClassification) or a CLIPModel."
+        )
+    return layers
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    return next(model.parameters()).dtype
+
+
+def model_name(model: PreTrainedModel) -> str | None:
+    """The `name_or_path` the model was loaded from, if it records one."""
+    return getattr(model.config, "_name_or_path", None) or getattr(model, "name_or_path", None) or None
+
+
+def same_model_name(a: str, b: str) -> bool:
+    """
+    Whether two `name_or_path` strings name the same model: equal Hub ids, the same resolved local folder, or one path
+    a trailing part of the other (an SAE records `hf_fga/bundled/model`, the model was loaded from
+    `/somewhere/hf_fga/bundled/model`).
+    """
+    parts_a, parts_b = Path(a.rstrip("/")).parts, Path(b.rstrip("/")).parts
+    if parts_a == parts_b:
+        return True
+    if Path(a).is_dir() and Path(b).is_dir() and Path(a).resolve() == Path(b).resolve():
+        return True
+    shorter, longer = sorted((parts_a, parts_b), key=len)
+    return len(shorter) > 1 and longer[-len(shorter) :] == shorter
+
+
+# ------------------------------------------------------------------------------------------------ target scores
+@torch.no_grad()
+def clip_text_embeddings(
+    model: CLIPModel, tokenizer, candidate_labels: list[str], template: str = CLIP_TEMPLATE
+) -> Tensor:
+    """L2-normalised text embeddings `(C, projection_dim)` of `template.format(label)` for each candidate label."""
+    if not candidate_labels:
+        raise ValueError(
+            "CLIP needs candidate_labels: pass the zero-shot labels, e.g. candidate_labels=['cat', 'dog']."
+        )
+    prompts = [template.format(label) for label in candidate_labels]
+    inputs = tokenizer(prompts, padding=True, return_tensors="pt").to(model.device)
+    out = model.get_text_features(**inputs)
+    emb = out.pooler_output if hasattr(out, "pooler_output") else out
+    return emb / emb.norm(dim=-1, keepdim=True)
+
+
+def model_logits(model: PreTrainedModel, pixel_values: Tensor, text_embeds: Tensor | None = None) -> Tensor:
+    """
+    The pre-softmax scores `(B, C)` whose entry t is the target score y of method.md §1.
+
+    Classifier: the class logits. CLIP: `logits_per_image` against the candidate-label text embeddings
+    `text_embeds (C, projection_dim)` (already normalised), i.e. `exp(logit_scale) · cos(image, text)`.
+    """
+    if is_clip(model):
+        if text_embeds is None:
+            raise ValueError("CLIP needs candidate labels: pass candidate_labels (or their text_embeds).")
+        image = model.get_image_features(pixel_values=pixel_values)
+        image = image.pooler_output if hasattr(image, "pooler_output") else image
+        image = image / image.norm(dim=-1, keepdim=True)
+        return model.logit_scale.exp() * image @ text_embeds.to(image.dtype).T
+    return model(pixel_values=pixel_values).logits
+
+
+# ------------------------------------------------------------------------------------------------ loading
+def load_vision_model(name_or_path: str, config: PretrainedConfig | None = None, **kwargs: Any) -> PreTrainedModel:
+    """
+    Load what `hf_fga` can explain: a `CLIPModel` for CLIP checkpoints, an `AutoModelForImageClassification`
+    otherwise, in eval mode. `kwargs` go to `from_pretrained` (the Hub ones, `revision`, `token`, … also to the
+    config). The attention implementation is left as saved: [`prepared_model`] switches to eager attention for an
+    attribution pass and back afterwards.
+    """
+    from transformers import AutoConfig, AutoModelForImageClassification
+
+    if config is None:
+        config = AutoConfig.from_pretrained(name_or_path, **{k: kwargs[k] for k in HUB_KWARGS if k in kwargs})
+    loader = CLIPModel if config.model_type == "clip" else AutoModelForImageClassification
+    return loader.from_pretrained(name_or_path, config=config, **kwargs).eval()
+
+
+# ------------------------------------------------------------------------------------------------ preparing
+def _all_configs(model: PreTrainedModel) -> list[PretrainedConfig]:
+    """Every config object reachable from the model (top level, sub-configs, and those held by submodules)."""
+    found: dict[int, PretrainedConfig] = {}
+    stack = [model.config]
+    stack.extend(getattr(m, "config", None) for m in model.modules())
+    while stack:
+        config = stack.pop()
+        if not isinstance(config, PretrainedConfig) or id(config) in found:
+            continue
+        found[id(config)] = config
+        stack.extend(getattr(config, key, None) for key in getattr(config, "sub_configs", {}))
+    return list(found.values())
+
+
+@contextlib.contextmanager
+def prepared_model(model: PreTrainedModel) -> Iterator[list[RemovableHandle]]:
+    """
+    Put `model` in eval mode with eager attention and frozen parameters; restore all of it on exit.
+
+    Yields a list to which the caller appends its hook handles; they are removed on exit, also after an exception.
+    Restored: every submodule's train/eval flag, every parameter's `requires_grad`, and the attention implementation
+    of every config (the model's own `_attn_implementation` included).
+    """
+    training = [(module, module.training) for module in model.modules()]
+    requires_grad = [(param, param.requires_grad) for param in model.parameters()]
+    configs = _all_configs(model)
+    attn = [(config, config.__dict__.get("_attn_implementation_internal")) for config in configs]
+    handles: list[RemovableHandle] = []
+    try:
+        model.eval()
+        for param, _ in requires_grad:
+            param.requires_grad_(False)
+        if any(config._attn_implementation not in (None, "eager") for config in configs):
+            model.set_attn_implementation("eager")
+        yield handles
+    finally:
+        for handle in handles:
+            handle.remove()
+        for config, value in attn:
+            config._attn_implementation_internal = value
+        for param, flag in requires_grad:
+            param.requires_grad_(flag)
+        for module, flag in training:
+            module.training = flag
+
+
+# ------------------------------------------------------------------------------------------------ hooks
+def attention_module(layer: nn.Module, index: int) -> nn.Module:
+    """The self-attention module of a block: the first submodule whose class name ends with `Attention`."""
+    for module in layer.modules():
+        if type(module).__name__.endswith("Attention"):
+            return module
+    raise TypeError(
+        f"Block {index} ({type(layer).__name__}) has no submodule named '*Attention': attention maps cannot be "
+        "captured for this architecture. Use a ViT-family classifier or a CLIPModel."
+    )
+
+
+def check_hook_points(model: PreTrainedModel, hook_points: Mapping[int, str]) -> None:
+    """A ValueError naming the entry unless every key is a block of `model` and every value one of `HOOK_POINTS`."""
+    num_layers = len(vision_layers(model))
+    for block, point in hook_points.items():
+        if isinstance(block, bool) or not isinstance(block, int) or not 0 <= block < num_layers:
+            raise ValueError(
+                f"Block {block!r} is out of range: this model has {num_layers} blocks, so valid 0-indexed blocks are "
+                f"0..{num_layers - 1}."
+            )
+        if point not in HOOK_POINTS:
+            raise ValueError(f"Block {block}: unknown hook point {point!r}; expected one of {list(HOOK_POINTS)}.")
+
+
+def register_residual_hooks(
+    model: PreTrainedModel, hook_points: Mapping[int, str], record: Callable[[int, str, Tensor], None]
+) -> list[RemovableHandle]:
+    """
+    Forward hooks that call `record(block, hook_point, x)` with the residual stream `x (B, T, d)` of each requested
+    block: its input for `resid_pre`, its output for `resid_post`. Returns the handles (the caller removes them).
+    """
+    check_hook_points(model, hook_points)
+    layers = vision_layers(model)
+    handles = []
+    for block, point in sorted(hook_points.items()):
+        if point == "resid_pre":
+
+            def pre_hook(module, args, kwargs, block=block):
+                record(block, "resid_pre", args[0] if args else kwargs["hidden_states"])
+
+            handles.append(layers[block].register_forward_pre_hook(pre_hook, with_kwargs=True))
+        else:
+
+            def post_hook(module, args, output, block=block):
+                record(block, "resid_post", output[0] if isinstance(output, tuple) else output)
+
+            handles.append(layers[block].register_forward_hook(post_hook))
+    return handles
+
+
+def register_attention_hooks(model: PreTrainedModel, record: Callable[[int, Tensor], None]) -> list[RemovableHandle]:
+    """
+    Forward hooks that call `record(block, probabilities)` with the attention probabilities `(B, H, T, T)` of every
+    block (after softmax; eager attention is needed, see [`prepared_model`]). Returns the handles.
+    """
+    handles = []
+    for index, layer in enumerate(vision_layers(model)):
+
+        def save_attention(module, args, output, index=index):
+            weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+            if not isinstance(weights, Tensor) or weights.dim() != 4:
+                raise TypeError(
+                    f"The attention module of block {index} did not return attention probabilities (B, H, T, T): "
+                    "eager attention is needed to capture them."
+                )
+            record(index, weights)
+
+        handles.append(attention_module(layer, index).register_forward_hook(save_attention))
+    return handles
+
+
+@contextlib.contextmanager
+def residual_hooks(
+    model: PreTrainedModel,
+    hook_points: Mapping[int, str],
+    record: Callable[[int, str, Tensor], None] | None = None,
+) -> Iterator[dict[int, Tensor]]:
+    """
+    Record the residual stream during the forward passes run inside the block; the hooks are removed on exit.
+
+    Yields a dict `{block: x (B, T, d)}` (detached) of the latest pass, unless `record` is given, which is then called
+    instead (see [`register_residual_hooks`]).
+
+    Example:
+    ```python
+    >>> with residual_hooks(model, {4: "resid_post"}) as seen:
+    ...     vision_tower(model)(pixel_values=pixel_values)
+    >>> seen[4].shape  # (B, T, d)
+    ```
+    """
+    seen: dict[int, Tensor] = {}
+
+    def remember(block: int, point: str, x: Tensor) -> None:
+        seen[block] = x.detach()
+
+    handles = register_residual_hooks(model, hook_points, record or remember)
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
