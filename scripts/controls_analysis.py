@@ -41,7 +41,7 @@ from hf_fga.evaluation.storage import RESULTS_FOLDER, read_parts  # noqa: E402
 
 REFERENCE = "transmm||||"
 CLASSES = {0: "NORMAL", 1: "PNEUMONIA"}
-COLUMNS = ["image_id", "preset", "baseline", "config", "label", "saco", "faithfulness_correlation", "pixel_flipping"]
+COLUMNS = ["image_id", "preset", "fill", "config", "label", "saco", "faithfulness_correlation", "pixel_flipping"]
 
 
 def load(folder: Path, tag: str | None, needed: list[str], keep_reference: bool = False) -> pd.DataFrame:

@@ -72,13 +72,13 @@ def main() -> None:
           f"{len(set(val['key']) & set(test['key']))}; test: {len(test)} images, {test['key'].nunique()} patients")
     results = read_parts(args.results)
     owner = dict(zip(test["file_name"], test["key"], strict=True))
-    for (preset, baseline), group in results.groupby(["preset", "baseline"]):
+    for (preset, fill), group in results.groupby(["preset", "fill"]):
         for metric in METRICS:
             ours = group[group["config"] == args.config].set_index("image_id")[metric]
             reference = group[group["config"] == "transmm||||"].set_index("image_id")[metric]
             differences = (ours - reference).dropna()
             gain = per_patient_means(differences.to_numpy(), [owner[i] for i in differences.index]).mean()
-            print(f"{preset} {baseline} {metric}: n={len(differences)} per-patient gain {gain:+.6g} "
+            print(f"{preset} {fill} {metric}: n={len(differences)} per-patient gain {gain:+.6g} "
                   f"margin {equivalence_margin(gain):.6g}")
 
 

@@ -226,11 +226,11 @@ def tost_paired(differences: Sequence[float], patients: Sequence[object], margin
     return EquivalenceResult(mean, margin, p_lower, p_upper, max(p_lower, p_upper), n)
 
 
-def _by_image(group: pd.DataFrame, config: str, preset: str, baseline: str) -> pd.DataFrame:
+def _by_image(group: pd.DataFrame, config: str, preset: str, fill: str) -> pd.DataFrame:
     frame = group[group["config"] == config].set_index("image_id")
     if frame.index.has_duplicates:
         raise ValueError(
-            f"configuration {config!r} has several rows for one image in preset {preset!r}, baseline {baseline!r} "
+            f"configuration {config!r} has several rows for one image in preset {preset!r}, fill {fill!r} "
             f"(e.g. {frame.index[frame.index.duplicated()][0]!r}): results of two runs were concatenated; keep one."
         )
     return frame
@@ -248,7 +248,7 @@ def patient_comparison(
 ) -> pd.DataFrame:
     """
     Patient-level paired statistics of two configurations scored on the same images (per-image results of
-    [`hf_fga.evaluation.run_evaluation`]): per (preset, baseline, metric), n images and patients, both means, the mean
+    [`hf_fga.evaluation.run_evaluation`]): per (preset, fill, metric), n images and patients, both means, the mean
     per-image and per-patient difference (config − reference), the Wilcoxon and paired-t p on per-patient means, the
     patient-cluster bootstrap 95 % CI, and the fraction of patients where `config` is better (lower for Pixel
     Flipping). Images with a NaN score on either side are left out.
@@ -269,8 +269,8 @@ def patient_comparison(
             "(hf_fga.evaluation.hypothesis_tests.patient_keys on the dataset's patient_id and file_name columns)."
         )
     rows = []
-    for (preset, baseline), group in results.groupby(list(GROUP_COLUMNS), sort=True):
-        ours, theirs = (_by_image(group, key, preset, baseline) for key in (config, reference))
+    for (preset, fill), group in results.groupby(list(GROUP_COLUMNS), sort=True):
+        ours, theirs = (_by_image(group, key, preset, fill) for key in (config, reference))
         for metric in metrics:
             pairs = pd.concat([ours[metric], theirs[metric]], axis=1, join="inner").astype(float).dropna()
             differences = (pairs.iloc[:, 0] - pairs.iloc[:, 1]).to_numpy()
@@ -279,7 +279,7 @@ def patient_comparison(
             wilcoxon, paired_t = paired_tests(per_patient.to_numpy())
             low, high = cluster_bootstrap_ci(differences, owners, n_resamples=n_resamples, seed=seed)
             rows.append({
-                "preset": preset, "baseline": baseline, "config": config, "reference": reference, "metric": metric,
+                "preset": preset, "fill": fill, "config": config, "reference": reference, "metric": metric,
                 "n_images": len(differences), "n_patients": len(per_patient),
                 "mean": float(pairs.iloc[:, 0].mean()) if len(pairs) else float("nan"),
                 "reference_mean": float(pairs.iloc[:, 1].mean()) if len(pairs) else float("nan"),
@@ -327,7 +327,7 @@ class Comparison:
 def combine_configurations(results: pd.DataFrame, name: str, terms: Mapping[str, float]) -> pd.DataFrame:
     """
     Per-image rows of a derived configuration `name` whose scores are the linear combination Σ coefficient · score of
-    the configurations in `terms` (e.g. a difference in differences), per (image, preset, baseline); images missing a
+    the configurations in `terms` (e.g. a difference in differences), per (image, preset, fill); images missing a
     term are left out. The rows carry `image_id`, the group columns, `label` when present, `config` and the metrics.
     """
     metrics = [m for m in METRICS if m in results.columns]
@@ -358,7 +358,7 @@ def superiority_family(
     seed: int = 0,
 ) -> pd.DataFrame:
     """
-    Every comparison of a declared family at the patient level ([`patient_comparison`], one row per preset, baseline
+    Every comparison of a declared family at the patient level ([`patient_comparison`], one row per preset, fill
     and metric), Holm-corrected across all its rows together: `holm_p`, and `holds` (`holm_p < alpha`, in the
     better direction for `"better"` comparisons). A comparison whose configurations are missing is an error: a family
     is tested in full or not at all.
@@ -386,12 +386,12 @@ def gain_margins(
     metrics: Sequence[str] | None = None,
 ) -> dict[tuple[str, str, str], float]:
     """
-    Equivalence margins δ per (preset, baseline, metric): `fraction` of |the per-patient mean difference config −
+    Equivalence margins δ per (preset, fill, metric): `fraction` of |the per-patient mean difference config −
     reference| (method.md §10: ±10 % of FGA's gain over TransMM).
     """
     table = patient_comparison(results, config, reference, patients, metrics, n_resamples=1)
     return {
-        (r.preset, r.baseline, r.metric): equivalence_margin(r.patient_mean_difference, fraction)
+        (r.preset, r.fill, r.metric): equivalence_margin(r.patient_mean_difference, fraction)
         for r in table.itertuples()
     }
 
@@ -406,27 +406,27 @@ def equivalence_family(
     alpha: float = 0.05,
 ) -> pd.DataFrame:
     """
-    Paired TOST ([`tost_paired`]) of every comparison per (preset, baseline, metric) with the margin of that cell
+    Paired TOST ([`tost_paired`]) of every comparison per (preset, fill, metric) with the margin of that cell
     (`margins`, e.g. from [`gain_margins`]), Holm-corrected across the family: `holm_p`, and `equivalent`
     (`holm_p < alpha`).
     """
     metrics = [m for m in (metrics or METRICS) if m in results.columns]
     rows = []
     for comparison in comparisons:
-        for (preset, baseline), group in results.groupby(list(GROUP_COLUMNS), sort=True):
+        for (preset, fill), group in results.groupby(list(GROUP_COLUMNS), sort=True):
             pair = (comparison.config, comparison.reference)
-            ours, theirs = (_by_image(group, key, preset, baseline) for key in pair)
+            ours, theirs = (_by_image(group, key, preset, fill) for key in pair)
             if ours.empty or theirs.empty:
-                raise ValueError(f"{comparison} has no results in preset {preset!r}, baseline {baseline!r}.")
+                raise ValueError(f"{comparison} has no results in preset {preset!r}, fill {fill!r}.")
             for metric in metrics:
-                if (preset, baseline, metric) not in margins:
-                    raise ValueError(f"no equivalence margin for {(preset, baseline, metric)}: give every cell one.")
+                if (preset, fill, metric) not in margins:
+                    raise ValueError(f"no equivalence margin for {(preset, fill, metric)}: give every cell one.")
                 pairs = pd.concat([ours[metric], theirs[metric]], axis=1, join="inner").astype(float).dropna()
                 differences = (pairs.iloc[:, 0] - pairs.iloc[:, 1]).to_numpy()
                 owners = [patients[i] for i in pairs.index]
-                result = tost_paired(differences, owners, margins[(preset, baseline, metric)])
+                result = tost_paired(differences, owners, margins[(preset, fill, metric)])
                 rows.append({
-                    "hypothesis": comparison.hypothesis, "preset": preset, "baseline": baseline,
+                    "hypothesis": comparison.hypothesis, "preset": preset, "fill": fill,
                     "config": comparison.config, "reference": comparison.reference, "metric": metric,
                     "n_patients": result.n_patients, "patient_mean_difference": result.mean, "margin": result.margin,
                     "p_lower": result.p_lower, "p_upper": result.p_upper, "tost_p": result.p_value,

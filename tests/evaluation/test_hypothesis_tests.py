@@ -159,7 +159,7 @@ def test_patient_comparison_and_directional_holds():
         patients[image] = patient
         base = rng.uniform(0.3, 0.7)
         for config, shift in (("x", 0.05), ("y", 0.0)):
-            rows.append({"preset": "papers", "baseline": "mean", "config": config, "image_id": image,
+            rows.append({"preset": "papers", "fill": "mean", "config": config, "image_id": image,
                          "saco": base + shift + rng.normal(0, 0.01),
                          "pixel_flipping": base + shift + rng.normal(0, 0.01)})
     results = pd.DataFrame(rows)
@@ -193,7 +193,7 @@ def _family_results(seed: int = 5) -> tuple[pd.DataFrame, dict[str, str]]:
         values["same"] = values["gain"] + rng.normal(0, 0.0005)
         values["worse"] = values["gain"] - 0.03 + rng.normal(0, 0.005)
         for config, value in values.items():
-            rows.append({"preset": "papers", "baseline": "mean", "config": config, "image_id": image,
+            rows.append({"preset": "papers", "fill": "mean", "config": config, "image_id": image,
                          "label": i % 2, "saco": value, "pixel_flipping": value})
     return pd.DataFrame(rows), patients
 

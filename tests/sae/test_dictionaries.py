@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from hf_fga.attribution.fga import FeatureCodes, block_scores
+from hf_fga.attribution.methods.fga import FeatureCodes, block_scores
 from hf_fga.sae import SparseAutoencoder
 from hf_fga.sae.dictionaries import (
     dictionary_sae,
