@@ -14,6 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONWARNINGS="ignore::UserWarning"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's hf_fga (a worktree's, not the venv's install)
 DATA=${DATA:-/work/shared/data/chest_xray_pneumonia}
 VALIDATION_LIMIT=${VALIDATION_LIMIT:-256}
 TEST_LIMIT=${TEST_LIMIT:-618}

@@ -59,11 +59,11 @@ class ModelArguments:
     mean_residuals_split: str | None = field(
         default=None, metadata={"help": "The split of the dataset μ_ℓ is computed on when no file is given."}
     )
+    mean_residuals_limit: int = field(default=256, metadata={"help": "Images used to compute μ_ℓ."})
     feature_importance: str | None = field(
         default=None, metadata={"help": "A safetensors file of feature importances (save_feature_importance, "
                                         "scripts/compute_feature_importance.py) for the selective variant."},
     )
-    mean_residuals_limit: int = field(default=256, metadata={"help": "Images used to compute μ_ℓ."})
     candidate_labels: str | None = field(
         default=None, metadata={"help": "CLIP: comma-separated labels (default: the label column's class names)."}
     )
