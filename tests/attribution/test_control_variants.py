@@ -256,3 +256,20 @@ def test_feature_importance_matches_reference(vit, pixels, cap, kind, tmp_path):
         select_features(importance[0], 0)
     with pytest.raises(ValueError, match="have none"):
         compute_feature_importance(attr, [pixels], [3], progress=False)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [dict(variant="error-scaled", error_scale=2.0), dict(variant="error-only"),
+     dict(variant="transmm-power", gamma=2.0), dict(variant="selective", num_features=32)],
+    ids=lambda o: o["variant"],
+)
+def test_control_variants_are_batch_invariant(vit, pixels, options):
+    saes = sae_set("topk")
+    attr = Attributor(vit, saes)
+    if options["variant"] == "selective":
+        options = {**options, "feature_importance": compute_feature_importance(attr, [pixels], LAYERS, progress=False)}
+    batch = attr.attribute(pixels, layers=LAYERS, **options)
+    for b in range(pixels.shape[0]):
+        single = attr.attribute(pixels[b : b + 1], layers=LAYERS, **options)
+        assert relative_error(single.attribution, batch.attribution[b : b + 1]) < 1e-5
