@@ -202,16 +202,11 @@ def patch_permutation(num_patches: int, seed: int, block: int) -> Tensor:
 
 
 def _reconstruction_terms(codes: FeatureCodes, x: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
-    """(g·(x − b_dec), g·D f) per row; D f = x̂ − b_dec needs a reconstruction linear in the features."""
-    sae = codes.sae
-    if sae.config.normalize_activations == "layer_norm":
-        raise ValueError(
-            f"The error variants need an SAE whose reconstruction is linear in its features (x̂ = D f + b_dec), but "
-            f"the SAE of block {sae.config.hook_layer} normalises its input with a runtime layer norm, where "
-            "x̂ − b_dec ≠ D f: use `combined` / `centered` with it, or an SAE with normalize_activations 'none' or "
-            "'constant_scale'."
-        )
-    return _dot(g, x - sae.decoder_bias_in_residual_space()), _dot(g, codes.decode())
+    """
+    (g·(x − b_dec), g·D f) per row. D f = x̂ − b_dec holds for SAEs without a runtime layer norm (the method's
+    `check_options` refuses the error variants on the others).
+    """
+    return _dot(g, x - codes.sae.decoder_bias_in_residual_space()), _dot(g, codes.decode())
 
 
 def selective_scores(codes: FeatureCodes, g: Tensor, selected: Tensor) -> Tensor:
@@ -399,6 +394,15 @@ class FeatureGradientAttributionMethod(AttributionMethod):
             raise ValueError(f"num_contributions must be a positive integer, got {count!r}.")
         self._check_variant_options(options)
         options["layers"] = self.gated_blocks(attributor, options["variant"], options["layers"])
+        if options["variant"] in ("error-scaled", "error-only"):
+            for block in options["layers"]:
+                if attributor.saes[block].config.normalize_activations == "layer_norm":
+                    raise ValueError(
+                        f"Variant {options['variant']!r} needs an SAE whose reconstruction is linear in its features "
+                        f"(x̂ = D f + b_dec), but the SAE of block {block} normalises its input with a runtime layer "
+                        "norm, where x̂ − b_dec ≠ D f: use `combined` / `centered` with it, or an SAE with "
+                        "normalize_activations 'none' or 'constant_scale'."
+                    )
         if options["variant"] == "selective":
             options["selected"] = self._selected_features(attributor, options)
         return options
