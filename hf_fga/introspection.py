@@ -4,14 +4,16 @@ The bottom layer: what `hf_fga` needs to know about a ViT-family classifier or a
 Everything that reads a model's structure lives here, once: which model family it is ([`is_clip`]), its vision
 blocks, vision config and vision tower, the target scores of method.md §1 ([`model_logits`],
 [`clip_text_embeddings`]), loading a checkpoint ([`load_vision_model`]), preparing it for an attribution pass and
-restoring it exactly afterwards ([`prepared_model`]), and the forward hooks on the residual stream and the attention
-probabilities. Attribution methods, SAE training, the faithfulness engine, the evaluation and the Space sit above it
-and import nothing from each other to reach a model.
+restoring it exactly afterwards ([`prepared_model`]), the forward hooks on the residual stream and the attention
+probabilities, and running the vision tower from a given block onward ([`run_from_block`]). Attribution methods,
+SAE training, the faithfulness engine, the evaluation and the Space sit above it and import nothing from each other
+to reach a model.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,10 @@ from transformers import CLIPModel, PretrainedConfig, PreTrainedModel
 HOOK_POINTS = ("resid_pre", "resid_post")
 CLIP_TEMPLATE = "a photo of a {}"
 HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only")
+# Whether CLIP's image-embedding norm is a constant in the backward pass (see `constant_embedding_norm`).
+_CONSTANT_EMBEDDING_NORM: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "constant_embedding_norm", default=False
+)
 
 
 # ------------------------------------------------------------------------------------------------ model structure
@@ -99,6 +105,20 @@ def clip_text_embeddings(
     return emb / emb.norm(dim=-1, keepdim=True)
 
 
+@contextlib.contextmanager
+def constant_embedding_norm() -> Iterator[None]:
+    """
+    Inside the block, [`model_logits`] treats the L2 norm of CLIP's image embedding as a constant in the backward pass
+    (the forward value is unchanged): the LN rule of method.md §8 applied to the last normalisation, so that under the
+    backward rules the CLIP score is linear in the embedding, as a classifier's logit is.
+    """
+    token = _CONSTANT_EMBEDDING_NORM.set(True)
+    try:
+        yield
+    finally:
+        _CONSTANT_EMBEDDING_NORM.reset(token)
+
+
 def model_logits(model: PreTrainedModel, pixel_values: Tensor, text_embeds: Tensor | None = None) -> Tensor:
     """
     The pre-softmax scores `(B, C)` whose entry t is the target score y of method.md §1.
@@ -111,7 +131,8 @@ def model_logits(model: PreTrainedModel, pixel_values: Tensor, text_embeds: Tens
             raise ValueError("CLIP needs candidate labels: pass candidate_labels (or their text_embeds).")
         image = model.get_image_features(pixel_values=pixel_values)
         image = image.pooler_output if hasattr(image, "pooler_output") else image
-        image = image / image.norm(dim=-1, keepdim=True)
+        norm = image.norm(dim=-1, keepdim=True)
+        image = image / (norm.detach() if _CONSTANT_EMBEDDING_NORM.get() else norm)
         return model.logit_scale.exp() * image @ text_embeds.to(image.dtype).T
     return model(pixel_values=pixel_values).logits
 
@@ -281,3 +302,70 @@ def residual_hooks(
     finally:
         for handle in handles:
             handle.remove()
+
+
+# ------------------------------------------------------------------------------------------- part of a forward pass
+def _layers_owner(model: PreTrainedModel) -> tuple[nn.Module, str]:
+    """The module that holds the vision tower's `ModuleList` of blocks, and the attribute name it is held under."""
+    layers = vision_layers(model)
+    for module in model.modules():
+        for name, child in module.named_children():
+            if child is layers:
+                return module, name
+    raise TypeError(f"The blocks of {type(model).__name__} are not a child of any of its modules.")
+
+
+@contextlib.contextmanager
+def blocks_from(model: PreTrainedModel, start: int, hidden_states: Tensor) -> Iterator[None]:
+    """
+    Inside the block, a forward pass of `model` runs only blocks `start..L-1`, with `hidden_states (R, T, d)` as the
+    input of block `start`, then the model's own head; the model is restored on exit, also after an exception.
+    Hooks on the blocks still fire.
+
+    Why: activation patching (CAAP) reruns only the blocks after an intervention. Rather than re-implement each
+    architecture's head (ViT's final LayerNorm and classifier, DeiT's two classifiers, CLIP's post-LayerNorm,
+    projection and text logits), the model's own forward runs with its list of blocks truncated for the call and the
+    given residual stream substituted for the input of block `start`. The embeddings still run on whatever image the
+    caller passes (their output is replaced), so pass one small image (see [`run_from_block`]).
+    """
+    owner, name = _layers_owner(model)
+    layers = owner._modules[name]
+    if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start < len(layers):
+        raise ValueError(f"start={start!r} is not a block of this model: valid blocks are 0..{len(layers) - 1}.")
+
+    def substitute(module, args, kwargs):
+        if args:
+            return (hidden_states, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": hidden_states}
+
+    handle = layers[start].register_forward_pre_hook(substitute, with_kwargs=True)
+    try:
+        owner._modules[name] = nn.ModuleList(list(layers)[start:])
+        yield
+    finally:
+        owner._modules[name] = layers
+        handle.remove()
+
+
+def run_from_block(
+    model: PreTrainedModel, hidden_states: Tensor, start: int, text_embeds: Tensor | None = None
+) -> Tensor:
+    """
+    The scores `(R, C)` of [`model_logits`] when the residual stream at the input of block `start` is
+    `hidden_states (R, T, d)`: blocks `start..L-1`, then the model's head. The embeddings run on one dummy image, so
+    the cost is that of the blocks run and the head.
+
+    Example:
+    ```python
+    >>> with residual_hooks(model, {4: "resid_pre"}) as seen:
+    ...     logits = model_logits(model, pixel_values)
+    >>> torch.allclose(run_from_block(model, seen[4], start=4), logits)
+    True
+    ```
+    """
+    config = vision_config(model)
+    size = config.image_size
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    dummy = torch.zeros(1, config.num_channels, height, width, device=hidden_states.device, dtype=model_dtype(model))
+    with blocks_from(model, start, hidden_states):
+        return model_logits(model, dummy, text_embeds)

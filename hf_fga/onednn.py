@@ -158,7 +158,9 @@ class OneDNNLinears:
                 "oneDNN linears need a PyTorch build with oneDNN and a model whose linear weights are float32 on "
                 "CPU; use linear_backend='default' for this model."
             )
-        self.model = model
+        # a weak reference: the process-wide cache (`cached_linears`) keys packs weakly by model, and a strong one
+        # here would keep every model ever packed alive
+        self._model = weakref.ref(model)
         self.backward = backward
         self._packs = [
             (module, PackedLinear(module.weight, module.bias, backward))
@@ -167,7 +169,10 @@ class OneDNNLinears:
         ]
 
     def is_current(self) -> bool:
-        linears = [m for m in self.model.modules() if isinstance(m, nn.Linear)]
+        model = self._model()
+        if model is None:
+            return False
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
         return len(linears) == len(self._packs) and all(
             module is linear and pack.is_current(module.weight, module.bias)
             for (module, pack), linear in zip(self._packs, linears, strict=True)
@@ -212,3 +217,53 @@ def check_once(model: nn.Module, packs: OneDNNLinears, stock: Callable[[], Tenso
                 raise RuntimeError(message)
             warnings.warn(message, stacklevel=3)
     return _CHECKED[model]
+
+
+# model -> its packs, reused across calls while current (weak keys: a deleted model leaves no entry)
+_PACKS: weakref.WeakKeyDictionary[nn.Module, OneDNNLinears] = weakref.WeakKeyDictionary()
+
+
+def cached_linears(model: nn.Module, backward: bool = False) -> OneDNNLinears:
+    """
+    The packs of `model`, shared by every caller in the process: taken on first use, retaken when the weights change
+    or when input gradients are needed and the cached packs serve forwards only (packs with `backward=True` serve
+    both, so a model holds at most one set).
+    """
+    packs = _PACKS.get(model)
+    if packs is None or not packs.is_current() or (backward and not packs.backward):
+        packs = _PACKS[model] = OneDNNLinears(model, backward=backward)
+    return packs
+
+
+def model_linears(model: nn.Module, backend: str, stock: Callable[[], Tensor], backward: bool = False):
+    """
+    A context manager that runs `model`'s linears through oneDNN if `backend` allows it for this model, else a
+    `contextlib.nullcontext()`.
+
+    The packs are [`cached_linears`]. On the first call per model `stock()` (a forward returning a tensor) is checked
+    against the stock kernels ([`check_once`]).
+
+    Args:
+        model (`nn.Module`): the model whose `nn.Linear` layers are run.
+        backend (`str`): `"auto"`, `"onednn"` (an error if unsupported) or `"default"` (always the stock kernels).
+        stock (`Callable[[], Tensor]`): a forward of `model` for the one-time check.
+        backward (`bool`, defaults to `False`): input gradients must flow through the linears.
+
+    Example:
+    ```python
+    >>> with model_linears(model, "auto", lambda: model(pixel_values=pixels[:1]).logits, backward=True):
+    ...     logits = model(pixel_values=pixels).logits
+    ```
+    """
+    check_backend(backend)
+    if backend == "default" or not supports_onednn(model):
+        if backend == "onednn":
+            raise ValueError(
+                "linear_backend='onednn' needs a PyTorch build with oneDNN and a model whose linear weights are "
+                "float32 on CPU; use linear_backend='auto' or 'default' for this model."
+            )
+        return contextlib.nullcontext()
+    packs = cached_linears(model, backward)
+    if not check_once(model, packs, stock, backend):
+        return contextlib.nullcontext()
+    return packs.applied()

@@ -7,13 +7,16 @@ from .feature_selection import compute_feature_importance, load_feature_importan
 from .mean_residuals import compute_mean_residuals, load_mean_residuals, save_mean_residuals
 from .methods import AttributionMethod, MethodResult, get_method, list_methods, register_method, unregister_method
 from .methods.fga import CONTROL_VARIANTS, VARIANTS
+from .rules import RULE_SETS, backward_rules
 
 __all__ = [
     "CONTROL_VARIANTS",
+    "RULE_SETS",
     "VARIANTS",
     "AttributionMethod",
     "AttributionOutput",
     "Attributor",
+    "backward_rules",
     "Capture",
     "FeatureGradientAttribution",
     "MethodResult",

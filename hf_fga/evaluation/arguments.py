@@ -76,7 +76,9 @@ class EvaluationArguments:
 
     output_dir: str = field(metadata={"help": "Folder for results/*.parquet, report.md, summary.csv, figures/."})
     methods: str = field(
-        default="transmm,fga", metadata={"help": "Comma-separated: transmm, fga, rollout, raw-attention."}
+        default="transmm,fga",
+        metadata={"help": "Comma-separated registered methods (hf_fga.list_methods()): transmm, fga, rollout, "
+                  "raw-attention, gradient-x-input, integrated-gradients, grad-cam, caap, ..."},
     )
     variants: str = field(
         default="combined",

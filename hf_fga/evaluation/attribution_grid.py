@@ -97,7 +97,8 @@ def attribute_configurations(
     variant_options: Mapping[str, Any] | None = None,
 ) -> GridAttributions:
     """
-    The maps of every configuration for `pixel_values (B, 3, H, W)` from one forward and one backward pass.
+    The maps of every configuration for `pixel_values (B, 3, H, W)` from one forward and one backward pass (methods
+    that run their own passes, such as Integrated Gradients or CAAP, run them on top, for the capture's target).
 
     `target=None` explains each image's predicted class. Configurations are validated (blocks, SAEs, mean residuals,
     κ, c_max) before the pass, with the same errors as `attribute`. `variant_options` as in [`method_options`].
@@ -107,10 +108,15 @@ def attribute_configurations(
         union.update(hook_points(attr, configuration, variant_options))
     union = dict(sorted(union.items()))
     capture = attr.capture(pixel_values, target=target, text_embeds=text_embeds, hook_points=union)
-    maps = {
-        c.key: attr.explain(capture, method=c.method, **method_options(c, shuffle_seed, variant_options)).attribution
-        for c in configurations
-    }
+    maps = {}
+    for c in configurations:
+        options = method_options(c, shuffle_seed, variant_options)
+        if get_method(c.method).uses_capture:
+            maps[c.key] = attr.explain(capture, method=c.method, **options).attribution
+        else:  # a method with its own passes (integrated gradients, CAAP, …), explaining the capture's target
+            maps[c.key] = attr.attribute(
+                pixel_values, method=c.method, target=capture.target, text_embeds=text_embeds, **options
+            ).attribution
     shared = attr.explain(capture, method="transmm")
     diagnostics: dict[int, dict[str, Tensor]] = {}
     if union:

@@ -6,9 +6,19 @@ import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from ..attribution import list_methods
+
 REFERENCE_METHOD = "transmm"
 GATED_METHOD = "fga"
-KNOWN_METHODS = ("transmm", "fga", "rollout", "raw-attention")
+# report order; any other registered method (hf_fga.list_methods()) comes after these
+KNOWN_METHODS = (
+    "transmm", "fga", "rollout", "raw-attention", "gradient-x-input", "integrated-gradients", "grad-cam", "caap",
+)
+METHOD_LABELS = {
+    "transmm": "TransMM", "rollout": "Rollout", "raw-attention": "Raw attention",
+    "gradient-x-input": "Gradient × Input", "integrated-gradients": "Integrated Gradients", "grad-cam": "Grad-CAM",
+    "caap": "CAAP",
+}
 KNOWN_VARIANTS = (
     "combined", "activation", "gradient", "no-sae", "shuffled", "centered", "mean-centered",
     # the controls of method.md §10; those with a parameter are written `name@value`, e.g. `error-scaled@0.5`
@@ -27,7 +37,7 @@ class EvaluationConfiguration:
     One attribution configuration of an evaluation grid.
 
     Args:
-        method (`str`): one of `KNOWN_METHODS`.
+        method (`str`): a registered method (`hf_fga.list_methods()`).
         variant (`str`, *optional*, defaults to `""`): the FGA variant; empty for the other methods.
         layers (`tuple[int, ...]`, *optional*, defaults to `()`): the gated blocks (FGA only).
         kappa (`float`, *optional*, defaults to `0.0`): κ of the gate (FGA only; 0 for the other methods).
@@ -59,9 +69,7 @@ class EvaluationConfiguration:
     def label(self) -> str:
         """A short human-readable name for reports and figures, e.g. `FGA combined [4,5,6] κ=0.5 c=10`."""
         if not self.is_gated:
-            return {"transmm": "TransMM", "rollout": "Rollout", "raw-attention": "Raw attention"}.get(
-                self.method, self.method
-            )
+            return METHOD_LABELS.get(self.method, self.method)
         return f"FGA {self.variant} [{self.layers_text}] κ={self.kappa:g} c={self.cmax:g}"
 
     @property
@@ -185,9 +193,10 @@ def expand_grid(
     ```
     """
     methods = list(dict.fromkeys(methods))
-    unknown = [m for m in methods if m not in KNOWN_METHODS]
+    registered = list_methods()
+    unknown = [m for m in methods if m not in registered]
     if unknown:
-        raise ValueError(f"Unknown method(s) {unknown}: expected some of {list(KNOWN_METHODS)}.")
+        raise ValueError(f"Unknown method(s) {unknown}: expected some of {sorted(registered)}.")
     variants, layer_sets = list(dict.fromkeys(variants)), list(dict.fromkeys(layer_sets))
     unknown = [v for v in variants if variant_name(v) not in KNOWN_VARIANTS]
     if unknown:

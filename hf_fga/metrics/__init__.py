@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 METRICS_DIR = Path(__file__).resolve().parent
-METRIC_NAMES = ("saco", "faithfulness_correlation", "pixel_flipping", "insertion", "deletion")
+METRIC_NAMES = ("saco", "faithfulness_correlation", "pixel_flipping", "insertion", "deletion", "completeness")
 
 
 def metric_path(name: str) -> str:
@@ -14,7 +14,8 @@ def metric_path(name: str) -> str:
 
     Args:
         name (`str`):
-            One of `"saco"`, `"faithfulness_correlation"`, `"pixel_flipping"`, `"insertion"`, `"deletion"`.
+            One of `"saco"`, `"faithfulness_correlation"`, `"pixel_flipping"`, `"insertion"`, `"deletion"`,
+            `"completeness"`.
 
     Returns:
         `str`: the absolute path of the folder that holds `<name>.py`, its README metric card and `app.py`.

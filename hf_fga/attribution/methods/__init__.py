@@ -3,14 +3,18 @@ Registered attribution methods, one per file. Importing this package registers t
 one more file here (an [`AttributionMethod`] subclass decorated with [`register_method`]) and one import below.
 """
 
-from . import fga, raw_attention, rollout, transmm
+from . import caap, fga, grad_cam, gradient_x_input, integrated_gradients, raw_attention, rollout, transmm
 from .base import AttributionMethod, MethodResult, get_method, list_methods, register_method, unregister_method
 
 __all__ = [
     "AttributionMethod",
     "MethodResult",
+    "caap",
     "fga",
     "get_method",
+    "grad_cam",
+    "gradient_x_input",
+    "integrated_gradients",
     "list_methods",
     "raw_attention",
     "register_method",

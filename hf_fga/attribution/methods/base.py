@@ -30,6 +30,9 @@ class MethodResult:
         gates (`dict[int, Tensor]`): per gated block, gates `(B, h, w)` (FGA only).
         diagnostics (`dict`, *optional*): method-specific per-block diagnostics, when requested.
         contributions (`dict`, *optional*): method-specific per-patch contributions, when requested.
+        logits (`Tensor` of shape `(B, C)`, *optional*): the clean images' scores, from an own-pass method that
+            resolves its target (`resolves_target = True`).
+        target (`Tensor` of shape `(B,)`, *optional*): the explained class per image, from such a method.
     """
 
     attribution: Tensor
@@ -37,6 +40,8 @@ class MethodResult:
     gates: dict[int, Tensor] = field(default_factory=dict)
     diagnostics: dict | None = None
     contributions: dict | None = None
+    logits: Tensor | None = None
+    target: Tensor | None = None
 
 
 class AttributionMethod:
@@ -50,6 +55,10 @@ class AttributionMethod:
             `False` if the method runs its own passes ([`attribute`] is implemented).
         gradient_based (`bool`, defaults to `False`): whether the method reads gradients (the `libragrad` modifier
             applies to it).
+        resolves_target (`bool`, defaults to `False`): for own-pass methods: `True` if [`attribute`] accepts
+            `target=None` (each image's argmax) and returns the clean `logits` and the `target` in its
+            [`MethodResult`], which spares the engine its own clean forward pass (gradient × input reads both from
+            its one forward pass).
         options (`Mapping[str, Any]`): the accepted options and their defaults.
     """
 
@@ -57,6 +66,7 @@ class AttributionMethod:
     description: ClassVar[str]
     uses_capture: ClassVar[bool]
     gradient_based: ClassVar[bool] = False
+    resolves_target: ClassVar[bool] = False
     options: ClassVar[Mapping[str, Any]] = {}
 
     def check_options(self, attributor: Attributor, **options: Any) -> dict[str, Any]:
@@ -88,7 +98,10 @@ class AttributionMethod:
         text_embeds: Tensor | None,
         options: Mapping[str, Any],
     ) -> MethodResult:
-        """The map from the method's own passes (methods with `uses_capture = False`); `target` is resolved `(B,)`."""
+        """
+        The map from the method's own passes (methods with `uses_capture = False`); `target` is resolved `(B,)`, or
+        `None` (each image's argmax) for a method with `resolves_target = True`.
+        """
         raise NotImplementedError(f"Method {self.name!r} derives its map from a capture: it has no own passes.")
 
 
