@@ -31,7 +31,6 @@ import json
 import math
 import pickle
 import random
-import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -44,6 +43,7 @@ from transformers import HfArgumentParser, ViTConfig, ViTForImageClassification,
 from transformers.models.vit import ViTImageProcessorPil
 
 from hf_fga.bundled.model_card import RESULTS_NAME, write_classifier_card, write_domain_card
+from hf_fga.evaluation.hypothesis_tests import patient_keys
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -159,19 +159,6 @@ def load_split(data_dir: str, split: str, cache_dir: Path) -> dict:
     cache_dir.mkdir(parents=True, exist_ok=True)
     torch.save(data, cache)
     return data
-
-
-def patient_keys(patient_ids: list[str], file_names: list[str]) -> list[str]:
-    """One key per patient: the dataset's `patient_id`, except for its catch-all id `NORMAL2-IM`.
-
-    The dataset gives all 743 (train) `NORMAL2-IM-NNNN-...` files the single `patient_id` "NORMAL2-IM"; their patient
-    number is the `NNNN` (as for `IM-NNNN`), so the key is `NORMAL2-IM-NNNN`. Any other id is kept as it is.
-    """
-    keys = []
-    for pid, name in zip(patient_ids, file_names, strict=True):
-        match = re.match(r"NORMAL2-IM-\d+", name) if pid == "NORMAL2-IM" else None
-        keys.append(match.group(0) if match else pid)
-    return keys
 
 
 def patient_split(keys: list[str], labels: list[int], val_fraction: float, seed: int) -> set[str]:

@@ -60,6 +60,10 @@ class ModelArguments:
         default=None, metadata={"help": "The split of the dataset μ_ℓ is computed on when no file is given."}
     )
     mean_residuals_limit: int = field(default=256, metadata={"help": "Images used to compute μ_ℓ."})
+    feature_importance: str | None = field(
+        default=None, metadata={"help": "A safetensors file of feature importances (save_feature_importance, "
+                                        "scripts/compute_feature_importance.py) for the selective variant."},
+    )
     candidate_labels: str | None = field(
         default=None, metadata={"help": "CLIP: comma-separated labels (default: the label column's class names)."}
     )
@@ -78,7 +82,9 @@ class EvaluationArguments:
     )
     variants: str = field(
         default="combined",
-        metadata={"help": "FGA variants: combined, activation, gradient, no-sae, shuffled, centered, mean-centered."},
+        metadata={"help": "FGA variants: combined, activation, gradient, no-sae, shuffled, centered, mean-centered; "
+                          "controls (method.md §10): error-scaled@λ, error-only, transmm-power@γ, random-gates, "
+                          "selective@m (with --feature_importance)."},
     )
     layer_sets: str | None = field(
         default=None, metadata={"help": "Gated-block sets, e.g. '4;5;6;4,5;4,5,6' (default: every block with an SAE)."}

@@ -11,13 +11,14 @@ it from its own capture; the tests check the two agree.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor
 
 from ..attribution import Attributor, get_method
+from ..attribution.methods.fga import VARIANT_OPTIONS, parse_variant
 from .configuration import EvaluationConfiguration
 
 DIAGNOSTIC_KEYS = ("g_dot_centered", "g_dot_error", "g_dot_x")
@@ -47,28 +48,43 @@ class GridAttributions:
     grid: tuple[int, int]
 
 
-def method_options(configuration: EvaluationConfiguration, shuffle_seed: int = 12345) -> dict[str, Any]:
-    """The `attribute` / `explain` options of a configuration (the gate settings for FGA, none otherwise)."""
+def method_options(
+    configuration: EvaluationConfiguration, shuffle_seed: int = 12345, variant_options: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """
+    The `attribute` / `explain` options of a configuration (the gate settings for FGA, none otherwise). A control
+    variant's parameter comes from its key (`error-scaled@0.5`, [`parse_variant`]); its other options (e.g. the
+    `feature_importance` of `selective`) from `variant_options`, passed only to the variant that reads them.
+    """
     if not configuration.is_gated:
         return {}
+    variant, parameter = parse_variant(configuration.variant or "combined")
+    own = VARIANT_OPTIONS.get(variant, {})
     return dict(
-        variant=configuration.variant or "combined",
+        variant=variant,
         layers=list(configuration.layers) or None,
         kappa=configuration.kappa or 0.5,
         cmax=configuration.cmax or 10.0,
         shuffle_seed=shuffle_seed,
+        **{name: value for name, value in (variant_options or {}).items() if name in own},
+        **parameter,
     )
 
 
-def hook_points(attr: Attributor, configuration: EvaluationConfiguration) -> dict[int, str]:
+def hook_points(
+    attr: Attributor, configuration: EvaluationConfiguration, variant_options: Mapping[str, Any] | None = None
+) -> dict[int, str]:
     """The residuals a configuration reads, `{block: hook_point}`; validates blocks, SAEs, mean residuals, κ, c_max."""
     method = get_method(configuration.method)
-    return method.hook_points(attr, method.check_options(attr, **method_options(configuration)))
+    options = method_options(configuration, variant_options=variant_options)
+    return method.hook_points(attr, method.check_options(attr, **options))
 
 
-def gated_blocks(attr: Attributor, configuration: EvaluationConfiguration) -> list[int]:
+def gated_blocks(
+    attr: Attributor, configuration: EvaluationConfiguration, variant_options: Mapping[str, Any] | None = None
+) -> list[int]:
     """The blocks a configuration gates (its `layers`, or the attribution's default when empty), validated."""
-    return sorted(hook_points(attr, configuration))
+    return sorted(hook_points(attr, configuration, variant_options))
 
 
 def attribute_configurations(
@@ -78,27 +94,28 @@ def attribute_configurations(
     target: Tensor | None = None,
     text_embeds: Tensor | None = None,
     shuffle_seed: int = 12345,
+    variant_options: Mapping[str, Any] | None = None,
 ) -> GridAttributions:
     """
     The maps of every configuration for `pixel_values (B, 3, H, W)` from one forward and one backward pass (methods
     that run their own passes, such as Integrated Gradients or CAAP, run them on top, for the capture's target).
 
     `target=None` explains each image's predicted class. Configurations are validated (blocks, SAEs, mean residuals,
-    κ, c_max) before the pass, with the same errors as `attribute`.
+    κ, c_max) before the pass, with the same errors as `attribute`. `variant_options` as in [`method_options`].
     """
     union: dict[int, str] = {}
     for configuration in configurations:
-        union.update(hook_points(attr, configuration))
+        union.update(hook_points(attr, configuration, variant_options))
     union = dict(sorted(union.items()))
     capture = attr.capture(pixel_values, target=target, text_embeds=text_embeds, hook_points=union)
     maps = {}
     for c in configurations:
+        options = method_options(c, shuffle_seed, variant_options)
         if get_method(c.method).uses_capture:
-            maps[c.key] = attr.explain(capture, method=c.method, **method_options(c, shuffle_seed)).attribution
+            maps[c.key] = attr.explain(capture, method=c.method, **options).attribution
         else:  # a method with its own passes (integrated gradients, CAAP, …), explaining the capture's target
             maps[c.key] = attr.attribute(
-                pixel_values, method=c.method, target=capture.target, text_embeds=text_embeds,
-                **method_options(c, shuffle_seed),
+                pixel_values, method=c.method, target=capture.target, text_embeds=text_embeds, **options
             ).attribution
     shared = attr.explain(capture, method="transmm")
     diagnostics: dict[int, dict[str, Tensor]] = {}

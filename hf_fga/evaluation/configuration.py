@@ -19,7 +19,16 @@ REPORT_ORDER = (
     "transmm", "fga", "rollout", "raw-attention", "gradient-x-input", "integrated-gradients", "grad-cam", "cp-lrp",
     "attnlrp", "caap",
 )
-KNOWN_VARIANTS = ("combined", "activation", "gradient", "no-sae", "shuffled", "centered", "mean-centered")
+KNOWN_VARIANTS = (
+    "combined", "activation", "gradient", "no-sae", "shuffled", "centered", "mean-centered",
+    # the controls of method.md §10; those with a parameter are written `name@value`, e.g. `error-scaled@0.5`
+    "error-scaled", "error-only", "transmm-power", "random-gates", "selective",
+)
+
+
+def variant_name(variant: str) -> str:
+    """The variant without its parameter: `error-scaled@0.5` → `error-scaled`."""
+    return variant.partition("@")[0]
 
 
 def known_methods() -> tuple[str, ...]:
@@ -80,8 +89,10 @@ class EvaluationConfiguration:
         """Report order: TransMM, the other baselines, then FGA by variant, block set, κ and c_max."""
         methods = known_methods()
         method = methods.index(self.method) if self.method in methods else len(methods)
-        variant = KNOWN_VARIANTS.index(self.variant) if self.variant in KNOWN_VARIANTS else -1
-        return (self.is_gated, method, variant, len(self.layers), self.layers, self.kappa, self.cmax)
+        name, _, parameter = self.variant.partition("@")
+        variant = KNOWN_VARIANTS.index(name) if name in KNOWN_VARIANTS else -1
+        value = float(parameter) if parameter.replace(".", "", 1).isdigit() else 0.0
+        return (self.is_gated, method, variant, value, len(self.layers), self.layers, self.kappa, self.cmax)
 
     def columns(self) -> dict[str, object]:
         """The configuration columns of a result row."""
@@ -200,9 +211,10 @@ def expand_grid(
     if unknown:
         raise ValueError(f"Unknown method(s) {unknown}: expected some of {list(known)}.")
     variants, layer_sets = list(dict.fromkeys(variants)), list(dict.fromkeys(layer_sets))
-    unknown = [v for v in variants if v not in KNOWN_VARIANTS]
+    unknown = [v for v in variants if variant_name(v) not in KNOWN_VARIANTS]
     if unknown:
-        raise ValueError(f"Unknown variant(s) {unknown}: expected some of {list(KNOWN_VARIANTS)}.")
+        raise ValueError(f"Unknown variant(s) {unknown}: expected some of {list(KNOWN_VARIANTS)} (controls with a "
+                         "parameter as name@value, e.g. error-scaled@0.5).")
     kappas, cmaxes = list(dict.fromkeys(kappas)), list(dict.fromkeys(cmaxes))
     if any(k <= 0 for k in kappas):
         raise ValueError(f"`kappas` must all be > 0 (the gate's slope); got {kappas}.")

@@ -9,13 +9,14 @@ import contextlib
 import json
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from accelerate import PartialState
 
 from ..attribution import FeatureGradientAttribution, compute_mean_residuals, load_mean_residuals, save_mean_residuals
+from ..attribution.feature_selection import load_feature_importance
 from ..faithfulness import resolve_preset
 from ..images import load_image
 from ..introspection import clip_text_embeddings, is_clip, load_vision_model
@@ -26,6 +27,7 @@ from .selection import load_split
 
 PRESET_NAMES = ("papers", "thesis")
 MEAN_RESIDUALS_FILE = "mean_residuals.safetensors"
+FEATURE_IMPORTANCE_FILE = "feature_importance.safetensors"
 
 
 def process_state() -> PartialState:
@@ -95,6 +97,7 @@ class EvaluationModel:
     processor: object
     attribution: FeatureGradientAttribution
     text_embeds: torch.Tensor | None
+    variant_options: dict = field(default_factory=dict)
 
     def pixel_values(self, images: Sequence) -> torch.Tensor:
         return self.processor(images=[load_image(image) for image in images], return_tensors="pt")["pixel_values"]
@@ -190,6 +193,18 @@ def load_evaluation_model(
             model, saes, mean_residuals={b: m.to(device) for b, m in means.items()},
             linear_backend=eval_args.linear_backend, precision=eval_args.precision,
         )
+    options = variant_options(model_args, Path(eval_args.output_dir), state)
     for configuration in configurations:  # fail before any work on a configuration that cannot run
-        gated_blocks(attr, configuration)
-    return EvaluationModel(model, processor, attr, text_embeds)
+        gated_blocks(attr, configuration, options)
+    return EvaluationModel(model, processor, attr, text_embeds, options)
+
+
+def variant_options(model_args: ModelArguments, output_dir: Path, state: PartialState) -> dict:
+    """The control variants' run-level options: the `selective` feature importances, kept beside the results."""
+    if not model_args.feature_importance:
+        return {}
+    stored = output_dir / FEATURE_IMPORTANCE_FILE
+    if state.is_main_process and Path(model_args.feature_importance).resolve() != stored.resolve():
+        output_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(model_args.feature_importance, stored)
+    return {"feature_importance": load_feature_importance(model_args.feature_importance)}

@@ -100,6 +100,7 @@ def _run_evaluation(
     description = {
         "dataset": data_args.dataset, "split": data_args.split, "model": model_args.model, "sae": model_args.sae,
         "mean_residuals": model_args.mean_residuals or model_args.mean_residuals_split,
+        **({"feature_importance": model_args.feature_importance} if model_args.feature_importance else {}),
         "target": eval_args.target, "metric_seed": eval_args.metric_seed, "metrics": ",".join(metrics),
         "shuffle_seed": eval_args.shuffle_seed, "id_column": data_args.id_column,
         "preset_overrides": preset_overrides(eval_args), "num_threads": num_threads,

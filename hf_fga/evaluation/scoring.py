@@ -70,13 +70,14 @@ def evaluate_chunk(
             raise ValueError("--target label needs a label for every image: set --label_column.")
         target = torch.tensor(labels, dtype=torch.long)
     grid = attribute_configurations(
-        loaded.attribution, pixel_values, configurations, target, loaded.text_embeds, eval_args.shuffle_seed
+        loaded.attribution, pixel_values, configurations, target, loaded.text_embeds, eval_args.shuffle_seed,
+        loaded.variant_options,
     )
     row_indices = [index for index, _ in items]
     scores = score_chunk(loaded, pixel_values, grid.maps, configurations, row_indices, grid.target, presets, metrics,
                           eval_args)
     prediction = grid.logits.argmax(dim=-1)
-    blocks = {c.key: gated_blocks(loaded.attribution, c) for c in configurations}
+    blocks = {c.key: gated_blocks(loaded.attribution, c, loaded.variant_options) for c in configurations}
     rows = []
     for b, (index, image_id) in enumerate(items):
         label = labels[b]

@@ -151,8 +151,8 @@ def rank_configurations(
     """
     rows = summary[(summary["preset"] == preset) & (summary["fill"] == fill)]
     rows = rows[rows["method"] == "fga"]
-    if variant is not None:
-        rows = rows[rows["variant"] == variant]
+    if variant is not None:  # a control's parameter is part of its variant: `transmm-power` matches `transmm-power@2`
+        rows = rows[(rows["variant"] == variant) | rows["variant"].astype(str).str.startswith(f"{variant}@")]
     if rows.empty:
         raise ValueError(
             f"no FGA configuration{'' if variant is None else f' of variant {variant!r}'} in the summary for "

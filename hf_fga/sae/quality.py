@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from .activations import iterate_rows
 from .model_card import QUALITY_FIELDS
@@ -13,17 +15,18 @@ from .modeling_sae import SparseAutoencoder
 
 
 @torch.no_grad()
-def evaluate_sae(sae: SparseAutoencoder, files: list[Path], max_tokens: int, chunk: int = 8192) -> dict[str, float]:
+def sae_quality(sae: SparseAutoencoder, batches: Iterable[Tensor], max_tokens: int | None = None) -> dict[str, float]:
     """
-    Quality figures of method.md §4 on raw (un-normalised) held-out tokens, through the SAE's own forward:
-    explained variance 1 − Σ‖x − x̂‖² / Σ‖x − x̄‖², L0, dead fraction (never active on these tokens), mean cos(x, x̂).
+    Quality figures of method.md §4 on raw (un-normalised) tokens, given as `(rows, d_in)` batches, through the SAE's
+    own forward (float64 accumulation): explained variance 1 − Σ‖x − x̂‖² / Σ‖x − x̄‖², L0, dead fraction (never
+    active on these tokens), mean cos(x, x̂), and the number of tokens. At most `max_tokens` tokens are read.
     """
     sae.eval()
     device = sae.W_dec.device
     n, sq_err, sum_x, sum_sq_x, l0, cos = 0, 0.0, None, 0.0, 0.0, 0.0
     fired = torch.zeros(sae.config.d_sae, dtype=torch.bool, device=device)
-    for rows in iterate_rows(files, chunk):
-        rows = rows[: max_tokens - n].to(device)
+    for rows in batches:
+        rows = rows[: None if max_tokens is None else max_tokens - n].to(device, sae.W_dec.dtype)
         if rows.shape[0] == 0:
             break
         out = sae(rows)
@@ -37,7 +40,8 @@ def evaluate_sae(sae: SparseAutoencoder, files: list[Path], max_tokens: int, chu
         cos += F.cosine_similarity(x, x_hat, dim=-1).sum().item()
         n += rows.shape[0]
     if n == 0:
-        raise ValueError("No held-out tokens to evaluate on: raise eval_fraction or use more images.")
+        raise ValueError("No tokens to evaluate the SAE on: give held-out tokens (raise eval_fraction or use more "
+                         "images).")
     total_var = sum_sq_x - (sum_x.pow(2).sum().item() / n)
     return {
         "explained_variance": 1.0 - sq_err / total_var,
@@ -46,6 +50,11 @@ def evaluate_sae(sae: SparseAutoencoder, files: list[Path], max_tokens: int, chu
         "cosine_similarity": cos / n,
         "eval_tokens": n,
     }
+
+
+def evaluate_sae(sae: SparseAutoencoder, files: list[Path], max_tokens: int, chunk: int = 8192) -> dict[str, float]:
+    """[`sae_quality`] on the first `max_tokens` held-out tokens of activation shard `files`."""
+    return sae_quality(sae, iterate_rows(files, chunk), max_tokens)
 
 
 def quality_markdown(rows: dict[int, dict[str, float]]) -> str:

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ...sae import SparseAutoencoder
 from .base import AttributionMethod, MethodResult, register_method
-from .transmm import cls_to_patches, propagate_relevance, weighted_attentions
+from .transmm import cls_to_patches, propagate_relevance, transmm_map, weighted_attentions
 
 if TYPE_CHECKING:
     from ..capture import Capture
@@ -33,9 +33,26 @@ VARIANT_TABLE: dict[str, tuple[str | None, bool]] = {
     "shuffled": ("sae", True),
     "centered": ("sae", False),
     "mean-centered": ("mean", False),
+    # the decisive controls of method.md §10
+    "error-scaled": ("sae", True),
+    "error-only": ("sae", True),
+    "transmm-power": (None, False),  # gates no block: TransMM's map raised to γ
+    "random-gates": ("sae", True),
+    "selective": ("sae", True),
 }
-VARIANTS = tuple(VARIANT_TABLE)
+CONTROL_VARIANTS = ("error-scaled", "error-only", "transmm-power", "random-gates", "selective")
+UNGATED_VARIANTS = ("transmm-power",)
+VARIANTS = tuple(variant for variant in VARIANT_TABLE if variant not in CONTROL_VARIANTS)  # method.md §3
 SAE_VARIANTS = tuple(variant for variant, (needs, _) in VARIANT_TABLE.items() if needs == "sae")
+# the options only one variant reads (None: required, when that variant is asked for)
+VARIANT_OPTIONS: dict[str, dict[str, Any]] = {
+    "error-scaled": {"error_scale": None},
+    "transmm-power": {"gamma": None},
+    "selective": {"num_features": None, "feature_importance": None},
+    "random-gates": {"gate_seed": 0},
+}
+# the one option a variant's evaluation key can carry, as `variant@value` (e.g. `error-scaled@0.5`)
+VARIANT_PARAMETERS = {"error-scaled": "error_scale", "transmm-power": "gamma", "selective": "num_features"}
 MAD_SCALE = 1.4826
 MAD_EPS = 1e-8
 DEGENERATE_TOLERANCE = 1e-6
@@ -135,8 +152,70 @@ def shuffle_permutation(d_sae: int, seed: int) -> Tensor:
     return torch.randperm(d_sae, generator=torch.Generator().manual_seed(seed))
 
 
+def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+    """
+    A variant as evaluation keys write it, `name` or `name@value` for the controls with one parameter
+    (`VARIANT_PARAMETERS`), into the variant and its options.
+
+    Example:
+    ```python
+    >>> parse_variant("error-scaled@0.5"), parse_variant("selective@64"), parse_variant("combined")
+    (('error-scaled', {'error_scale': 0.5}), ('selective', {'num_features': 64}), ('combined', {}))
+
+    ```
+    """
+    variant, separator, value = str(text).partition("@")
+    if not separator:
+        return variant, {}
+    if variant not in VARIANT_PARAMETERS:
+        raise ValueError(f"Variant {variant!r} takes no parameter (got {text!r}); only {sorted(VARIANT_PARAMETERS)} "
+                         "do, written as e.g. 'error-scaled@0.5'.")
+    name = VARIANT_PARAMETERS[variant]
+    try:
+        parsed = int(value) if name == "num_features" else float(value)
+    except ValueError:
+        kind = "an integer" if name == "num_features" else "a number"
+        raise ValueError(f"The parameter of {text!r} ({name}) must be {kind}.") from None
+    return variant, {name: parsed}
+
+
 def _dot(a: Tensor, b: Tensor) -> Tensor:
     return (a * b).sum(dim=-1)
+
+
+def power_map(attribution: Tensor, gamma: float) -> Tensor:
+    """
+    sign(a) · |a|^γ elementwise (`transmm-power`, method.md §10): a sharpening (γ > 1) or flattening (γ < 1) of a map
+    that keeps its order and signs. TransMM's map is non-negative by construction (Ā_ℓ ≥ 0 after the clamp, R starts
+    at I), so there this is plainly a^γ; the sign-safe form keeps a map with negative entries monotone and odd instead
+    of producing NaN (a negative base to a fractional power) or flipping signs (even powers).
+    """
+    return attribution.sign() * attribution.abs().pow(gamma)
+
+
+def patch_permutation(num_patches: int, seed: int, block: int) -> Tensor:
+    """
+    The fixed patch permutation of `random-gates` at one block: `torch.randperm(N)` seeded with `seed + block`. The
+    same for every image, so a batch gives the same maps as its images one by one (method.md §1).
+    """
+    return torch.randperm(num_patches, generator=torch.Generator().manual_seed(seed + block))
+
+
+def _reconstruction_terms(codes: FeatureCodes, x: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+    """
+    (g·(x − b_dec), g·D f) per row. D f = x̂ − b_dec holds for SAEs without a runtime layer norm (the method's
+    `check_options` refuses the error variants on the others).
+    """
+    return _dot(g, x - codes.sae.decoder_bias_in_residual_space()), _dot(g, codes.decode())
+
+
+def selective_scores(codes: FeatureCodes, g: Tensor, selected: Tensor) -> Tensor:
+    """Σ_{k∈S} f^k (Dᵀg)_k per row of `g (M, d)`, S the feature indices `selected (m,)` (`selective`)."""
+    if codes.dense is None:
+        contributions = codes.values * codes.feature_gradients(g)
+        return (contributions * torch.isin(codes.indices, selected.to(codes.indices.device))).sum(dim=-1)
+    decoder = codes.sae.decoder_in_residual_space()[selected]
+    return torch.cat([(f[:, selected] * (grad @ decoder.T)).sum(dim=-1) for f, grad in _chunks(codes.dense, g)])
 
 
 def block_scores(
@@ -147,6 +226,8 @@ def block_scores(
     codes: FeatureCodes | None = None,
     mean: Tensor | None = None,
     permutation: Tensor | None = None,
+    error_scale: float | None = None,
+    selected: Tensor | None = None,
 ) -> Tensor:
     """
     The raw per-patch score s_t `(M,)` of a variant (method.md §3), from flattened `x`, `g` `(M, d)`.
@@ -155,7 +236,12 @@ def block_scores(
     - `shuffled`: the same with D[:, π];
     - `activation`: Σ_k f^k;
     - `gradient`: Σ_k |(Dᵀg)_k| (thesis eq. 6.6; the thesis *code* summed signed values, i.e. g · D𝟙);
-    - `no-sae`: g · x;  `centered`: g · (x − b_dec);  `mean-centered`: g · (x − μ_ℓ).
+    - `no-sae`: g · x;  `centered`: g · (x − b_dec);  `mean-centered`: g · (x − μ_ℓ);
+    - `error-scaled` (λ = `error_scale`): g · (x − b_dec) − λ g · e with e = x − x̂, computed as
+      (1 − λ) g · (x − b_dec) + λ g · (D f) (the same number, since e = x − b_dec − D f), so that λ = 0 gives
+      `centered` and λ = 1 gives `combined` exactly;  `error-only`: −g · e = g · (D f) − g · (x − b_dec);
+    - `selective`: Σ_{k∈S} f^k (Dᵀg)_k, S = the feature indices `selected`;
+    - `random-gates`: the `combined` score (its patches are permuted by the caller).
     `codes` (the block's encoded features) is needed by the variants that read them (`VARIANT_TABLE`).
     For an SAE with a runtime layer norm (Prisma), f is computed on the normalised input but the raw residual
     gradient is projected onto the raw decoder, as the thesis code does.
@@ -174,6 +260,15 @@ def block_scores(
         return _dot(g, codes.decode())
     if variant == "shuffled":
         return _dot(g, codes.decode(permutation))
+    if variant in ("error-scaled", "error-only"):
+        centered, combined = _reconstruction_terms(codes, x, g)
+        if variant == "error-only":
+            return combined - centered
+        return (1.0 - error_scale) * centered + error_scale * combined
+    if variant == "selective":
+        return selective_scores(codes, g, selected)
+    if variant == "random-gates":
+        return _dot(g, codes.decode())
     raise ValueError(f"Unknown FGA variant {variant!r}: expected one of {list(VARIANTS)}.")
 
 
@@ -258,6 +353,18 @@ class FeatureGradientAttributionMethod(AttributionMethod):
     - `return_diagnostics`, `return_contributions` (`bool`): add the per-block score decomposition / the per-patch
       feature contributions; `num_contributions` (`int`, defaults to 16): contributions kept per patch;
     - `shuffle_seed` (`int`, defaults to 12345): seed of the feature permutation of the `shuffled` variant.
+
+    The controls of method.md §10 (`CONTROL_VARIANTS`) take their own options, each accepted only with its variant:
+
+    - `error-scaled` needs `error_scale` (λ, a finite number): s = g·(x − b_dec) − λ g·e; λ = 0 is `centered`,
+      λ = 1 is `combined`. `error-only` (s = −g·e) takes none. Both need an SAE without a runtime layer norm;
+    - `transmm-power` needs `gamma` (γ > 0): the map is sign(R)·|R|^γ of TransMM's map ([`power_map`]); it gates no
+      block, so `layers`, `kappa` and `cmax` are not used;
+    - `random-gates` (`gate_seed`, `int`, defaults to 0): the `combined` gates of each image, permuted over its
+      patches by a fixed permutation per block ([`patch_permutation`]): the same spread, no information;
+    - `selective` needs `num_features` (m) and `feature_importance` (`Mapping[int, Tensor]`, a `(d_sae,)` importance
+      per gated block, e.g. [`hf_fga.attribution.feature_selection.compute_feature_importance`]): s_t = Σ_{k∈S_ℓ}
+      f_t^k (Dᵀ g_t)_k with S_ℓ the m most important features.
     """
 
     name = "fga"
@@ -273,6 +380,7 @@ class FeatureGradientAttributionMethod(AttributionMethod):
         "return_contributions": False,
         "num_contributions": 16,
         "shuffle_seed": 12345,
+        **{name: default for variant_options in VARIANT_OPTIONS.values() for name, default in variant_options.items()},
     }
 
     def check_options(self, attributor: Attributor, **options: Any) -> dict[str, Any]:
@@ -284,12 +392,72 @@ class FeatureGradientAttributionMethod(AttributionMethod):
         count = options["num_contributions"]
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ValueError(f"num_contributions must be a positive integer, got {count!r}.")
+        self._check_variant_options(options)
         options["layers"] = self.gated_blocks(attributor, options["variant"], options["layers"])
+        if options["variant"] in ("error-scaled", "error-only"):
+            for block in options["layers"]:
+                if attributor.saes[block].config.normalize_activations == "layer_norm":
+                    raise ValueError(
+                        f"Variant {options['variant']!r} needs an SAE whose reconstruction is linear in its features "
+                        f"(x̂ = D f + b_dec), but the SAE of block {block} normalises its input with a runtime layer "
+                        "norm, where x̂ − b_dec ≠ D f: use `combined` / `centered` with it, or an SAE with "
+                        "normalize_activations 'none' or 'constant_scale'."
+                    )
+        if options["variant"] == "selective":
+            options["selected"] = self._selected_features(attributor, options)
         return options
+
+    def _check_variant_options(self, options: dict[str, Any]) -> None:
+        """Each control option only with its variant; the required ones present and valid."""
+        variant = options["variant"]
+        for owner, variant_options in VARIANT_OPTIONS.items():
+            for name, default in variant_options.items():
+                given = options[name] is not default if default is None else options[name] != default
+                if owner != variant and given:
+                    raise ValueError(f"{name} applies only to variant {owner!r}; got it with variant {variant!r}.")
+                if owner == variant and options[name] is None:
+                    raise ValueError(f"Variant {variant!r} needs the option {name}: pass {name}=... (see the "
+                                     "FeatureGradientAttributionMethod docstring).")
+        if variant == "error-scaled":
+            scale = options["error_scale"]
+            if isinstance(scale, bool) or not (isinstance(scale, int | float) and math.isfinite(scale)):
+                raise ValueError(f"error_scale must be a finite number (λ of the error term), got {scale!r}.")
+            options["error_scale"] = float(scale)
+        if variant == "transmm-power":
+            options["gamma"] = _check_number("gamma", options["gamma"], 0, "the power of TransMM's map")
+        if variant == "random-gates":
+            seed = options["gate_seed"]
+            if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+                raise ValueError(f"gate_seed must be a non-negative integer, got {seed!r}.")
+
+    @staticmethod
+    def _selected_features(attributor: Attributor, options: Mapping[str, Any]) -> dict[int, Tensor]:
+        """S_ℓ per gated block: the `num_features` features of largest importance."""
+        importance, count, selected = options["feature_importance"], options["num_features"], {}
+        if not isinstance(importance, Mapping):
+            raise ValueError("feature_importance must map each gated block to a (d_sae,) tensor of importances "
+                             "(load_feature_importance reads them from a file).")
+        for block in options["layers"]:
+            d_sae = attributor.saes[block].config.d_sae
+            if block not in importance:
+                raise ValueError(f"Variant 'selective' has no feature importance for block {block}: it covers blocks "
+                                 f"{sorted(importance)}; compute it for every gated block.")
+            values = torch.as_tensor(importance[block])
+            if values.shape != (d_sae,) or not torch.isfinite(values).all():
+                raise ValueError(f"The feature importance of block {block} must be a finite tensor of shape "
+                                 f"({d_sae},), one value per SAE feature; got shape {tuple(values.shape)}.")
+            if isinstance(count, bool) or not isinstance(count, int) or not 0 < count <= d_sae:
+                raise ValueError(f"num_features must be an integer in [1, {d_sae}] (the SAE of block {block} has "
+                                 f"{d_sae} features), got {count!r}.")
+            selected[block] = values.topk(count).indices
+        return selected
 
     @staticmethod
     def gated_blocks(attributor: Attributor, variant: str, layers: Sequence[int] | int | None) -> list[int]:
-        """The validated, sorted blocks a variant gates (`layers`, or its default when `None`)."""
+        """The validated, sorted blocks a variant gates (`layers`, or its default when `None`; none for the
+        `UNGATED_VARIANTS`)."""
+        if variant in UNGATED_VARIANTS:
+            return []
         needs = VARIANT_TABLE[variant][0]
         if layers is None:
             layers = sorted(attributor.mean_residuals if needs == "mean" else attributor.saes)
@@ -336,8 +504,11 @@ class FeatureGradientAttributionMethod(AttributionMethod):
             full = torch.ones(batch, tokens, dtype=weighted[0].dtype, device=weighted[0].device)
             full[:, -h * w :] = result["gates"].to(full)
             full_gates[block] = full
+        attribution = cls_to_patches(propagate_relevance(weighted, full_gates), capture.grid)
+        if options["variant"] == "transmm-power":
+            attribution = power_map(transmm_map(capture), options["gamma"])
         return MethodResult(
-            attribution=cls_to_patches(propagate_relevance(weighted, full_gates), capture.grid),
+            attribution=attribution,
             scores=scores,
             gates=gates,
             diagnostics=diagnostics if options["return_diagnostics"] else None,
@@ -372,7 +543,12 @@ class FeatureGradientAttributionMethod(AttributionMethod):
         mean = mean.to(x.device, x.dtype) if mean is not None else None
 
         with torch.no_grad():
-            scores = block_scores(variant, flat_x, flat_g, sae, codes, mean, permutation).reshape(batch, patches)
+            selected = options["selected"][block] if variant == "selective" else None
+            scores = block_scores(
+                variant, flat_x, flat_g, sae, codes, mean, permutation, options["error_scale"], selected
+            ).reshape(batch, patches)
+            if variant == "random-gates":  # the same scores (and so gates), moved to other patches
+                scores = scores[:, patch_permutation(patches, options["gate_seed"], block).to(scores.device)]
             gates, mad = gates_from_scores(scores, options["kappa"], options["cmax"])
             if variant != "activation":
                 degenerate = degenerate_images(mad, x, g)

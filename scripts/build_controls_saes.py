@@ -1,0 +1,214 @@
+"""
+The SAEs and dictionaries of the controls of method.md §10 on the bundled chest X-ray ViT, as fixed in
+`docs/results/chest_xray_controls/plan.md` §5. Resumable: every finished part is skipped on a rerun.
+
+1. Lower-fidelity SAEs: blocks 0, 1, 2 trained with the project's trainer and the bundled SAEs' settings
+   (`scripts/build_bundled_assets.sh`) except k, for k in `--ks`; per block and target explained variance (0.90,
+   0.75) the k whose held-out explained variance is closest, assembled into the sets `ev0.90/` and `ev0.75/`.
+2. Matched dictionaries: PCA and random orthonormal (seed 0) dictionaries of each block's `resid_post` patch
+   residuals (`hf_fga.sae.dictionaries`, as `pca_dictionary` / `random_dictionary`, directions computed once), fitted
+   on `--fit_images` images (seed 0) of the train split without the validation patients, with k matched to the
+   bundled SAE's explained variance on the validation sample's patch tokens (±0.005), as the sets `pca/`, `random/`.
+
+Weights go to `--output_dir` (default `runs/controls_saes`, not committed); the cards and quality tables to
+`--report_dir` (default `docs/results/chest_xray_controls/saes`).
+
+    nice -n 10 python scripts/build_controls_saes.py                 # one thread, everything
+    python scripts/build_controls_saes.py --stages dictionaries      # only the dictionaries
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hf_fga.introspection import load_vision_model  # noqa: E402
+from hf_fga.sae import SparseAutoencoder, load_saes, save_sae_set  # noqa: E402
+from hf_fga.sae.activations import residual_activations  # noqa: E402
+from hf_fga.sae.dictionaries import (  # noqa: E402
+    dictionary_sae,
+    match_explained_variance,
+    principal_directions,
+    random_orthonormal_directions,
+)
+from hf_fga.sae.model_card import QUALITY_FIELDS  # noqa: E402
+from hf_fga.sae.quality import sae_quality  # noqa: E402
+from hf_fga.sae.training import SaeTrainingArguments, train_saes  # noqa: E402
+
+MODEL = "hf_fga/bundled/model"
+BUNDLED_SAES = "hf_fga/bundled/saes"
+SPLITS = "hf_fga/bundled/splits.json"
+TARGETS = (0.90, 0.75)
+# the bundled SAEs' training settings (scripts/build_bundled_assets.sh), all but k
+BUNDLED_SETTINGS = dict(expansion_factor=4, epochs=1.0, batch_size=2048, lr=1e-3, warmup_steps=30, dead_tokens=50_000,
+                        aux_coefficient=0.0625, seed=0)
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def load_train(data: str, splits: dict):
+    """(train split without the validation patients, the validation sample's dataset rows), as `datasets`."""
+    import datasets
+
+    train = datasets.load_dataset(data, split="train")
+    held_out = set(splits["validation_file_names"])
+    is_val = np.array([name in held_out for name in train["file_name"]])
+    return train.select(np.flatnonzero(~is_val)), train, np.flatnonzero(is_val)
+
+
+def lower_fidelity(args, fit_set, blocks: list[int]) -> dict[int, dict[int, dict]]:
+    """Train one SAE set per k (skipping finished ones); returns {k: {block: held-out metrics}}."""
+    metrics = {}
+    for k in args.ks:
+        out = Path(args.output_dir) / f"topk_k{k}"
+        if not (out / "metrics.json").is_file():
+            log(f"training k={k} on blocks {blocks} -> {out}")
+            training = SaeTrainingArguments(
+                model_name_or_path=MODEL, output_dir=str(out), dataset_label="chest_xray_pneumonia",
+                license="cc-by-4.0", blocks=blocks, k=k, cache_dir=str(Path(args.output_dir) / "activations"),
+                torch_threads=args.threads, command=f"python scripts/build_controls_saes.py --ks {k}",
+                **BUNDLED_SETTINGS,
+            )
+            train_saes(training, dataset=fit_set)
+        metrics[k] = {int(b): m for b, m in json.loads((out / "metrics.json").read_text()).items()}
+    return metrics
+
+
+def assemble_lower_fidelity(args, metrics: dict[int, dict[int, dict]], blocks: list[int]) -> list[str]:
+    lines = ["| target EV | block | chosen k | held-out EV | L0 | dead features | within ±0.03 |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for target in TARGETS:
+        chosen = {b: min(metrics, key=lambda k, b=b: abs(metrics[k][b]["explained_variance"] - target))
+                  for b in blocks}
+        saes = {b: load_saes(Path(args.output_dir) / f"topk_k{k}")[b] for b, k in chosen.items()}
+        save_sae_set(saes, Path(args.output_dir) / f"ev{target:.2f}")
+        for b, k in chosen.items():
+            m = metrics[k][b]
+            within = "yes" if abs(m["explained_variance"] - target) <= 0.03 else "no"
+            lines.append(f"| {target:.2f} | {b} | {k} | {m['explained_variance']:.4f} | {m['l0']:.1f} | "
+                         f"{m['dead_fraction']:.3f} | {within} |")
+    ladder = ["| k | " + " | ".join(f"block {b} EV" for b in blocks) + " |", "| --- |" + " --- |" * len(blocks)]
+    ladder += [f"| {k} | " + " | ".join(f"{metrics[k][b]['explained_variance']:.4f}" for b in blocks) + " |"
+               for k in sorted(metrics, reverse=True)]
+    return ["### Lower-fidelity SAEs (held-out tokens of the trainer)", "", *ladder, "", *lines]
+
+
+@torch.no_grad()
+def patch_residuals(model, processor, dataset, rows, blocks: list[int], batch: int = 32) -> dict[int, torch.Tensor]:
+    """`resid_post` patch residuals `(images·N, d)` of each block for dataset `rows`, float32."""
+    parts: dict[int, list[torch.Tensor]] = {b: [] for b in blocks}
+    for start in range(0, len(rows), batch):
+        images = [image.convert("RGB") for image in dataset.select(rows[start : start + batch])["image"]]
+        pixels = processor(images=images, return_tensors="pt")["pixel_values"]
+        for block, tokens in residual_activations(model, pixels, blocks, "resid_post", "patches").items():
+            parts[block].append(tokens.reshape(-1, tokens.shape[-1]).float())
+    return {b: torch.cat(p) for b, p in parts.items()}
+
+
+def quality_row(name: str, block: int, sae: SparseAutoencoder, quality: dict, target: float | None = None) -> str:
+    cells = " | ".join(f"{quality[key]:.4f}" for key, _ in QUALITY_FIELDS)
+    gap = "" if target is None else f"{quality['explained_variance'] - target:+.4f}"
+    return f"| {name} | {block} | {sae.config.k} | {sae.config.d_sae} | {cells} | {quality['eval_tokens']} | {gap} |"
+
+
+def dictionaries(args, fit_set, train, val_rows, blocks: list[int]) -> list[str]:
+    from transformers import AutoImageProcessor
+
+    out = Path(args.output_dir)
+    model, processor = load_vision_model(MODEL).eval(), AutoImageProcessor.from_pretrained(MODEL)
+    fit_rows = np.random.default_rng(0).permutation(len(fit_set))[: args.fit_images]
+    sample = np.random.default_rng(args.seed).permutation(val_rows)[: args.validation_images]
+    log(f"residuals of {len(fit_rows)} fit images and {len(sample)} validation images")
+    fit = patch_residuals(model, processor, fit_set, fit_rows, blocks)
+    held_out = patch_residuals(model, processor, train, sample, blocks)
+    bundled = load_saes(BUNDLED_SAES)
+    header = ["| dictionary | block | k | d_sae | " + " | ".join(label for _, label in QUALITY_FIELDS)
+              + " | tokens | EV − trained SAE's |", "| --- " * (len(QUALITY_FIELDS) + 6) + "|"]
+    lines = [f"### Matched dictionaries (the {len(sample)} validation images' patch tokens)", "", *header]
+    for block in blocks:
+        reference = bundled[block].float().eval()
+        quality = sae_quality(reference, held_out[block].split(8192))
+        target = quality["explained_variance"]
+        lines.append(quality_row("trained SAE (bundled)", block, reference, quality))
+        info = dict(dataset="chest_xray_pneumonia", dataset_split="train without the validation patients",
+                    seed=0, license="cc-by-4.0", training_tokens=int(fit[block].shape[0]),
+                    command="python scripts/build_controls_saes.py --stages dictionaries")
+        tokens = fit[block]
+        mean, principal, _ = principal_directions(tokens)  # once per block: each k reuses the same directions
+        bases = {"pca": principal, "random": random_orthonormal_directions(tokens.shape[1], seed=0)}
+        for kind, directions in bases.items():
+            kwargs = dict(hook_layer=block, hook_point="resid_post", base_model_name_or_path=MODEL)
+            try:
+                sae, _ = match_explained_variance(
+                    lambda k, u=directions, mu=mean, kwargs=kwargs: dictionary_sae(u, mu, k, **kwargs),
+                    held_out[block], target, k_max=directions.shape[1])
+            except ValueError as error:  # plan.md §5: an unmatched dictionary is reported and its tests dropped
+                lines.append(f"| {kind} | {block} | unmatched: {error} |")
+                continue
+            matched = sae_quality(sae, held_out[block].split(8192))
+            sae.config.training_info = {**info, "dictionary": kind, "matched_to": BUNDLED_SAES,
+                                        "metrics": {key: matched[key] for key, _ in QUALITY_FIELDS}}
+            save_sae_set({block: sae}, out / kind / f"part_{block}")
+            lines.append(quality_row(kind, block, sae, matched, target))
+    for kind in ("pca", "random"):
+        parts = {b: load_saes(out / kind / f"part_{b}")[b] for b in blocks if (out / kind / f"part_{b}").is_dir()}
+        if parts:
+            save_sae_set(parts, out / kind)
+            for b in blocks:
+                shutil.rmtree(out / kind / f"part_{b}", ignore_errors=True)
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="/work/shared/data/chest_xray_pneumonia")
+    parser.add_argument("--output_dir", default="runs/controls_saes")
+    parser.add_argument("--report_dir", default="docs/results/chest_xray_controls/saes")
+    parser.add_argument("--stages", default="lower_fidelity,dictionaries")
+    parser.add_argument("--blocks", default="0,1,2")
+    parser.add_argument("--ks", type=lambda s: [int(k) for k in s.split(",")], default=[8, 4, 2, 1])
+    parser.add_argument("--fit_images", type=int, default=1000)
+    parser.add_argument("--validation_images", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the validation sample (plan.md §6)")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    blocks = [int(b) for b in args.blocks.split(",")]
+    stages = set(args.stages.split(","))
+    unknown = stages - {"lower_fidelity", "dictionaries"}
+    if unknown:
+        parser.error(f"unknown stage(s) {sorted(unknown)}: use lower_fidelity, dictionaries.")
+    splits = json.loads(Path(SPLITS).read_text())
+    fit_set, train, val_rows = load_train(args.data, splits)
+    report = Path(args.report_dir)
+    report.mkdir(parents=True, exist_ok=True)
+    if "lower_fidelity" in stages:
+        lines = assemble_lower_fidelity(args, lower_fidelity(args, fit_set, blocks), blocks)
+        (report / "lower_fidelity.md").write_text("\n".join(lines) + "\n")
+        for target in TARGETS:
+            shutil.copy(Path(args.output_dir) / f"ev{target:.2f}" / "README.md", report / f"ev{target:.2f}_card.md")
+        log("lower-fidelity SAEs done")
+    if "dictionaries" in stages:
+        done = all((Path(args.output_dir) / kind / "sae_set.json").is_file() for kind in ("pca", "random"))
+        if not done or not (report / "dictionaries.md").is_file():
+            lines = dictionaries(args, fit_set, train, val_rows, blocks)
+            (report / "dictionaries.md").write_text("\n".join(lines) + "\n")
+        for kind in ("pca", "random"):
+            if (Path(args.output_dir) / kind / "README.md").is_file():
+                shutil.copy(Path(args.output_dir) / kind / "README.md", report / f"{kind}_card.md")
+        log("dictionaries done")
+
+
+if __name__ == "__main__":
+    main()
