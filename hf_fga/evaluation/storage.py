@@ -93,17 +93,23 @@ def completed_keys(output_dir: str | os.PathLike) -> set[Key]:
     return set(frame[list(KEY_COLUMNS)].astype(str).itertuples(index=False, name=None))
 
 
+# fields a run records only when they differ from the default, and the value their absence stands for
+ABSENT_MEANS = {"precision": "float32"}
+
+
 def check_run_description(output_dir: str | os.PathLike, description: Mapping[str, object]) -> None:
     """
     Record what the results in `output_dir` were computed from (model, SAEs, dataset, …) in `run.json`; a later run
     into the same folder must describe the same inputs, else its rows would silently mix with others. A field the
-    stored description lacks (written before that field was recorded) is not compared.
+    stored description lacks (written before that field was recorded) is not compared, except where the field has a
+    value that its absence stands for (`ABSENT_MEANS`: a run stored without `precision` ran in float32).
     """
     path = Path(output_dir) / RUN_FILE
     description = json.loads(json.dumps(dict(description), default=str))
     if path.is_file():
         stored = json.loads(path.read_text())
-        changed = {k: (stored[k], v) for k, v in description.items() if k in stored and stored[k] != v}
+        stored, now = {**ABSENT_MEANS, **stored}, {**ABSENT_MEANS, **description}
+        changed = {k: (stored[k], v) for k, v in now.items() if k in stored and stored[k] != v}
         if changed:
             details = "; ".join(f"{k}: stored {old!r}, now {new!r}" for k, (old, new) in changed.items())
             hint = (
