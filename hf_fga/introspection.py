@@ -13,6 +13,7 @@ to reach a model.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,10 @@ from transformers import CLIPModel, PretrainedConfig, PreTrainedModel
 HOOK_POINTS = ("resid_pre", "resid_post")
 CLIP_TEMPLATE = "a photo of a {}"
 HUB_KWARGS = ("revision", "token", "cache_dir", "local_files_only")
+# Whether CLIP's image-embedding norm is a constant in the backward pass (see `constant_embedding_norm`).
+_CONSTANT_EMBEDDING_NORM: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "constant_embedding_norm", default=False
+)
 
 
 # ------------------------------------------------------------------------------------------------ model structure
@@ -100,6 +105,20 @@ def clip_text_embeddings(
     return emb / emb.norm(dim=-1, keepdim=True)
 
 
+@contextlib.contextmanager
+def constant_embedding_norm() -> Iterator[None]:
+    """
+    Inside the block, [`model_logits`] treats the L2 norm of CLIP's image embedding as a constant in the backward pass
+    (the forward value is unchanged): the LN rule of method.md §8 applied to the last normalisation, so that under the
+    backward rules the CLIP score is linear in the embedding, as a classifier's logit is.
+    """
+    token = _CONSTANT_EMBEDDING_NORM.set(True)
+    try:
+        yield
+    finally:
+        _CONSTANT_EMBEDDING_NORM.reset(token)
+
+
 def model_logits(model: PreTrainedModel, pixel_values: Tensor, text_embeds: Tensor | None = None) -> Tensor:
     """
     The pre-softmax scores `(B, C)` whose entry t is the target score y of method.md §1.
@@ -112,7 +131,8 @@ def model_logits(model: PreTrainedModel, pixel_values: Tensor, text_embeds: Tens
             raise ValueError("CLIP needs candidate labels: pass candidate_labels (or their text_embeds).")
         image = model.get_image_features(pixel_values=pixel_values)
         image = image.pooler_output if hasattr(image, "pooler_output") else image
-        image = image / image.norm(dim=-1, keepdim=True)
+        norm = image.norm(dim=-1, keepdim=True)
+        image = image / (norm.detach() if _CONSTANT_EMBEDDING_NORM.get() else norm)
         return model.logit_scale.exp() * image @ text_embeds.to(image.dtype).T
     return model(pixel_values=pixel_values).logits
 

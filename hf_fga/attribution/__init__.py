@@ -6,12 +6,15 @@ from .engine import AttributionOutput, Attributor, FeatureGradientAttribution
 from .mean_residuals import compute_mean_residuals, load_mean_residuals, save_mean_residuals
 from .methods import AttributionMethod, MethodResult, get_method, list_methods, register_method, unregister_method
 from .methods.fga import VARIANTS
+from .rules import RULE_SETS, backward_rules
 
 __all__ = [
+    "RULE_SETS",
     "VARIANTS",
     "AttributionMethod",
     "AttributionOutput",
     "Attributor",
+    "backward_rules",
     "Capture",
     "FeatureGradientAttribution",
     "MethodResult",

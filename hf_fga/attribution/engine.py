@@ -37,8 +37,9 @@ from ..onednn import (
 )
 from ..sae import SparseAutoencoder
 from .capture import BackwardContext, Capture, run_capture
-from .methods import MethodResult, get_method
+from .methods import MethodResult, get_method, list_methods
 from .methods.transmm import transmm_map
+from .rules import backward_rules
 
 
 @dataclass
@@ -285,6 +286,7 @@ class Attributor:
         method: str = "fga",
         target: int | Sequence[int] | Tensor | None = None,
         text_embeds: Tensor | None = None,
+        libragrad: bool = False,
         **options: Any,
     ) -> AttributionOutput:
         r"""
@@ -298,6 +300,10 @@ class Attributor:
                 explained; `None` takes each image's argmax.
             text_embeds (`Tensor` of shape `(C, projection_dim)`, *optional*): L2-normalised candidate-label
                 embeddings; required for CLIP.
+            libragrad (`bool`, defaults to `False`): run the method's forward and backward passes under LibraGrad's
+                backward rules (method.md §8; [`hf_fga.attribution.rules.libragrad`]): the forward pass is unchanged,
+                the gradients become FullGrad-complete. Only for gradient-based methods (`gradient_based`, e.g.
+                `"transmm"`, `"fga"`, `"gradient-x-input"`, `"integrated-gradients"`); others raise a ValueError.
             options: the method's options (`get_method(method).options`; for `"fga"`: `variant`, `layers`, `kappa`,
                 `cmax`, `return_diagnostics`, `return_contributions`, `num_contributions`, `shuffle_seed`). An
                 unknown option raises a TypeError listing the accepted ones.
@@ -308,22 +314,40 @@ class Attributor:
             gates of 1 with one warning naming the block (for every variant but `activation`).
         """
         impl = get_method(method)
+        rules = self._libragrad_rules(method, libragrad)
         options = impl.check_options(self, **options)
         if impl.uses_capture:
-            capture = self.capture(pixel_values, target, text_embeds, hook_points=impl.hook_points(self, options))
+            points = impl.hook_points(self, options)
+            capture = self.capture(pixel_values, target, text_embeds, hook_points=points, backward_context=rules)
             return self._output(capture, impl.explain(self, capture, options), baseline=transmm_map(capture))
         grid = self._check_pixels(pixel_values)
         target = self._check_target(target, pixel_values.shape[0], self._num_classes(text_embeds))
-        if impl.resolves_target:
-            result = impl.attribute(self, pixel_values, target, text_embeds, options)
-            logits, target = result.logits, result.target
-        else:
-            with prepared_model(self.model), torch.no_grad():
-                logits = model_logits(self.model, pixel_values.to(self.model.device, self.dtype), text_embeds)
-            target = logits.argmax(dim=-1) if target is None else target.to(logits.device)
-            result = impl.attribute(self, pixel_values, target, text_embeds, options)
+        # every forward and backward pass the method runs gets the rules (the model is restored on exit)
+        with rules(self.model) if rules is not None else contextlib.nullcontext():
+            if impl.resolves_target:
+                result = impl.attribute(self, pixel_values, target, text_embeds, options)
+                logits, target = result.logits, result.target
+            else:
+                with prepared_model(self.model), torch.no_grad():
+                    logits = model_logits(self.model, pixel_values.to(self.model.device, self.dtype), text_embeds)
+                target = logits.argmax(dim=-1) if target is None else target.to(logits.device)
+                result = impl.attribute(self, pixel_values, target, text_embeds, options)
         head = Capture(logits, target, [], [], {}, {}, grid=grid)
         return self._output(head, result, baseline=None)
+
+    @staticmethod
+    def _libragrad_rules(method: str, libragrad: bool) -> BackwardContext | None:
+        """LibraGrad's rules for `libragrad=True` on a gradient-based method; a ValueError for any other method."""
+        if not libragrad:
+            return None
+        if not get_method(method).gradient_based:
+            accepted = [name for name in list_methods() if get_method(name).gradient_based]
+            raise ValueError(
+                f"libragrad=True changes the gradients a method reads, but {method!r} reads none of the model's "
+                f"gradients (or applies backward rules of its own). Use it with a gradient-based method: "
+                f"{', '.join(accepted)}; or drop libragrad for {method!r}."
+            )
+        return backward_rules("libragrad")
 
     # ------------------------------------------------------------------------------------------ capture / explain
     def capture(
@@ -389,6 +413,11 @@ class Attributor:
             raise ValueError(
                 f"Method {method!r} runs its own forward/backward passes and cannot be derived from a capture: call "
                 "attribute(pixel_values, method=...) instead."
+            )
+        if "libragrad" in options:
+            raise ValueError(
+                "libragrad is a property of the capture's backward pass, not of a map: capture with "
+                "backward_context=hf_fga.attribution.rules.backward_rules('libragrad') and explain that capture."
             )
         options = impl.check_options(self, **options)
         if capture.grid is None or len(capture.attentions) != self.num_layers:
