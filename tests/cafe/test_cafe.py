@@ -121,9 +121,10 @@ def test_integrated_gradients_completeness_on_the_feature():
             fill = x.mean(dim=(2, 3), keepdim=True).expand_as(x)
             with torch.no_grad():
                 q = int(out.position[b, f])
-                change = z_reference(sae, hidden(model, x, 1, "resid_post"), feature)[0, q] - z_reference(
-                    sae, hidden(model, fill, 1, "resid_post"), feature
-                )[0, q]
+                change = (
+                    z_reference(sae, hidden(model, x, 1, "resid_post"), feature)[0, q]
+                    - z_reference(sae, hidden(model, fill, 1, "resid_post"), feature)[0, q]
+                )
             # captum's delta is exactly the completeness gap of z(x) − z(x̄) (the ReLU's kink on the path keeps the
             # quadrature from converging fast, so the gap itself is only small)
             gap = out.ierf[b, f].double().sum().item() - change.item()
@@ -324,3 +325,35 @@ def test_model_restored_after_success_and_exceptions():
     with pytest.raises(ValueError):
         explain_feature(model, dead, pixels, 7, method="cp-lrp")
     assert_same(before, snapshot(model))
+
+
+# ------------------------------------------------------------------------------------------------ the new public hooks
+@pytest.mark.parametrize("normalize", ["none", "constant_scale", "layer_norm"])
+def test_sae_feature_activations_have_no_topk_mask(normalize):
+    kwargs = {"norm_scaling_factor": 0.5} if normalize == "constant_scale" else {}
+    sae = tiny_sae(activation="topk", k=4, normalize_activations=normalize, **kwargs).double()
+    x = torch.randn(5, 7, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    dense = sae.feature_activations(x)
+    features = torch.tensor([3, 100, 5])
+    torch.testing.assert_close(dense, torch.stack([z_reference(sae, x, k) for k in range(128)], dim=-1))
+    torch.testing.assert_close(sae.feature_activations(x, features), dense[..., features])
+    assert ((dense > 0).sum(-1) > 4).any()  # more than k features active: Top-K is not applied
+    topk = sae.encode(x)
+    assert torch.equal(topk[topk > 0], dense[topk > 0])
+
+
+def test_kernel_shap_registered_method_is_batch_invariant():
+    from hf_fga.attribution import Attributor, list_methods
+
+    assert "kernel-shap" in list_methods()
+    model = tiny_vit()
+    pixels = pixel_batch(2, seed=8)
+    attributor = Attributor(model)
+    batch = attributor.attribute(pixels, method="kernel-shap", n_samples=60, seed=1)
+    for b in range(2):
+        alone = attributor.attribute(
+            pixels[b : b + 1], method="kernel-shap", n_samples=60, seed=1, target=batch.target[b]
+        )
+        torch.testing.assert_close(batch.attribution[b], alone.attribution[0], rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="n_samples"):
+        attributor.attribute(pixels, method="kernel-shap", n_samples=0)
