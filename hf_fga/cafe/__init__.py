@@ -7,7 +7,7 @@ patch rankings by how fast inserting their patches into the mean-filled image br
 
 from .explain import BACKENDS, FeatureExplanation, explain_feature
 from .insertion import FeatureInsertionOutput, feature_insertion, random_ranking
-from .locality import NON_LOCAL_THRESHOLD, Locality, neighbourhood_share
+from .locality import NON_LOCAL_THRESHOLD, Locality, neighbourhood_share, verdict
 
 __all__ = [
     "BACKENDS",
@@ -19,4 +19,5 @@ __all__ = [
     "feature_insertion",
     "neighbourhood_share",
     "random_ranking",
+    "verdict",
 ]

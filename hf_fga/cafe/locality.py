@@ -69,3 +69,20 @@ def neighbourhood_share(
     share = torch.where(defined, inside / torch.where(defined, total, torch.ones_like(total)), torch.nan)
     non_local = at_cls | (defined & (share < threshold))
     return Locality(share=share.float(), non_local=non_local, at_cls=at_cls, threshold=threshold)
+
+
+def verdict(share: float, non_local: bool, at_cls: bool) -> str:
+    """
+    One line on an explained activation's locality, e.g. `"local: 62% of the positive iERF within 3×3 of the peak"`.
+
+    Example:
+    ```python
+    >>> verdict(0.12, True, False)
+    'non-local: 12% of the positive iERF within 3×3 of the peak'
+    ```
+    """
+    if at_cls:
+        return "CLS-token feature: non-local by definition"
+    if share != share:  # NaN: no positive iERF mass
+        return "undetermined: the iERF has no positive mass"
+    return f"{'non-local' if non_local else 'local'}: {share:.0%} of the positive iERF within 3×3 of the peak"
