@@ -20,6 +20,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from pathlib import Path
@@ -92,13 +93,17 @@ def select(model, processor, saes, dataset, per_block: int, per_feature: int, se
 
 
 def groups(selection: dict) -> list[tuple[int, int, list[int]]]:
-    """(block, image, features) in selection order: the features of one image and block are explained together."""
-    by_key: dict[tuple[int, int], list[int]] = {}
+    """
+    (block, image, features): the features of one image and block are explained together. Blocks take turns (the
+    first group of every block, then the second, …), so a partial run covers every block alike.
+    """
+    by_block: dict[int, dict[int, list[int]]] = {}
     for block, entry in selection["blocks"].items():
         for feature, images in entry["features"].items():
             for image in images:
-                by_key.setdefault((int(block), image), []).append(int(feature))
-    return [(block, image, features) for (block, image), features in by_key.items()]
+                by_block.setdefault(int(block), {}).setdefault(image, []).append(int(feature))
+    lists = [[(block, image, features) for image, features in images.items()] for block, images in by_block.items()]
+    return [group for turn in itertools.zip_longest(*lists) for group in turn if group is not None]
 
 
 def run_group(model, sae, pixels, features: list[int], seed: int) -> dict:

@@ -212,7 +212,7 @@ def _gradient_maps(
     pixels = pixels.detach().requires_grad_(True)
     with torch.enable_grad():
         tokens = target.token_activations(model, pixels)
-        resolve_positions(target, tokens.detach(), position)
+        resolve_positions(target, tokens.detach(), position, stacklevel=4)
         values = target.at_positions(tokens)
         maps = []
         num_features = values.shape[1]
@@ -222,8 +222,11 @@ def _gradient_maps(
     return tokens.detach(), torch.stack(maps, dim=1).reshape(len(pixels), num_features, grid.height, grid.width)
 
 
-def resolve_positions(target: FeatureTarget, tokens: Tensor, position) -> None:
-    """Fill `target.positions` (argmax over tokens where `position` is None); errors for dead features."""
+def resolve_positions(target: FeatureTarget, tokens: Tensor, position, stacklevel: int = 3) -> None:
+    """
+    Fill `target.positions` (argmax over tokens where `position` is None); errors for dead features, a warning (at
+    `stacklevel`, the user's call) for a requested position where the feature is 0.
+    """
     batch, num_tokens, num_features = tokens.shape
     peak = tokens.amax(dim=1)  # (B, F)
     dead = peak <= 0
@@ -246,7 +249,7 @@ def resolve_positions(target: FeatureTarget, tokens: Tensor, position) -> None:
             f"image {b} (it fires elsewhere on the image): gradient-based iERFs of an inactive ReLU are 0; "
             "position=None explains the token where it is largest.",
             UserWarning,
-            stacklevel=4,
+            stacklevel=stacklevel,
         )
 
 
