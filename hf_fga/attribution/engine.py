@@ -322,15 +322,17 @@ class Attributor:
             return self._output(capture, impl.explain(self, capture, options), baseline=transmm_map(capture))
         grid = self._check_pixels(pixel_values)
         target = self._check_target(target, pixel_values.shape[0], self._num_classes(text_embeds))
-        # every forward and backward pass the method runs gets the rules (the model is restored on exit)
-        with rules(self.model) if rules is not None else contextlib.nullcontext():
-            if impl.resolves_target:
+        rules_context = rules(self.model) if rules is not None else contextlib.nullcontext()
+        if impl.resolves_target:
+            # every forward and backward pass the method runs gets the rules (the model is restored on exit)
+            with rules_context:
                 result = impl.attribute(self, pixel_values, target, text_embeds, options)
-                logits, target = result.logits, result.target
-            else:
-                with prepared_model(self.model), torch.no_grad():
-                    logits = model_logits(self.model, pixel_values.to(self.model.device, self.dtype), text_embeds)
-                target = logits.argmax(dim=-1) if target is None else target.to(logits.device)
+            logits, target = result.logits, result.target
+        else:
+            with prepared_model(self.model), torch.no_grad():
+                logits = model_logits(self.model, pixel_values.to(self.model.device, self.dtype), text_embeds)
+            target = logits.argmax(dim=-1) if target is None else target.to(logits.device)
+            with rules_context:
                 result = impl.attribute(self, pixel_values, target, text_embeds, options)
         head = Capture(logits, target, [], [], {}, {}, grid=grid)
         return self._output(head, result, baseline=None)

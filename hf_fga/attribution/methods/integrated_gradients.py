@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
-from captum.attr import IntegratedGradients
 from torch import Tensor
 
 from ...faithfulness.fills import PatchGrid, default_normalization, fill_source, patch_grid
@@ -82,6 +81,8 @@ def integrated_gradients(
         `tuple[Tensor, Tensor]`: the attribution `(B, h, w)` and captum's convergence delta `(B,)`,
         Σ_i IG_i − (y(x) − y(x̄)) (the completeness error of the quadrature).
     """
+    from captum.attr import IntegratedGradients  # imported on use: captum.attr takes ~1.5 s to import
+
     steps = check_steps(steps)
     internal_batch_size = check_internal_batch_size(internal_batch_size)
     batch = pixel_values.shape[0]
