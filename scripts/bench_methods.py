@@ -2,7 +2,8 @@
 Benchmark the own-pass attribution methods (gradient × input, Integrated Gradients, CAAP) and Grad-CAM on CPU, as
 ratios to the passes they are built from, measured in the same run with the same linear backend:
 
-- gradient × input and Grad-CAM against one forward + input-gradient backward of the batch (parameters frozen);
+- gradient × input and Grad-CAM, and CP-LRP, AttnLRP and gradient × input with `libragrad=True`
+  (`gradient-x-input+libragrad`), against one forward + input-gradient backward of the batch (parameters frozen);
   target: ≤ 1.3×;
 - Integrated Gradients against `steps` × that forward + backward per image, measured at IG's rows per pass
   (`internal_batch_size`), so the batch gain of the larger pass is in the reference; target: ≤ 1.3×;
@@ -35,7 +36,15 @@ from hf_fga.bundled import model_dir
 from hf_fga.introspection import model_logits, prepared_model, residual_hooks, run_from_block, vision_layers
 from hf_fga.onednn import model_linears
 
-METHODS = ("gradient-x-input", "grad-cam", "integrated-gradients", "caap")
+METHODS = (
+    "gradient-x-input",
+    "gradient-x-input+libragrad",
+    "cp-lrp",
+    "attnlrp",
+    "grad-cam",
+    "integrated-gradients",
+    "caap",
+)
 
 
 def timed(run: Callable[[], object], repeats: int) -> tuple[float, float]:
@@ -88,17 +97,17 @@ def bench_model(
         f"internal_batch_size {DEFAULT_INTERNAL_BATCH_SIZE}; CAAP blocks from a={start}, batch_size "
         f"{DEFAULT_BATCH_SIZE}"
     )
-    print(f"{'batch':>5} | {'method':<20} | {'CPU s/img':>9} | {'wall s/img':>10} | {'reference':<32} | {'ratio':>5}")
-    print("-" * 98, flush=True)
+    print(f"{'batch':>5} | {'method':<26} | {'CPU s/img':>9} | {'wall s/img':>10} | {'reference':<32} | {'ratio':>5}")
+    print("-" * 104, flush=True)
     pixels_all = torch.randn(max(batch_sizes), 3, config.image_size, config.image_size)
     forward_backward(model, pixels_all[:1], backend)()  # warm-up: allocator, oneDNN packs and their check
     cheap = max(repeats, 3)  # the one-pass settings are short: more repeats for a stable best
     for batch in batch_sizes:
         pixels = pixels_all[:batch]
         ig_rows = max(batch, DEFAULT_INTERNAL_BATCH_SIZE // batch * batch)
+        one_pass = ("fwd+bwd", partial(forward_backward, model, pixels, backend), cheap, batch)
         references = {
-            "gradient-x-input": ("fwd+bwd", partial(forward_backward, model, pixels, backend), cheap, batch),
-            "grad-cam": ("fwd+bwd", partial(forward_backward, model, pixels, backend), cheap, batch),
+            **{method: one_pass for method in ("gradient-x-input", "cp-lrp", "attnlrp", "grad-cam")},
             "integrated-gradients": (
                 f"{DEFAULT_STEPS} x fwd+bwd @{ig_rows}",
                 partial(forward_backward, model, pixels_all[:1].expand(ig_rows, -1, -1, -1).contiguous(), backend),
@@ -113,15 +122,16 @@ def bench_model(
             ),
         }
         measured: dict[str, float] = {}
-        for method in methods:
+        for setting in methods:
+            method, _, modifier = setting.partition("+")  # "<method>+libragrad": with LibraGrad's backward rules
             label, make, times, per = references[method]
             if label not in measured:
                 measured[label] = timed(make(), times)[0] / per
-            run = partial(attributor.attribute, pixels, method=method)
+            run = partial(attributor.attribute, pixels, method=method, libragrad=modifier == "libragrad")
             cpu, wall = timed(run, cheap if per == batch else repeats)
             ratio = (cpu / batch) / measured[label]
             print(
-                f"{batch:>5} | {method:<20} | {cpu / batch:>9.3f} | {wall / batch:>10.3f} | "
+                f"{batch:>5} | {setting:<26} | {cpu / batch:>9.3f} | {wall / batch:>10.3f} | "
                 f"{label + f' {measured[label]:.3f} s':<32} | {ratio:>5.2f}",
                 flush=True,
             )

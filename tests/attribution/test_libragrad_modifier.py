@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from hf_fga.attribution import Attributor, backward_rules
+from hf_fga.attribution.completeness import model_completeness_terms
 from hf_fga.attribution.rules import libragrad
 from tests.attribution.lrp_reference import reference_capture
 from tests.attribution.reference import ReferenceCapture, reference_transmm
@@ -50,6 +51,16 @@ def test_transmm_with_libragrad_matches_reference(kind):
     assert relative_error(plain.attribution, expected) > 1e-3
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_completeness_metric_under_libragrad(kind):
+    """The library's completeness terms (the metric's inputs) with LibraGrad's rules: < 1e-8 in float64."""
+    model, text = build(kind)
+    pixels = pixel_batch(2).double()
+    ruled = model_completeness_terms(model, pixels, text_embeds=text, backward_context=libragrad)["errors"]
+    plain = model_completeness_terms(model, pixels, text_embeds=text)["errors"]
+    assert ruled.max() < 1e-8 and plain.min() >= 1e-2, (ruled, plain)
+
+
 def test_fga_with_libragrad_is_fga_of_the_libragrad_capture():
     model, _ = build("vit", torch.float32)
     attr = Attributor(model, saes={1: tiny_sae(layer=1)})
@@ -60,7 +71,17 @@ def test_fga_with_libragrad_is_fga_of_the_libragrad_capture():
     assert not torch.equal(out.attribution, attr.attribute(pixels, method="fga").attribution)
 
 
-@pytest.mark.parametrize("method", ["rollout", "raw-attention"])
+def test_grad_cam_with_libragrad_reads_the_libragrad_capture():
+    model, _ = build("vit", torch.float32)
+    attr = Attributor(model)
+    pixels = pixel_batch(2)
+    out = attr.attribute(pixels, method="grad-cam", libragrad=True)
+    capture = attr.capture(pixels, backward_context=libragrad)
+    assert torch.equal(out.attribution, attr.explain(capture, method="grad-cam").attribution)
+    assert not torch.equal(out.attribution, attr.attribute(pixels, method="grad-cam").attribution)
+
+
+@pytest.mark.parametrize("method", ["rollout", "raw-attention", "caap"])
 def test_libragrad_refused_without_gradients(method):
     model, _ = build("vit", torch.float32)
     before = snapshot(model)
