@@ -10,8 +10,9 @@ activation map (z_k at every patch token) is what CaFE argues against; both come
 Back-ends (`method=`), all through the attribution package's public pieces:
 
 - `gradient`, `gradient-x-input`, `cp-lrp`, `attnlrp` (and `libragrad=True` for the first two): gradients of z
-  under the backward rule sets of [`hf_fga.attribution.rules`]. Several features of the same images share ONE forward
-  pass (which stops at the SAE's block) and run one backward pass each through the retained graph.
+  under the backward rule set the registered method declares (`get_method("attnlrp").rule_set`, through
+  [`hf_fga.attribution.rules.backward_rules`]). Several features of the same images share ONE forward pass (which
+  stops at the SAE's block) and run one backward pass each through the retained graph.
 - `integrated-gradients`: the registered method's generic core
   ([`hf_fga.attribution.methods.integrated_gradients.integrated_gradients`]) from the `mean` fill, on an objective over
   (image, feature) pairs; `libragrad=True` applies.
@@ -44,21 +45,36 @@ from .locality import Locality, neighbourhood_share
 
 @dataclass(frozen=True)
 class Backend:
-    """How a CaFE back-end computes an iERF: its computation, its backward rule set, whether LibraGrad applies."""
+    """
+    How a CaFE back-end computes an iERF: `kind` of computation, and the registered method it stands for (whose
+    options, option checks, backward rule set `rule_set` and `gradient_based` flag it takes from the registry).
+    `gradient` (the plain input gradient, patch-summed) has no registered method.
+    """
 
     kind: str
-    rule_set: str | None = None
-    libragrad_applies: bool = False
-    registered: str | None = None  # the registry method whose options (and validation) the back-end takes
+    registered: str | None = None
+
+    @property
+    def method(self):
+        return None if self.registered is None else get_method(self.registered)
+
+    @property
+    def rule_set(self) -> str | None:
+        """The registered method's own backward rules (`cp-lrp`, `attnlrp`), else None."""
+        return getattr(self.method, "rule_set", None)
+
+    @property
+    def libragrad_applies(self) -> bool:
+        return self.method is None or self.method.gradient_based
 
 
 BACKENDS: dict[str, Backend] = {
-    "gradient": Backend("gradient", libragrad_applies=True),
-    "gradient-x-input": Backend("gradient-x-input", libragrad_applies=True),
-    "cp-lrp": Backend("gradient-x-input", rule_set="cp-lrp"),
-    "attnlrp": Backend("gradient-x-input", rule_set="attnlrp"),
-    "integrated-gradients": Backend("integrated-gradients", libragrad_applies=True, registered="integrated-gradients"),
-    "kernel-shap": Backend("kernel-shap", registered="kernel-shap"),
+    "gradient": Backend("gradient"),
+    "gradient-x-input": Backend("gradient-x-input", "gradient-x-input"),
+    "cp-lrp": Backend("gradient-x-input", "cp-lrp"),
+    "attnlrp": Backend("gradient-x-input", "attnlrp"),
+    "integrated-gradients": Backend("integrated-gradients", "integrated-gradients"),
+    "kernel-shap": Backend("kernel-shap", "kernel-shap"),
 }
 
 
@@ -307,8 +323,8 @@ def explain_feature(
     if method not in BACKENDS:
         raise ValueError(f"Unknown CaFE back-end {method!r}: expected one of {sorted(BACKENDS)}.")
     backend = BACKENDS[method]
-    if backend.registered is not None:
-        options = get_method(backend.registered).check_options(None, **method_options)
+    if backend.method is not None:
+        options = backend.method.check_options(None, **method_options)
     elif method_options:
         raise TypeError(f"CaFE back-end {method!r} takes no options, got {sorted(method_options)}.")
     else:
