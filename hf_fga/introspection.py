@@ -452,3 +452,39 @@ def run_from_block(
     dummy = torch.zeros(1, config.num_channels, height, width, device=hidden_states.device, dtype=model_dtype(model))
     with blocks_from(model, start, hidden_states):
         return model_logits(model, dummy, text_embeds)
+
+
+class _StopForward(Exception):
+    """Raised by the hook of [`residual_stream`] once the requested residual is computed."""
+
+
+def residual_stream(
+    model: PreTrainedModel, pixel_values: Tensor, block: int, hook_point: str = "resid_post"
+) -> Tensor:
+    """
+    The residual stream `(B, T, d)` at `hook_point` of `block`, differentiable, from a forward pass of the vision
+    tower that stops there: the later blocks and the head do not run (an SAE feature of block ℓ needs blocks 0..ℓ
+    only).
+
+    Example:
+    ```python
+    >>> x = residual_stream(model, pixel_values, block=4, hook_point="resid_post")  # (B, T, d)
+    ```
+    """
+    seen: list[Tensor] = []
+
+    def stop(index: int, point: str, x: Tensor) -> None:
+        seen.append(x)
+        raise _StopForward
+
+    handles = register_residual_hooks(model, {block: hook_point}, stop)
+    try:
+        vision_tower(model)(pixel_values=pixel_values)
+    except _StopForward:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    if not seen:
+        raise RuntimeError(f"The forward pass of {type(model).__name__} never reached block {block} ({hook_point}).")
+    return seen[0]

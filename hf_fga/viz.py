@@ -115,6 +115,40 @@ def feature_card(
     return sheet
 
 
+def cafe_panels(
+    image: Image.Image,
+    activation_map: np.ndarray,
+    ierf: np.ndarray,
+    position: int,
+    grid: tuple[int, int],
+    num_prefix_tokens: int = 1,
+    side: int = 224,
+) -> Image.Image:
+    """
+    A CaFE pair, `side` pixels high: the feature's activation map and the positive part of its iERF (method.md §9),
+    each over the image, the explained token boxed in white when it is a patch.
+    """
+    base = image.convert("RGB").resize((side, side))
+    patch = position - num_prefix_tokens
+    boxes = [(patch // grid[1], patch % grid[1], "white")] if patch >= 0 else []
+    panels = [
+        draw_patch_boxes(overlay(base, np.asarray(activation_map, dtype=np.float32)), boxes, grid, width=3),
+        draw_patch_boxes(overlay(base, np.clip(np.asarray(ierf, dtype=np.float32), 0, None)), boxes, grid, width=3),
+    ]
+    sheet = Image.new("RGB", (2 * side + 8, side), "white")
+    sheet.paste(panels[0], (0, 0))
+    sheet.paste(panels[1], (side + 8, 0))
+    return sheet
+
+
+def side_by_side(left: Image.Image, right: Image.Image, gap: int = 8) -> Image.Image:
+    """`left` and `right` next to each other on white, top-aligned."""
+    sheet = Image.new("RGB", (left.width + gap + right.width, max(left.height, right.height)), "white")
+    sheet.paste(left, (0, 0))
+    sheet.paste(right, (left.width + gap, 0))
+    return sheet
+
+
 def attribution_figure(
     image: Image.Image,
     baseline: np.ndarray,

@@ -34,12 +34,22 @@ from transformers import pipeline
 
 import hf_fga  # noqa: F401  (registers the feature-gradient-attribution task)
 from hf_fga.attribution import VARIANTS, load_mean_residuals
+from hf_fga.cafe import verdict
 from hf_fga.feature_drivers import AMPLIFIER
 from hf_fga.images import MIN_SIDE, load_image
 from hf_fga.pipelines import TASK, FeatureGradientAttributionPipeline
 from hf_fga.pipelines.feature_gradient_attribution import FEATURE_VARIANTS
 from hf_fga.prototypes import PrototypeIndex
-from hf_fga.viz import captioned_stack, draw_patch_boxes, feature_card, fit_within, gate_image, overlay
+from hf_fga.viz import (
+    cafe_panels,
+    captioned_stack,
+    draw_patch_boxes,
+    feature_card,
+    fit_within,
+    gate_image,
+    overlay,
+    side_by_side,
+)
 
 ASSETS = HERE / "assets"
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
@@ -257,7 +267,10 @@ def feature_panel(explainer: Explainer, image: Image.Image, result: dict, varian
         )
         return image, None, why
     marks, numbers, cards = [], [], []
-    rows = ["| # | block | feature | role | push on ŝ | patches |", "| --- | --- | --- | --- | --- | --- |"]
+    rows = [
+        "| # | block | feature | role | push on ŝ | patches | why it fires (CaFE) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for n, (block, feature) in enumerate(found, start=1):
         colour = AMPLIFIER_COLOUR if feature["sign"] == AMPLIFIER else SUPPRESSOR_COLOUR
         strip, note = None, "Prototypes are precomputed for\nthe bundled model's SAEs only."
@@ -269,17 +282,26 @@ def feature_panel(explainer: Explainer, image: Image.Image, result: dict, varian
         numbers += [str(n)] * len(boxes)
         caption = (
             f"#{n} · block {block} · feature {feature['index']} · {feature['sign']} "
-            f"({feature['contribution']:+.2f}) · right: its top reference images, yellow = where it fires"
+            f"({feature['contribution']:+.2f}) · its top reference images, yellow = where it fires"
         )
-        cards.append((feature_card(image, boxes, grid, strip, note), caption))
+        card = feature_card(image, boxes, grid, strip, note)
+        why = "–"
+        if "ierf" in feature:  # CaFE (method.md §9): where the feature fires vs what makes it fire
+            why = verdict(feature["locality_share"], feature["non_local"], feature["at_cls"])
+            panels = cafe_panels(image, feature["activation_map"], feature["ierf"], feature["position"], grid)
+            card = side_by_side(card, panels)
+            caption += f" · then: its activation map and its iERF (white box: the peak) · {why}"
+        cards.append((card, caption))
         rows.append(
             f"| {n} | {block} | {feature['index']} | {feature['sign']} | {feature['contribution']:+.2f} | "
-            f"{len(feature['patches'])} |"
+            f"{len(feature['patches'])} | {why} |"
         )
     legend = (
         "Green boxes: the feature **amplified** the gate of that patch; red: it **suppressed** it. Each feature is "
         "the one that pushed hardest on the normalised score ŝ of one of the patches whose attribution FGA changed "
-        "most against TransMM (method.md §7)."
+        "most against TransMM (method.md §7). Why it fires (CaFE, method.md §9): its activation map beside its iERF, "
+        "the input patches that drive its activation at its peak token; **non-local** when under 25% of the iERF's "
+        "positive mass lies in the 3×3 patches around the peak."
     )
     boxed = draw_patch_boxes(image, marks, grid, width=3, labels=numbers)
     return boxed, captioned_stack(cards), legend + "\n\n" + "\n".join(rows)
@@ -344,7 +366,7 @@ def explain(
     try:
         result = pipe(
             image, method="fga", variant=variant, layers=chosen, kappa=float(kappa), cmax=float(cmax),
-            top_k_features=MAX_FEATURE_CARDS,
+            top_k_features=MAX_FEATURE_CARDS, explain_features=MAX_FEATURE_CARDS,
         )
     except ValueError as error:  # the library's messages name its API: the details stay in the server log
         LOG.warning("explaining failed: %r", error)

@@ -5,7 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 METRICS_DIR = Path(__file__).resolve().parent
-METRIC_NAMES = ("saco", "faithfulness_correlation", "pixel_flipping", "insertion", "deletion", "completeness")
+METRIC_NAMES = (
+    "saco",
+    "faithfulness_correlation",
+    "pixel_flipping",
+    "insertion",
+    "deletion",
+    "completeness",
+    "feature_insertion",
+)
 
 
 def metric_path(name: str) -> str:
@@ -15,7 +23,7 @@ def metric_path(name: str) -> str:
     Args:
         name (`str`):
             One of `"saco"`, `"faithfulness_correlation"`, `"pixel_flipping"`, `"insertion"`, `"deletion"`,
-            `"completeness"`.
+            `"completeness"`, `"feature_insertion"`.
 
     Returns:
         `str`: the absolute path of the folder that holds `<name>.py`, its README metric card and `app.py`.

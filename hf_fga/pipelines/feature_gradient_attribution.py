@@ -13,6 +13,7 @@ import torch
 from transformers import Pipeline
 
 from ..attribution import FeatureGradientAttribution, get_method
+from ..cafe import BACKENDS, explain_feature
 from ..feature_drivers import feature_drivers
 from ..images import as_pipeline_inputs, load_image
 from ..introspection import clip_text_embeddings, is_clip, load_vision_model
@@ -24,7 +25,7 @@ TASK = "feature-gradient-attribution"
 FEATURE_VARIANTS = ("combined", "shuffled")
 OPTIONS = (
     "target", "candidate_labels", "method", "variant", "kappa", "cmax", "layers", "libragrad", "top_k_features",
-    "timeout", "batch_size", "num_workers",
+    "explain_features", "cafe_method", "timeout", "batch_size", "num_workers",
 )
 
 
@@ -69,6 +70,13 @@ class FeatureGradientAttributionPipeline(Pipeline):
         libragrad (`bool`, defaults to `False`): run a gradient-based method (`"fga"`, `"transmm"`, …) under
             LibraGrad's backward rules (method.md §8; see [`Attributor.attribute`]).
         top_k_features (`int`, defaults to 5): at most this many features in `top_features` (≥ 1).
+        explain_features (`int`, defaults to 0): explain why the strongest this-many features of `top_features`
+            fire (CaFE, method.md §9; [`hf_fga.cafe.explain_feature`]): their entries gain `ierf` (h × w, the
+            attribution of the feature's activation at its peak token to the input patches), `activation_map`
+            (h × w), `position` (the peak token, 0 = CLS), `activation`, `locality_share` (positive iERF mass in the
+            3 × 3 patches around the peak; NaN at CLS), `non_local` and `at_cls`. One forward pass of the blocks up
+            to the SAE's and one backward pass per feature; 0 turns it off.
+        cafe_method (`str`, defaults to `"gradient-x-input"`): the iERF back-end (`hf_fga.cafe.BACKENDS`).
         timeout (`float`, *optional*): seconds to wait for an image URL.
         batch_size (`int`, defaults to 1), num_workers (`int`, defaults to 0): as in every transformers pipeline.
 
@@ -156,6 +164,8 @@ class FeatureGradientAttributionPipeline(Pipeline):
         layers=None,
         libragrad=None,
         top_k_features=None,
+        explain_features=None,
+        cafe_method=None,
         timeout=None,
         **unexpected,
     ):
@@ -189,6 +199,14 @@ class FeatureGradientAttributionPipeline(Pipeline):
             postprocess["top_k_features"] = integer(
                 "top_k_features", top_k_features, low=1, meaning="how many features top_features lists"
             )
+        if explain_features is not None:
+            forward["explain_features"] = integer(
+                "explain_features", explain_features, low=0, meaning="how many top features CaFE explains"
+            )
+        if cafe_method is not None:
+            if cafe_method not in BACKENDS:
+                raise ValueError(f"cafe_method={cafe_method!r}: expected one of {sorted(BACKENDS)}.")
+            forward["cafe_method"] = cafe_method
         return preprocess, forward, postprocess
 
     def preprocess(self, image, timeout: float | None = None) -> dict[str, Any]:
@@ -230,6 +248,8 @@ class FeatureGradientAttributionPipeline(Pipeline):
         cmax=10.0,
         layers=None,
         libragrad=False,
+        explain_features=0,
+        cafe_method="gradient-x-input",
     ) -> dict[str, list]:
         """
         One forward and one backward pass for a batch `pixel_values (B, 3, H, W)`; returns per-image lists (the
@@ -255,12 +275,42 @@ class FeatureGradientAttributionPipeline(Pipeline):
             **{name: value for name, value in options.items() if name in accepted},
         )
         batch = pixel_values.shape[0]
-        return {"output": [one_image(out, b) for b in range(batch)], "image": images, "labels": [labels] * batch}
+        outputs = [one_image(out, b) for b in range(batch)]
+        explained = [
+            self._explain_drivers(output, pixel_values[b : b + 1], explain_features, cafe_method)
+            for b, output in enumerate(outputs)
+        ]
+        return {"output": outputs, "image": images, "labels": [labels] * batch, "explained": explained}
+
+    def _explain_drivers(self, out, pixel_values, count: int, cafe_method: str) -> dict[tuple[int, int], dict]:
+        """CaFE for the `count` strongest feature drivers of one image: `{(block, feature): fields}`."""
+        if count == 0 or not out.contributions:
+            return {}
+        by_block: dict[int, list[int]] = {}
+        for driver in feature_drivers(out, 0, max_features=count):
+            by_block.setdefault(driver.block, []).append(driver.index)
+        explained = {}
+        for block, features in by_block.items():
+            result = explain_feature(
+                self.model, self.saes[block], pixel_values, features, method=cafe_method,
+                linear_backend=self.attributor.linear_backend,
+            )
+            for f, feature in enumerate(features):
+                explained[(block, feature)] = {
+                    "ierf": result.ierf[0, f].numpy().astype(np.float32),
+                    "activation_map": result.activation_map[0, f].numpy().astype(np.float32),
+                    "position": int(result.position[0, f]),
+                    "activation": float(result.value[0, f]),
+                    "locality_share": float(result.locality.share[0, f]),
+                    "non_local": bool(result.locality.non_local[0, f]),
+                    "at_cls": bool(result.locality.at_cls[0, f]),
+                }
+        return explained
 
     def postprocess(self, model_outputs, top_k_features: int = 5) -> dict[str, Any]:
         # A batch unrolled by the DataLoader gives each image's entries; a single call, lists of one.
-        out, image, labels = (v[0] if isinstance(v, list) else v for v in (
-            model_outputs["output"], model_outputs["image"], model_outputs["labels"]))
+        out, image, labels, explained = (v[0] if isinstance(v, list) else v for v in (
+            model_outputs["output"], model_outputs["image"], model_outputs["labels"], model_outputs["explained"]))
         t = int(out.target[0])
         attribution = out.attribution[0].numpy().astype(np.float32)
         return {
@@ -270,7 +320,7 @@ class FeatureGradientAttributionPipeline(Pipeline):
             "attribution": attribution,
             "baseline": None if out.baseline is None else out.baseline[0].numpy().astype(np.float32),
             "gates": {block: g[0].numpy().astype(np.float32) for block, g in out.gates.items()},
-            "top_features": top_features(out, top_k_features),
+            "top_features": top_features(out, top_k_features, explained),
             "overlay": overlay(image, attribution),
         }
 
@@ -337,14 +387,16 @@ def one_image(out, b: int):
     return dataclasses.replace(out, **{f.name: select(getattr(out, f.name)) for f in dataclasses.fields(out)})
 
 
-def top_features(out, top_k: int) -> dict[int, list[dict[str, Any]]]:
+def top_features(out, top_k: int, explained: dict | None = None) -> dict[int, list[dict[str, Any]]]:
     """
     The pipeline's `top_features` of an output of batch 1 (see the class docstring): up to `top_k` drivers from
-    [`hf_fga.feature_drivers.feature_drivers`], grouped by block, strongest first.
+    [`hf_fga.feature_drivers.feature_drivers`], grouped by block, strongest first; the CaFE fields of the drivers in
+    `explained` (`{(block, feature): fields}`) are added to their entries.
     """
     if not out.contributions:
         return {}
+    explained = explained or {}
     grouped: dict[int, list[dict[str, Any]]] = {block: [] for block in sorted(out.contributions)}
     for driver in feature_drivers(out, 0, max_features=top_k):
-        grouped[driver.block].append(driver.as_dict())
+        grouped[driver.block].append({**driver.as_dict(), **explained.get((driver.block, driver.index), {})})
     return grouped

@@ -161,6 +161,29 @@ class SparseAutoencoder(PreTrainedModel):
         values, indices = self.pre_activations(x_n, encoder).topk(self.config.k, dim=-1)
         return F.relu(values), indices
 
+    def feature_activations(self, x: Tensor, features: Tensor | None = None) -> Tensor:
+        """
+        ReLU activations `z = ReLU(W_enc (x_n − b_dec) + b_enc)` of residual vectors `x (..., d_in)`, input
+        normalisation included, **without** the Top-K mask (method.md §9: Top-K selection is a mask, not part of a
+        feature's value). Differentiable in `x`.
+
+        Args:
+            x (`Tensor` of shape `(..., d_in)`): residual vectors at the SAE's hook point.
+            features (`LongTensor` of shape `(F,)`, *optional*): only these features (only their encoder columns are
+                multiplied); all `d_sae` when `None`.
+
+        Returns:
+            `Tensor` of shape `(..., F)` (or `(..., d_sae)`).
+        """
+        self._check_width(x)
+        x_n, _ = self._normalize(x)
+        if features is None:
+            return F.relu(self.pre_activations(x_n))
+        if self.config.apply_b_dec_to_input:
+            x_n = x_n - self.b_dec
+        features = features.to(self.W_enc.device)
+        return F.relu(x_n @ self.W_enc[:, features] + self.b_enc[features])
+
     def decode(self, f: Tensor) -> Tensor:
         """`W_dec f + b_dec` in the SAE's (normalised) space; for constant-scale SAEs divided back to the residual."""
         x_hat = f @ self.W_dec + self.b_dec

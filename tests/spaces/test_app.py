@@ -213,3 +213,14 @@ def test_launched_app_serves_a_client(space_url, space_explainer, tmp_path):
     assert len(gates) == len(space_explainer.default_blocks)
     assert "SaCo" in metrics and ("amplifier" in features or "suppressor" in features)
     assert refused[0].startswith("⚠️") and "not a readable image" in refused[0]
+
+
+def test_feature_cards_show_why_each_feature_fires(app_module, space_explainer):
+    image = app_module.read_upload(space_explainer.examples[0])
+    out = app_module.explain(space_explainer, image, "combined", space_explainer.default_blocks, 0.5, 10.0,
+                             metrics=False)
+    rows = [line for line in out.features.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert rows and all("local" in row or "CLS-token" in row or "undetermined" in row for row in rows)
+    result = space_explainer.pipe(image, layers=space_explainer.default_blocks, top_k_features=6, explain_features=6)
+    explained = [f for fs in result["top_features"].values() for f in fs]
+    assert explained and all("ierf" in f for f in explained)

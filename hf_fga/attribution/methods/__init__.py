@@ -3,7 +3,18 @@ Registered attribution methods, one per file. Importing this package registers t
 one more file here (an [`AttributionMethod`] subclass decorated with [`register_method`]) and one import below.
 """
 
-from . import caap, fga, grad_cam, gradient_x_input, integrated_gradients, lrp, raw_attention, rollout, transmm
+from . import (
+    caap,
+    fga,
+    grad_cam,
+    gradient_x_input,
+    integrated_gradients,
+    kernel_shap,
+    lrp,
+    raw_attention,
+    rollout,
+    transmm,
+)
 from .base import AttributionMethod, MethodResult, get_method, list_methods, register_method, unregister_method
 
 __all__ = [
@@ -15,6 +26,7 @@ __all__ = [
     "grad_cam",
     "gradient_x_input",
     "integrated_gradients",
+    "kernel_shap",
     "list_methods",
     "lrp",
     "raw_attention",
