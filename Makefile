@@ -5,6 +5,7 @@ test:  ## set up .venv when missing and run the offline test suite
 	bash scripts/test.sh
 lint:
 	.venv/bin/ruff check hf_fga scripts tests spaces
+	.venv/bin/ruff format --check hf_fga scripts tests spaces
 bench:
 	.venv/bin/python scripts/bench_attribution.py
 	.venv/bin/python scripts/bench_faithfulness.py

@@ -123,8 +123,12 @@ class FeatureDriver:
 
     def as_dict(self) -> dict[str, Any]:
         """Plain Python: `{"index", "sign", "contribution", "patches"}` (the pipeline's `top_features` entries)."""
-        return {"index": self.index, "sign": self.sign, "contribution": self.contribution,
-                "patches": list(self.patches)}
+        return {
+            "index": self.index,
+            "sign": self.sign,
+            "contribution": self.contribution,
+            "patches": list(self.patches),
+        }
 
 
 def _scales(output, image: int) -> dict[int, float]:
@@ -214,6 +218,8 @@ def feature_drivers(
         entry = found.setdefault(key, [0.0, []])
         entry[0] += driver.push
         entry[1].append(driver.patch)
-    drivers = [FeatureDriver(block, index, sign, total, tuple(patches))
-               for (block, index, sign), (total, patches) in found.items()]
+    drivers = [
+        FeatureDriver(block, index, sign, total, tuple(patches))
+        for (block, index, sign), (total, patches) in found.items()
+    ]
     return sorted(drivers, key=lambda d: abs(d.contribution), reverse=True)

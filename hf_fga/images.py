@@ -81,9 +81,7 @@ def _from_array(array: np.ndarray, name: str) -> Image.Image:
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
-        raise ImageInputError(
-            f"{name}: an image array must be H×W, H×W×3, H×W×4 or C×H×W, got shape {array.shape}."
-        )
+        raise ImageInputError(f"{name}: an image array must be H×W, H×W×3, H×W×4 or C×H×W, got shape {array.shape}.")
     if array.dtype.kind in "iu":
         array = _integer_to_uint8(array, name)
     elif array.dtype.kind == "f":

@@ -79,8 +79,10 @@ def main() -> None:
     grid = config.image_size // config.patch_size
     pixels = torch.randn(args.images, 3, config.image_size, config.image_size, device=args.device)
     attributions = torch.rand(args.images, grid, grid, generator=torch.Generator().manual_seed(0))
-    print(f"model: ViT-B/16-shaped random ViTForImageClassification ({args.attn}), device {args.device}, "
-          f"torch threads {torch.get_num_threads()}, batch size {args.batch_size}")
+    print(
+        f"model: ViT-B/16-shaped random ViTForImageClassification ({args.attn}), device {args.device}, "
+        f"torch threads {torch.get_num_threads()}, batch size {args.batch_size}"
+    )
     for preset in ("papers", "thesis"):
         counts = forward_passes_per_image(preset, grid * grid, config.patch_size)
         print(f"forward passes per image ({preset}): " + ", ".join(f"{k} {v}" for k, v in counts.items()))
@@ -102,15 +104,23 @@ def main() -> None:
         for _ in range(args.repeats):
             cache = ResponseCache()
             start = time.perf_counter()
-            scores = evaluate_faithfulness(model, pixels, attributions, metrics=tuple(args.metrics),
-                                           batch_size=args.batch_size, cache=cache, progress=False,
-                                           linear_backend=backend)
+            scores = evaluate_faithfulness(
+                model,
+                pixels,
+                attributions,
+                metrics=tuple(args.metrics),
+                batch_size=args.batch_size,
+                cache=cache,
+                progress=False,
+                linear_backend=backend,
+            )
             engine_times.append(time.perf_counter() - start)
             forwards = len(cache)
-            inputs = torch.randn(min(args.batch_size, forwards), 3, config.image_size, config.image_size,
-                                 device=args.device)
+            inputs = torch.randn(
+                min(args.batch_size, forwards), 3, config.image_size, config.image_size, device=args.device
+            )
             start = time.perf_counter()
-            with torch.inference_mode(), (packs.applied() if packs else contextlib.nullcontext()):
+            with torch.inference_mode(), packs.applied() if packs else contextlib.nullcontext():
                 for done in range(0, forwards, args.batch_size):
                     model(pixel_values=inputs[: min(args.batch_size, forwards - done)])
             bare_times.append(time.perf_counter() - start)
@@ -118,23 +128,34 @@ def main() -> None:
         engines[backend] = engine / args.images
         label = "oneDNN linears" if use_onednn else "stock forward"
         print(f"\nlinear_backend={backend!r} ({label}):")
-        print(f"  engine: {forwards} forwards for {args.images} images ({forwards / args.images:.0f} per image), "
-              f"{engine / args.images:.2f} s per image (runs: {', '.join(f'{t:.1f}' for t in engine_times)} s)")
-        print("  mean scores (random model, attributions): "
-              + ", ".join(f"{k} {v.mean():.3f}" for k, v in scores.items()))
-        print(f"  bare model forward ({label}), {forwards} inputs in batches of {args.batch_size}: "
-              f"{bare / args.images:.2f} s per image (runs: {', '.join(f'{t:.1f}' for t in bare_times)} s); "
-              f"engine / bare = {engine / bare:.3f} (overhead {100 * (engine / bare - 1):+.1f} %)")
+        print(
+            f"  engine: {forwards} forwards for {args.images} images ({forwards / args.images:.0f} per image), "
+            f"{engine / args.images:.2f} s per image (runs: {', '.join(f'{t:.1f}' for t in engine_times)} s)"
+        )
+        print(
+            "  mean scores (random model, attributions): "
+            + ", ".join(f"{k} {v.mean():.3f}" for k, v in scores.items())
+        )
+        print(
+            f"  bare model forward ({label}), {forwards} inputs in batches of {args.batch_size}: "
+            f"{bare / args.images:.2f} s per image (runs: {', '.join(f'{t:.1f}' for t in bare_times)} s); "
+            f"engine / bare = {engine / bare:.3f} (overhead {100 * (engine / bare - 1):+.1f} %)"
+        )
 
     start = time.perf_counter()
     flat = attributions.reshape(args.images, -1).numpy()[: args.naive_images]
     naive_forwards = naive_loop(model, pixels[: args.naive_images], flat, config.patch_size, args.metrics)
     naive = (time.perf_counter() - start) / args.naive_images
-    print(f"\nnaive loop (stock forward): {naive_forwards / args.naive_images:.0f} forwards per image one at a time, "
-          f"{naive:.2f} s per image")
-    print(f"naive / engine = {naive / engines['auto']:.2f}x (target >= 2x): batching and sharing "
-          f"{naive / engines['default']:.2f}x (naive / engine with the stock forward) x oneDNN linears "
-          f"{engines['default'] / engines['auto']:.2f}x")
+    print(
+        f"\nnaive loop (stock forward): {naive_forwards / args.naive_images:.0f} forwards per image one at a time, "
+        f"{naive:.2f} s per image"
+    )
+    print(
+        f"naive / engine = {naive / engines['auto']:.2f}x (target >= 2x): batching and sharing "
+        f"{naive / engines['default']:.2f}x (naive / engine with the stock forward) x oneDNN linears "
+        f"{engines['default'] / engines['auto']:.2f}x"
+    )
+
 
 if __name__ == "__main__":
     main()

@@ -84,9 +84,7 @@ def blocks_from_run(model, pixels: torch.Tensor, start: int, rows: int, backend:
     return run
 
 
-def bench_model(
-    name: str, model, batch_sizes: list[int], methods: list[str], repeats: int, backend: str
-) -> None:
+def bench_model(name: str, model, batch_sizes: list[int], methods: list[str], repeats: int, backend: str) -> None:
     config = model.config
     patches = (config.image_size // config.patch_size) ** 2
     start = default_block_range(len(vision_layers(model)))[0]

@@ -86,32 +86,52 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     print(f"uptime: {os.popen('uptime').read().strip()}  (numbers under that load; the machine is shared)")
-    print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-          f"{args.threads} thread(s)")
+    print(
+        f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+        f"{args.threads} thread(s)"
+    )
     for tokens in (197, 197 * args.batch):
         rates = matmul_rates(tokens)
-        print(f"MLP matmuls, {tokens} tokens: stock {rates['stock']:.1f} GFLOP/s, oneDNN {rates['onednn']:.1f} "
-              f"GFLOP/s, ratio {rates['onednn'] / rates['stock']:.2f}")
+        print(
+            f"MLP matmuls, {tokens} tokens: stock {rates['stock']:.1f} GFLOP/s, oneDNN {rates['onednn']:.1f} "
+            f"GFLOP/s, ratio {rates['onednn'] / rates['stock']:.2f}"
+        )
     weight = torch.randn(3072, 768)
     start = time.perf_counter()
     choice = prefers_onednn(weight)
-    print(f'linear_backend="auto" on this CPU: {"oneDNN" if choice else "stock kernels"} (micro-benchmark '
-          f"{1000 * (time.perf_counter() - start):.0f} ms once per process and shape; oneDNN needs >= "
-          f"{MIN_SPEEDUP}x)")
+    print(
+        f'linear_backend="auto" on this CPU: {"oneDNN" if choice else "stock kernels"} (micro-benchmark '
+        f"{1000 * (time.perf_counter() - start):.0f} ms once per process and shape; oneDNN needs >= "
+        f"{MIN_SPEEDUP}x)"
+    )
 
     print(f"\nTransMM, ViT-B/16, batch {args.batch}, fresh process per row (wall seconds):")
-    print(f"{'calls':>5} | {'backend':>7} | {'first call':>10} | {'later calls':>11} | {'total':>7} | "
-          f"{'s/img':>6} | {'peak RSS MiB':>12}")
+    print(
+        f"{'calls':>5} | {'backend':>7} | {'first call':>10} | {'later calls':>11} | {'total':>7} | "
+        f"{'s/img':>6} | {'peak RSS MiB':>12}"
+    )
     print("-" * 79)
     for calls in args.calls:
         for backend in ("onednn", "default"):
-            command = [sys.executable, __file__, "--child", backend, str(calls), "--batch", str(args.batch),
-                       "--threads", str(args.threads)]
+            command = [
+                sys.executable,
+                __file__,
+                "--child",
+                backend,
+                str(calls),
+                "--batch",
+                str(args.batch),
+                "--threads",
+                str(args.threads),
+            ]
             result = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
             times = result["times"]
             later = sum(times[1:]) / (len(times) - 1) if len(times) > 1 else float("nan")
-            print(f"{calls:>5} | {backend:>7} | {times[0]:>10.2f} | {later:>11.2f} | {sum(times):>7.1f} | "
-                  f"{sum(times) / (calls * args.batch):>6.3f} | {result['peak_mib']:>12.0f}", flush=True)
+            print(
+                f"{calls:>5} | {backend:>7} | {times[0]:>10.2f} | {later:>11.2f} | {sum(times):>7.1f} | "
+                f"{sum(times) / (calls * args.batch):>6.3f} | {result['peak_mib']:>12.0f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

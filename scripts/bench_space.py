@@ -56,8 +56,10 @@ def timed(fn, repeats: int) -> list[float]:
 
 
 def summary(name: str, times: list[float]) -> str:
-    return (f"{name:>16}: median {statistics.median(times):.2f} s, mean {statistics.mean(times):.2f} s, "
-            f"max {max(times):.2f} s over {len(times)} clicks")
+    return (
+        f"{name:>16}: median {statistics.median(times):.2f} s, mean {statistics.mean(times):.2f} s, "
+        f"max {max(times):.2f} s over {len(times)} clicks"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,10 +80,12 @@ def main(argv: list[str] | None = None) -> int:
         explainer = app.bundled_explainer()
     images = explainer.examples[: args.images]
     config = explainer.pipe.model.config
-    print(f"Model: {explainer.name} ({type(explainer.pipe.model).__name__}, {config.num_hidden_layers} blocks, "
-          f"hidden {config.hidden_size}, {config.image_size} px / {config.patch_size} px patches); gated blocks "
-          f"{explainer.default_blocks}; prototypes: {'yes' if explainer.prototypes else 'no'}; "
-          f"torch threads: {torch.get_num_threads()} (set {app.TORCH_THREADS_ENV} to change)")
+    print(
+        f"Model: {explainer.name} ({type(explainer.pipe.model).__name__}, {config.num_hidden_layers} blocks, "
+        f"hidden {config.hidden_size}, {config.image_size} px / {config.patch_size} px patches); gated blocks "
+        f"{explainer.default_blocks}; prototypes: {'yes' if explainer.prototypes else 'no'}; "
+        f"torch threads: {torch.get_num_threads()} (set {app.TORCH_THREADS_ENV} to change)"
+    )
     handle = app.make_handler(explainer)
     click = (explainer.examples[0], "combined", explainer.default_blocks, 0.5, 10.0, "", "")
     list(handle(*click))  # warm-up: first-call costs (evaluate modules, kernels)

@@ -60,10 +60,12 @@ def reference_attribution(model, image, target, saes, kappa=0.5, cmax=10.0, prec
         attention = next(m for m in layer.modules() if type(m).__name__.endswith("Attention"))
         handles.append(attention.register_forward_hook(keep_attention))
         if index in saes:
+
             def keep_residual(module, args, output, index=index):
                 out = output[0] if isinstance(output, tuple) else output
                 out.retain_grad()
                 residuals[index] = out
+
             handles.append(layer.register_forward_hook(keep_residual))
     try:
         model.zero_grad()
@@ -115,12 +117,21 @@ def faithfulness_table(name, model, pixels, maps, bf16_images, fc_runs=100):
     results, seconds = {}, {}
     # warm-up, untimed: the evaluate modules load once per process, linear_backend="auto" times its kernels once
     evaluate_faithfulness(model, pixels[:1], maps[:1], METRICS, progress=False, fc_runs=2)
-    ours, seconds["(c) engine float32"] = timed(lambda: evaluate_faithfulness(
-        model, pixels, maps, METRICS, progress=False, fc_runs=fc_runs))
+    ours, seconds["(c) engine float32"] = timed(
+        lambda: evaluate_faithfulness(model, pixels, maps, METRICS, progress=False, fc_runs=fc_runs)
+    )
     results["(c) engine float32"] = ours
-    bf16, elapsed = timed(lambda: evaluate_faithfulness(
-        model, pixels[:bf16_images], maps[:bf16_images], METRICS, progress=False, precision="bfloat16",
-        fc_runs=fc_runs))
+    bf16, elapsed = timed(
+        lambda: evaluate_faithfulness(
+            model,
+            pixels[:bf16_images],
+            maps[:bf16_images],
+            METRICS,
+            progress=False,
+            precision="bfloat16",
+            fc_runs=fc_runs,
+        )
+    )
     results["(d) engine bfloat16"], seconds["(d) engine bfloat16"] = bf16, elapsed * batch / bf16_images
 
     wrapped = PatchMaskModel(model, pixels)
@@ -143,32 +154,42 @@ def faithfulness_table(name, model, pixels, maps, bf16_images, fc_runs=100):
         np.random.seed(0)
         a = maps.repeat_interleave(patch, 1).repeat_interleave(patch, 2).numpy()[:, None]
         xb = pixels.numpy()
-        fc_scores = fc_pixel(model=plain, x_batch=xb, y_batch=y, a_batch=a, softmax=False, batch_size=batch,
-                             device="cpu")
-        curves = pf_pixel(model=plain, x_batch=xb, y_batch=y, a_batch=a, softmax=True, batch_size=batch,
-                          device="cpu")
-        return {"faithfulness_correlation": np.asarray(fc_scores),
-                "pixel_flipping": pixel_flipping_auc(patch_curve(curves, channels), clean)}
+        fc_scores = fc_pixel(
+            model=plain, x_batch=xb, y_batch=y, a_batch=a, softmax=False, batch_size=batch, device="cpu"
+        )
+        curves = pf_pixel(model=plain, x_batch=xb, y_batch=y, a_batch=a, softmax=True, batch_size=batch, device="cpu")
+        return {
+            "faithfulness_correlation": np.asarray(fc_scores),
+            "pixel_flipping": pixel_flipping_auc(patch_curve(curves, channels), clean),
+        }
 
     results["(a) Quantus pixel masks"], seconds["(a) Quantus pixel masks"] = timed(quantus_pixel)
 
-    print(f"\n{name}: {batch} images ({bf16_images} for bfloat16), {maps.shape[-2]}x{maps.shape[-1]} patches, "
-          f"FC {fc_runs} runs of 20 patches, PF one patch per step")
-    print(f"{'scorer':<26} | {'s/img':>7} | {'vs (c)':>7} | {'FC agreement with (c)':>22} | "
-          f"{'PF agreement with (c)':>22} | mean FC | mean PF")
+    print(
+        f"\n{name}: {batch} images ({bf16_images} for bfloat16), {maps.shape[-2]}x{maps.shape[-1]} patches, "
+        f"FC {fc_runs} runs of 20 patches, PF one patch per step"
+    )
+    print(
+        f"{'scorer':<26} | {'s/img':>7} | {'vs (c)':>7} | {'FC agreement with (c)':>22} | "
+        f"{'PF agreement with (c)':>22} | mean FC | mean PF"
+    )
     print("-" * 118)
     reference = results["(c) engine float32"]
     for label in ("(a) Quantus pixel masks", "(b) Quantus patch masks", "(c) engine float32", "(d) engine bfloat16"):
         scores, per_image = results[label], seconds[label] / batch
         ratio = seconds[label] / seconds["(c) engine float32"]
-        print(f"{label:<26} | {per_image:>7.2f} | {ratio:>6.2f}x | "
-              f"{agreement(scores['faithfulness_correlation'], reference['faithfulness_correlation']):>22} | "
-              f"{agreement(scores['pixel_flipping'], reference['pixel_flipping']):>22} | "
-              f"{scores['faithfulness_correlation'].mean():>7.3f} | {scores['pixel_flipping'].mean():>7.4f}",
-              flush=True)
+        print(
+            f"{label:<26} | {per_image:>7.2f} | {ratio:>6.2f}x | "
+            f"{agreement(scores['faithfulness_correlation'], reference['faithfulness_correlation']):>22} | "
+            f"{agreement(scores['pixel_flipping'], reference['pixel_flipping']):>22} | "
+            f"{scores['faithfulness_correlation'].mean():>7.3f} | {scores['pixel_flipping'].mean():>7.4f}",
+            flush=True,
+        )
     speed = seconds["(d) engine bfloat16"] / seconds["(c) engine float32"]
-    print(f"engine bfloat16 / float32 time: {speed:.2f} (target <= 1/1.6 = 0.625); engine bfloat16 / Quantus patch "
-          f"masks: {seconds['(d) engine bfloat16'] / seconds['(b) Quantus patch masks']:.2f} (target <= 0.667)")
+    print(
+        f"engine bfloat16 / float32 time: {speed:.2f} (target <= 1/1.6 = 0.625); engine bfloat16 / Quantus patch "
+        f"masks: {seconds['(d) engine bfloat16'] / seconds['(b) Quantus patch masks']:.2f} (target <= 0.667)"
+    )
 
 
 def attribution_table(model, saes, pixels, layers):
@@ -177,39 +198,51 @@ def attribution_table(model, saes, pixels, layers):
     rows = []
     maps = {}
     for method in ("transmm", "fga"):
-        options = dict(method=method) if method == "transmm" else dict(method="fga", variant="combined",
-                                                                        layers=layers)
+        options = dict(method=method) if method == "transmm" else dict(method="fga", variant="combined", layers=layers)
         gated = {b: saes[b] for b in layers} if method == "fga" else {}
         for precision in ("float32", "bfloat16"):
             attr[precision].attribute(pixels[:1], **options)  # warm-up, packs, checks
             out, ours = timed(lambda p=precision, o=options: attr[p].attribute(pixels, **o))
             target = out.target
-            reference, seconds = timed(lambda p=precision, t=target, g=gated: torch.stack([
-                reference_attribution(model, pixels[b], int(t[b]), g, precision=p) for b in range(batch)]))
+            reference, seconds = timed(
+                lambda p=precision, t=target, g=gated: torch.stack(
+                    [reference_attribution(model, pixels[b], int(t[b]), g, precision=p) for b in range(batch)]
+                )
+            )
             maps[(method, precision)] = out.attribution
             error = ((reference - out.attribution).norm() / out.attribution.norm()).item()
             rows.append((method, precision, ours / batch, seconds / batch, error))
     print(f"\nAttribution, ViT-B/16-shaped model, SAEs on blocks {layers}: {batch} images")
-    print(f"{'method':<8} | {'precision':<9} | {'library s/img':>13} | {'batch-1 reference s/img':>23} | "
-          f"{'speed-up':>8} | rel. diff of maps")
+    print(
+        f"{'method':<8} | {'precision':<9} | {'library s/img':>13} | {'batch-1 reference s/img':>23} | "
+        f"{'speed-up':>8} | rel. diff of maps"
+    )
     print("-" * 92)
     for method, precision, ours, reference, error in rows:
-        print(f"{method:<8} | {precision:<9} | {ours:>13.3f} | {reference:>23.3f} | {reference / ours:>7.2f}x | "
-              f"{error:.2e}")
+        print(
+            f"{method:<8} | {precision:<9} | {ours:>13.3f} | {reference:>23.3f} | {reference / ours:>7.2f}x | "
+            f"{error:.2e}"
+        )
     for method in ("transmm", "fga"):
         fp32 = next(r for r in rows if r[:2] == (method, "float32"))
         bf16 = next(r for r in rows if r[:2] == (method, "bfloat16"))
         diff = maps[(method, "bfloat16")] - maps[(method, "float32")]
-        print(f"{method}: library bfloat16 / float32 time {bf16[2] / fp32[2]:.2f} (target <= 0.667); relative "
-              f"difference of the maps {(diff.norm() / maps[(method, 'float32')].norm()).item():.3e}")
+        print(
+            f"{method}: library bfloat16 / float32 time {bf16[2] / fp32[2]:.2f} (target <= 0.667); relative "
+            f"difference of the maps {(diff.norm() / maps[(method, 'float32')].norm()).item():.3e}"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundled-images", type=int, default=3)
     parser.add_argument("--vitb-images", type=int, default=1)
-    parser.add_argument("--vitb-layers", type=int, default=1,
-                        help="blocks of the ViT-B/16-shaped model in the faithfulness part (12 for the full depth)")
+    parser.add_argument(
+        "--vitb-layers",
+        type=int,
+        default=1,
+        help="blocks of the ViT-B/16-shaped model in the faithfulness part (12 for the full depth)",
+    )
     parser.add_argument("--bf16-images", type=int, default=1, help="images the bfloat16 engine is timed on")
     parser.add_argument("--attribution-images", type=int, default=1)
     parser.add_argument("--sae-expansion", type=int, default=16)
@@ -222,8 +255,10 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     print(f"uptime: {os.popen('uptime').read().strip()}")
     print("Numbers under that load: the 2-core machine is shared by several agents; wall seconds, best of 1.")
-    print(f"torch {torch.__version__}, {args.threads} thread(s), CPU capability "
-          f"{torch.backends.cpu.get_cpu_capability()}, native bfloat16: {bfloat16_is_native('cpu')}")
+    print(
+        f"torch {torch.__version__}, {args.threads} thread(s), CPU capability "
+        f"{torch.backends.cpu.get_cpu_capability()}, native bfloat16: {bfloat16_is_native('cpu')}"
+    )
 
     import datasets
     from transformers import AutoImageProcessor, AutoModelForImageClassification
@@ -236,27 +271,44 @@ def main() -> None:
         rows = datasets.load_dataset(args.dataset, split="test").select(range(args.bundled_images))
         pixels = processor(images=[load_image(i) for i in rows["image"]], return_tensors="pt")["pixel_values"]
         maps = Attributor(model).attribute(pixels, method="transmm").attribution
-        faithfulness_table("bundled chest X-ray ViT (6 blocks, d=192)", model, pixels, maps,
-                           min(args.bf16_images, args.bundled_images), args.fc_runs)
+        faithfulness_table(
+            "bundled chest X-ray ViT (6 blocks, d=192)",
+            model,
+            pixels,
+            maps,
+            min(args.bf16_images, args.bundled_images),
+            args.fc_runs,
+        )
 
     torch.manual_seed(0)
-    config = ViTConfig(num_hidden_layers=args.vitb_layers, num_labels=10, image_size=args.vitb_size,
-                       attn_implementation="eager")
+    config = ViTConfig(
+        num_hidden_layers=args.vitb_layers, num_labels=10, image_size=args.vitb_size, attn_implementation="eager"
+    )
     small = ViTForImageClassification(config).eval()
-    pixels = torch.randn(args.vitb_images, 3, args.vitb_size, args.vitb_size,
-                         generator=torch.Generator().manual_seed(0))
+    pixels = torch.randn(
+        args.vitb_images, 3, args.vitb_size, args.vitb_size, generator=torch.Generator().manual_seed(0)
+    )
     maps = Attributor(small).attribute(pixels, method="transmm").attribution
-    faithfulness_table(f"ViT-B/16-shaped random model ({args.vitb_layers} of 12 blocks; per-image seconds scale "
-                       f"with the depth), {args.vitb_size} px", small, pixels, maps,
-                       min(args.bf16_images, args.vitb_images), args.fc_runs)
+    faithfulness_table(
+        f"ViT-B/16-shaped random model ({args.vitb_layers} of 12 blocks; per-image seconds scale "
+        f"with the depth), {args.vitb_size} px",
+        small,
+        pixels,
+        maps,
+        min(args.bf16_images, args.vitb_images),
+        args.fc_runs,
+    )
 
     torch.manual_seed(0)
     config = ViTConfig(attn_implementation="eager")
     vitb = ViTForImageClassification(config).eval()
     layers = [4, 5, 6]
     saes = {
-        b: SparseAutoencoder(SparseAutoencoderConfig(
-            d_in=768, d_sae=args.sae_expansion * 768, activation="topk", k=128, hook_layer=b, seed=b)).eval()
+        b: SparseAutoencoder(
+            SparseAutoencoderConfig(
+                d_in=768, d_sae=args.sae_expansion * 768, activation="topk", k=128, hook_layer=b, seed=b
+            )
+        ).eval()
         for b in layers
     }
     pixels = torch.randn(args.attribution_images, 3, 224, 224, generator=torch.Generator().manual_seed(1))

@@ -49,8 +49,16 @@ BUNDLED_SAES = "hf_fga/bundled/saes"
 SPLITS = "hf_fga/bundled/splits.json"
 TARGETS = (0.90, 0.75)
 # the bundled SAEs' training settings (scripts/build_bundled_assets.sh), all but k
-BUNDLED_SETTINGS = dict(expansion_factor=4, epochs=1.0, batch_size=2048, lr=1e-3, warmup_steps=30, dead_tokens=50_000,
-                        aux_coefficient=0.0625, seed=0)
+BUNDLED_SETTINGS = dict(
+    expansion_factor=4,
+    epochs=1.0,
+    batch_size=2048,
+    lr=1e-3,
+    warmup_steps=30,
+    dead_tokens=50_000,
+    aux_coefficient=0.0625,
+    seed=0,
+)
 
 
 def log(message: str) -> None:
@@ -75,9 +83,15 @@ def lower_fidelity(args, fit_set, blocks: list[int]) -> dict[int, dict[int, dict
         if not (out / "metrics.json").is_file():
             log(f"training k={k} on blocks {blocks} -> {out}")
             training = SaeTrainingArguments(
-                model_name_or_path=MODEL, output_dir=str(out), dataset_label="chest_xray_pneumonia",
-                license="cc-by-4.0", blocks=blocks, k=k, cache_dir=str(Path(args.output_dir) / "activations"),
-                torch_threads=args.threads, command=f"python scripts/build_controls_saes.py --ks {k}",
+                model_name_or_path=MODEL,
+                output_dir=str(out),
+                dataset_label="chest_xray_pneumonia",
+                license="cc-by-4.0",
+                blocks=blocks,
+                k=k,
+                cache_dir=str(Path(args.output_dir) / "activations"),
+                torch_threads=args.threads,
+                command=f"python scripts/build_controls_saes.py --ks {k}",
                 **BUNDLED_SETTINGS,
             )
             train_saes(training, dataset=fit_set)
@@ -86,21 +100,28 @@ def lower_fidelity(args, fit_set, blocks: list[int]) -> dict[int, dict[int, dict
 
 
 def assemble_lower_fidelity(args, metrics: dict[int, dict[int, dict]], blocks: list[int]) -> list[str]:
-    lines = ["| target EV | block | chosen k | held-out EV | L0 | dead features | within ±0.03 |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| target EV | block | chosen k | held-out EV | L0 | dead features | within ±0.03 |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for target in TARGETS:
-        chosen = {b: min(metrics, key=lambda k, b=b: abs(metrics[k][b]["explained_variance"] - target))
-                  for b in blocks}
+        chosen = {
+            b: min(metrics, key=lambda k, b=b: abs(metrics[k][b]["explained_variance"] - target)) for b in blocks
+        }
         saes = {b: load_saes(Path(args.output_dir) / f"topk_k{k}")[b] for b, k in chosen.items()}
         save_sae_set(saes, Path(args.output_dir) / f"ev{target:.2f}")
         for b, k in chosen.items():
             m = metrics[k][b]
             within = "yes" if abs(m["explained_variance"] - target) <= 0.03 else "no"
-            lines.append(f"| {target:.2f} | {b} | {k} | {m['explained_variance']:.4f} | {m['l0']:.1f} | "
-                         f"{m['dead_fraction']:.3f} | {within} |")
+            lines.append(
+                f"| {target:.2f} | {b} | {k} | {m['explained_variance']:.4f} | {m['l0']:.1f} | "
+                f"{m['dead_fraction']:.3f} | {within} |"
+            )
     ladder = ["| k | " + " | ".join(f"block {b} EV" for b in blocks) + " |", "| --- |" + " --- |" * len(blocks)]
-    ladder += [f"| {k} | " + " | ".join(f"{metrics[k][b]['explained_variance']:.4f}" for b in blocks) + " |"
-               for k in sorted(metrics, reverse=True)]
+    ladder += [
+        f"| {k} | " + " | ".join(f"{metrics[k][b]['explained_variance']:.4f}" for b in blocks) + " |"
+        for k in sorted(metrics, reverse=True)
+    ]
     return ["### Lower-fidelity SAEs (held-out tokens of the trainer)", "", *ladder, "", *lines]
 
 
@@ -133,17 +154,26 @@ def dictionaries(args, fit_set, train, val_rows, blocks: list[int]) -> list[str]
     fit = patch_residuals(model, processor, fit_set, fit_rows, blocks)
     held_out = patch_residuals(model, processor, train, sample, blocks)
     bundled = load_saes(BUNDLED_SAES)
-    header = ["| dictionary | block | k | d_sae | " + " | ".join(label for _, label in QUALITY_FIELDS)
-              + " | tokens | EV − trained SAE's |", "| --- " * (len(QUALITY_FIELDS) + 6) + "|"]
+    header = [
+        "| dictionary | block | k | d_sae | "
+        + " | ".join(label for _, label in QUALITY_FIELDS)
+        + " | tokens | EV − trained SAE's |",
+        "| --- " * (len(QUALITY_FIELDS) + 6) + "|",
+    ]
     lines = [f"### Matched dictionaries (the {len(sample)} validation images' patch tokens)", "", *header]
     for block in blocks:
         reference = bundled[block].float().eval()
         quality = sae_quality(reference, held_out[block].split(8192))
         target = quality["explained_variance"]
         lines.append(quality_row("trained SAE (bundled)", block, reference, quality))
-        info = dict(dataset="chest_xray_pneumonia", dataset_split="train without the validation patients",
-                    seed=0, license="cc-by-4.0", training_tokens=int(fit[block].shape[0]),
-                    command="python scripts/build_controls_saes.py --stages dictionaries")
+        info = dict(
+            dataset="chest_xray_pneumonia",
+            dataset_split="train without the validation patients",
+            seed=0,
+            license="cc-by-4.0",
+            training_tokens=int(fit[block].shape[0]),
+            command="python scripts/build_controls_saes.py --stages dictionaries",
+        )
         tokens = fit[block]
         mean, principal, _ = principal_directions(tokens)  # once per block: each k reuses the same directions
         bases = {"pca": principal, "random": random_orthonormal_directions(tokens.shape[1], seed=0)}
@@ -152,13 +182,20 @@ def dictionaries(args, fit_set, train, val_rows, blocks: list[int]) -> list[str]
             try:
                 sae, _ = match_explained_variance(
                     lambda k, u=directions, mu=mean, kwargs=kwargs: dictionary_sae(u, mu, k, **kwargs),
-                    held_out[block], target, k_max=directions.shape[1])
+                    held_out[block],
+                    target,
+                    k_max=directions.shape[1],
+                )
             except ValueError as error:  # plan.md §5: an unmatched dictionary is reported and its tests dropped
                 lines.append(f"| {kind} | {block} | unmatched: {error} |")
                 continue
             matched = sae_quality(sae, held_out[block].split(8192))
-            sae.config.training_info = {**info, "dictionary": kind, "matched_to": BUNDLED_SAES,
-                                        "metrics": {key: matched[key] for key, _ in QUALITY_FIELDS}}
+            sae.config.training_info = {
+                **info,
+                "dictionary": kind,
+                "matched_to": BUNDLED_SAES,
+                "metrics": {key: matched[key] for key, _ in QUALITY_FIELDS},
+            }
             save_sae_set({block: sae}, out / kind / f"part_{block}")
             lines.append(quality_row(kind, block, sae, matched, target))
     for kind in ("pca", "random"):

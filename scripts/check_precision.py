@@ -36,8 +36,9 @@ from hf_fga.precision import bfloat16_is_native
 def _configurations(layers: list[int]) -> dict[str, dict]:
     return {
         "transmm": dict(method="transmm"),
-        f"fga-combined-{'-'.join(map(str, layers))}": dict(method="fga", variant="combined", layers=layers,
-                                                            kappa=0.5, cmax=10.0),
+        f"fga-combined-{'-'.join(map(str, layers))}": dict(
+            method="fga", variant="combined", layers=layers, kappa=0.5, cmax=10.0
+        ),
     }
 
 
@@ -52,8 +53,9 @@ def main() -> None:
     parser.add_argument("--metrics", nargs="+", default=["saco", "faithfulness_correlation", "pixel_flipping"])
     parser.add_argument("--preset", default="papers")
     parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--parts", nargs="+", default=["faithfulness", "attribution"],
-                        choices=["faithfulness", "attribution"])
+    parser.add_argument(
+        "--parts", nargs="+", default=["faithfulness", "attribution"], choices=["faithfulness", "attribution"]
+    )
     parser.add_argument("--top_k", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output_dir", required=True)
@@ -96,11 +98,13 @@ def main() -> None:
             for name, options in configurations.items():
                 if part == "faithfulness":
                     maps = attributor("float32").attribute(pixels, **options).attribution
-                    frame = faithfulness_agreement(model, pixels, maps, args.metrics, preset=args.preset,
-                                                   image_ids=indices)
+                    frame = faithfulness_agreement(
+                        model, pixels, maps, args.metrics, preset=args.preset, image_ids=indices
+                    )
                 else:
-                    frame = attribution_agreement(lambda p, o=options, x=pixels: attributor(p).attribute(x, **o),
-                                                  k=args.top_k)
+                    frame = attribution_agreement(
+                        lambda p, o=options, x=pixels: attributor(p).attribute(x, **o), k=args.top_k
+                    )
                 frame["image_id"] = [indices[i] for i in frame["image"]]
                 frame["configuration"] = name
                 frames.append(frame)
@@ -114,8 +118,10 @@ def main() -> None:
             frame = pd.read_csv(path)
             frame = frame[frame["image_id"] < count]
             tables.update(summarize_agreement(**{part: frame}))
-    print(f"\nbfloat16 native on this CPU: {bfloat16_is_native('cpu')}; {count} images of {args.dataset} "
-          f"({args.split}); configurations: {', '.join(configurations)}; preset {args.preset}\n")
+    print(
+        f"\nbfloat16 native on this CPU: {bfloat16_is_native('cpu')}; {count} images of {args.dataset} "
+        f"({args.split}); configurations: {', '.join(configurations)}; preset {args.preset}\n"
+    )
     print("\n".join(agreement_table(tables)))
 
 

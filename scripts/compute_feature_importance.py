@@ -41,8 +41,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-    data = DataArguments(dataset=args.dataset, split=args.split or "test", id_column=args.id_column,
-                         include_ids=args.include_ids, ids_key=args.ids_key, limit=args.limit, seed=args.seed)
+    data = DataArguments(
+        dataset=args.dataset,
+        split=args.split or "test",
+        id_column=args.id_column,
+        include_ids=args.include_ids,
+        ids_key=args.ids_key,
+        limit=args.limit,
+        seed=args.seed,
+    )
     dataset = load_split(data)
     chosen = select_images(dataset, data)
     model = AutoModelForImageClassification.from_pretrained(args.model).eval()
@@ -57,10 +64,18 @@ def main() -> None:
             yield processor(images=[load_image(i) for i in images], return_tensors="pt")["pixel_values"]
 
     importance = compute_feature_importance(attributor, batches(), layers)
-    description = f"{args.dataset} {data.split}: {len(rows)} images (ids {args.include_ids}:{args.ids_key}, " \
-                  f"limit {args.limit}, seed {args.seed})"
-    save_feature_importance(importance, args.output, {b: attributor.hook_point_of(b) for b in layers},
-                            model_name=args.model, sae_name=args.sae, images=description)
+    description = (
+        f"{args.dataset} {data.split}: {len(rows)} images (ids {args.include_ids}:{args.ids_key}, "
+        f"limit {args.limit}, seed {args.seed})"
+    )
+    save_feature_importance(
+        importance,
+        args.output,
+        {b: attributor.hook_point_of(b) for b in layers},
+        model_name=args.model,
+        sae_name=args.sae,
+        images=description,
+    )
     print(f"wrote {args.output}: {description}")
 
 

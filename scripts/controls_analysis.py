@@ -50,8 +50,10 @@ def load(folder: Path, tag: str | None, needed: list[str], keep_reference: bool 
     is kept from the issue-7 run only (`keep_reference`).
     """
     if not (folder / RESULTS_FOLDER).is_dir():
-        raise SystemExit(f"{folder / RESULTS_FOLDER} does not exist: run scripts/reproduce_chest_xray_controls.sh "
-                         "(the test stages) first.")
+        raise SystemExit(
+            f"{folder / RESULTS_FOLDER} does not exist: run scripts/reproduce_chest_xray_controls.sh "
+            "(the test stages) first."
+        )
     frame = read_parts(folder / RESULTS_FOLDER, columns=COLUMNS)
     missing = sorted(set(needed) - set(frame["config"]))
     if missing:
@@ -103,13 +105,29 @@ def markdown(table: pd.DataFrame, columns: dict[str, str]) -> str:
 
 
 SUPERIORITY_COLUMNS = {
-    "hypothesis": "hypothesis", "preset": "preset", "metric": "metric", "config": "A", "reference": "B",
-    "n_patients": "patients", "patient_mean_difference": "A − B (patients)", "ci_low": "CI low", "ci_high": "CI high",
-    "wilcoxon_p": "Wilcoxon p", "holm_p": "Holm p", "holds": "holds",
+    "hypothesis": "hypothesis",
+    "preset": "preset",
+    "metric": "metric",
+    "config": "A",
+    "reference": "B",
+    "n_patients": "patients",
+    "patient_mean_difference": "A − B (patients)",
+    "ci_low": "CI low",
+    "ci_high": "CI high",
+    "wilcoxon_p": "Wilcoxon p",
+    "holm_p": "Holm p",
+    "holds": "holds",
 }
 EQUIVALENCE_COLUMNS = {
-    "hypothesis": "hypothesis", "preset": "preset", "metric": "metric", "config": "A", "reference": "B",
-    "patient_mean_difference": "A − B (patients)", "margin": "δ", "tost_p": "TOST p", "holm_p": "Holm p",
+    "hypothesis": "hypothesis",
+    "preset": "preset",
+    "metric": "metric",
+    "config": "A",
+    "reference": "B",
+    "patient_mean_difference": "A − B (patients)",
+    "margin": "δ",
+    "tost_p": "TOST p",
+    "holm_p": "Holm p",
     "equivalent": "equivalent",
 }
 
@@ -134,15 +152,22 @@ def main() -> None:
     power, random_gates = key(f"transmm-power@{args.gamma}", chosen), key("random-gates", chosen)
     selective = key(f"selective@{args.m}", chosen)
     scaled = [key(f"error-scaled@{lam}", chosen) for lam in ("0.5", "2", "4")] + [key("error-only", chosen)]
-    results = pd.concat([
-        load(args.issue7, None, [REFERENCE, c, centered, key("mean-centered", chosen), key("no-sae", chosen)],
-             keep_reference=True),
-        load(args.controls, None, [power, random_gates, selective, *scaled]),
-        load(args.pca, "pca", [c]),
-        load(args.random, "random", [c]),
-        load(args.ev090, "ev0.90", [c, centered]),
-        load(args.ev075, "ev0.75", [c, centered]),
-    ], ignore_index=True)
+    results = pd.concat(
+        [
+            load(
+                args.issue7,
+                None,
+                [REFERENCE, c, centered, key("mean-centered", chosen), key("no-sae", chosen)],
+                keep_reference=True,
+            ),
+            load(args.controls, None, [power, random_gates, selective, *scaled]),
+            load(args.pca, "pca", [c]),
+            load(args.random, "random", [c]),
+            load(args.ev090, "ev0.90", [c, centered]),
+            load(args.ev075, "ev0.75", [c, centered]),
+        ],
+        ignore_index=True,
+    )
     for level in ("0.90", "0.75"):  # D_f − D_0.98 as (combined_f − centered_f + centered) − combined
         terms = {f"ev{level}/{c}": 1.0, f"ev{level}/{centered}": -1.0, centered: 1.0}
         derived = combine_configurations(results, f"D{level} − D0.98 + C", terms)
@@ -166,23 +191,35 @@ def main() -> None:
     per_class = []
     for label, name in CLASSES.items():
         subset = results[results["label"] == label]
-        per_class.append(superiority_family(
-            subset, [Comparison(f"H6 {name} (H1)", c, centered), Comparison(f"H6 {name} (H5)", selective, centered)],
-            patients, **options))
+        per_class.append(
+            superiority_family(
+                subset,
+                [Comparison(f"H6 {name} (H1)", c, centered), Comparison(f"H6 {name} (H5)", selective, centered)],
+                patients,
+                **options,
+            )
+        )
     secondary = pd.concat(per_class, ignore_index=True)
     secondary["holm_p"] = holm(secondary["wilcoxon_p"].to_numpy())  # one family over both classes (plan.md §3)
     secondary["holds"] = directional_holds(secondary)
     exploratory = pd.concat(
-        [patient_comparison(results, a, b, patients, **options).assign(hypothesis="exploratory")
-         for a, b in [(v, REFERENCE) for v in scaled] + [(v, centered) for v in scaled]
-         + [(c, key("mean-centered", chosen)), (c, key("no-sae", chosen)), (selective, c)]],
+        [
+            patient_comparison(results, a, b, patients, **options).assign(hypothesis="exploratory")
+            for a, b in [(v, REFERENCE) for v in scaled]
+            + [(v, centered) for v in scaled]
+            + [(c, key("mean-centered", chosen)), (c, key("no-sae", chosen)), (selective, c)]
+        ],
         ignore_index=True,
     )
 
     out = args.output_dir
     out.mkdir(parents=True, exist_ok=True)
-    for name, table in (("superiority", family), ("equivalence", equivalence), ("per_class", secondary),
-                        ("exploratory", exploratory)):
+    for name, table in (
+        ("superiority", family),
+        ("equivalence", equivalence),
+        ("per_class", secondary),
+        ("exploratory", exploratory),
+    ):
         table.to_csv(out / f"hypotheses_{name}.csv", index=False)
     verdicts = family.groupby("hypothesis", sort=False)["holds"].agg(["sum", "count"])
     lines = [
@@ -195,10 +232,20 @@ def main() -> None:
         "| --- | --- |",
         *[f"| {h} | {int(r['sum'])} of {int(r['count'])} |" for h, r in verdicts.iterrows()],
         "",
-        "## Superiority family (48 tests)", "", markdown(family, SUPERIORITY_COLUMNS), "",
-        "## Equivalence family (18 TOSTs)", "", markdown(equivalence, EQUIVALENCE_COLUMNS), "",
-        "## Secondary family: per class (24 tests)", "", markdown(secondary, SUPERIORITY_COLUMNS), "",
-        "## Exploratory (uncorrected)", "",
+        "## Superiority family (48 tests)",
+        "",
+        markdown(family, SUPERIORITY_COLUMNS),
+        "",
+        "## Equivalence family (18 TOSTs)",
+        "",
+        markdown(equivalence, EQUIVALENCE_COLUMNS),
+        "",
+        "## Secondary family: per class (24 tests)",
+        "",
+        markdown(secondary, SUPERIORITY_COLUMNS),
+        "",
+        "## Exploratory (uncorrected)",
+        "",
         markdown(exploratory.assign(holm_p=float("nan"), holds=False), SUPERIORITY_COLUMNS),
     ]
     (out / "hypotheses.md").write_text("\n".join(lines) + "\n")

@@ -35,10 +35,12 @@ def load(data: Path, split: str) -> pd.DataFrame:
 
 def thumbnails(images: pd.Series) -> np.ndarray:
     """16 × 16 grey thumbnails, centred and scaled to unit norm: their dot product is a correlation."""
-    rows = np.stack([
-        np.asarray(Image.open(io.BytesIO(item["bytes"])).convert("L").resize((16, 16)), np.float64).ravel()
-        for item in images
-    ])
+    rows = np.stack(
+        [
+            np.asarray(Image.open(io.BytesIO(item["bytes"])).convert("L").resize((16, 16)), np.float64).ravel()
+            for item in images
+        ]
+    )
     rows -= rows.mean(axis=1, keepdims=True)
     return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
@@ -56,20 +58,28 @@ def main() -> None:
     train, test = load(args.data, "train"), load(args.data, "test")
     is_val = train["file_name"].isin(set(splits["validation_file_names"])).to_numpy()
     val, rest = train[is_val], train[~is_val]
-    print(f"validation: {len(val)} images, {val['key'].nunique()} patients; keys all in splits.json: "
-          f"{set(val['key']) <= set(splits['validation_patient_keys'])}; validation patients with other train "
-          f"images: {len(set(val['key']) & set(rest['key']))}")
+    print(
+        f"validation: {len(val)} images, {val['key'].nunique()} patients; keys all in splits.json: "
+        f"{set(val['key']) <= set(splits['validation_patient_keys'])}; validation patients with other train "
+        f"images: {len(set(val['key']) & set(rest['key']))}"
+    )
     # the evaluation tool's sample: a seeded permutation of the matching rows in dataset order, cut (runner.py)
     sample = train.iloc[np.random.default_rng(args.seed).permutation(np.flatnonzero(is_val))[: args.sample]]
-    print(f"sample of {args.sample} (seed {args.seed}): {sample['key'].nunique()} patients, labels "
-          f"{sample['label'].value_counts().sort_index().to_dict()}")
+    print(
+        f"sample of {args.sample} (seed {args.seed}): {sample['key'].nunique()} patients, labels "
+        f"{sample['label'].value_counts().sort_index().to_dict()}"
+    )
     digest = lambda item: hashlib.sha256(item["bytes"]).hexdigest()  # noqa: E731
     identical = val["image"].map(digest).isin(set(test["image"].map(digest))).sum()
     best = (thumbnails(val["image"]) @ thumbnails(test["image"]).T).max(axis=1)
-    print(f"validation images byte-identical to a test image: {identical}; best thumbnail correlation with a test "
-          f"image: max {best.max():.4f}, above 0.99: {(best > 0.99).sum()}")
-    print(f"validation keys that also occur as test keys (independent numbering): "
-          f"{len(set(val['key']) & set(test['key']))}; test: {len(test)} images, {test['key'].nunique()} patients")
+    print(
+        f"validation images byte-identical to a test image: {identical}; best thumbnail correlation with a test "
+        f"image: max {best.max():.4f}, above 0.99: {(best > 0.99).sum()}"
+    )
+    print(
+        f"validation keys that also occur as test keys (independent numbering): "
+        f"{len(set(val['key']) & set(test['key']))}; test: {len(test)} images, {test['key'].nunique()} patients"
+    )
     results = read_parts(args.results)
     owner = dict(zip(test["file_name"], test["key"], strict=True))
     for (preset, fill), group in results.groupby(["preset", "fill"]):
@@ -78,8 +88,10 @@ def main() -> None:
             reference = group[group["config"] == "transmm||||"].set_index("image_id")[metric]
             differences = (ours - reference).dropna()
             gain = per_patient_means(differences.to_numpy(), [owner[i] for i in differences.index]).mean()
-            print(f"{preset} {fill} {metric}: n={len(differences)} per-patient gain {gain:+.6g} "
-                  f"margin {equivalence_margin(gain):.6g}")
+            print(
+                f"{preset} {fill} {metric}: n={len(differences)} per-patient gain {gain:+.6g} "
+                f"margin {equivalence_margin(gain):.6g}"
+            )
 
 
 if __name__ == "__main__":

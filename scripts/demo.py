@@ -37,14 +37,23 @@ def bundled_or_random(domain: str = "chest_xray") -> tuple[str, str, list[str], 
     print("No bundled model found: building a SMALL RANDOM ViT and random SAEs instead (the maps mean nothing).")
     root = Path(tempfile.mkdtemp(prefix="hf_fga_demo_"))
     torch.manual_seed(0)
-    config = ViTConfig(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
-                       image_size=224, patch_size=16, num_labels=2, id2label={0: "NORMAL", 1: "PNEUMONIA"},
-                       label2id={"NORMAL": 0, "PNEUMONIA": 1})
+    config = ViTConfig(
+        hidden_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=128,
+        image_size=224,
+        patch_size=16,
+        num_labels=2,
+        id2label={0: "NORMAL", 1: "PNEUMONIA"},
+        label2id={"NORMAL": 0, "PNEUMONIA": 1},
+    )
     ViTForImageClassification(config).save_pretrained(root / "model")
     ViTImageProcessorPil(size={"height": 224, "width": 224}).save_pretrained(root / "model")
     for block in (1, 2):
-        hf_fga.SparseAutoencoder(hf_fga.SparseAutoencoderConfig(d_in=64, d_sae=512, k=16, hook_layer=block)
-                                 ).save_pretrained(root / "saes" / f"block_{block}")
+        hf_fga.SparseAutoencoder(
+            hf_fga.SparseAutoencoderConfig(d_in=64, d_sae=512, k=16, hook_layer=block)
+        ).save_pretrained(root / "saes" / f"block_{block}")
     rng = np.random.default_rng(0)
     paths = []
     for i in range(3):
@@ -59,11 +68,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default="demo_output", help="folder for the figures and the metrics table")
     parser.add_argument(
-        "--domain", default="chest_xray",
+        "--domain",
+        default="chest_xray",
         help="the bundled model to explain: chest_xray or breast_ultrasound (hf_fga.bundled.list_domains())",
     )
     parser.add_argument(
-        "--layers", type=int, nargs="*", default=None,
+        "--layers",
+        type=int,
+        nargs="*",
+        default=None,
         help="gated blocks (default: every block of the SAE set but the last, whose patch gradients are 0)",
     )
     parser.add_argument("--kappa", type=float, default=None)
@@ -131,8 +144,10 @@ def faithfulness_table(explain, images: list[str], results: list[dict]) -> str |
     for name, key in (("TransMM", "baseline"), ("FGA", "attribution")):
         maps = torch.tensor(np.stack([r[key] for r in results]))
         scores = evaluate_faithfulness(explain.model, pixel_values, maps, preset="papers", seed=0, batch_size=64)
-        cells = [f"{np.mean(scores[m]):.3f} ± {np.std(scores[m], ddof=1) / np.sqrt(len(images)):.3f}"
-                 for m in ("saco", "faithfulness_correlation", "pixel_flipping")]
+        cells = [
+            f"{np.mean(scores[m]):.3f} ± {np.std(scores[m], ddof=1) / np.sqrt(len(images)):.3f}"
+            for m in ("saco", "faithfulness_correlation", "pixel_flipping")
+        ]
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
     return f"Faithfulness on these {len(images)} images (papers preset, mean ± SEM):\n\n" + "\n".join(rows)
 

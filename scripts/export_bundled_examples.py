@@ -29,14 +29,14 @@ DEFAULT_DATA = SHARED_DATA / "chest_xray_pneumonia"
 DEFAULT_OUT = REPO / "hf_fga" / "bundled" / "examples"
 LABELS = ("NORMAL", "PNEUMONIA")
 BUSI_ATTRIBUTION = (
-    "Images from the test split of the breast ultrasound images of Al-Dhabyani et al., \"Dataset of breast ultrasound "
-    "images\", Data in Brief 28, 2020 (BUSI), resized to 256 x 256 px by the dataset copy this project uses, which "
+    'Images from the test split of the breast ultrasound images of Al-Dhabyani et al., "Dataset of breast ultrasound '
+    'images", Data in Brief 28, 2020 (BUSI), resized to 256 x 256 px by the dataset copy this project uses, which '
     "states the licence CC0 1.0 (the licence of the original release should be checked before redistribution beyond "
     "research use)."
 )
 ATTRIBUTION = (
-    "Images from the test split of the pediatric chest X-ray data of Kermany et al., \"Identifying Medical Diagnoses "
-    "and Treatable Diseases by Image-Based Deep Learning\", Cell 172(5), 2018 (Mendeley Data, "
+    'Images from the test split of the pediatric chest X-ray data of Kermany et al., "Identifying Medical Diagnoses '
+    'and Treatable Diseases by Image-Based Deep Learning", Cell 172(5), 2018 (Mendeley Data, '
     "doi:10.17632/rscbjbr9sj), licensed CC BY 4.0 (https://creativecommons.org/licenses/by/4.0/); resized to "
     "224 x 224 px by the dataset copy this project uses."
 )
@@ -73,13 +73,23 @@ def export_per_label(data_dir: str, out: Path, per_class: int, seed: int) -> lis
             stem = stem if stem.startswith(label_name) else f"{label_name}_{stem}"
             name = f"{stem}{Path(row['file_name']).suffix.lower()}"
             (out / name).write_bytes(row["image"]["bytes"])
-            records.append({
-                "file": name, "label": label, "label_name": label_name, "source_file_name": row["file_name"],
-                "split": "test",
-            })
+            records.append(
+                {
+                    "file": name,
+                    "label": label,
+                    "label_name": label_name,
+                    "source_file_name": row["file_name"],
+                    "split": "test",
+                }
+            )
     records.sort(key=lambda r: r["file"])
-    meta = {"dataset": Path(data_dir).name, "seed": seed, "license": "CC0 1.0", "attribution": BUSI_ATTRIBUTION,
-            "examples": records}
+    meta = {
+        "dataset": Path(data_dir).name,
+        "seed": seed,
+        "license": "CC0 1.0",
+        "attribution": BUSI_ATTRIBUTION,
+        "examples": records,
+    }
     (out / "examples.json").write_text(json.dumps(meta, indent=1) + "\n")
     table = "\n".join(f"| {r['file']} | {r['label_name']} | {r['source_file_name']} |" for r in records)
     (out / "README.md").write_text(
@@ -99,13 +109,25 @@ def export(data_dir: str, out: Path, per_class: int, seed: int) -> list[dict]:
         row = ds[i]
         name = f"{LABELS[row['label']].lower()}_{Path(row['file_name']).stem}.jpeg"
         (out / name).write_bytes(row["image"]["bytes"])
-        records.append({
-            "file": name, "label": row["label"], "label_name": LABELS[row["label"]], "subtype": row["subtype"],
-            "patient_id": row["patient_id"], "source_file_name": row["file_name"], "split": "test",
-        })
+        records.append(
+            {
+                "file": name,
+                "label": row["label"],
+                "label_name": LABELS[row["label"]],
+                "subtype": row["subtype"],
+                "patient_id": row["patient_id"],
+                "source_file_name": row["file_name"],
+                "split": "test",
+            }
+        )
     records.sort(key=lambda r: r["file"])
-    meta = {"dataset": "chest_xray_pneumonia", "seed": seed, "license": "CC BY 4.0", "attribution": ATTRIBUTION,
-            "examples": records}
+    meta = {
+        "dataset": "chest_xray_pneumonia",
+        "seed": seed,
+        "license": "CC BY 4.0",
+        "attribution": ATTRIBUTION,
+        "examples": records,
+    }
     (out / "examples.json").write_text(json.dumps(meta, indent=1) + "\n")
     table = "\n".join(
         f"| {r['file']} | {r['label_name']} | {r['subtype']} | {r['patient_id']} | {r['source_file_name']} |"

@@ -49,8 +49,12 @@ def parse_args(argv):
     parser.add_argument("--id_column", default="file_name")
     parser.add_argument("--model", default=str(ROOT / "hf_fga" / "bundled" / "model"))
     parser.add_argument("--sae", default=str(ROOT / "hf_fga" / "bundled" / "saes"))
-    parser.add_argument("--prototypes", type=Path, default=ROOT / "spaces" / "assets",
-                        help="prototype assets of the same SAEs (scripts/build_space_assets.py)")
+    parser.add_argument(
+        "--prototypes",
+        type=Path,
+        default=ROOT / "spaces" / "assets",
+        help="prototype assets of the same SAEs (scripts/build_space_assets.py)",
+    )
     parser.add_argument("--count", type=int, default=20, help="images (method.md §7: 20)")
     parser.add_argument("--patches", type=int, default=3, help="changed patches studied per image")
     parser.add_argument("--output_dir", type=Path, required=True)
@@ -90,33 +94,54 @@ def main(argv: list[str] | None = None) -> int:
     pixel_values = processor(images=images, return_tensors="pt")["pixel_values"]
     explainer = Attributor(model, saes)
     output = explainer.attribute(
-        pixel_values, method="fga", variant=variant, layers=layers, kappa=kappa, cmax=cmax,
+        pixel_values,
+        method="fga",
+        variant=variant,
+        layers=layers,
+        kappa=kappa,
+        cmax=cmax,
         return_contributions=True,
     )
     grid = output.grid
     table = []
     for n, image_id in enumerate(chosen.index):
         for driver in patch_drivers(output, n, args.patches):
-            table.append({
-                "image_id": image_id, "patch": driver.patch, "row": driver.patch // grid[1],
-                "col": driver.patch % grid[1], "change": driver.change, "block": driver.block,
-                "feature": driver.feature, "contribution": driver.push, "role": driver.sign,
-                "gate": float(output.gates[driver.block][n].reshape(-1)[driver.patch]),
-            })
+            table.append(
+                {
+                    "image_id": image_id,
+                    "patch": driver.patch,
+                    "row": driver.patch // grid[1],
+                    "col": driver.patch % grid[1],
+                    "change": driver.change,
+                    "block": driver.block,
+                    "feature": driver.feature,
+                    "contribution": driver.push,
+                    "role": driver.sign,
+                    "gate": float(output.gates[driver.block][n].reshape(-1)[driver.patch]),
+                }
+            )
 
     import pandas as pd
 
     if not table:
-        raise SystemExit(f"No SAE feature pushed the gates of the chosen patches under {args.config!r}: the variant "
-                         "must read SAE features (combined or shuffled).")
+        raise SystemExit(
+            f"No SAE feature pushed the gates of the chosen patches under {args.config!r}: the variant "
+            "must read SAE features (combined or shuffled)."
+        )
     table = pd.DataFrame(table)
     figures = args.output_dir / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     table.merge(chosen.reset_index(names="image_id"), on="image_id").to_csv(
-        args.output_dir / "case_studies.csv", index=False)
+        args.output_dir / "case_studies.csv", index=False
+    )
     _overview_figure(images, output, chosen, table, grid, figures / "overview.png")
-    features = (table.groupby(["block", "feature", "role"]).size().rename("patches").reset_index()
-                .sort_values(["patches", "block", "feature"], ascending=[False, True, True]))
+    features = (
+        table.groupby(["block", "feature", "role"])
+        .size()
+        .rename("patches")
+        .reset_index()
+        .sort_values(["patches", "block", "feature"], ascending=[False, True, True])
+    )
     sheets = _prototype_sheets(prototypes, features, figures)
     _write_markdown(args, chosen, table, features, sheets, time.perf_counter() - start)
     print(f"wrote {args.output_dir} in {time.perf_counter() - start:.0f} s")
@@ -150,7 +175,9 @@ def _overview_figure(images, output, chosen, table, grid, path: Path) -> None:
         stats = chosen.loc[image_id]
         axes[n, 3].set_title(
             f"FGA − TransMM\nΔSaCo {stats['d_saco']:+.2f} ΔFC {stats['d_faithfulness_correlation']:+.2f} "
-            f"ΔPF {-stats['d_pixel_flipping']:+.3f}", fontsize=6)
+            f"ΔPF {-stats['d_pixel_flipping']:+.3f}",
+            fontsize=6,
+        )
         for ax in axes[n]:
             ax.set_xticks([])
             ax.set_yticks([])

@@ -43,16 +43,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=10)
     parser.add_argument("--layers", default=None, help="only this gated-block set, e.g. 0,1,2")
     parser.add_argument("--best", action="store_true", help="print only the best configuration's key")
-    parser.add_argument("--multi_block_sets", type=int, default=None, metavar="MAX_BLOCK",
-                        help="print the multi-block sets around the best single blocks ('0,1;0,1,2'), "
-                        "blocks <= MAX_BLOCK")
+    parser.add_argument(
+        "--multi_block_sets",
+        type=int,
+        default=None,
+        metavar="MAX_BLOCK",
+        help="print the multi-block sets around the best single blocks ('0,1;0,1,2'), blocks <= MAX_BLOCK",
+    )
     args = parser.parse_args(argv)
     path = args.run / "summary.csv"
     if not path.is_file():
         parser.error(f"{path} does not exist: run scripts/evaluate_faithfulness.py (or --report_only) first.")
     summary = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"layers": str, "variant": str})
-    ranked = rank_configurations(upgrade_columns(summary), preset=args.preset, fill=args.fill,
-                                 metrics=args.metrics.split(","), variant=args.variant)
+    ranked = rank_configurations(
+        upgrade_columns(summary),
+        preset=args.preset,
+        fill=args.fill,
+        metrics=args.metrics.split(","),
+        variant=args.variant,
+    )
     if args.layers is not None:
         ranked = ranked[ranked["layers"] == args.layers]
         if ranked.empty:

@@ -203,8 +203,13 @@ def build_model(args: TrainCifarArguments) -> ViTForImageClassification:
 
 def make_processor(mean: list[float], std: list[float]) -> ViTImageProcessorPil:
     return ViTImageProcessorPil(
-        do_resize=True, size={"height": 32, "width": 32}, do_rescale=True, rescale_factor=1 / 255,
-        do_normalize=True, image_mean=mean, image_std=std,
+        do_resize=True,
+        size={"height": 32, "width": 32},
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=mean,
+        image_std=std,
     )
 
 
@@ -215,9 +220,7 @@ def normalise(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> to
 
 def evaluate_cached(model, data: dict, mean, std, device, autocast, batch_size: int = 500) -> dict:
     images = data["images"]
-    batches = (
-        normalise(images[i : i + batch_size].to(device), mean, std) for i in range(0, len(images), batch_size)
-    )
+    batches = (normalise(images[i : i + batch_size].to(device), mean, std) for i in range(0, len(images), batch_size))
     with autocast():
         preds = predict(model, batches)
     return classification_metrics(preds.cpu(), data["labels"], label_names(model))
@@ -263,8 +266,14 @@ def train(args: TrainCifarArguments) -> dict:
     scheduler = get_cosine_schedule_with_warmup(
         optimizer, round(args.warmup_epochs * steps_per_epoch), args.epochs * steps_per_epoch
     )
-    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_accuracy": -1.0, "best_epoch": None,
-             "train_seconds": 0.0}
+    state = {
+        "epoch": 0,
+        "step_in_epoch": 0,
+        "global_step": 0,
+        "best_accuracy": -1.0,
+        "best_epoch": None,
+        "train_seconds": 0.0,
+    }
     order = torch.randperm(n, generator=gen)
     ckpt = out / "last"
     if ckpt.exists():
@@ -275,8 +284,15 @@ def train(args: TrainCifarArguments) -> dict:
         print(f"resumed from {ckpt} at epoch {state['epoch']}, step {state['step_in_epoch']}", flush=True)
 
     def checkpoint() -> None:
-        save_training_state(ckpt, model=model, optimizer=optimizer, scheduler=scheduler, generator=gen,
-                            extra=state, extra_tensors={"order": order})
+        save_training_state(
+            ckpt,
+            model=model,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            generator=gen,
+            extra=state,
+            extra_tensors={"order": order},
+        )
 
     def autocast():
         enabled = args.bf16 and device.type == "cuda"
@@ -314,8 +330,10 @@ def train(args: TrainCifarArguments) -> dict:
             if state["global_step"] % 50 == 0:  # wall and CPU seconds per step (CPU: this process, all threads)
                 steps = max(1, seen / args.batch_size)
                 wall, cpu = (time.time() - rate_start) / steps, (time.process_time() - cpu_start) / steps
-                print(f"step {state['global_step']}: loss {loss.item():.4f}, {wall:.3f} s/step (CPU {cpu:.3f} s/step)",
-                      flush=True)
+                print(
+                    f"step {state['global_step']}: loss {loss.item():.4f}, {wall:.3f} s/step (CPU {cpu:.3f} s/step)",
+                    flush=True,
+                )
             if state["global_step"] % args.checkpoint_every == 0:
                 state["train_seconds"] += time.time() - start
                 start = time.time()
@@ -329,12 +347,18 @@ def train(args: TrainCifarArguments) -> dict:
             state["best_accuracy"], state["best_epoch"] = val["accuracy"], state["epoch"]
             model.save_pretrained(out / "best")
             make_processor(mean.tolist(), std.tolist()).save_pretrained(out / "best")
-        log(out, {
-            "epoch": state["epoch"], "global_step": state["global_step"],
-            "train_loss": total_loss / max(1, seen), "lr": scheduler.get_last_lr()[0],
-            "train_seconds": round(state["train_seconds"], 1), "val_accuracy": round(val["accuracy"], 4),
-            "best_epoch": state["best_epoch"],
-        })
+        log(
+            out,
+            {
+                "epoch": state["epoch"],
+                "global_step": state["global_step"],
+                "train_loss": total_loss / max(1, seen),
+                "lr": scheduler.get_last_lr()[0],
+                "train_seconds": round(state["train_seconds"], 1),
+                "val_accuracy": round(val["accuracy"], 4),
+                "best_epoch": state["best_epoch"],
+            },
+        )
         checkpoint()
     return finish(args, out, state, {"num_train_images": n, "num_validation_images": len(val_idx)})
 

@@ -263,7 +263,9 @@ def build_model(args: TrainClassifierArguments) -> ViTForImageClassification:
         # re-initialised by transformers' `_init_weights` (normal std = initializer_range, zero bias), seeded above
         # (num_labels follows from id2label; passing both makes transformers warn about the parent's 2 labels)
         model = ViTForImageClassification.from_pretrained(
-            args.init_from, id2label=label_config["id2label"], label2id=label_config["label2id"],
+            args.init_from,
+            id2label=label_config["id2label"],
+            label2id=label_config["label2id"],
             ignore_mismatched_sizes=True,
         )
         if model.config.num_labels == len(labels) and model.config.id2label != label_config["id2label"]:
@@ -379,9 +381,16 @@ def rng_state(gen: torch.Generator) -> dict:
     """Every RNG state as tensors and plain Python values, so a checkpoint loads with `weights_only=True`."""
     kind, keys, position, has_gauss, gauss = np.random.get_state()
     return {
-        "torch": torch.get_rng_state(), "gen": gen.get_state(), "py": random.getstate(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
-                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "torch": torch.get_rng_state(),
+        "gen": gen.get_state(),
+        "py": random.getstate(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "position": int(position),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
     }
 
 
@@ -389,8 +398,9 @@ def set_rng_state(state: dict, gen: torch.Generator) -> None:
     torch.set_rng_state(state["torch"])
     gen.set_state(state["gen"])
     numpy = state["numpy"]
-    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["position"],
-                         numpy["has_gauss"], numpy["gauss"]))
+    np.random.set_state(
+        (numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["position"], numpy["has_gauss"], numpy["gauss"])
+    )
     random.setstate(state["py"])
 
 
@@ -503,9 +513,7 @@ def train(args: TrainClassifierArguments) -> dict:
             grey = augment(train_data["images"][idx].float() / 255, size, args, gen)
             labels = train_data["labels"][idx]
             logits = model(pixel_values=to_pixels(grey, mean, std), interpolate_pos_encoding=size != args.image_size)
-            loss = F.cross_entropy(
-                logits.logits, labels, weight=class_weights, label_smoothing=args.label_smoothing
-            )
+            loss = F.cross_entropy(logits.logits, labels, weight=class_weights, label_smoothing=args.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -522,15 +530,30 @@ def train(args: TrainClassifierArguments) -> dict:
             state["best_balanced_accuracy"], state["best_epoch"] = val["balanced_accuracy"], epoch + 1
             model.save_pretrained(out / "best")
             make_processor(mean, std, args.image_size).save_pretrained(out / "best")
-        log(out, {
-            "epoch": epoch + 1, "resolution": size, "train_loss": total_loss / max(1, seen),
-            "lr": scheduler.get_last_lr()[0], "epoch_seconds": round(train_seconds, 1),
-            "val_accuracy": round(val["accuracy"], 4), "val_balanced_accuracy": round(val["balanced_accuracy"], 4),
-            "val_confusion_matrix": val["confusion_matrix"], "best_epoch": state["best_epoch"],
-        })
+        log(
+            out,
+            {
+                "epoch": epoch + 1,
+                "resolution": size,
+                "train_loss": total_loss / max(1, seen),
+                "lr": scheduler.get_last_lr()[0],
+                "epoch_seconds": round(train_seconds, 1),
+                "val_accuracy": round(val["accuracy"], 4),
+                "val_balanced_accuracy": round(val["balanced_accuracy"], 4),
+                "val_confusion_matrix": val["confusion_matrix"],
+                "best_epoch": state["best_epoch"],
+            },
+        )
         torch.save(
-            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "rng": rng_state(gen), "state": state, "mean": mean, "std": std},
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": rng_state(gen),
+                "state": state,
+                "mean": mean,
+                "std": std,
+            },
             out / "last.pt.tmp",
         )
         (out / "last.pt.tmp").replace(ckpt)

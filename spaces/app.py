@@ -325,8 +325,18 @@ class Explanation:
 
     def as_tuple(self) -> tuple:
         """The outputs in page order (`METRICS_OUTPUT` is the index of the metrics table)."""
-        return (self.message, self.prediction, self.image, self.transmm, self.fga, self.gates, self.metrics,
-                self.feature_image, self.feature_cards, self.features)
+        return (
+            self.message,
+            self.prediction,
+            self.image,
+            self.transmm,
+            self.fga,
+            self.gates,
+            self.metrics,
+            self.feature_image,
+            self.feature_cards,
+            self.features,
+        )
 
     @classmethod
     def failure(cls, message: str) -> Explanation:
@@ -365,8 +375,14 @@ def explain(
     pipe = explainer.pipe
     try:
         result = pipe(
-            image, method="fga", variant=variant, layers=chosen, kappa=float(kappa), cmax=float(cmax),
-            top_k_features=MAX_FEATURE_CARDS, explain_features=MAX_FEATURE_CARDS,
+            image,
+            method="fga",
+            variant=variant,
+            layers=chosen,
+            kappa=float(kappa),
+            cmax=float(cmax),
+            top_k_features=MAX_FEATURE_CARDS,
+            explain_features=MAX_FEATURE_CARDS,
         )
     except ValueError as error:  # the library's messages name its API: the details stay in the server log
         LOG.warning("explaining failed: %r", error)
@@ -493,8 +509,11 @@ def build_demo(explainer: Explainer | None = None) -> gr.Blocks:
                 run = gr.Button("Explain", variant="primary", elem_id="fga-run")
                 if explainer.examples:
                     gr.Examples(
-                        [[path] for path in explainer.examples], inputs=[image], label="Examples (test X-rays)",
-                        examples_per_page=12, elem_id="fga-examples",
+                        [[path] for path in explainer.examples],
+                        inputs=[image],
+                        label="Examples (test X-rays)",
+                        examples_per_page=12,
+                        elem_id="fga-examples",
                     )
             with gr.Column(scale=3):
                 message = gr.Markdown(elem_id="fga-message")
@@ -503,17 +522,31 @@ def build_demo(explainer: Explainer | None = None) -> gr.Blocks:
                     shown = gr.Image(label="Image", interactive=False, elem_id="fga-image")
                     transmm = gr.Image(label="TransMM", interactive=False, elem_id="fga-transmm")
                     fga = gr.Image(label="FGA", interactive=False, elem_id="fga-fga")
-                gates = gr.Gallery(label="Gates per block (red < 1 < green, log scale)", columns=4, height=250,
-                                   object_fit="contain", fit_columns=False, elem_id="fga-gates")
+                gates = gr.Gallery(
+                    label="Gates per block (red < 1 < green, log scale)",
+                    columns=4,
+                    height=250,
+                    object_fit="contain",
+                    fit_columns=False,
+                    elem_id="fga-gates",
+                )
                 metrics = gr.Markdown(elem_id="fga-metrics")
         gr.Markdown("## The features behind the change")
         with gr.Row(elem_id="fga-feature-panel"):
-            feature_image = gr.Image(label="Features (green amplifier, red suppressor)", interactive=False,
-                                     elem_id="fga-feature-image", scale=1)
+            feature_image = gr.Image(
+                label="Features (green amplifier, red suppressor)",
+                interactive=False,
+                elem_id="fga-feature-image",
+                scale=1,
+            )
             with gr.Column(scale=2):
                 features = gr.Markdown(elem_id="fga-features")
-                cards = gr.Image(label="Features and their prototypes", show_label=False, interactive=False,
-                                 elem_id="fga-feature-cards")
+                cards = gr.Image(
+                    label="Features and their prototypes",
+                    show_label=False,
+                    interactive=False,
+                    elem_id="fga-feature-cards",
+                )
         inputs = [image, variant, blocks, kappa, cmax, model_id, sae_id]
         outputs = [message, prediction, shown, transmm, fga, gates, metrics, feature_image, cards, features]
         run.click(handle, inputs=inputs, outputs=outputs, api_name="explain")

@@ -36,12 +36,23 @@ def tiny_clip(num_layers: int = 3, hidden: int = 32, seed: int = 0) -> CLIPModel
     torch.manual_seed(seed)
     config = CLIPConfig(
         text_config=dict(
-            hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=4,
-            vocab_size=514, max_position_embeddings=77, bos_token_id=512, eos_token_id=513, pad_token_id=513,
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            vocab_size=514,
+            max_position_embeddings=77,
+            bos_token_id=512,
+            eos_token_id=513,
+            pad_token_id=513,
         ),
         vision_config=dict(
-            hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=num_layers, num_attention_heads=4,
-            image_size=IMAGE_SIZE, patch_size=PATCH,
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=num_layers,
+            num_attention_heads=4,
+            image_size=IMAGE_SIZE,
+            patch_size=PATCH,
         ),
         projection_dim=16,
         attn_implementation="eager",
@@ -65,9 +76,7 @@ def tiny_sae(
     d_in: int = 32, d_sae: int = 128, layer: int = 1, activation: str = "topk", k: int = 8, seed: int = 0, **kwargs
 ) -> SparseAutoencoder:
     """An SAE with random (not unit-norm-transpose) weights, so encode/decode are generic."""
-    config = SparseAutoencoderConfig(
-        d_in=d_in, d_sae=d_sae, activation=activation, k=k, hook_layer=layer, **kwargs
-    )
+    config = SparseAutoencoderConfig(d_in=d_in, d_sae=d_sae, activation=activation, k=k, hook_layer=layer, **kwargs)
     sae = SparseAutoencoder(config)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():

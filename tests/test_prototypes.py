@@ -27,8 +27,9 @@ def test_prototypes_match_a_direct_search(hook_point):
     model = tiny_vit(num_layers=3)
     sae = tiny_sae(layer=1, seed=3, hook_point=hook_point)
     pixels = pixel_batch(7, seed=4)
-    tables = compute_prototypes(model, {1: sae}, [pixels[:3], pixels[3:5], pixels[5:]], (4, 4), top=4,
-                                patches_per_image=3)
+    tables = compute_prototypes(
+        model, {1: sae}, [pixels[:3], pixels[3:5], pixels[5:]], (4, 4), top=4, patches_per_image=3
+    )
     acts, images, values = direct_prototypes(model, sae, pixels, 1, top=4, marks=3)
     table = tables[1]
     fired = values > 0
@@ -52,8 +53,14 @@ def test_prototype_index_round_trip_and_strip(tmp_path):
     pixels = pixel_batch(5, seed=6)
     tables = compute_prototypes(model, {2: sae}, [pixels], (4, 4), top=3)
     files = write_thumbnails([Image.new("RGB", (40, 30), (i * 40, 100, 200)) for i in range(5)], tmp_path, size=32)
-    meta = {"model": "tiny", "grid": [4, 4], "thumbnail_size": 32, "top": 3, "d_sae": {"2": 128},
-            "images": [{"file": f, "label": "x"} for f in files]}
+    meta = {
+        "model": "tiny",
+        "grid": [4, 4],
+        "thumbnail_size": 32,
+        "top": 3,
+        "d_sae": {"2": 128},
+        "images": [{"file": f, "label": "x"} for f in files],
+    }
     PrototypeIndex(tmp_path, meta, tables).save()
     index = PrototypeIndex.load(tmp_path)
     assert index.matches({2: sae}) and not index.matches({1: sae})

@@ -95,8 +95,9 @@ def compute_feature_importance(
 def select_features(importance: Tensor, count: int) -> Tensor:
     """S_ℓ: the indices of the `count` most important features, `(count,)` long, most important first."""
     if isinstance(count, bool) or not isinstance(count, int) or not 0 < count <= importance.numel():
-        raise ValueError(f"the number of selected features must be an integer in [1, {importance.numel()}]; got "
-                         f"{count!r}.")
+        raise ValueError(
+            f"the number of selected features must be an integer in [1, {importance.numel()}]; got {count!r}."
+        )
     return importance.topk(count).indices
 
 

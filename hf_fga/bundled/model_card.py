@@ -44,16 +44,18 @@ def sae_rows(sae_dir: str | Path) -> list[dict]:
     for config_path in sorted(Path(sae_dir).glob("block_*/config.json"), key=lambda p: int(p.parent.name[6:])):
         config = json.loads(config_path.read_text(encoding="utf-8"))
         info = config.get("training_info") or {}
-        rows.append({
-            "block": config["hook_layer"],
-            "hook_point": config.get("hook_point"),
-            "d_in": config["d_in"],
-            "d_sae": config["d_sae"],
-            "k": config.get("k") if config.get("activation") == "topk" else None,
-            "training_tokens": info.get("training_tokens"),
-            "eval_tokens": info.get("eval_tokens"),
-            **{key: (info.get("metrics") or {}).get(key) for key, _ in SAE_QUALITY},
-        })
+        rows.append(
+            {
+                "block": config["hook_layer"],
+                "hook_point": config.get("hook_point"),
+                "d_in": config["d_in"],
+                "d_sae": config["d_sae"],
+                "k": config.get("k") if config.get("activation") == "topk" else None,
+                "training_tokens": info.get("training_tokens"),
+                "eval_tokens": info.get("eval_tokens"),
+                **{key: (info.get("metrics") or {}).get(key) for key, _ in SAE_QUALITY},
+            }
+        )
     return rows
 
 
@@ -101,7 +103,10 @@ def render_classifier_card(results: dict, commands: list[str], sae_dir: str | Pa
     values = dict(
         test_recall_normal=f"{test['recall_per_class']['NORMAL']:.4f}",
         test_recall_pneumonia=f"{test['recall_per_class']['PNEUMONIA']:.4f}",
-        cm00=cm[0][0], cm01=cm[0][1], cm10=cm[1][0], cm11=cm[1][1],
+        cm00=cm[0][0],
+        cm01=cm[0][1],
+        cm10=cm[1][0],
+        cm11=cm[1][1],
         num_val_patients=results.get("num_validation_patients", "n/a"),
         val_percent=f"{100 * results['args']['val_fraction']:g}",
         sae_section=sae_section(sae_dir),
@@ -151,11 +156,28 @@ def render_card(template: str | Path, results: dict, commands: list[str], extra:
         low_grid=low_grid,
         first_full_epoch=args["low_res_epochs"] + 1,
         commands="\n".join(commands),
-        **{key: args[key] for key in (
-            "intermediate_size", "image_size", "patch_size", "seed", "low_res_epochs", "low_res", "epochs",
-            "crop_scale_min", "max_rotation_deg", "brightness", "contrast", "label_smoothing", "learning_rate",
-            "weight_decay", "batch_size", "warmup_epochs", "max_grad_norm",
-        )},
+        **{
+            key: args[key]
+            for key in (
+                "intermediate_size",
+                "image_size",
+                "patch_size",
+                "seed",
+                "low_res_epochs",
+                "low_res",
+                "epochs",
+                "crop_scale_min",
+                "max_rotation_deg",
+                "brightness",
+                "contrast",
+                "label_smoothing",
+                "learning_rate",
+                "weight_decay",
+                "batch_size",
+                "warmup_epochs",
+                "max_grad_norm",
+            )
+        },
     )
     values.update(extra)
     return Template(Path(template).read_text(encoding="utf-8")).substitute(values).rstrip() + "\n"

@@ -79,8 +79,9 @@ def rng_states(generator: torch.Generator | None = None) -> dict:
     """The Python, NumPy, torch (CPU and, when initialised, CUDA) RNG states, and `generator`'s."""
     states = {
         "python": random.getstate(),
-        "numpy": tuple(torch.from_numpy(v.astype(np.int64)) if isinstance(v, np.ndarray) else v
-                       for v in np.random.get_state()),
+        "numpy": tuple(
+            torch.from_numpy(v.astype(np.int64)) if isinstance(v, np.ndarray) else v for v in np.random.get_state()
+        ),
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None,
     }

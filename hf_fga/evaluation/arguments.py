@@ -24,14 +24,18 @@ class DataArguments:
     )
     limit: int | None = field(
         default=None,
-        metadata={"help": "Evaluate a seeded random subset of this many images, in random order (subsets of one seed "
-                  "are nested; a limit >= the split size shuffles the whole split)."},
+        metadata={
+            "help": "Evaluate a seeded random subset of this many images, in random order (subsets of one seed "
+            "are nested; a limit >= the split size shuffles the whole split)."
+        },
     )
     seed: int = field(default=0, metadata={"help": "Seed of the subset drawn with --limit."})
     include_ids: str | None = field(
         default=None,
-        metadata={"help": "A JSON file of ids to keep: a list, or an object whose list --ids_key names (e.g. "
-                          "hf_fga/bundled/splits.json with --ids_key validation_file_names --ids_column file_name)."},
+        metadata={
+            "help": "A JSON file of ids to keep: a list, or an object whose list --ids_key names (e.g. "
+            "hf_fga/bundled/splits.json with --ids_key validation_file_names --ids_column file_name)."
+        },
     )
     exclude_ids: str | None = field(default=None, metadata={"help": "A JSON file of ids to drop (same format)."})
     ids_key: str | None = field(default=None, metadata={"help": "The key of the id list inside the JSON objects."})
@@ -49,20 +53,28 @@ class ModelArguments:
     )
     sae: str | None = field(
         default=None,
-        metadata={"help": "SAEs as hf_fga.sae.load_saes takes them: a set folder / Hub id, or several separated by "
-                          "','. Needed by the SAE variants (combined, activation, gradient, shuffled, centered)."},
+        metadata={
+            "help": "SAEs as hf_fga.sae.load_saes takes them: a set folder / Hub id, or several separated by "
+            "','. Needed by the SAE variants (combined, activation, gradient, shuffled, centered)."
+        },
     )
     mean_residuals: str | None = field(
-        default=None, metadata={"help": "A safetensors file of mean residuals μ_ℓ (save_mean_residuals) for "
-                                        "mean-centered; without it μ_ℓ is computed from --mean_residuals_split."},
+        default=None,
+        metadata={
+            "help": "A safetensors file of mean residuals μ_ℓ (save_mean_residuals) for "
+            "mean-centered; without it μ_ℓ is computed from --mean_residuals_split."
+        },
     )
     mean_residuals_split: str | None = field(
         default=None, metadata={"help": "The split of the dataset μ_ℓ is computed on when no file is given."}
     )
     mean_residuals_limit: int = field(default=256, metadata={"help": "Images used to compute μ_ℓ."})
     feature_importance: str | None = field(
-        default=None, metadata={"help": "A safetensors file of feature importances (save_feature_importance, "
-                                        "scripts/compute_feature_importance.py) for the selective variant."},
+        default=None,
+        metadata={
+            "help": "A safetensors file of feature importances (save_feature_importance, "
+            "scripts/compute_feature_importance.py) for the selective variant."
+        },
     )
     candidate_labels: str | None = field(
         default=None, metadata={"help": "CLIP: comma-separated labels (default: the label column's class names)."}
@@ -77,14 +89,18 @@ class EvaluationArguments:
     output_dir: str = field(metadata={"help": "Folder for results/*.parquet, report.md, summary.csv, figures/."})
     methods: str = field(
         default="transmm,fga",
-        metadata={"help": "Comma-separated registered methods (hf_fga.list_methods()): transmm, fga, rollout, "
-                  "raw-attention, gradient-x-input, integrated-gradients, grad-cam, caap, ..."},
+        metadata={
+            "help": "Comma-separated registered methods (hf_fga.list_methods()): transmm, fga, rollout, "
+            "raw-attention, gradient-x-input, integrated-gradients, grad-cam, caap, ..."
+        },
     )
     variants: str = field(
         default="combined",
-        metadata={"help": "FGA variants: combined, activation, gradient, no-sae, shuffled, centered, mean-centered; "
-                          "controls (method.md §10): error-scaled@λ, error-only, transmm-power@γ, random-gates, "
-                          "selective@m (with --feature_importance)."},
+        metadata={
+            "help": "FGA variants: combined, activation, gradient, no-sae, shuffled, centered, mean-centered; "
+            "controls (method.md §10): error-scaled@λ, error-only, transmm-power@γ, random-gates, "
+            "selective@m (with --feature_importance)."
+        },
     )
     layer_sets: str | None = field(
         default=None, metadata={"help": "Gated-block sets, e.g. '4;5;6;4,5;4,5,6' (default: every block with an SAE)."}
@@ -101,8 +117,10 @@ class EvaluationArguments:
     baseline: str | None = field(default=None, metadata={"help": "Deprecated alias of --fill."})
     preset_overrides: str | None = field(
         default=None,
-        metadata={"help": "JSON object of FaithfulnessPreset fields applied to every preset, e.g. "
-                          "'{\"fc_runs\": 50, \"fc_subset_size\": 10}' (small images need a smaller FC subset)."},
+        metadata={
+            "help": "JSON object of FaithfulnessPreset fields applied to every preset, e.g. "
+            '\'{"fc_runs": 50, "fc_subset_size": 10}\' (small images need a smaller FC subset).'
+        },
     )
     metric_seed: int = field(default=0, metadata={"help": "Seed of the metrics' randomness (per image id)."})
     target: str = field(
@@ -112,26 +130,34 @@ class EvaluationArguments:
     perturbation_batch_size: int = field(default=64, metadata={"help": "Perturbed inputs per forward pass."})
     linear_backend: str = field(
         default="auto",
-        metadata={"help": "How the attribution pass and the perturbation forwards run linear layers (and SAE "
-                  "encoders): auto (oneDNN on CPU where it agrees with the stock forward; hf_fga.onednn), onednn, or "
-                  "default (stock)."},
+        metadata={
+            "help": "How the attribution pass and the perturbation forwards run linear layers (and SAE "
+            "encoders): auto (oneDNN on CPU where it agrees with the stock forward; hf_fga.onednn), onednn, or "
+            "default (stock)."
+        },
     )
     num_threads: int | None = field(
         default=None,
-        metadata={"help": "torch threads per process (torch.set_num_threads), recorded in run.json and the report. "
-                  "Results are bitwise identical for any number of processes at the same thread count; the default "
-                  "keeps the launch's count (accelerate launch gives each of N processes cores / N threads, and "
-                  "float32 sums then differ in their last bits, ~1e-8 in the scores)."},
+        metadata={
+            "help": "torch threads per process (torch.set_num_threads), recorded in run.json and the report. "
+            "Results are bitwise identical for any number of processes at the same thread count; the default "
+            "keeps the launch's count (accelerate launch gives each of N processes cores / N threads, and "
+            "float32 sums then differ in their last bits, ~1e-8 in the scores)."
+        },
     )
     precision: str = field(
         default="float32",
-        metadata={"help": "Precision of the attribution pass, the SAE encoders and the perturbation forwards: float32 "
-                  "or bfloat16 (torch.autocast; hf_fga.precision). The report says which produced it."},
+        metadata={
+            "help": "Precision of the attribution pass, the SAE encoders and the perturbation forwards: float32 "
+            "or bfloat16 (torch.autocast; hf_fga.precision). The report says which produced it."
+        },
     )
     precision_check: int = field(
         default=0,
-        metadata={"help": "After the run, score the first N selected images again in the other precision and record "
-                  "per image and metric |score(bfloat16) - score(float32)| in precision_check.csv and the report."},
+        metadata={
+            "help": "After the run, score the first N selected images again in the other precision and record "
+            "per image and metric |score(bfloat16) - score(float32)| in precision_check.csv and the report."
+        },
     )
     shuffle_seed: int = field(default=12345, metadata={"help": "Seed of the shuffled-decoder permutation."})
     report_only: bool = field(default=False, metadata={"help": "Only rebuild the report from the parquet files."})

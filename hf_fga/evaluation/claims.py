@@ -73,20 +73,36 @@ def thesis_claims(
 
     both = versus(("activation", "gradient"))
     if both is not None:
-        claims.append(Claim("Both the activation and the gradient are needed (combined beats activation-only and "
-                            "gradient-only)", _verdict(both["holds"]), both))
+        claims.append(
+            Claim(
+                "Both the activation and the gradient are needed (combined beats activation-only and gradient-only)",
+                _verdict(both["holds"]),
+                both,
+            )
+        )
     shuffled = _variant(config, "shuffled")
     if shuffled in present:
         loses = _beats(results, config, shuffled, metrics, alpha)
         gains = _beats(results, shuffled, REFERENCE.key, metrics, alpha)
         gains = gains.assign(requirement="A does not beat B", holds=~gains["holds"])
         evidence = pd.concat([loses, gains], ignore_index=True)
-        claims.append(Claim("A shuffled decoder loses the gain (combined beats shuffled; shuffled does not beat "
-                            "TransMM)", _verdict(evidence["holds"]), evidence))
+        claims.append(
+            Claim(
+                "A shuffled decoder loses the gain (combined beats shuffled; shuffled does not beat TransMM)",
+                _verdict(evidence["holds"]),
+                evidence,
+            )
+        )
     controls = versus(("centered", "mean-centered"))
     if controls is not None:
-        claims.append(Claim("The features add something beyond centring (combined beats centered and "
-                            "mean-centered; not a thesis claim: method.md §3)", _verdict(controls["holds"]), controls))
+        claims.append(
+            Claim(
+                "The features add something beyond centring (combined beats centered and "
+                "mean-centered; not a thesis claim: method.md §3)",
+                _verdict(controls["holds"]),
+                controls,
+            )
+        )
     return claims
 
 
@@ -94,13 +110,19 @@ def claims_markdown(claims: list[Claim]) -> str:
     """A Markdown summary table of the claims, then one evidence table per claim."""
     lines = ["| claim | verdict | comparisons that hold |", "| --- | --- | --- |"]
     for claim in claims:
-        lines.append(f"| {claim.statement} | **{claim.verdict}** | "
-                     f"{int(claim.evidence['holds'].sum())} of {len(claim.evidence)} |")
+        lines.append(
+            f"| {claim.statement} | **{claim.verdict}** | "
+            f"{int(claim.evidence['holds'].sum())} of {len(claim.evidence)} |"
+        )
     for claim in claims:
-        lines += ["", f"**{claim.statement}: {claim.verdict}.**", "",
-                  "| preset | A | B | requirement | metric | n | mean A | mean B | A − B | Wilcoxon p | A better on | "
-                  "holds |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            "",
+            f"**{claim.statement}: {claim.verdict}.**",
+            "",
+            "| preset | A | B | requirement | metric | n | mean A | mean B | A − B | Wilcoxon p | A better on | "
+            "holds |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
         for r in claim.evidence.itertuples():
             a, b = (EvaluationConfiguration.from_key(k).label for k in (r.config, r.reference))
             lines.append(

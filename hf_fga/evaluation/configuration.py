@@ -11,18 +11,42 @@ from ..attribution import list_methods
 REFERENCE_METHOD = "transmm"
 GATED_METHOD = "fga"
 METHOD_LABELS = {
-    "transmm": "TransMM", "rollout": "Rollout", "raw-attention": "Raw attention",
-    "gradient-x-input": "Gradient × Input", "integrated-gradients": "Integrated Gradients", "grad-cam": "Grad-CAM",
-    "cp-lrp": "CP-LRP", "attnlrp": "AttnLRP", "caap": "CAAP",
+    "transmm": "TransMM",
+    "rollout": "Rollout",
+    "raw-attention": "Raw attention",
+    "gradient-x-input": "Gradient × Input",
+    "integrated-gradients": "Integrated Gradients",
+    "grad-cam": "Grad-CAM",
+    "cp-lrp": "CP-LRP",
+    "attnlrp": "AttnLRP",
+    "caap": "CAAP",
 }
 REPORT_ORDER = (
-    "transmm", "fga", "rollout", "raw-attention", "gradient-x-input", "integrated-gradients", "grad-cam", "cp-lrp",
-    "attnlrp", "caap",
+    "transmm",
+    "fga",
+    "rollout",
+    "raw-attention",
+    "gradient-x-input",
+    "integrated-gradients",
+    "grad-cam",
+    "cp-lrp",
+    "attnlrp",
+    "caap",
 )
 KNOWN_VARIANTS = (
-    "combined", "activation", "gradient", "no-sae", "shuffled", "centered", "mean-centered",
+    "combined",
+    "activation",
+    "gradient",
+    "no-sae",
+    "shuffled",
+    "centered",
+    "mean-centered",
     # the controls of method.md §10; those with a parameter are written `name@value`, e.g. `error-scaled@0.5`
-    "error-scaled", "error-only", "transmm-power", "random-gates", "selective",
+    "error-scaled",
+    "error-only",
+    "transmm-power",
+    "random-gates",
+    "selective",
 )
 
 
@@ -111,7 +135,6 @@ class EvaluationConfiguration:
     ) -> EvaluationConfiguration:
         parsed = tuple(int(part) for part in str(layers).split(",") if part != "")
         return cls(str(method), str(variant or ""), parsed, float(kappa), float(cmax))
-
 
     @classmethod
     def from_key(cls, key: str) -> EvaluationConfiguration:
@@ -213,8 +236,10 @@ def expand_grid(
     variants, layer_sets = list(dict.fromkeys(variants)), list(dict.fromkeys(layer_sets))
     unknown = [v for v in variants if variant_name(v) not in KNOWN_VARIANTS]
     if unknown:
-        raise ValueError(f"Unknown variant(s) {unknown}: expected some of {list(KNOWN_VARIANTS)} (controls with a "
-                         "parameter as name@value, e.g. error-scaled@0.5).")
+        raise ValueError(
+            f"Unknown variant(s) {unknown}: expected some of {list(KNOWN_VARIANTS)} (controls with a "
+            "parameter as name@value, e.g. error-scaled@0.5)."
+        )
     kappas, cmaxes = list(dict.fromkeys(kappas)), list(dict.fromkeys(cmaxes))
     if any(k <= 0 for k in kappas):
         raise ValueError(f"`kappas` must all be > 0 (the gate's slope); got {kappas}.")

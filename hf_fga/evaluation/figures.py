@@ -97,8 +97,9 @@ def block_curve_figure(summary: pd.DataFrame, reference: pd.DataFrame, path: str
         rows = summary[summary["metric"] == metric]
         for variant, frame in rows.groupby("variant", sort=False):
             frame = frame.assign(block=frame["layers"].astype(int)).sort_values("block")
-            axis.errorbar(frame["block"], frame["mean"], yerr=frame["sem"].fillna(0), marker="o", capsize=3,
-                          label=variant)
+            axis.errorbar(
+                frame["block"], frame["mean"], yerr=frame["sem"].fillna(0), marker="o", capsize=3, label=variant
+            )
         ref = reference[reference["metric"] == metric]
         if len(ref):
             axis.axhline(float(ref["mean"].iloc[0]), color="tab:red", linestyle="--", label="TransMM")

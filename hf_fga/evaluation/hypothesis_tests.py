@@ -278,17 +278,26 @@ def patient_comparison(
             per_patient = per_patient_means(differences, owners)
             wilcoxon, paired_t = paired_tests(per_patient.to_numpy())
             low, high = cluster_bootstrap_ci(differences, owners, n_resamples=n_resamples, seed=seed)
-            rows.append({
-                "preset": preset, "fill": fill, "config": config, "reference": reference, "metric": metric,
-                "n_images": len(differences), "n_patients": len(per_patient),
-                "mean": float(pairs.iloc[:, 0].mean()) if len(pairs) else float("nan"),
-                "reference_mean": float(pairs.iloc[:, 1].mean()) if len(pairs) else float("nan"),
-                "mean_difference": float(differences.mean()) if len(differences) else float("nan"),
-                "patient_mean_difference": float(per_patient.mean()) if len(per_patient) else float("nan"),
-                "ci_low": low, "ci_high": high,
-                "wilcoxon_p": wilcoxon, "paired_t_p": paired_t,
-                "better_fraction": beats_fraction(per_patient.to_numpy(), metric),
-            })
+            rows.append(
+                {
+                    "preset": preset,
+                    "fill": fill,
+                    "config": config,
+                    "reference": reference,
+                    "metric": metric,
+                    "n_images": len(differences),
+                    "n_patients": len(per_patient),
+                    "mean": float(pairs.iloc[:, 0].mean()) if len(pairs) else float("nan"),
+                    "reference_mean": float(pairs.iloc[:, 1].mean()) if len(pairs) else float("nan"),
+                    "mean_difference": float(differences.mean()) if len(differences) else float("nan"),
+                    "patient_mean_difference": float(per_patient.mean()) if len(per_patient) else float("nan"),
+                    "ci_low": low,
+                    "ci_high": high,
+                    "wilcoxon_p": wilcoxon,
+                    "paired_t_p": paired_t,
+                    "better_fraction": beats_fraction(per_patient.to_numpy(), metric),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -367,8 +376,9 @@ def superiority_family(
     for comparison in comparisons:
         if comparison.direction not in (BETTER, TWO_SIDED):
             raise ValueError(f"direction must be {BETTER!r} or {TWO_SIDED!r}; got {comparison.direction!r}.")
-        table = patient_comparison(results, comparison.config, comparison.reference, patients, metrics,
-                                   n_resamples=n_resamples, seed=seed)
+        table = patient_comparison(
+            results, comparison.config, comparison.reference, patients, metrics, n_resamples=n_resamples, seed=seed
+        )
         tables.append(table.assign(hypothesis=comparison.hypothesis, direction=comparison.direction))
     family = pd.concat(tables, ignore_index=True)
     family["holm_p"] = holm(family["wilcoxon_p"].to_numpy())
@@ -425,12 +435,22 @@ def equivalence_family(
                 differences = (pairs.iloc[:, 0] - pairs.iloc[:, 1]).to_numpy()
                 owners = [patients[i] for i in pairs.index]
                 result = tost_paired(differences, owners, margins[(preset, fill, metric)])
-                rows.append({
-                    "hypothesis": comparison.hypothesis, "preset": preset, "fill": fill,
-                    "config": comparison.config, "reference": comparison.reference, "metric": metric,
-                    "n_patients": result.n_patients, "patient_mean_difference": result.mean, "margin": result.margin,
-                    "p_lower": result.p_lower, "p_upper": result.p_upper, "tost_p": result.p_value,
-                })
+                rows.append(
+                    {
+                        "hypothesis": comparison.hypothesis,
+                        "preset": preset,
+                        "fill": fill,
+                        "config": comparison.config,
+                        "reference": comparison.reference,
+                        "metric": metric,
+                        "n_patients": result.n_patients,
+                        "patient_mean_difference": result.mean,
+                        "margin": result.margin,
+                        "p_lower": result.p_lower,
+                        "p_upper": result.p_upper,
+                        "tost_p": result.p_value,
+                    }
+                )
     family = pd.DataFrame(rows)
     family["holm_p"] = holm(family["tost_p"].to_numpy())
     family["equivalent"] = family["holm_p"] < alpha

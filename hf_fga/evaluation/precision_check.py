@@ -22,8 +22,13 @@ from torch import Tensor
 from ..faithfulness import evaluate_faithfulness
 from ..precision import PRECISIONS
 
-HIGHER_IS_BETTER = {"saco": True, "faithfulness_correlation": True, "pixel_flipping": False, "insertion": True,
-                    "deletion": False}
+HIGHER_IS_BETTER = {
+    "saco": True,
+    "faithfulness_correlation": True,
+    "pixel_flipping": False,
+    "insertion": True,
+    "deletion": False,
+}
 
 
 def faithfulness_agreement(
@@ -48,8 +53,13 @@ def faithfulness_agreement(
     options.setdefault("progress", False)
     scores = {p: evaluate_faithfulness(model, pixel_values, attributions, precision=p, **options) for p in PRECISIONS}
     rows = [
-        {"image": b, "metric": metric, "float32": float(values[b]), "bfloat16": float(scores["bfloat16"][metric][b]),
-         "abs_diff": float(abs(scores["bfloat16"][metric][b] - values[b]))}
+        {
+            "image": b,
+            "metric": metric,
+            "float32": float(values[b]),
+            "bfloat16": float(scores["bfloat16"][metric][b]),
+            "abs_diff": float(abs(scores["bfloat16"][metric][b] - values[b])),
+        }
         for metric, values in scores["float32"].items()
         for b in range(len(values))
     ]
@@ -89,13 +99,16 @@ def attribution_agreement(attribute: Callable[[str], object], k: int = 10) -> pd
     rows = []
     for quantity, (value, ref) in pairs.items():
         errors, overlaps = _relative_error(value, ref), top_k_overlap(value, ref, k)
-        rows += [{"image": b, "quantity": quantity, "relative_error": float(errors[b]),
-                  "top_k_overlap": float(overlaps[b])} for b in range(len(errors))]
+        rows += [
+            {"image": b, "quantity": quantity, "relative_error": float(errors[b]), "top_k_overlap": float(overlaps[b])}
+            for b in range(len(errors))
+        ]
     return pd.DataFrame(rows)
 
 
 def summarize_agreement(
-    faithfulness: pd.DataFrame | None = None, attribution: pd.DataFrame | None = None,
+    faithfulness: pd.DataFrame | None = None,
+    attribution: pd.DataFrame | None = None,
     by: Sequence[str] = ("configuration",),
 ) -> dict[str, pd.DataFrame]:
     """
@@ -113,8 +126,12 @@ def summarize_agreement(
         rows = []
         for key, group in faithfulness.groupby(keys, sort=True):
             key = dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=True))
-            row = {**key, "n": len(group), "median_abs_diff": group["abs_diff"].median(),
-                   "max_abs_diff": group["abs_diff"].max()}
+            row = {
+                **key,
+                "n": len(group),
+                "median_abs_diff": group["abs_diff"].median(),
+                "max_abs_diff": group["abs_diff"].max(),
+            }
             if "configuration" in group.columns and group["configuration"].nunique() > 1:
                 means = group.groupby("configuration")[["float32", "bfloat16"]].mean()
                 descending = HIGHER_IS_BETTER.get(key["metric"], True)
@@ -127,9 +144,13 @@ def summarize_agreement(
         keys = [c for c in (*by, "quantity") if c in attribution.columns]
         out["attribution"] = (
             attribution.groupby(keys, sort=True)
-            .agg(n=("relative_error", "size"), median_relative_error=("relative_error", "median"),
-                 max_relative_error=("relative_error", "max"), mean_top_k_overlap=("top_k_overlap", "mean"),
-                 min_top_k_overlap=("top_k_overlap", "min"))
+            .agg(
+                n=("relative_error", "size"),
+                median_relative_error=("relative_error", "median"),
+                max_relative_error=("relative_error", "max"),
+                mean_top_k_overlap=("top_k_overlap", "mean"),
+                min_top_k_overlap=("top_k_overlap", "min"),
+            )
             .reset_index()
         )
     return out
@@ -139,8 +160,12 @@ def agreement_table(summary: Mapping[str, pd.DataFrame]) -> list[str]:
     """Markdown lines of [`summarize_agreement`]'s tables."""
     lines = []
     for name, table in summary.items():
-        lines += [f"**{name}**", "", "| " + " | ".join(table.columns) + " |",
-                  "| " + " | ".join("---" for _ in table.columns) + " |"]
+        lines += [
+            f"**{name}**",
+            "",
+            "| " + " | ".join(table.columns) + " |",
+            "| " + " | ".join("---" for _ in table.columns) + " |",
+        ]
         for record in table.to_dict("records"):
             cells = [f"{v:.3g}" if isinstance(v, float) else str(v) for v in record.values()]
             lines.append("| " + " | ".join(cells) + " |")
@@ -166,8 +191,16 @@ PRECISION_MAPS_FILE = "precision_check_maps.csv"
 
 
 def write_precision_check(
-    output_dir, loaded, dataset, items: list[tuple[int, str]], configurations, presets: list[str],
-    metrics: list[str], eval_args, label_column: str | None, image_column: str,
+    output_dir,
+    loaded,
+    dataset,
+    items: list[tuple[int, str]],
+    configurations,
+    presets: list[str],
+    metrics: list[str],
+    eval_args,
+    label_column: str | None,
+    image_column: str,
 ) -> None:
     """
     `--precision_check N` of the evaluation tool: the first N selected images attributed and scored end to end in
@@ -202,12 +235,23 @@ def write_precision_check(
                 stacked = torch.cat([grid.maps[c.key] for c in configurations])
                 scores[precision] = {
                     preset: evaluate_faithfulness(
-                        loaded.model, pixels.repeat(len(configurations), 1, 1, 1), stacked, tuple(metrics), preset,
-                        eval_args.fill, eval_args.metric_seed, eval_args.perturbation_batch_size,
+                        loaded.model,
+                        pixels.repeat(len(configurations), 1, 1, 1),
+                        stacked,
+                        tuple(metrics),
+                        preset,
+                        eval_args.fill,
+                        eval_args.metric_seed,
+                        eval_args.perturbation_batch_size,
                         image_ids=[index for index, _ in chunk] * len(configurations),
-                        targets=grid.target.repeat(len(configurations)).tolist(), text_embeds=loaded.text_embeds,
-                        image_mean=mean, image_std=std, progress=False, linear_backend=eval_args.linear_backend,
-                        precision=precision, **overrides,
+                        targets=grid.target.repeat(len(configurations)).tolist(),
+                        text_embeds=loaded.text_embeds,
+                        image_mean=mean,
+                        image_std=std,
+                        progress=False,
+                        linear_backend=eval_args.linear_backend,
+                        precision=precision,
+                        **overrides,
                     )
                     for preset in presets
                 }
@@ -217,15 +261,30 @@ def write_precision_check(
                 test = grids["bfloat16"].maps[configuration.key]
                 errors, overlaps = _relative_error(test, reference), top_k_overlap(test, reference)
                 for b, (_, image_id) in enumerate(chunk):
-                    map_rows.append({"image_id": image_id, "configuration": configuration.key, "quantity": "map",
-                                     "relative_error": float(errors[b]), "top_k_overlap": float(overlaps[b])})
+                    map_rows.append(
+                        {
+                            "image_id": image_id,
+                            "configuration": configuration.key,
+                            "quantity": "map",
+                            "relative_error": float(errors[b]),
+                            "top_k_overlap": float(overlaps[b]),
+                        }
+                    )
                     for preset in presets:
                         for metric in metrics:
                             fp32 = float(scores["float32"][preset][metric][position * batch + b])
                             bf16 = float(scores["bfloat16"][preset][metric][position * batch + b])
-                            score_rows.append({"image_id": image_id, "configuration": configuration.key,
-                                               "preset": preset, "metric": metric, "float32": fp32,
-                                               "bfloat16": bf16, "abs_diff": abs(bf16 - fp32)})
+                            score_rows.append(
+                                {
+                                    "image_id": image_id,
+                                    "configuration": configuration.key,
+                                    "preset": preset,
+                                    "metric": metric,
+                                    "float32": fp32,
+                                    "bfloat16": bf16,
+                                    "abs_diff": abs(bf16 - fp32),
+                                }
+                            )
     finally:
         attr.precision = saved
     pd.DataFrame(score_rows).to_csv(Path(output_dir) / PRECISION_CHECK_FILE, index=False)

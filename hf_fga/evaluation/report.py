@@ -32,8 +32,9 @@ def _p(value: float) -> str:
 
 
 def _label(row) -> str:
-    return EvaluationConfiguration.from_columns(row["method"], row["variant"], row["layers"], row["kappa"],
-                                                row["cmax"]).label
+    return EvaluationConfiguration.from_columns(
+        row["method"], row["variant"], row["layers"], row["kappa"], row["cmax"]
+    ).label
 
 
 def _slug(*parts: object) -> str:
@@ -50,10 +51,16 @@ def mean_curves(results: pd.DataFrame) -> pd.DataFrame:
         curves = [np.asarray(c, dtype=float) for c in frame[CURVE_COLUMN] if c is not None and len(c)]
         if not curves or len({len(c) for c in curves}) != 1:
             continue
-        rows.append({
-            "preset": preset, "fill": fill, "config": config, "label": _label(frame.iloc[0]),
-            "auc": float(frame["pixel_flipping"].mean()), "curve": np.mean(curves, axis=0),
-        })
+        rows.append(
+            {
+                "preset": preset,
+                "fill": fill,
+                "config": config,
+                "label": _label(frame.iloc[0]),
+                "auc": float(frame["pixel_flipping"].mean()),
+                "curve": np.mean(curves, axis=0),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -91,9 +98,11 @@ def _accuracy_lines(results: pd.DataFrame) -> list[str]:
 
 
 def _main_table(summary: pd.DataFrame, metrics: list[str]) -> list[str]:
-    header = "| configuration | n | " + " | ".join(
-        f"{METRIC_NAMES.get(m, m)} {'↓' if m in LOWER_IS_BETTER else '↑'}" for m in metrics
-    ) + " |"
+    header = (
+        "| configuration | n | "
+        + " | ".join(f"{METRIC_NAMES.get(m, m)} {'↓' if m in LOWER_IS_BETTER else '↑'}" for m in metrics)
+        + " |"
+    )
     lines = [header, "|" + " --- |" * (len(metrics) + 2)]
     for _, frame in summary.groupby("config", sort=False):
         first = frame.iloc[0]
@@ -125,8 +134,9 @@ def _paired_table(summary: pd.DataFrame) -> list[str]:
 
 def _figures(summary: pd.DataFrame, curves: pd.DataFrame, figures: Path, preset: str, fill: str) -> list[Path]:
     """Every figure of one (preset, fill) group; returns their paths."""
-    written = [bar_figure(summary, figures / f"bars_{_slug(preset, fill)}.png",
-                          f"mean ± SEM ({preset} preset, {fill} fill)")]
+    written = [
+        bar_figure(summary, figures / f"bars_{_slug(preset, fill)}.png", f"mean ± SEM ({preset} preset, {fill} fill)")
+    ]
     gated = summary[summary["method"] == GATED_METHOD]
     reference = summary[summary["config"] == REFERENCE.key]
     for (variant, layers), frame in gated.groupby(["variant", "layers"], sort=False):
@@ -169,8 +179,11 @@ def write_report(output_dir: str | os.PathLike, metrics: list[str] | None = None
     if (output_dir / RUN_FILE).is_file():
         run = json.loads((output_dir / RUN_FILE).read_text())
         lines += ["Inputs:", ""] + [f"- {key}: `{value}`" for key, value in sorted(run.items())] + [""]
-        lines += [f"Precision of the attribution pass, SAE encoders and perturbation forwards: "
-                  f"`{run.get('precision', 'float32')}`.", ""]
+        lines += [
+            f"Precision of the attribution pass, SAE encoders and perturbation forwards: "
+            f"`{run.get('precision', 'float32')}`.",
+            "",
+        ]
     lines += _accuracy_lines(results)
     lines += [
         "Mean ± SEM over images; in brackets the % change of the mean against TransMM and the two-sided Welch "
@@ -207,8 +220,10 @@ def write_report(output_dir: str | os.PathLike, metrics: list[str] | None = None
             terms = " | ".join(
                 f"{_format(row[f'{t}_mean'])} ± {_format(row[f'{t}_sem'], 2)}" for t in DIAGNOSTIC_TERMS
             )
-            lines.append(f"| {row['block']} | {row['hook_point']} | {row['n']} | {terms} | "
-                         f"{_format(row['error_to_centered'], 3)} |")
+            lines.append(
+                f"| {row['block']} | {row['hook_point']} | {row['n']} | {terms} | "
+                f"{_format(row['error_to_centered'], 3)} |"
+            )
         lines.append("")
     lines += precision_report_lines(output_dir)
     path = output_dir / "report.md"

@@ -127,8 +127,14 @@ def load_model(model_args: ModelArguments, device, candidate_labels: list[str] |
 
 
 def mean_residuals(
-    model_args: ModelArguments, data_args: DataArguments, output_dir: Path, attr: FeatureGradientAttribution,
-    blocks: list[int], processor, state: PartialState, batch_size: int,
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    output_dir: Path,
+    attr: FeatureGradientAttribution,
+    blocks: list[int],
+    processor,
+    state: PartialState,
+    batch_size: int,
 ) -> dict[int, torch.Tensor]:
     """μ_ℓ for the mean-centered variant: from --mean_residuals, or computed once (main process) and stored."""
     stored = output_dir / MEAN_RESIDUALS_FILE
@@ -149,7 +155,8 @@ def mean_residuals(
             images = reference.select(range(count))[data_args.image_column]
             batches = [
                 processor(images=[load_image(i) for i in images[s : s + batch_size]], return_tensors="pt")[
-                    "pixel_values"]
+                    "pixel_values"
+                ]
                 for s in range(0, count, batch_size)
             ]
             by_point: dict[str, list[int]] = {}
@@ -164,10 +171,13 @@ def mean_residuals(
     return load_mean_residuals(stored)
 
 
-
 def load_evaluation_model(
-    model_args: ModelArguments, data_args: DataArguments, eval_args: EvaluationArguments,
-    configurations: list[EvaluationConfiguration], candidate_labels: list[str] | None, state: PartialState,
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    eval_args: EvaluationArguments,
+    configurations: list[EvaluationConfiguration],
+    candidate_labels: list[str] | None,
+    state: PartialState,
 ) -> EvaluationModel:
     """
     The model, its processor, SAEs and (for mean-centered) mean residuals, and the attribution method over them;
@@ -187,11 +197,15 @@ def load_evaluation_model(
         chosen = sorted({b for c in configurations if c.variant == "mean-centered" for b in c.layers}) or sorted(saes)
         if not chosen:
             raise ValueError("mean-centered without --layer_sets or SAEs has no block to gate: pass --layer_sets.")
-        means = mean_residuals(model_args, data_args, Path(eval_args.output_dir), attr, chosen, processor, state,
-                               eval_args.batch_size)
+        means = mean_residuals(
+            model_args, data_args, Path(eval_args.output_dir), attr, chosen, processor, state, eval_args.batch_size
+        )
         attr = FeatureGradientAttribution(
-            model, saes, mean_residuals={b: m.to(device) for b, m in means.items()},
-            linear_backend=eval_args.linear_backend, precision=eval_args.precision,
+            model,
+            saes,
+            mean_residuals={b: m.to(device) for b, m in means.items()},
+            linear_backend=eval_args.linear_backend,
+            precision=eval_args.precision,
         )
     options = variant_options(model_args, Path(eval_args.output_dir), state)
     for configuration in configurations:  # fail before any work on a configuration that cannot run

@@ -55,7 +55,9 @@ class RunSummary:
 
 
 def run_evaluation(
-    data_args: DataArguments, model_args: ModelArguments, eval_args: EvaluationArguments,
+    data_args: DataArguments,
+    model_args: ModelArguments,
+    eval_args: EvaluationArguments,
     state: PartialState | None = None,
 ) -> RunSummary:
     """
@@ -68,8 +70,11 @@ def run_evaluation(
 
 
 def _run_evaluation(
-    data_args: DataArguments, model_args: ModelArguments, eval_args: EvaluationArguments,
-    state: PartialState | None, num_threads: int,
+    data_args: DataArguments,
+    model_args: ModelArguments,
+    eval_args: EvaluationArguments,
+    state: PartialState | None,
+    num_threads: int,
 ) -> RunSummary:
     state = state or process_state()
     output_dir = Path(eval_args.output_dir)
@@ -98,12 +103,19 @@ def _run_evaluation(
     )
 
     description = {
-        "dataset": data_args.dataset, "split": data_args.split, "model": model_args.model, "sae": model_args.sae,
+        "dataset": data_args.dataset,
+        "split": data_args.split,
+        "model": model_args.model,
+        "sae": model_args.sae,
         "mean_residuals": model_args.mean_residuals or model_args.mean_residuals_split,
         **({"feature_importance": model_args.feature_importance} if model_args.feature_importance else {}),
-        "target": eval_args.target, "metric_seed": eval_args.metric_seed, "metrics": ",".join(metrics),
-        "shuffle_seed": eval_args.shuffle_seed, "id_column": data_args.id_column,
-        "preset_overrides": preset_overrides(eval_args), "num_threads": num_threads,
+        "target": eval_args.target,
+        "metric_seed": eval_args.metric_seed,
+        "metrics": ",".join(metrics),
+        "shuffle_seed": eval_args.shuffle_seed,
+        "id_column": data_args.id_column,
+        "preset_overrides": preset_overrides(eval_args),
+        "num_threads": num_threads,
     }
     if eval_args.precision != "float32":  # absent = float32, so that runs stored before the option still resume
         description["precision"] = eval_args.precision
@@ -124,14 +136,27 @@ def _run_evaluation(
             summary.chunks_skipped += 1
     summary.images = sum(len(chunk) for _, chunk in mine)
     skipped_images = summary.images - sum(len(chunk) for _, chunk, _ in todo)
-    bar = tqdm(total=summary.images, initial=skipped_images, unit="img", desc="evaluating",
-               disable=not (eval_args.progress and state.is_main_process), smoothing=0.1)
+    bar = tqdm(
+        total=summary.images,
+        initial=skipped_images,
+        unit="img",
+        desc="evaluating",
+        disable=not (eval_args.progress and state.is_main_process),
+        smoothing=0.1,
+    )
     start = time.perf_counter()
     for number, chunk, chunk_configurations in todo:
         rows = dataset.select([index for index, _ in chunk])
         labels = [row for row in rows[labels_from]] if labels_from else [None] * len(chunk)
         results, diagnostics = evaluate_chunk(
-            loaded, rows[data_args.image_column], chunk, labels, chunk_configurations, presets, metrics, eval_args,
+            loaded,
+            rows[data_args.image_column],
+            chunk,
+            labels,
+            chunk_configurations,
+            presets,
+            metrics,
+            eval_args,
             done,
         )
         # diagnostics first: a crash between the two writes redoes the chunk, and duplicates are dropped on read
@@ -143,8 +168,18 @@ def _run_evaluation(
     bar.close()
     summary.seconds = time.perf_counter() - start
     if eval_args.precision_check and state.is_main_process:
-        write_precision_check(output_dir, loaded, dataset, selection[: eval_args.precision_check], configurations,
-                              presets, metrics, eval_args, labels_from, data_args.image_column)
+        write_precision_check(
+            output_dir,
+            loaded,
+            dataset,
+            selection[: eval_args.precision_check],
+            configurations,
+            presets,
+            metrics,
+            eval_args,
+            labels_from,
+            data_args.image_column,
+        )
     state.wait_for_everyone()
     if state.is_main_process and not eval_args.no_report:
         summary.report = str(write_report(output_dir, metrics))

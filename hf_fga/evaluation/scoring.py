@@ -19,9 +19,15 @@ MAX_ROWS_PER_CALL = 128  # images × configurations per perturbation call: bound
 
 
 def score_chunk(
-    loaded: EvaluationModel, pixel_values: torch.Tensor, maps: dict[str, torch.Tensor],
-    configurations: list[EvaluationConfiguration], row_indices: list[int], targets: torch.Tensor,
-    presets: list[str], metrics: list[str], eval_args: EvaluationArguments,
+    loaded: EvaluationModel,
+    pixel_values: torch.Tensor,
+    maps: dict[str, torch.Tensor],
+    configurations: list[EvaluationConfiguration],
+    row_indices: list[int],
+    targets: torch.Tensor,
+    presets: list[str],
+    metrics: list[str],
+    eval_args: EvaluationArguments,
 ) -> dict[tuple[str, str], dict[str, np.ndarray]]:
     """
     `{(config key, preset): {metric: (B,) scores, CURVE_COLUMN: (B, N+1)}}` for one chunk.
@@ -40,11 +46,24 @@ def score_chunk(
         group = configurations[start : start + per_call]
         stacked = torch.cat([maps[c.key] for c in group])
         records = faithfulness_records_for_presets(
-            loaded.model, pixel_values.repeat(len(group), 1, 1, 1), stacked, metrics, presets, eval_args.fill,
-            eval_args.metric_seed, eval_args.perturbation_batch_size,
-            image_ids=row_indices * len(group), targets=targets.repeat(len(group)).tolist(), cache=cache,
-            text_embeds=loaded.text_embeds, image_mean=mean, image_std=std, progress=False,
-            linear_backend=eval_args.linear_backend, precision=eval_args.precision, **overrides,
+            loaded.model,
+            pixel_values.repeat(len(group), 1, 1, 1),
+            stacked,
+            metrics,
+            presets,
+            eval_args.fill,
+            eval_args.metric_seed,
+            eval_args.perturbation_batch_size,
+            image_ids=row_indices * len(group),
+            targets=targets.repeat(len(group)).tolist(),
+            cache=cache,
+            text_embeds=loaded.text_embeds,
+            image_mean=mean,
+            image_std=std,
+            progress=False,
+            linear_backend=eval_args.linear_backend,
+            precision=eval_args.precision,
+            **overrides,
         )
         for preset, record in zip(presets, records, strict=True):
             scores = score_records(record, resolve_preset(preset, **overrides))
@@ -58,9 +77,15 @@ def score_chunk(
 
 
 def evaluate_chunk(
-    loaded: EvaluationModel, images: Sequence, items: list[tuple[int, str]], labels: list[int | None],
-    configurations: list[EvaluationConfiguration], presets: list[str], metrics: list[str],
-    eval_args: EvaluationArguments, done: set,
+    loaded: EvaluationModel,
+    images: Sequence,
+    items: list[tuple[int, str]],
+    labels: list[int | None],
+    configurations: list[EvaluationConfiguration],
+    presets: list[str],
+    metrics: list[str],
+    eval_args: EvaluationArguments,
+    done: set,
 ) -> tuple[list[dict], list[dict]]:
     """Result rows (those not in `done`) and diagnostics rows of one chunk of images."""
     pixel_values = loaded.pixel_values(images)
@@ -70,20 +95,30 @@ def evaluate_chunk(
             raise ValueError("--target label needs a label for every image: set --label_column.")
         target = torch.tensor(labels, dtype=torch.long)
     grid = attribute_configurations(
-        loaded.attribution, pixel_values, configurations, target, loaded.text_embeds, eval_args.shuffle_seed,
+        loaded.attribution,
+        pixel_values,
+        configurations,
+        target,
+        loaded.text_embeds,
+        eval_args.shuffle_seed,
         loaded.variant_options,
     )
     row_indices = [index for index, _ in items]
-    scores = score_chunk(loaded, pixel_values, grid.maps, configurations, row_indices, grid.target, presets, metrics,
-                          eval_args)
+    scores = score_chunk(
+        loaded, pixel_values, grid.maps, configurations, row_indices, grid.target, presets, metrics, eval_args
+    )
     prediction = grid.logits.argmax(dim=-1)
     blocks = {c.key: gated_blocks(loaded.attribution, c, loaded.variant_options) for c in configurations}
     rows = []
     for b, (index, image_id) in enumerate(items):
         label = labels[b]
         shared = {
-            "image_id": image_id, "index": index, "fill": eval_args.fill, "target": int(grid.target[b]),
-            "prediction": int(prediction[b]), "probability": float(grid.probabilities[b, prediction[b]]),
+            "image_id": image_id,
+            "index": index,
+            "fill": eval_args.fill,
+            "target": int(grid.target[b]),
+            "prediction": int(prediction[b]),
+            "probability": float(grid.probabilities[b, prediction[b]]),
             "label": None if label is None else int(label),
             "correct": None if label is None else bool(int(prediction[b]) == int(label)),
         }
@@ -94,16 +129,27 @@ def evaluate_chunk(
                 entry = scores[(configuration.key, preset)]
                 row = {**shared, **configuration.columns(), "preset": preset}
                 row.update({metric: float(entry[metric][b]) for metric in metrics})
-                row["diagnostics"] = json.dumps({
-                    str(block): {key: float(value[b]) for key, value in grid.diagnostics[block].items()}
-                    for block in blocks[configuration.key]
-                }) if blocks[configuration.key] else ""
+                row["diagnostics"] = (
+                    json.dumps(
+                        {
+                            str(block): {key: float(value[b]) for key, value in grid.diagnostics[block].items()}
+                            for block in blocks[configuration.key]
+                        }
+                    )
+                    if blocks[configuration.key]
+                    else ""
+                )
                 if CURVE_COLUMN in entry:
                     row[CURVE_COLUMN] = entry[CURVE_COLUMN][b].astype(np.float64).tolist()
                 rows.append(row)
     diagnostics = [
-        {"image_id": image_id, "index": index, "block": block, "hook_point": grid.hook_points[block],
-         **{key: float(values[key][b]) for key in values}}
+        {
+            "image_id": image_id,
+            "index": index,
+            "block": block,
+            "hook_point": grid.hook_points[block],
+            **{key: float(values[key][b]) for key in values},
+        }
         for block, values in grid.diagnostics.items()
         for b, (index, image_id) in enumerate(items)
     ]

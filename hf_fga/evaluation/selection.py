@@ -73,7 +73,6 @@ def label_names(dataset, column: str | None) -> list[str] | None:
     return list(feature.names) if hasattr(feature, "names") else None
 
 
-
 def label_column(data_args: DataArguments) -> str | None:
     """The label column, or None for `--label_column none` (or empty)."""
     return None if (data_args.label_column or "").lower() in ("", "none") else data_args.label_column

@@ -190,16 +190,22 @@ def paired_comparison(
             pairs = pd.concat([ours[metric], theirs[metric]], axis=1, join="inner").astype(float).dropna().to_numpy()
             differences = pairs[:, 0] - pairs[:, 1]
             wilcoxon, paired_t = paired_tests(differences)
-            rows.append({
-                "preset": preset, "fill": fill, "config": config, "reference": reference, "metric": metric,
-                "n_paired": len(differences),
-                "mean": float(pairs[:, 0].mean()) if len(pairs) else float("nan"),
-                "reference_mean": float(pairs[:, 1].mean()) if len(pairs) else float("nan"),
-                "mean_difference": float(differences.mean()) if len(differences) else float("nan"),
-                "sem_difference": sem(differences),
-                "wilcoxon_p": wilcoxon,
-                "paired_t_p": paired_t,
-                "stars": stars(wilcoxon),
-                "better_fraction": beats_fraction(differences, metric),
-            })
+            rows.append(
+                {
+                    "preset": preset,
+                    "fill": fill,
+                    "config": config,
+                    "reference": reference,
+                    "metric": metric,
+                    "n_paired": len(differences),
+                    "mean": float(pairs[:, 0].mean()) if len(pairs) else float("nan"),
+                    "reference_mean": float(pairs[:, 1].mean()) if len(pairs) else float("nan"),
+                    "mean_difference": float(differences.mean()) if len(differences) else float("nan"),
+                    "sem_difference": sem(differences),
+                    "wilcoxon_p": wilcoxon,
+                    "paired_t_p": paired_t,
+                    "stars": stars(wilcoxon),
+                    "better_fraction": beats_fraction(differences, metric),
+                }
+            )
     return pd.DataFrame(rows)

@@ -133,15 +133,27 @@ def plan_metrics(
     fill_key = runner.fill_key(fill, preset.mean_fill)
     builders = {
         "saco": lambda: plan_saco(
-            runner, attributions, num_groups=preset.saco_num_groups, group_size=preset.saco_group_size,
-            target=preset.saco_target, fill_key=fill_key,
+            runner,
+            attributions,
+            num_groups=preset.saco_num_groups,
+            group_size=preset.saco_group_size,
+            target=preset.saco_target,
+            fill_key=fill_key,
         ),
         "faithfulness_correlation": lambda: plan_faithfulness_correlation(
-            runner, attributions, runs=preset.fc_runs, subset_size=preset.subset_size(runner.grid.patch_size),
-            trials=preset.fc_trials, seed=seed, fill_key=fill_key,
+            runner,
+            attributions,
+            runs=preset.fc_runs,
+            subset_size=preset.subset_size(runner.grid.patch_size),
+            trials=preset.fc_trials,
+            seed=seed,
+            fill_key=fill_key,
         ),
         "pixel_flipping": lambda: plan_curve(
-            runner, attributions, fill_key=fill_key, recompute_mean=fill == "mean" and preset.mean_fill == "scalar",
+            runner,
+            attributions,
+            fill_key=fill_key,
+            recompute_mean=fill == "mean" and preset.mean_fill == "scalar",
         ),
         "insertion": lambda: plan_curve(runner, attributions, insert=True, fill_key=fill_key, quantity=curve_quantity),
         "deletion": lambda: plan_curve(runner, attributions, fill_key=fill_key, quantity=curve_quantity),
@@ -239,8 +251,20 @@ def _deprecated_baseline(options: dict, fill: str) -> str:
 
 
 _RUNNER_OPTIONS = (
-    "text_embeds", "candidate_labels", "tokenizer", "image_ids", "targets", "image_mean", "image_std", "blur_sigma",
-    "patch_size", "cache", "progress", "curve_quantity", "linear_backend", "precision",
+    "text_embeds",
+    "candidate_labels",
+    "tokenizer",
+    "image_ids",
+    "targets",
+    "image_mean",
+    "image_std",
+    "blur_sigma",
+    "patch_size",
+    "cache",
+    "progress",
+    "curve_quantity",
+    "linear_backend",
+    "precision",
 )
 
 
@@ -301,8 +325,9 @@ def evaluate_faithfulness(
     ```
     """
     fill = _deprecated_baseline(overrides, fill)
-    records = faithfulness_records(model, pixel_values, attributions, metrics, preset, fill, seed, batch_size,
-                                   **overrides)
+    records = faithfulness_records(
+        model, pixel_values, attributions, metrics, preset, fill, seed, batch_size, **overrides
+    )
     preset_overrides = {k: v for k, v in overrides.items() if k not in _RUNNER_OPTIONS}
     return score_records(records, resolve_preset(preset, **preset_overrides))
 
@@ -333,8 +358,9 @@ def evaluate_presets(
     return {preset.name: score_records(record, preset) for preset, record in zip(resolved, records, strict=True)}
 
 
-def forward_passes_per_image(preset: str | FaithfulnessPreset, num_patches: int, patch_size: int,
-                             **overrides) -> dict[str, int]:
+def forward_passes_per_image(
+    preset: str | FaithfulnessPreset, num_patches: int, patch_size: int, **overrides
+) -> dict[str, int]:
     """The minimum forward passes per image each metric needs beyond the shared clean forward."""
     preset = resolve_preset(preset, **overrides)
     k = preset.saco_num_groups or -(-num_patches // preset.saco_group_size)

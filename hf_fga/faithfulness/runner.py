@@ -138,8 +138,14 @@ class PerturbationRunner:
             key = fill
         if key not in self._fills:
             self._fills[key] = fill_source(
-                self.pixel_values, fill, mean_fill=mean_fill, image_mean=self.image_mean,
-                image_std=self.image_std, seed=self.seed, image_ids=self.image_ids, blur_sigma=self.blur_sigma,
+                self.pixel_values,
+                fill,
+                mean_fill=mean_fill,
+                image_mean=self.image_mean,
+                image_std=self.image_std,
+                seed=self.seed,
+                image_ids=self.image_ids,
+                blur_sigma=self.blur_sigma,
             )
         return key
 

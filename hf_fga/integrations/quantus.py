@@ -202,15 +202,25 @@ def patch_metrics(nr_runs: int = FC_RUNS, subset_size: int = FC_SUBSET_PATCHES, 
     quantus = _quantus()
     common = dict(perturb_func=_zero_patches, return_aggregate=False, disable_warnings=True, **kwargs)
     fc = quantus.FaithfulnessCorrelation(
-        nr_runs=nr_runs, subset_size=subset_size, similarity_func=quantus.similarity_func.correlation_pearson,
-        abs=False, normalise=False, **common,
+        nr_runs=nr_runs,
+        subset_size=subset_size,
+        similarity_func=quantus.similarity_func.correlation_pearson,
+        abs=False,
+        normalise=False,
+        **common,
     )
     pf = quantus.PixelFlipping(features_in_step=1, abs=False, normalise=False, **common)
     return fc, pf
 
 
-def pixel_metrics(patch_size: int, channels: int = 3, nr_runs: int = FC_RUNS, subset_patches: int = FC_SUBSET_PATCHES,
-                  perturb_baseline: str = "mean", **kwargs):
+def pixel_metrics(
+    patch_size: int,
+    channels: int = 3,
+    nr_runs: int = FC_RUNS,
+    subset_patches: int = FC_SUBSET_PATCHES,
+    perturb_baseline: str = "mean",
+    **kwargs,
+):
     """
     `(FaithfulnessCorrelation, PixelFlipping)` of Quantus at pixel level, for a [`QuantusModel`] and maps from
     [`explain_func`] (Quantus broadcasts a `(B, 1, H, W)` map over the channels, so every element of x is a
@@ -221,19 +231,26 @@ def pixel_metrics(patch_size: int, channels: int = 3, nr_runs: int = FC_RUNS, su
     [`patch_metrics`].
     """
     quantus = _quantus()
-    common = dict(perturb_baseline=perturb_baseline, return_aggregate=False, disable_warnings=True, abs=False,
-                  normalise=False, **kwargs)
+    common = dict(
+        perturb_baseline=perturb_baseline,
+        return_aggregate=False,
+        disable_warnings=True,
+        abs=False,
+        normalise=False,
+        **kwargs,
+    )
     fc = quantus.FaithfulnessCorrelation(
-        nr_runs=nr_runs, subset_size=subset_patches * channels * patch_size**2,
-        similarity_func=quantus.similarity_func.correlation_pearson, **common,
+        nr_runs=nr_runs,
+        subset_size=subset_patches * channels * patch_size**2,
+        similarity_func=quantus.similarity_func.correlation_pearson,
+        **common,
     )
     pf = quantus.PixelFlipping(features_in_step=patch_size**2, **common)
     return fc, pf
 
 
 def patch_curve(curves, channels: int = 3) -> np.ndarray:
-    """The points of a pixel-level Pixel Flipping curve `(B, C · N)` ([`pixel_metrics`]) after whole patches `(B, N)`.
-    """
+    """The points of a pixel-level Pixel Flipping curve `(B, C · N)` ([`pixel_metrics`]) after whole patches (B, N)."""
     return np.asarray(curves, dtype=np.float64)[:, channels - 1 :: channels]
 
 

@@ -24,8 +24,20 @@ TASK = "feature-gradient-attribution"
 # Variants that read an SAE's features, so that "which features drove the gates" has an answer.
 FEATURE_VARIANTS = ("combined", "shuffled")
 OPTIONS = (
-    "target", "candidate_labels", "method", "variant", "kappa", "cmax", "layers", "libragrad", "top_k_features",
-    "explain_features", "cafe_method", "timeout", "batch_size", "num_workers",
+    "target",
+    "candidate_labels",
+    "method",
+    "variant",
+    "kappa",
+    "cmax",
+    "layers",
+    "libragrad",
+    "top_k_features",
+    "explain_features",
+    "cafe_method",
+    "timeout",
+    "batch_size",
+    "num_workers",
 )
 
 
@@ -186,9 +198,7 @@ class FeatureGradientAttributionPipeline(Pipeline):
         if kappa is not None:
             forward["kappa"] = real_number("kappa", kappa, low=0, inclusive=False, meaning="the gate's sensitivity")
         if cmax is not None:
-            forward["cmax"] = real_number(
-                "cmax", cmax, low=1, inclusive=False, meaning="gates lie in [1/cmax, cmax]"
-            )
+            forward["cmax"] = real_number("cmax", cmax, low=1, inclusive=False, meaning="gates lie in [1/cmax, cmax]")
         if layers is not None:
             forward["layers"] = gated_layers(layers)
         if libragrad is not None:
@@ -233,7 +243,8 @@ class FeatureGradientAttributionPipeline(Pipeline):
             )
         if self._text_cache is None or self._text_cache[0] != candidate_labels:
             self._text_cache = (
-                candidate_labels, clip_text_embeddings(self.model, self.tokenizer, list(candidate_labels))
+                candidate_labels,
+                clip_text_embeddings(self.model, self.tokenizer, list(candidate_labels)),
             )
         return candidate_labels, self._text_cache[1]
 
@@ -292,7 +303,11 @@ class FeatureGradientAttributionPipeline(Pipeline):
         explained = {}
         for block, features in by_block.items():
             result = explain_feature(
-                self.model, self.saes[block], pixel_values, features, method=cafe_method,
+                self.model,
+                self.saes[block],
+                pixel_values,
+                features,
+                method=cafe_method,
                 linear_backend=self.attributor.linear_backend,
             )
             for f, feature in enumerate(features):
@@ -309,8 +324,15 @@ class FeatureGradientAttributionPipeline(Pipeline):
 
     def postprocess(self, model_outputs, top_k_features: int = 5) -> dict[str, Any]:
         # A batch unrolled by the DataLoader gives each image's entries; a single call, lists of one.
-        out, image, labels, explained = (v[0] if isinstance(v, list) else v for v in (
-            model_outputs["output"], model_outputs["image"], model_outputs["labels"], model_outputs["explained"]))
+        out, image, labels, explained = (
+            v[0] if isinstance(v, list) else v
+            for v in (
+                model_outputs["output"],
+                model_outputs["image"],
+                model_outputs["labels"],
+                model_outputs["explained"],
+            )
+        )
         t = int(out.target[0])
         attribution = out.attribution[0].numpy().astype(np.float32)
         return {

@@ -81,17 +81,26 @@ def dictionary_sae(
     """
     d_in, m = directions.shape
     if mean.shape != (d_in,):
-        raise ValueError(f"mean must have shape ({d_in},) to match directions {tuple(directions.shape)}; got "
-                         f"{tuple(mean.shape)}.")
+        raise ValueError(
+            f"mean must have shape ({d_in},) to match directions {tuple(directions.shape)}; got {tuple(mean.shape)}."
+        )
     if not (isinstance(k, int) and 0 < k <= m):
         raise ValueError(f"k must be an integer in [1, {m}] (the number of directions); got {k!r}.")
     gram = directions.double().T @ directions.double()
     if not torch.allclose(gram, torch.eye(m, dtype=torch.float64), atol=1e-6):
         raise ValueError("directions must be orthonormal columns (Uᵀ U = I): orthonormalise them first.")
     config = SparseAutoencoderConfig(
-        d_in=d_in, d_sae=2 * m, activation="topk", k=k, hook_layer=hook_layer, hook_point=hook_point,
-        token_scope="patches", normalize_activations="none", apply_b_dec_to_input=True,
-        base_model_name_or_path=base_model_name_or_path, training_info=training_info,
+        d_in=d_in,
+        d_sae=2 * m,
+        activation="topk",
+        k=k,
+        hook_layer=hook_layer,
+        hook_point=hook_point,
+        token_scope="patches",
+        normalize_activations="none",
+        apply_b_dec_to_input=True,
+        base_model_name_or_path=base_model_name_or_path,
+        training_info=training_info,
     )
     sae = SparseAutoencoder(config)
     pairs = torch.cat([directions, -directions], dim=1).to(sae.W_enc.dtype)

@@ -80,9 +80,7 @@ def harvest(args: SaeTrainingArguments, model, dataset, processor, accelerator) 
         mine = indices[accelerator.process_index :: accelerator.num_processes]
         batches = range(0, len(mine), args.harvest_batch_size)
         for start in tqdm(batches, desc=f"harvest {split}", disable=not accelerator.is_main_process):
-            pixels = pixel_values(
-                dataset, mine[start : start + args.harvest_batch_size], args.image_column, processor
-            )
+            pixels = pixel_values(dataset, mine[start : start + args.harvest_batch_size], args.image_column, processor)
             for block, rows in residual_activations(
                 model, pixels.to(device, model.dtype), blocks, args.hook_point, args.token_scope
             ).items():

@@ -277,8 +277,11 @@ class SparseAutoencoder(PreTrainedModel):
             return weight_files(folder, SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME)
         hub = {key: kwargs[key] for key in HUB_KWARGS if key in kwargs}
         single = cached_file(
-            str(source), SAFE_WEIGHTS_NAME, _raise_exceptions_for_missing_entries=False,
-            _raise_exceptions_for_connection_errors=False, **hub,
+            str(source),
+            SAFE_WEIGHTS_NAME,
+            _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False,
+            **hub,
         )
         return [Path(single)] if single else None
 

@@ -40,8 +40,9 @@ def sae_quality(sae: SparseAutoencoder, batches: Iterable[Tensor], max_tokens: i
         cos += F.cosine_similarity(x, x_hat, dim=-1).sum().item()
         n += rows.shape[0]
     if n == 0:
-        raise ValueError("No tokens to evaluate the SAE on: give held-out tokens (raise eval_fraction or use more "
-                         "images).")
+        raise ValueError(
+            "No tokens to evaluate the SAE on: give held-out tokens (raise eval_fraction or use more images)."
+        )
     total_var = sum_sq_x - (sum_x.pow(2).sum().item() / n)
     return {
         "explained_variance": 1.0 - sq_err / total_var,

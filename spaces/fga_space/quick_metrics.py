@@ -69,16 +69,26 @@ def quick_faithfulness(
     names = list(maps)
     attributions = np.stack([np.asarray(maps[name], dtype=np.float64).ravel() for name in names])
     runner = make_runner(
-        model, pixel_values.expand(len(names), -1, -1, -1), batch_size=batch_size, seed=seed,
-        image_ids=[0] * len(names), progress=False, precision=precision,
+        model,
+        pixel_values.expand(len(names), -1, -1, -1),
+        batch_size=batch_size,
+        seed=seed,
+        image_ids=[0] * len(names),
+        progress=False,
+        precision=precision,
     )
     fill = runner.fill_key("mean", PRESET.mean_fill)
     num_patches = attributions.shape[1]
     plans = {
         "saco": plan_saco(runner, attributions, num_groups=PRESET.saco_num_groups, fill_key=fill),
         "faithfulness_correlation": plan_faithfulness_correlation(
-            runner, attributions, runs=fc_runs, subset_size=PRESET.subset_size(runner.grid.patch_size),
-            trials=1, seed=seed, fill_key=fill,
+            runner,
+            attributions,
+            runs=fc_runs,
+            subset_size=PRESET.subset_size(runner.grid.patch_size),
+            trials=1,
+            seed=seed,
+            fill_key=fill,
         ),
     }
     steps = curve_steps(num_patches, pf_points)

@@ -94,6 +94,7 @@ def caap(model, layers, image, target, grid, block_range, text_embeds=None) -> t
     patches = grid[0] * grid[1]
     out = torch.zeros(patches, dtype=torch.float64)
     for p in range(patches):
+
         def replace(module, inputs, output, block, p=p):
             patched = output.clone()
             token = output.shape[1] - patches + p

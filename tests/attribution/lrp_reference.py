@@ -96,8 +96,16 @@ def reference_logits(
         h = torch.cat([cls, patches], dim=1) + vision.embeddings.position_embedding.weight
         h = layer_norm(h, vision.pre_layrnorm, rule)
         config = model.config.vision_config
-        h = encoder(h, vision.encoder.layers, ("layer_norm1", "layer_norm2"), "self_attn",
-                    config.num_attention_heads, True, rule, record)
+        h = encoder(
+            h,
+            vision.encoder.layers,
+            ("layer_norm1", "layer_norm2"),
+            "self_attn",
+            config.num_attention_heads,
+            True,
+            rule,
+            record,
+        )
         image = model.visual_projection(layer_norm(h[:, 0], vision.post_layernorm, rule))
         norm = image.norm(dim=-1, keepdim=True)
         image = image / (norm if rule == "plain" else norm.detach())
@@ -108,8 +116,16 @@ def reference_logits(
     tokens = [t.expand(pixels.shape[0], 1, -1) for t in tokens if t is not None]
     h = torch.cat([*tokens, patch_tokens(pixels, embeddings.patch_embeddings.projection)], dim=1)
     h = h + embeddings.position_embeddings
-    h = encoder(h, backbone.layers, ("layernorm_before", "layernorm_after"), "attention",
-                model.config.num_attention_heads, False, rule, record)
+    h = encoder(
+        h,
+        backbone.layers,
+        ("layernorm_before", "layernorm_after"),
+        "attention",
+        model.config.num_attention_heads,
+        False,
+        rule,
+        record,
+    )
     h = layer_norm(h, backbone.layernorm, rule)
     if isinstance(model, DeiTForImageClassificationWithTeacher):
         return (model.cls_classifier(h[:, 0]) + model.distillation_classifier(h[:, 1])) / 2

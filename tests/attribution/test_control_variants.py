@@ -138,8 +138,9 @@ def test_power_map_is_sign_safe():
     values = torch.tensor([-4.0, -0.25, 0.0, 0.25, 9.0], dtype=torch.float64)
     expected = torch.tensor([-2.0, -0.5, 0.0, 0.5, 3.0], dtype=torch.float64)
     torch.testing.assert_close(power_map(values, 0.5), expected)
-    torch.testing.assert_close(power_map(values, 2.0), torch.tensor([-16.0, -0.0625, 0.0, 0.0625, 81.0],
-                                                                     dtype=torch.float64))
+    torch.testing.assert_close(
+        power_map(values, 2.0), torch.tensor([-16.0, -0.0625, 0.0, 0.0625, 81.0], dtype=torch.float64)
+    )
     order = power_map(values, 3.0).argsort()
     assert torch.equal(order, values.argsort())  # monotone: the ranking (and so Pixel Flipping) is unchanged
 
@@ -157,8 +158,9 @@ def test_random_gates_match_reference_and_are_batch_invariant(vit, pixels, cap, 
     check(out, reference_gated(cap, saes, LAYERS, combined, permute=permute))
     plain = attr.attribute(pixels, variant="combined", layers=LAYERS)
     for block in LAYERS:  # the same gates, moved to other patches
-        torch.testing.assert_close(out.gates[block].flatten(1).sort(-1).values,
-                                   plain.gates[block].flatten(1).sort(-1).values)
+        torch.testing.assert_close(
+            out.gates[block].flatten(1).sort(-1).values, plain.gates[block].flatten(1).sort(-1).values
+        )
         assert not torch.equal(out.gates[block], plain.gates[block])
     single = attr.attribute(pixels[1:], variant="random-gates", gate_seed=3, layers=LAYERS)
     assert relative_error(single.attribution, out.attribution[1:]) < 1e-5
@@ -176,8 +178,7 @@ def test_selective_matches_reference(vit, pixels, cap, kind, count):
     # S_ℓ from the features these images use, and enough of them (of 128) that most patches have one active: with
     # fewer, most scores are 0, the MAD is 0 and every gate is 1
     importance = compute_feature_importance(attr, [pixels], LAYERS, progress=False)
-    out = attr.attribute(pixels, variant="selective", num_features=count, feature_importance=importance,
-                         layers=LAYERS)
+    out = attr.attribute(pixels, variant="selective", num_features=count, feature_importance=importance, layers=LAYERS)
     chosen = {b: set(importance[b].topk(count).indices.tolist()) for b in LAYERS}
 
     def score(block, sae64, x, g):
@@ -192,8 +193,9 @@ def test_selective_with_every_feature_is_combined(vit, pixels):
     saes = sae_set("topk")
     attr = Attributor(vit, saes)
     importance = {b: importance_of(saes[b]) for b in LAYERS}
-    everything = attr.attribute(pixels, variant="selective", num_features=saes[0].config.d_sae,
-                                feature_importance=importance, layers=LAYERS)
+    everything = attr.attribute(
+        pixels, variant="selective", num_features=saes[0].config.d_sae, feature_importance=importance, layers=LAYERS
+    )
     combined = attr.attribute(pixels, variant="combined", layers=LAYERS)
     for block in LAYERS:
         assert relative_error(everything.scores[block], combined.scores[block]) < 1e-5
@@ -215,10 +217,11 @@ def test_options_are_validated(vit, pixels):
         (dict(variant="selective", num_features=4), "feature_importance"),
         (dict(variant="selective", num_features=0, feature_importance=importance), "num_features must be"),
         (dict(variant="selective", num_features=10_000, feature_importance=importance), "num_features must be"),
-        (dict(variant="selective", num_features=4, feature_importance={0: importance[0]}, layers=LAYERS),
-         "no feature importance for block 1"),
-        (dict(variant="selective", num_features=4, feature_importance={b: torch.ones(3) for b in LAYERS}),
-         "shape"),
+        (
+            dict(variant="selective", num_features=4, feature_importance={0: importance[0]}, layers=LAYERS),
+            "no feature importance for block 1",
+        ),
+        (dict(variant="selective", num_features=4, feature_importance={b: torch.ones(3) for b in LAYERS}), "shape"),
         (dict(variant="combined", gate_seed=1), "gate_seed applies only to variant 'random-gates'"),
     ]
     for options, message in cases:
@@ -227,8 +230,9 @@ def test_options_are_validated(vit, pixels):
     norm = {1: tiny_sae(layer=1, hook_point="resid_post", seed=11, normalize_activations="layer_norm")}
     for variant in ("error-scaled", "error-only"):
         with pytest.raises(ValueError, match="layer norm"):
-            Attributor(vit, norm).attribute(pixels, variant=variant, error_scale=0.5 if variant == "error-scaled"
-                                            else None)
+            Attributor(vit, norm).attribute(
+                pixels, variant=variant, error_scale=0.5 if variant == "error-scaled" else None
+            )
 
 
 @pytest.mark.parametrize("kind", ["topk", "relu"])
@@ -260,8 +264,12 @@ def test_feature_importance_matches_reference(vit, pixels, cap, kind, tmp_path):
 
 @pytest.mark.parametrize(
     "options",
-    [dict(variant="error-scaled", error_scale=2.0), dict(variant="error-only"),
-     dict(variant="transmm-power", gamma=2.0), dict(variant="selective", num_features=32)],
+    [
+        dict(variant="error-scaled", error_scale=2.0),
+        dict(variant="error-only"),
+        dict(variant="transmm-power", gamma=2.0),
+        dict(variant="selective", num_features=32),
+    ],
     ids=lambda o: o["variant"],
 )
 def test_control_variants_are_batch_invariant(vit, pixels, options):

@@ -74,8 +74,13 @@ def test_bfloat16_capture_is_float32_and_explains_like_attribute():
     attr = Attributor(model, saes, precision="bfloat16")
     capture = attr.capture(pixels)
     assert not capture.onednn  # the float32 oneDNN packs never serve bfloat16
-    tensors = [*capture.attentions, *capture.attention_grads, *capture.residuals.values(),
-               *capture.residual_grads.values(), capture.logits]
+    tensors = [
+        *capture.attentions,
+        *capture.attention_grads,
+        *capture.residuals.values(),
+        *capture.residual_grads.values(),
+        capture.logits,
+    ]
     assert all(t.dtype == torch.float32 for t in tensors)
     encoder = attr.sae_encoder(0, capture)
     x = capture.residuals[(0, "resid_post")][:, 1:].reshape(-1, 32)

@@ -130,9 +130,10 @@ def test_a_registered_method_with_its_own_passes_runs_through_attribute(attr, to
     occluded = pixels.clone()
     occluded[:, :, :8, 8:16] = 0
     with torch.no_grad():
-        drop = logits.gather(1, target[:, None])[:, 0] - attr.model(pixel_values=occluded).logits.gather(
-            1, target[:, None]
-        )[:, 0]
+        drop = (
+            logits.gather(1, target[:, None])[:, 0]
+            - attr.model(pixel_values=occluded).logits.gather(1, target[:, None])[:, 0]
+        )
     torch.testing.assert_close(out.attribution[:, 0, 1], drop)
     with pytest.raises(ValueError, match="runs its own forward/backward passes"):
         attr.explain(attr.capture(pixels), method="test-occlusion")

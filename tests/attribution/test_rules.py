@@ -40,7 +40,8 @@ def completeness_errors(model, pixels, text=None, rules=None) -> list[float]:
     """|y − Σ x g − Σ b ∂y/∂b| / |y| image by image, b over every bias-like parameter (written out here)."""
     bias_like = ("bias", "position_embeddings", "cls_token", "distillation_token", "class_embedding")
     params = [
-        p for n, p in model.named_parameters()
+        p
+        for n, p in model.named_parameters()
         if n.split(".")[-1] in bias_like or n.endswith("position_embedding.weight")
     ]
     for p in model.parameters():
@@ -81,8 +82,19 @@ def test_libragrad_is_fullgrad_complete(kind):
 
 
 @pytest.mark.parametrize(
-    "activation", ["gelu", "gelu_python", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "quick_gelu", "silu", "swish",
-                   "relu", "linear"]
+    "activation",
+    [
+        "gelu",
+        "gelu_python",
+        "gelu_new",
+        "gelu_pytorch_tanh",
+        "gelu_fast",
+        "quick_gelu",
+        "silu",
+        "swish",
+        "relu",
+        "linear",
+    ],
 )
 def test_gate_rule_covers_activations(activation):
     """Completeness holds only if the gate rule's φ is the activation's own: x·φ(x) = act(x) to rounding."""

@@ -17,7 +17,11 @@ BUSI_LABELS = {0: "benign", 1: "malignant", 2: "normal"}
 SHIPPED = (bundled.ROOT / BUSI / "model" / "config.json").is_file()
 needs_busi = pytest.mark.skipif(not SHIPPED, reason="the breast ultrasound model is not bundled in this checkout")
 NAMED = (
-    bundled.model_dir, bundled.sae_dir, bundled.mean_residuals_path, bundled.splits_path, bundled.example_images,
+    bundled.model_dir,
+    bundled.sae_dir,
+    bundled.mean_residuals_path,
+    bundled.splits_path,
+    bundled.example_images,
     bundled.example_records,
 )
 

@@ -37,8 +37,10 @@ def write_tiny_cifar(root: Path, n_train: int = 60, n_test: int = 20) -> Path:
     rng = np.random.default_rng(0)
     for split, n in (("train", n_train), ("test", n_test)):
         ds = datasets.Dataset.from_dict(
-            {"image": [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(n)],
-             "label": [i % 10 for i in range(n)]},
+            {
+                "image": [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(n)],
+                "label": [i % 10 for i in range(n)],
+            },
             features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")}),
         )
         (root / "data").mkdir(parents=True, exist_ok=True)
@@ -47,9 +49,30 @@ def write_tiny_cifar(root: Path, n_train: int = 60, n_test: int = 20) -> Path:
 
 
 def tiny_args(data: Path, out: Path, **extra) -> list[str]:
-    argv = ["--data_dir", str(data), "--output_dir", str(out), "--val_size", "10", "--hidden_size", "16",
-            "--num_attention_heads", "2", "--intermediate_size", "32", "--batch_size", "10", "--epochs", "2",
-            "--warmup_epochs", "1", "--checkpoint_every", "3", "--mix_prob", "1.0"]
+    argv = [
+        "--data_dir",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--val_size",
+        "10",
+        "--hidden_size",
+        "16",
+        "--num_attention_heads",
+        "2",
+        "--intermediate_size",
+        "32",
+        "--batch_size",
+        "10",
+        "--epochs",
+        "2",
+        "--warmup_epochs",
+        "1",
+        "--checkpoint_every",
+        "3",
+        "--mix_prob",
+        "1.0",
+    ]
     for key, value in extra.items():
         argv += [f"--{key}", str(value)]
     return argv
@@ -63,8 +86,9 @@ def test_interrupted_run_resumes_exactly(script, tmp_path):
     assert stopped == {"stopped_at_step": 7, "train_seconds": pytest.approx(stopped["train_seconds"])}
     assert not any((tmp_path / "parts").rglob("*.pt")) and not any((tmp_path / "parts").rglob("*.pkl"))
     resumed = script.main(tiny_args(data, tmp_path / "parts"))
-    for a, b in zip(sorted((tmp_path / "full").glob("last/*")), sorted((tmp_path / "parts").glob("last/*")),
-                    strict=True):
+    for a, b in zip(
+        sorted((tmp_path / "full").glob("last/*")), sorted((tmp_path / "parts").glob("last/*")), strict=True
+    ):
         if a.suffix == ".safetensors":
             left, right = load_file(str(a)), load_file(str(b))
             assert left.keys() == right.keys()
@@ -127,20 +151,29 @@ def test_training_state_restores_everything_without_pickle(tmp_path):
     optimizer.step()
     scheduler.step()
     gen = torch.Generator().manual_seed(1)
-    save_training_state(tmp_path / "last", model=model, optimizer=optimizer, scheduler=scheduler, generator=gen,
-                        extra={"epoch": 3, "history": [{"loss": 0.5}]}, extra_tensors={"order": torch.arange(4)})
+    save_training_state(
+        tmp_path / "last",
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        generator=gen,
+        extra={"epoch": 3, "history": [{"loss": 0.5}]},
+        extra_tensors={"order": torch.arange(4)},
+    )
     assert sorted(p.name for p in (tmp_path / "last").iterdir()) == ["state.json", "tensors.safetensors"]
     draws = (torch.rand(3), torch.rand(3, generator=gen), np.random.rand(), random.random())
     torch.manual_seed(5)
     other, other_opt, other_sched = make()
     other_gen = torch.Generator()
-    extra, tensors = load_training_state(tmp_path / "last", model=other, optimizer=other_opt,
-                                         scheduler=other_sched, generator=other_gen)
+    extra, tensors = load_training_state(
+        tmp_path / "last", model=other, optimizer=other_opt, scheduler=other_sched, generator=other_gen
+    )
     assert extra == {"epoch": 3, "history": [{"loss": 0.5}]} and torch.equal(tensors["order"], torch.arange(4))
     again = (torch.rand(3), torch.rand(3, generator=other_gen), np.random.rand(), random.random())
     assert torch.equal(draws[0], again[0]) and torch.equal(draws[1], again[1]) and draws[2:] == again[2:]
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values(),
-                                                 strict=True))
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values(), strict=True)
+    )
     assert repr(optimizer.state_dict()) == repr(other_opt.state_dict())
     assert scheduler.state_dict() == other_sched.state_dict()
 

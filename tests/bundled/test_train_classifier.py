@@ -32,8 +32,9 @@ def write_tiny_dataset(root: Path, n_train: int = 24, n_test: int = 8) -> Path:
     rng = np.random.default_rng(0)
     for split, n in (("train", n_train), ("test", n_test)):
         labels = [i % 2 for i in range(n)]
-        names = [f"NORMAL2-IM-{i:04d}-0001.jpeg" if y == 0 else f"person{i}_bacteria_{i}.jpeg" for i, y in
-                 enumerate(labels)]
+        names = [
+            f"NORMAL2-IM-{i:04d}-0001.jpeg" if y == 0 else f"person{i}_bacteria_{i}.jpeg" for i, y in enumerate(labels)
+        ]
         grey = [rng.integers(0, 256, (32, 32), dtype=np.uint8) for _ in range(n)]
         ds = datasets.Dataset.from_dict(
             {
@@ -43,10 +44,15 @@ def write_tiny_dataset(root: Path, n_train: int = 24, n_test: int = 8) -> Path:
                 "subtype": ["normal" if y == 0 else "bacteria" for y in labels],
                 "file_name": names,
             },
-            features=datasets.Features({
-                "image": datasets.Image(), "label": datasets.Value("int64"), "patient_id": datasets.Value("string"),
-                "subtype": datasets.Value("string"), "file_name": datasets.Value("string"),
-            }),
+            features=datasets.Features(
+                {
+                    "image": datasets.Image(),
+                    "label": datasets.Value("int64"),
+                    "patient_id": datasets.Value("string"),
+                    "subtype": datasets.Value("string"),
+                    "file_name": datasets.Value("string"),
+                }
+            ),
         )
         (root / "data").mkdir(parents=True, exist_ok=True)
         ds.to_parquet(str(root / "data" / f"{split}-00000-of-00001.parquet"))
@@ -55,10 +61,36 @@ def write_tiny_dataset(root: Path, n_train: int = 24, n_test: int = 8) -> Path:
 
 def tiny_args(data: Path, out: Path, epochs: int, export: Path | None = None) -> list[str]:
     argv = [
-        "--data_dir", str(data), "--output_dir", str(out), "--image_size", "32", "--patch_size", "8",
-        "--low_res", "16", "--low_res_epochs", "1", "--epochs", str(epochs), "--hidden_size", "16",
-        "--num_hidden_layers", "2", "--num_attention_heads", "2", "--intermediate_size", "32", "--batch_size", "8",
-        "--max_steps_per_epoch", "2", "--val_fraction", "0.25", "--num_threads", "1",
+        "--data_dir",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--image_size",
+        "32",
+        "--patch_size",
+        "8",
+        "--low_res",
+        "16",
+        "--low_res_epochs",
+        "1",
+        "--epochs",
+        str(epochs),
+        "--hidden_size",
+        "16",
+        "--num_hidden_layers",
+        "2",
+        "--num_attention_heads",
+        "2",
+        "--intermediate_size",
+        "32",
+        "--batch_size",
+        "8",
+        "--max_steps_per_epoch",
+        "2",
+        "--val_fraction",
+        "0.25",
+        "--num_threads",
+        "1",
     ]
     return argv + (["--export_dir", str(export)] if export else [])
 
@@ -137,8 +169,9 @@ def test_augment_is_seeded_and_in_range(script):
 
 
 def test_forward_flops_formula(script):
-    config = ViTConfig(image_size=224, patch_size=16, hidden_size=192, num_hidden_layers=6, intermediate_size=384,
-                       num_labels=2)
+    config = ViTConfig(
+        image_size=224, patch_size=16, hidden_size=192, num_hidden_layers=6, intermediate_size=384, num_labels=2
+    )
     d, m, n = 192, 384, 197
     expected = 2 * (196 * 768 * d + 6 * (n * (4 * d * d + 2 * d * m) + 2 * n * n * d) + 2 * d)
     assert script.forward_flops(config) == expected
@@ -183,12 +216,18 @@ def write_tiny_three_class_dataset(root: Path, sizes=(("train", 18), ("validatio
     for split, n in sizes:
         grey = [rng.integers(0, 256, (40, 40), dtype=np.uint8) for _ in range(n)]
         ds = datasets.Dataset.from_dict(
-            {"image": [np.stack([g] * 3, -1) for g in grey], "label": [i % 3 for i in range(n)],
-             "file_name": [f"{split}_{i}.png" for i in range(n)]},
-            features=datasets.Features({
-                "image": datasets.Image(), "label": datasets.ClassLabel(names=["benign", "malignant", "normal"]),
-                "file_name": datasets.Value("string"),
-            }),
+            {
+                "image": [np.stack([g] * 3, -1) for g in grey],
+                "label": [i % 3 for i in range(n)],
+                "file_name": [f"{split}_{i}.png" for i in range(n)],
+            },
+            features=datasets.Features(
+                {
+                    "image": datasets.Image(),
+                    "label": datasets.ClassLabel(names=["benign", "malignant", "normal"]),
+                    "file_name": datasets.Value("string"),
+                }
+            ),
         )
         (root / "data").mkdir(parents=True, exist_ok=True)
         ds.to_parquet(str(root / "data" / f"{split}-00000-of-00001.parquet"))
@@ -198,17 +237,50 @@ def write_tiny_three_class_dataset(root: Path, sizes=(("train", 18), ("validatio
 def test_fine_tuning_on_a_dataset_with_its_own_validation_split(script, tmp_path):
     """--dataset breast_ultrasound --init_from: the body starts from the given model, the head is new (3 labels)."""
     torch.manual_seed(0)
-    parent = ViTForImageClassification(ViTConfig(
-        image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-        num_labels=2, id2label={0: "NORMAL", 1: "PNEUMONIA"}, label2id={"NORMAL": 0, "PNEUMONIA": 1},
-    ))
+    parent = ViTForImageClassification(
+        ViTConfig(
+            image_size=32,
+            patch_size=8,
+            hidden_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=32,
+            num_labels=2,
+            id2label={0: "NORMAL", 1: "PNEUMONIA"},
+            label2id={"NORMAL": 0, "PNEUMONIA": 1},
+        )
+    )
     parent.save_pretrained(tmp_path / "parent")
     data = write_tiny_three_class_dataset(tmp_path / "data")
     argv = [
-        "--dataset", "breast_ultrasound", "--init_from", str(tmp_path / "parent"), "--data_dir", str(data),
-        "--output_dir", str(tmp_path / "run"), "--image_size", "32", "--patch_size", "8", "--low_res", "16",
-        "--low_res_epochs", "0", "--epochs", "1", "--batch_size", "6", "--learning_rate", "0", "--num_threads", "1",
-        "--export_dir", str(tmp_path / "export"), "--evaluate_test", "False",
+        "--dataset",
+        "breast_ultrasound",
+        "--init_from",
+        str(tmp_path / "parent"),
+        "--data_dir",
+        str(data),
+        "--output_dir",
+        str(tmp_path / "run"),
+        "--image_size",
+        "32",
+        "--patch_size",
+        "8",
+        "--low_res",
+        "16",
+        "--low_res_epochs",
+        "0",
+        "--epochs",
+        "1",
+        "--batch_size",
+        "6",
+        "--learning_rate",
+        "0",
+        "--num_threads",
+        "1",
+        "--export_dir",
+        str(tmp_path / "export"),
+        "--evaluate_test",
+        "False",
     ]
     result = script.main(argv)
     assert (result["num_train_images"], result["num_validation_images"]) == (18, 9)
@@ -229,8 +301,16 @@ def test_hflip_mirrors_the_augmented_image(script):
     images = torch.rand(16, 32, 32)
     outputs = []
     for hflip in (False, True):
-        args = script.TrainClassifierArguments(image_size=32, patch_size=8, low_res=16, epochs=1, low_res_epochs=0,
-                                               hflip=hflip, brightness=0.0, contrast=0.0)
+        args = script.TrainClassifierArguments(
+            image_size=32,
+            patch_size=8,
+            low_res=16,
+            epochs=1,
+            low_res_epochs=0,
+            hflip=hflip,
+            brightness=0.0,
+            contrast=0.0,
+        )
         outputs.append(script.augment(images, 32, args, torch.Generator().manual_seed(3)))
     plain, flipped = outputs
     mirrored = [torch.allclose(f, p.flip(-1), atol=1e-5) for f, p in zip(flipped, plain, strict=True)]
@@ -247,18 +327,51 @@ def test_domain_card_tables_come_from_the_results(tmp_path):
     """The breast ultrasound card: every placeholder filled, the 3 × 3 confusion matrix and recalls from results."""
     from hf_fga.bundled.model_card import DOMAIN_CARDS, RESULTS_NAME, write_domain_card
 
-    args = {"image_size": 224, "patch_size": 16, "low_res": 112, "low_res_epochs": 0, "epochs": 12, "seed": 1,
-            "num_hidden_layers": 6, "hidden_size": 192, "num_attention_heads": 3, "intermediate_size": 384,
-            "crop_scale_min": 0.7, "max_rotation_deg": 10.0, "brightness": 0.1, "contrast": 0.1,
-            "label_smoothing": 0.1, "learning_rate": 1e-3, "weight_decay": 0.05, "batch_size": 32,
-            "warmup_epochs": 1.0, "max_grad_norm": 1.0, "val_fraction": 0.12}
-    test = {"accuracy": 0.5, "balanced_accuracy": 0.625, "num_examples": 8,
-            "recall_per_class": {"benign": 0.5, "malignant": 0.75, "normal": 0.625},
-            "confusion_matrix": [[1, 0, 1], [0, 3, 1], [2, 1, 0]]}
-    results = {"test": test, "args": args, "validation_balanced_accuracy": 0.6, "num_validation_images": 117,
-               "num_train_images": 545, "best_epoch": 7, "train_seconds": 600.0, "num_threads": 1,
-               "torch_version": "2.13.0", "num_parameters": 10, "forward_gflops": 0.9, "pixel_mean": 0.3,
-               "pixel_std": 0.2}
+    args = {
+        "image_size": 224,
+        "patch_size": 16,
+        "low_res": 112,
+        "low_res_epochs": 0,
+        "epochs": 12,
+        "seed": 1,
+        "num_hidden_layers": 6,
+        "hidden_size": 192,
+        "num_attention_heads": 3,
+        "intermediate_size": 384,
+        "crop_scale_min": 0.7,
+        "max_rotation_deg": 10.0,
+        "brightness": 0.1,
+        "contrast": 0.1,
+        "label_smoothing": 0.1,
+        "learning_rate": 1e-3,
+        "weight_decay": 0.05,
+        "batch_size": 32,
+        "warmup_epochs": 1.0,
+        "max_grad_norm": 1.0,
+        "val_fraction": 0.12,
+    }
+    test = {
+        "accuracy": 0.5,
+        "balanced_accuracy": 0.625,
+        "num_examples": 8,
+        "recall_per_class": {"benign": 0.5, "malignant": 0.75, "normal": 0.625},
+        "confusion_matrix": [[1, 0, 1], [0, 3, 1], [2, 1, 0]],
+    }
+    results = {
+        "test": test,
+        "args": args,
+        "validation_balanced_accuracy": 0.6,
+        "num_validation_images": 117,
+        "num_train_images": 545,
+        "best_epoch": 7,
+        "train_seconds": 600.0,
+        "num_threads": 1,
+        "torch_version": "2.13.0",
+        "num_parameters": 10,
+        "forward_gflops": 0.9,
+        "pixel_mean": 0.3,
+        "pixel_std": 0.2,
+    }
     (tmp_path / RESULTS_NAME).write_text(json.dumps(results))
     card = write_domain_card(tmp_path, "breast_ultrasound").read_text()
     assert "$" not in card.replace("$$", "") and "NOT a medical device" in card

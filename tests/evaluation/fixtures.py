@@ -20,11 +20,13 @@ def write_dataset(root: Path, num_images: int = 6, seed: int = 0) -> Path:
 
     rng = np.random.default_rng(seed)
     images = [rng.integers(0, 256, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8) for _ in range(num_images)]
-    features = datasets.Features({
-        "image": datasets.Image(),
-        "label": datasets.ClassLabel(names=["class_0", "class_1", "class_2"]),
-        "file_name": datasets.Value("string"),
-    })
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "label": datasets.ClassLabel(names=["class_0", "class_1", "class_2"]),
+            "file_name": datasets.Value("string"),
+        }
+    )
     dataset = datasets.Dataset.from_dict(
         {
             "image": images,

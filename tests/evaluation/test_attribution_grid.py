@@ -24,8 +24,12 @@ def test_every_configuration_equals_its_own_attribute_call():
     for configuration in grid:
         kwargs = {"method": configuration.method}
         if configuration.is_gated:
-            kwargs.update(variant=configuration.variant, layers=list(configuration.layers), kappa=configuration.kappa,
-                          cmax=configuration.cmax)
+            kwargs.update(
+                variant=configuration.variant,
+                layers=list(configuration.layers),
+                kappa=configuration.kappa,
+                cmax=configuration.cmax,
+            )
         expected = attr.attribute(pixel_values, **kwargs)
         torch.testing.assert_close(out.maps[configuration.key], expected.attribution, rtol=0, atol=0)
     reference = attr.attribute(pixel_values, variant="combined", layers=[0, 1], return_diagnostics=True)

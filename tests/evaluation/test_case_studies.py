@@ -10,18 +10,29 @@ def _results(rows):
     frame = []
     for image, (tm, fga) in rows.items():
         for config, (saco, fc, pf) in ((TRANSMM_CONFIG, tm), (FGA, fga)):
-            frame.append({"image_id": image, "index": int(image[1:]), "config": config, "preset": "papers",
-                          "saco": saco, "faithfulness_correlation": fc, "pixel_flipping": pf})
+            frame.append(
+                {
+                    "image_id": image,
+                    "index": int(image[1:]),
+                    "config": config,
+                    "preset": "papers",
+                    "saco": saco,
+                    "faithfulness_correlation": fc,
+                    "pixel_flipping": pf,
+                }
+            )
     return pd.DataFrame(frame)
 
 
 def test_select_improved_images_puts_all_improved_first_by_mean_rank():
-    results = _results({
-        "i0": ((0.5, 0.2, 0.5), (0.9, 0.6, 0.1)),  # best on every metric
-        "i1": ((0.5, 0.2, 0.5), (0.6, 0.3, 0.4)),  # improves all three, a little
-        "i2": ((0.5, 0.2, 0.5), (1.0, 0.9, 0.6)),  # large SaCo/FC gains but Pixel Flipping worse
-        "i3": ((0.5, 0.2, 0.5), (0.4, 0.1, 0.6)),  # worse everywhere
-    })
+    results = _results(
+        {
+            "i0": ((0.5, 0.2, 0.5), (0.9, 0.6, 0.1)),  # best on every metric
+            "i1": ((0.5, 0.2, 0.5), (0.6, 0.3, 0.4)),  # improves all three, a little
+            "i2": ((0.5, 0.2, 0.5), (1.0, 0.9, 0.6)),  # large SaCo/FC gains but Pixel Flipping worse
+            "i3": ((0.5, 0.2, 0.5), (0.4, 0.1, 0.6)),  # worse everywhere
+        }
+    )
     chosen = select_improved_images(results, FGA, count=3)
     assert list(chosen.index) == ["i0", "i1", "i2"]
     assert list(chosen["all_improved"]) == [True, True, False]

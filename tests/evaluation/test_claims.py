@@ -16,10 +16,17 @@ def _results(shifts: dict[str, float], n: int = 30, seed: int = 0) -> pd.DataFra
         for config, shift in shifts.items():
             noise = rng.normal(0.0, 0.01, size=3) if shift else np.zeros(3)
             for preset in ("papers", "thesis"):
-                rows.append({"image_id": f"i{image}", "config": config, "preset": preset, "fill": "mean",
-                             "saco": base[0] + shift + noise[0],
-                             "faithfulness_correlation": base[1] + shift + noise[1],
-                             "pixel_flipping": base[2] - shift - noise[2]})
+                rows.append(
+                    {
+                        "image_id": f"i{image}",
+                        "config": config,
+                        "preset": preset,
+                        "fill": "mean",
+                        "saco": base[0] + shift + noise[0],
+                        "faithfulness_correlation": base[1] + shift + noise[1],
+                        "pixel_flipping": base[2] - shift - noise[2],
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -28,8 +35,15 @@ def _key(variant: str) -> str:
 
 
 def test_every_claim_held_when_combined_beats_everything():
-    shifts = {"transmm||||": 0.0, COMBINED: 0.1, _key("activation"): 0.02, _key("gradient"): 0.03,
-              _key("shuffled"): -0.05, _key("centered"): 0.04, _key("mean-centered"): 0.02}
+    shifts = {
+        "transmm||||": 0.0,
+        COMBINED: 0.1,
+        _key("activation"): 0.02,
+        _key("gradient"): 0.03,
+        _key("shuffled"): -0.05,
+        _key("centered"): 0.04,
+        _key("mean-centered"): 0.02,
+    }
     claims = thesis_claims(_results(shifts), COMBINED)
     assert [c.verdict for c in claims] == [HELD] * 6
     assert len(claims[0].evidence) == 2  # SaCo in both presets
@@ -40,11 +54,17 @@ def test_every_claim_held_when_combined_beats_everything():
 
 def test_verdicts_not_held_and_mixed():
     # combined equals centered but beats mean-centered; shuffled beats TransMM but loses to combined
-    shifts = {"transmm||||": 0.0, COMBINED: 0.1, _key("shuffled"): 0.05, _key("centered"): 0.1,
-              _key("mean-centered"): 0.05}
+    shifts = {
+        "transmm||||": 0.0,
+        COMBINED: 0.1,
+        _key("shuffled"): 0.05,
+        _key("centered"): 0.1,
+        _key("mean-centered"): 0.05,
+    }
     results = _results(shifts)
     results.loc[results["config"] == _key("centered"), ["saco", "faithfulness_correlation", "pixel_flipping"]] = (
-        results.loc[results["config"] == COMBINED, ["saco", "faithfulness_correlation", "pixel_flipping"]].to_numpy())
+        results.loc[results["config"] == COMBINED, ["saco", "faithfulness_correlation", "pixel_flipping"]].to_numpy()
+    )
     claims = {c.statement.split(" (")[0]: c for c in thesis_claims(results, COMBINED)}
     assert "Both the activation and the gradient are needed" not in claims  # no activation/gradient rows: skipped
     assert claims["A shuffled decoder loses the gain"].verdict == MIXED

@@ -70,11 +70,22 @@ def test_control_configurations_equal_their_own_attribute_calls():
 
 
 def test_rank_configurations_selects_a_control_parameter():
-    rows = [{"preset": "papers", "fill": "mean", "config": f"fga|transmm-power@{g}|0|0.5|10", "method": "fga",
-             "variant": f"transmm-power@{g}", "layers": "0", "kappa": 0.5, "cmax": 10.0, "metric": metric,
-             "pct_improvement": value}
-            for g, value in (("2", 1.0), ("3", 4.0)) for metric in ("saco", "faithfulness_correlation",
-                                                                    "pixel_flipping")]
+    rows = [
+        {
+            "preset": "papers",
+            "fill": "mean",
+            "config": f"fga|transmm-power@{g}|0|0.5|10",
+            "method": "fga",
+            "variant": f"transmm-power@{g}",
+            "layers": "0",
+            "kappa": 0.5,
+            "cmax": 10.0,
+            "metric": metric,
+            "pct_improvement": value,
+        }
+        for g, value in (("2", 1.0), ("3", 4.0))
+        for metric in ("saco", "faithfulness_correlation", "pixel_flipping")
+    ]
     rows += [{**rows[0], "config": "fga|combined|0|0.5|10", "variant": "combined", "pct_improvement": 9.0}]
     ranked = rank_configurations(pd.DataFrame(rows), variant="transmm-power")
     assert list(ranked.index) == ["fga|transmm-power@3|0|0.5|10", "fga|transmm-power@2|0|0.5|10"]

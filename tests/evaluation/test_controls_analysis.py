@@ -40,12 +40,23 @@ def runs(tmp_path_factory):
     data = root / "data" / "data"
     data.mkdir(parents=True)
     pd.DataFrame({"file_name": images, "patient_id": [f"p{i // 2}" for i in range(60)]}).to_parquet(
-        data / "test-00000-of-00001.parquet")
-    _write(root / "issue7", {"transmm||||": 0.0, C: 0.05, v("centered"): 0.05, v("mean-centered"): 0.05,
-                             v("no-sae"): 0.05}, base, rng)
-    controls = {v("transmm-power@2"): 0.01, v("random-gates"): -0.02, v("selective@64"): 0.05,
-                v("error-scaled@0.5"): 0.05, v("error-scaled@2"): 0.05, v("error-scaled@4"): 0.05,
-                v("error-only"): 0.0}
+        data / "test-00000-of-00001.parquet"
+    )
+    _write(
+        root / "issue7",
+        {"transmm||||": 0.0, C: 0.05, v("centered"): 0.05, v("mean-centered"): 0.05, v("no-sae"): 0.05},
+        base,
+        rng,
+    )
+    controls = {
+        v("transmm-power@2"): 0.01,
+        v("random-gates"): -0.02,
+        v("selective@64"): 0.05,
+        v("error-scaled@0.5"): 0.05,
+        v("error-scaled@2"): 0.05,
+        v("error-scaled@4"): 0.05,
+        v("error-only"): 0.0,
+    }
     _write(root / "test", {"transmm||||": 0.0, **controls}, base, rng)
     _write(root / "test_pca", {"transmm||||": 0.0, C: 0.05}, base, rng)
     _write(root / "test_random", {"transmm||||": 0.0, C: 0.0}, base, rng)  # the random dictionary loses the gain
@@ -58,9 +69,23 @@ def test_the_pre_registered_families_on_planted_effects(runs, monkeypatch):
     sys.path.insert(0, str(ROOT / "scripts"))
     import controls_analysis
 
-    args = ["controls_analysis.py", "--gamma", "2", "--m", "64", "--issue7", str(runs / "issue7"),
-            "--controls", str(runs / "test"), "--data", str(runs / "data"), "--output_dir", str(runs / "out"),
-            "--n_resamples", "200"]
+    args = [
+        "controls_analysis.py",
+        "--gamma",
+        "2",
+        "--m",
+        "64",
+        "--issue7",
+        str(runs / "issue7"),
+        "--controls",
+        str(runs / "test"),
+        "--data",
+        str(runs / "data"),
+        "--output_dir",
+        str(runs / "out"),
+        "--n_resamples",
+        "200",
+    ]
     for name in ("pca", "random", "ev090", "ev075"):
         args += [f"--{name}", str(runs / f"test_{name}")]
     monkeypatch.setattr(sys, "argv", args)
@@ -83,7 +108,20 @@ def test_a_missing_run_is_named(runs, monkeypatch):
     sys.path.insert(0, str(ROOT / "scripts"))
     import controls_analysis
 
-    monkeypatch.setattr(sys, "argv", ["controls_analysis.py", "--gamma", "3", "--m", "64", "--issue7",
-                                      str(runs / "issue7"), "--controls", str(runs / "test")])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "controls_analysis.py",
+            "--gamma",
+            "3",
+            "--m",
+            "64",
+            "--issue7",
+            str(runs / "issue7"),
+            "--controls",
+            str(runs / "test"),
+        ],
+    )
     with pytest.raises(SystemExit, match="lacks the configurations"):
         controls_analysis.main()

@@ -145,9 +145,10 @@ def test_cluster_bootstrap_weights_images_with_unequal_cluster_sizes():
 
 
 def test_patient_keys_split_the_catch_all_id():
-    keys = patient_keys(["NORMAL2-IM", "NORMAL2-IM", "IM-0001", "person3"],
-                        ["NORMAL2-IM-0012-0001.jpeg", "NORMAL2-IM-0012-0002.jpeg", "IM-0001-0001.jpeg",
-                         "person3_bacteria_10.jpeg"])
+    keys = patient_keys(
+        ["NORMAL2-IM", "NORMAL2-IM", "IM-0001", "person3"],
+        ["NORMAL2-IM-0012-0001.jpeg", "NORMAL2-IM-0012-0002.jpeg", "IM-0001-0001.jpeg", "person3_bacteria_10.jpeg"],
+    )
     assert keys == ["NORMAL2-IM-0012", "NORMAL2-IM-0012", "IM-0001", "person3"]
 
 
@@ -159,9 +160,16 @@ def test_patient_comparison_and_directional_holds():
         patients[image] = patient
         base = rng.uniform(0.3, 0.7)
         for config, shift in (("x", 0.05), ("y", 0.0)):
-            rows.append({"preset": "papers", "fill": "mean", "config": config, "image_id": image,
-                         "saco": base + shift + rng.normal(0, 0.01),
-                         "pixel_flipping": base + shift + rng.normal(0, 0.01)})
+            rows.append(
+                {
+                    "preset": "papers",
+                    "fill": "mean",
+                    "config": config,
+                    "image_id": image,
+                    "saco": base + shift + rng.normal(0, 0.01),
+                    "pixel_flipping": base + shift + rng.normal(0, 0.01),
+                }
+            )
     results = pd.DataFrame(rows)
     table = patient_comparison(results, "x", "y", patients, n_resamples=500).set_index("metric")
     saco = table.loc["saco"]
@@ -193,16 +201,33 @@ def _family_results(seed: int = 5) -> tuple[pd.DataFrame, dict[str, str]]:
         values["same"] = values["gain"] + rng.normal(0, 0.0005)
         values["worse"] = values["gain"] - 0.03 + rng.normal(0, 0.005)
         for config, value in values.items():
-            rows.append({"preset": "papers", "fill": "mean", "config": config, "image_id": image,
-                         "label": i % 2, "saco": value, "pixel_flipping": value})
+            rows.append(
+                {
+                    "preset": "papers",
+                    "fill": "mean",
+                    "config": config,
+                    "image_id": image,
+                    "label": i % 2,
+                    "saco": value,
+                    "pixel_flipping": value,
+                }
+            )
     return pd.DataFrame(rows), patients
 
 
 def test_superiority_family_holm_corrects_across_every_row():
     results, patients = _family_results()
-    family = superiority_family(results, [Comparison("H1", "gain", "worse"), Comparison("H2", "gain", "same"),
-                                          Comparison("H3", "worse", "gain", TWO_SIDED)],
-                               patients, ["saco", "pixel_flipping"], n_resamples=200)
+    family = superiority_family(
+        results,
+        [
+            Comparison("H1", "gain", "worse"),
+            Comparison("H2", "gain", "same"),
+            Comparison("H3", "worse", "gain", TWO_SIDED),
+        ],
+        patients,
+        ["saco", "pixel_flipping"],
+        n_resamples=200,
+    )
     assert len(family) == 6
     np.testing.assert_allclose(family["holm_p"], holm(family["wilcoxon_p"]))
     holds = family.set_index(["hypothesis", "metric"])["holds"]
@@ -217,13 +242,20 @@ def test_equivalence_family_and_gain_margins():
     results, patients = _family_results()
     margins = gain_margins(results, "gain", "ref", patients, metrics=["saco", "pixel_flipping"])
     gain = per_patient_means(
-        (results[results.config == "gain"].set_index("image_id")["saco"]
-         - results[results.config == "ref"].set_index("image_id")["saco"]).to_numpy(),
+        (
+            results[results.config == "gain"].set_index("image_id")["saco"]
+            - results[results.config == "ref"].set_index("image_id")["saco"]
+        ).to_numpy(),
         [patients[f"im{i}"] for i in range(30)],
     ).mean()
     assert margins[("papers", "mean", "saco")] == pytest.approx(0.1 * abs(gain))
-    family = equivalence_family(results, [Comparison("H1", "same", "gain"), Comparison("H2", "worse", "gain")],
-                                patients, margins, ["saco", "pixel_flipping"])
+    family = equivalence_family(
+        results,
+        [Comparison("H1", "same", "gain"), Comparison("H2", "worse", "gain")],
+        patients,
+        margins,
+        ["saco", "pixel_flipping"],
+    )
     equivalent = family.set_index(["hypothesis", "metric"])["equivalent"]
     assert equivalent[("H1", "saco")] and equivalent[("H1", "pixel_flipping")]
     assert not equivalent[("H2", "saco")]  # shifted by −0.03, far outside ±0.005
@@ -240,9 +272,13 @@ def test_combine_configurations_builds_a_difference_in_differences():
     got = derived.set_index("image_id")["saco"]
     np.testing.assert_allclose(got.loc[expected.index], expected, rtol=1e-12)
     assert set(derived["config"]) == {"did"} and "label" in derived.columns
-    partial = combine_configurations(results[results.image_id != "im3"].pipe(
-        lambda r: pd.concat([r, results[(results.image_id == "im3") & (results.config == "gain")]])),
-        "did", {"gain": 1.0, "ref": -1.0})
+    partial = combine_configurations(
+        results[results.image_id != "im3"].pipe(
+            lambda r: pd.concat([r, results[(results.image_id == "im3") & (results.config == "gain")]])
+        ),
+        "did",
+        {"gain": 1.0, "ref": -1.0},
+    )
     assert "im3" not in set(partial["image_id"])  # a missing term drops the image
     with pytest.raises(ValueError, match="not in the results"):
         combine_configurations(results, "x", {"nope": 1.0})

@@ -59,10 +59,26 @@ def test_attribution_agreement_on_given_outputs():
 def test_summary_ranks_configurations_by_mean():
     rows = []
     for image in range(3):
-        rows.append({"image": image, "metric": "pixel_flipping", "configuration": "transmm", "float32": 0.3,
-                     "bfloat16": 0.301, "abs_diff": 0.001})
-        rows.append({"image": image, "metric": "pixel_flipping", "configuration": "fga", "float32": 0.2,
-                     "bfloat16": 0.35, "abs_diff": 0.15})  # bfloat16 reverses the ranking
+        rows.append(
+            {
+                "image": image,
+                "metric": "pixel_flipping",
+                "configuration": "transmm",
+                "float32": 0.3,
+                "bfloat16": 0.301,
+                "abs_diff": 0.001,
+            }
+        )
+        rows.append(
+            {
+                "image": image,
+                "metric": "pixel_flipping",
+                "configuration": "fga",
+                "float32": 0.2,
+                "bfloat16": 0.35,
+                "abs_diff": 0.15,
+            }
+        )  # bfloat16 reverses the ranking
     summary = summarize_agreement(pd.DataFrame(rows))["faithfulness"].iloc[0]
     assert summary["ranking_float32"] == "fga > transmm" and not summary["ranking_identical"]
     assert summary["n"] == 6 and summary["max_abs_diff"] == pytest.approx(0.15)

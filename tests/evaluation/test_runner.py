@@ -26,10 +26,20 @@ PRESETS = 2
 
 def _arguments(setup: dict, output_dir: Path, **overrides) -> list[str]:
     values = {
-        "dataset": setup["dataset"], "model": setup["model"], "sae": setup["sae"], "methods": "transmm,fga",
-        "variants": "combined,centered", "layer_sets": "0;1", "kappas": "0.5", "cmaxes": "10",
-        "presets": "both", "preset_overrides": json.dumps({"fc_runs": 5, "fc_subset_size": 4}),
-        "batch_size": "2", "id_column": "file_name", "output_dir": str(output_dir), "progress": "False",
+        "dataset": setup["dataset"],
+        "model": setup["model"],
+        "sae": setup["sae"],
+        "methods": "transmm,fga",
+        "variants": "combined,centered",
+        "layer_sets": "0;1",
+        "kappas": "0.5",
+        "cmaxes": "10",
+        "presets": "both",
+        "preset_overrides": json.dumps({"fc_runs": 5, "fc_subset_size": 4}),
+        "batch_size": "2",
+        "id_column": "file_name",
+        "output_dir": str(output_dir),
+        "progress": "False",
     }
     values.update(overrides)
     return [item for key, value in values.items() for item in (f"--{key}", str(value))]
@@ -76,8 +86,16 @@ def test_end_to_end_writes_parquet_report_and_figures(setup):
     assert (diagnostics[["g_dot_centered", "g_dot_error", "g_dot_x"]] >= 0).all().all()
 
     report = (out / "report.md").read_text()
-    for expected in ("## Preset `papers`", "## Preset `thesis`", "| TransMM | 5 |", "FGA combined [0] κ=0.5 c=10",
-                     "FGA centered [1] κ=0.5 c=10", "Wilcoxon p", "beats TransMM", "Score decomposition"):
+    for expected in (
+        "## Preset `papers`",
+        "## Preset `thesis`",
+        "| TransMM | 5 |",
+        "FGA combined [0] κ=0.5 c=10",
+        "FGA centered [1] κ=0.5 c=10",
+        "Wilcoxon p",
+        "beats TransMM",
+        "Score decomposition",
+    ):
         assert expected in report, expected
     summary_csv = pd.read_csv(out / "summary.csv")
     assert len(summary_csv) == CONFIGURATIONS * PRESETS * 3
@@ -170,8 +188,9 @@ def test_select_images_with_id_file_and_limit(setup, tmp_path):
     dataset = datasets.load_dataset(setup["dataset"], split="test")
     ids = tmp_path / "ids.json"
     ids.write_text(json.dumps({"validation_file_names": ["img-001.png", "img-003.png", "img-004.png"]}))
-    args = DataArguments(dataset=setup["dataset"], id_column="file_name", include_ids=str(ids),
-                         ids_key="validation_file_names")
+    args = DataArguments(
+        dataset=setup["dataset"], id_column="file_name", include_ids=str(ids), ids_key="validation_file_names"
+    )
     assert select_images(dataset, args) == [(1, "img-001.png"), (3, "img-003.png"), (4, "img-004.png")]
     args.limit = 2
     assert len(select_images(dataset, args)) == 2 and select_images(dataset, args) == select_images(dataset, args)
@@ -200,8 +219,17 @@ def test_accelerate_two_processes_match_one(setup, tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))}
     env.pop("OMP_NUM_THREADS", None)
     command = [
-        str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        str(Path(sys.executable).parent / "accelerate"),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
         str(ROOT / "scripts" / "evaluate_faithfulness.py"),
         *_arguments(setup, out, num_threads=str(torch.get_num_threads())),
     ]
@@ -232,8 +260,16 @@ def test_clip_zero_shot_with_mean_centered_and_no_sae(tmp_path):
     ViTImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(model_dir)
     setup = {"dataset": str(write_dataset(tmp_path, 3)), "model": str(model_dir), "sae": ""}
     out = tmp_path / "out"
-    summary = _run(setup, out, methods="transmm,fga,raw-attention", variants="no-sae,mean-centered",
-                   layer_sets="0,1", mean_residuals_split="test", presets="papers", sae="none")
+    summary = _run(
+        setup,
+        out,
+        methods="transmm,fga,raw-attention",
+        variants="no-sae,mean-centered",
+        layer_sets="0,1",
+        mean_residuals_split="test",
+        presets="papers",
+        sae="none",
+    )
     results = _results(out)
     assert summary.rows_written == len(results) == 3 * 4
     assert (out / "mean_residuals.safetensors").is_file()

@@ -18,10 +18,18 @@ def _run(setup: dict, output_dir: Path, **overrides):
     from transformers import HfArgumentParser
 
     values = {
-        "dataset": setup["dataset"], "model": setup["model"], "sae": setup["sae"], "methods": "transmm,fga",
-        "variants": "combined", "layer_sets": "0", "presets": "papers",
-        "preset_overrides": json.dumps({"fc_runs": 5, "fc_subset_size": 4}), "batch_size": "2",
-        "id_column": "file_name", "output_dir": str(output_dir), "progress": "False",
+        "dataset": setup["dataset"],
+        "model": setup["model"],
+        "sae": setup["sae"],
+        "methods": "transmm,fga",
+        "variants": "combined",
+        "layer_sets": "0",
+        "presets": "papers",
+        "preset_overrides": json.dumps({"fc_runs": 5, "fc_subset_size": 4}),
+        "batch_size": "2",
+        "id_column": "file_name",
+        "output_dir": str(output_dir),
+        "progress": "False",
     }
     values.update(overrides)
     args = [item for key, value in values.items() for item in (f"--{key}", str(value))]
@@ -52,10 +60,14 @@ def test_bfloat16_run_with_precision_check(setup, tmp_path):
     assert "## Precision check: bfloat16 against float32" in report and "ranking_identical" in report
     # the run's own (bfloat16) scores are the check's bfloat16 column
     results = pd.concat(pd.read_parquet(path) for path in (out / "results").glob("*.parquet"))
-    long = results.melt(id_vars=["image_id", "config"], value_vars=["saco", "faithfulness_correlation",
-                                                                      "pixel_flipping"], var_name="metric")
-    merged = check.merge(long, left_on=["image_id", "configuration", "metric"],
-                         right_on=["image_id", "config", "metric"])
+    long = results.melt(
+        id_vars=["image_id", "config"],
+        value_vars=["saco", "faithfulness_correlation", "pixel_flipping"],
+        var_name="metric",
+    )
+    merged = check.merge(
+        long, left_on=["image_id", "configuration", "metric"], right_on=["image_id", "config", "metric"]
+    )
     assert len(merged) == len(check)
     assert (merged["bfloat16"] - merged["value"]).abs().max() < 1e-6
 

@@ -32,12 +32,23 @@ def run(tmp_path_factory):
         for config, shift in ((TRANSMM, 0.0), (GOOD, 0.05), (BAD, -0.05)):
             shift = shift + rng.normal(0.0, 0.005, size=3) if shift else np.zeros(3)
             method, variant, layers, kappa, cmax = config.split("|")
-            rows.append({
-                "image_id": f"img{image:02d}", "index": image, "config": config, "method": method,
-                "variant": variant, "layers": layers, "kappa": float(kappa or 0), "cmax": float(cmax or 0),
-                "preset": "papers", "fill": "mean", "saco": base[0] + shift[0],
-                "faithfulness_correlation": base[1] + shift[1], "pixel_flipping": base[2] - shift[2],
-            })
+            rows.append(
+                {
+                    "image_id": f"img{image:02d}",
+                    "index": image,
+                    "config": config,
+                    "method": method,
+                    "variant": variant,
+                    "layers": layers,
+                    "kappa": float(kappa or 0),
+                    "cmax": float(cmax or 0),
+                    "preset": "papers",
+                    "fill": "mean",
+                    "saco": base[0] + shift[0],
+                    "faithfulness_correlation": base[1] + shift[1],
+                    "pixel_flipping": base[2] - shift[2],
+                }
+            )
     write_part(folder / "results", rows, rank=0, chunk=0)
     summarize(read_parts(folder / "results")).to_csv(folder / "summary.csv", index=False)
     return folder

@@ -57,7 +57,14 @@ def test_beats_fraction_is_direction_aware():
 
 def test_stars_thresholds():
     assert [stars(p) for p in (0.0005, 0.001, 0.005, 0.01, 0.02, 0.05, 0.2, float("nan"))] == [
-        "***", "**", "**", "*", "*", "", "", ""
+        "***",
+        "**",
+        "**",
+        "*",
+        "*",
+        "",
+        "",
+        "",
     ]
 
 
@@ -65,10 +72,32 @@ def _results() -> pd.DataFrame:
     rows = []
     for i, (a, b) in enumerate(zip(A, B, strict=True)):
         common = {"image_id": f"im{i}", "preset": "papers", "fill": "mean"}
-        rows.append({**common, "config": "transmm||||", "method": "transmm", "variant": "", "layers": "",
-                     "kappa": 0.0, "cmax": 0.0, "saco": b, "pixel_flipping": 1 - b})
-        rows.append({**common, "config": "fga|combined|4|0.5|10", "method": "fga", "variant": "combined",
-                     "layers": "4", "kappa": 0.5, "cmax": 10.0, "saco": a, "pixel_flipping": 1 - a})
+        rows.append(
+            {
+                **common,
+                "config": "transmm||||",
+                "method": "transmm",
+                "variant": "",
+                "layers": "",
+                "kappa": 0.0,
+                "cmax": 0.0,
+                "saco": b,
+                "pixel_flipping": 1 - b,
+            }
+        )
+        rows.append(
+            {
+                **common,
+                "config": "fga|combined|4|0.5|10",
+                "method": "fga",
+                "variant": "combined",
+                "layers": "4",
+                "kappa": 0.5,
+                "cmax": 10.0,
+                "saco": a,
+                "pixel_flipping": 1 - a,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -106,15 +135,37 @@ def test_summarize_pairs_by_image_and_drops_nan():
 
 def _summary_rows(config, variant, improvements):
     return [
-        {"preset": "papers", "fill": "mean", "config": config, "method": "fga", "variant": variant,
-         "layers": "1", "kappa": 0.5, "cmax": 10.0, "metric": metric, "pct_improvement": value}
+        {
+            "preset": "papers",
+            "fill": "mean",
+            "config": config,
+            "method": "fga",
+            "variant": variant,
+            "layers": "1",
+            "kappa": 0.5,
+            "cmax": 10.0,
+            "metric": metric,
+            "pct_improvement": value,
+        }
         for metric, value in improvements.items()
     ]
 
 
 def test_rank_configurations_averages_oriented_improvements():
-    rows = [{"preset": "papers", "fill": "mean", "config": "transmm||||", "method": "transmm", "variant": "",
-             "layers": "", "kappa": 0.0, "cmax": 0.0, "metric": "saco", "pct_improvement": np.nan}]
+    rows = [
+        {
+            "preset": "papers",
+            "fill": "mean",
+            "config": "transmm||||",
+            "method": "transmm",
+            "variant": "",
+            "layers": "",
+            "kappa": 0.0,
+            "cmax": 0.0,
+            "metric": "saco",
+            "pct_improvement": np.nan,
+        }
+    ]
     rows += _summary_rows("a", "combined", {"saco": 3.0, "faithfulness_correlation": -6.0, "pixel_flipping": 6.0})
     rows += _summary_rows("b", "combined", {"saco": 1.0, "faithfulness_correlation": 2.0, "pixel_flipping": 3.0})
     rows += _summary_rows("c", "gradient", {"saco": 9.0, "faithfulness_correlation": 9.0, "pixel_flipping": 9.0})
@@ -133,10 +184,19 @@ def test_paired_comparison_by_hand():
     rows = []
     for i, (a, b) in enumerate(zip(A, B, strict=True)):
         for config, value in (("x", a), ("y", b)):
-            rows.append({"preset": "papers", "fill": "mean", "config": config, "image_id": f"i{i}",
-                         "saco": value, "pixel_flipping": value})
-    rows.append({"preset": "papers", "fill": "mean", "config": "x", "image_id": "only-x", "saco": 9.0,
-                 "pixel_flipping": 9.0})  # unpaired: left out
+            rows.append(
+                {
+                    "preset": "papers",
+                    "fill": "mean",
+                    "config": config,
+                    "image_id": f"i{i}",
+                    "saco": value,
+                    "pixel_flipping": value,
+                }
+            )
+    rows.append(
+        {"preset": "papers", "fill": "mean", "config": "x", "image_id": "only-x", "saco": 9.0, "pixel_flipping": 9.0}
+    )  # unpaired: left out
     table = paired_comparison(pd.DataFrame(rows), "x", "y").set_index("metric")
     d = A - B
     assert table.loc["saco", "n_paired"] == len(A)

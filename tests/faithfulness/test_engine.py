@@ -46,6 +46,7 @@ def vit64():
 
 # ---------------------------------------------------------------- naive reference
 
+
 @pytest.mark.parametrize("preset", ["papers", "thesis"])
 def test_engine_matches_naive_reference(vit64, preset):
     pixels = pixel_batch(2, seed=1).double()
@@ -56,8 +57,15 @@ def test_engine_matches_naive_reference(vit64, preset):
         vit64, pixels, attributions, preset=preset, batch_size=16, fc_subset_size=5, fc_runs=runs, progress=False
     )
     naive = naive_scores(
-        lambda x: vit64(pixel_values=x).logits, pixels, attributions, PATCH, thesis=thesis, fc_runs=runs,
-        fc_subset=5, fc_trials=trials, saco_groups=10,
+        lambda x: vit64(pixel_values=x).logits,
+        pixels,
+        attributions,
+        PATCH,
+        thesis=thesis,
+        fc_runs=runs,
+        fc_subset=5,
+        fc_trials=trials,
+        saco_groups=10,
     )
     for metric in ("saco", "faithfulness_correlation", "pixel_flipping"):
         np.testing.assert_allclose(engine[metric], naive[metric], atol=1e-6, err_msg=metric)
@@ -70,14 +78,23 @@ def test_engine_matches_naive_with_zero_fill(vit64):
         vit64, pixels, attributions, fill="zero", fc_subset_size=4, fc_runs=10, saco_num_groups=5, progress=False
     )
     naive = naive_scores(
-        lambda x: vit64(pixel_values=x).logits, pixels, attributions, PATCH, thesis=False, fill="zero",
-        fc_runs=10, fc_subset=4, fc_trials=1, saco_groups=5,
+        lambda x: vit64(pixel_values=x).logits,
+        pixels,
+        attributions,
+        PATCH,
+        thesis=False,
+        fill="zero",
+        fc_runs=10,
+        fc_subset=4,
+        fc_trials=1,
+        saco_groups=5,
     )
     for metric in ("saco", "faithfulness_correlation", "pixel_flipping"):
         np.testing.assert_allclose(engine[metric], naive[metric], atol=1e-6, err_msg=metric)
 
 
 # ---------------------------------------------------------------- hand-computed toy cases
+
 
 def toy(other_logit: float = 0.0):
     """2×2 grid of 2-pixel patches, all-ones image: patch contributions c = (1, 3, 2, 0.5), clean logit 6.5."""
@@ -88,8 +105,14 @@ def toy(other_logit: float = 0.0):
 def test_saco_hand_computed():
     model, pixels = toy()
     scores = evaluate_faithfulness(
-        model, pixels, torch.tensor([[[4.0, 3.0], [2.0, 1.0]]]), metrics=("saco",), fill="zero",
-        patch_size=2, saco_num_groups=4, progress=False,
+        model,
+        pixels,
+        torch.tensor([[[4.0, 3.0], [2.0, 1.0]]]),
+        metrics=("saco",),
+        fill="zero",
+        patch_size=2,
+        saco_num_groups=4,
+        progress=False,
     )
     # Pairs (s diff, agrees): (1,-) (2,-) (3,+) (1,+) (2,+) (1,+): Σw = 4, Σ|w| = 10.
     assert scores["saco"][0] == pytest.approx(0.4, abs=1e-12)
@@ -99,8 +122,13 @@ def test_pixel_flipping_insertion_deletion_hand_computed():
     model, pixels = toy()
     attributions = torch.tensor([[[4.0, 3.0], [2.0, 1.0]]])
     scores = evaluate_faithfulness(
-        model, pixels, attributions, metrics=("pixel_flipping", "insertion", "deletion"), fill="zero",
-        patch_size=2, progress=False,
+        model,
+        pixels,
+        attributions,
+        metrics=("pixel_flipping", "insertion", "deletion"),
+        fill="zero",
+        patch_size=2,
+        progress=False,
     )
     removed = [sigmoid(z) for z in (6.5, 5.5, 2.5, 0.5, 0.0)]
     inserted = [sigmoid(z) for z in (0.0, 1.0, 4.0, 6.0, 6.5)]
@@ -109,7 +137,13 @@ def test_pixel_flipping_insertion_deletion_hand_computed():
     assert scores["deletion"][0] == pytest.approx(auc(removed), abs=1e-12)
     assert scores["insertion"][0] == pytest.approx(auc(inserted), abs=1e-12)
     thesis = evaluate_faithfulness(
-        model, pixels, attributions, metrics=("pixel_flipping",), preset="thesis", fill="zero", patch_size=2,
+        model,
+        pixels,
+        attributions,
+        metrics=("pixel_flipping",),
+        preset="thesis",
+        fill="zero",
+        patch_size=2,
         progress=False,
     )
     assert thesis["pixel_flipping"][0] == pytest.approx(4 * auc(removed), abs=1e-12)
@@ -119,14 +153,29 @@ def test_faithfulness_correlation_hand_computed():
     model, pixels = toy()
     exact = torch.tensor([[[1.0, 3.0], [2.0, 0.5]]])
     records = faithfulness_records(
-        model, pixels, exact, metrics=("faithfulness_correlation",), fill="zero", patch_size=2,
-        fc_subset_size=2, fc_runs=6, progress=False,
+        model,
+        pixels,
+        exact,
+        metrics=("faithfulness_correlation",),
+        fill="zero",
+        patch_size=2,
+        fc_subset_size=2,
+        fc_runs=6,
+        progress=False,
     )["faithfulness_correlation"]
     np.testing.assert_allclose(records.drops, records.attribution_sums, atol=1e-12)  # linear: Δ = Σ c exactly
     for correlation in ("pearson", "spearman"):
         scores = evaluate_faithfulness(
-            model, pixels, exact, metrics=("faithfulness_correlation",), fill="zero", patch_size=2,
-            fc_subset_size=2, fc_runs=6, fc_correlation=correlation, progress=False,
+            model,
+            pixels,
+            exact,
+            metrics=("faithfulness_correlation",),
+            fill="zero",
+            patch_size=2,
+            fc_subset_size=2,
+            fc_runs=6,
+            fc_correlation=correlation,
+            progress=False,
         )
         assert scores["faithfulness_correlation"][0] == pytest.approx(1.0, abs=1e-9)
 
@@ -177,6 +226,7 @@ def test_thesis_pixel_flipping_recomputes_the_scalar_mean():
 
 # ---------------------------------------------------------------- properties
 
+
 def linear_population(num_images: int, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     weights = torch.randn(4, 4, generator=gen)
@@ -187,8 +237,7 @@ def linear_population(num_images: int, seed: int = 0):
 
 def test_saco_is_one_for_true_drops_and_minus_one_reversed():
     model, pixels, contributions = linear_population(6)
-    common = dict(metrics=("saco",), fill="zero", patch_size=2, targets=[0] * 6, saco_num_groups=4,
-                  progress=False)
+    common = dict(metrics=("saco",), fill="zero", patch_size=2, targets=[0] * 6, saco_num_groups=4, progress=False)
     # Groups of 4 patches: with a linear logit the group drop is the sum of its patch contributions.
     assert np.allclose(evaluate_faithfulness(model, pixels, contributions, **common)["saco"], 1.0)
     assert np.allclose(evaluate_faithfulness(model, pixels, -contributions, **common)["saco"], -1.0)
@@ -198,8 +247,18 @@ def test_random_attributions_average_near_zero():
     model, pixels, _ = linear_population(300, seed=1)
     random = torch.rand(300, 4, 4, generator=torch.Generator().manual_seed(9))
     scores = evaluate_faithfulness(
-        model, pixels, random, fill="zero", patch_size=2, targets=[0] * 300, fc_subset_size=4, fc_runs=20,
-        saco_num_groups=4, metrics=("saco", "faithfulness_correlation"), batch_size=512, progress=False,
+        model,
+        pixels,
+        random,
+        fill="zero",
+        patch_size=2,
+        targets=[0] * 300,
+        fc_subset_size=4,
+        fc_runs=20,
+        saco_num_groups=4,
+        metrics=("saco", "faithfulness_correlation"),
+        batch_size=512,
+        progress=False,
     )
     for metric, values in scores.items():
         assert abs(values.mean()) < 4 * values.std() / np.sqrt(len(values)) + 0.02, metric
@@ -226,12 +285,22 @@ def test_scores_are_invariant_to_positive_scaling(vit64):
 
 # ---------------------------------------------------------------- batching, seeding, forward counts
 
+
 def test_scores_do_not_depend_on_batch_size():
     model = tiny_vit()
     pixels, attributions = pixel_batch(2, seed=6), torch.rand(2, 4, 4, generator=torch.Generator().manual_seed(6))
     results = [
-        evaluate_faithfulness(model, pixels, attributions, metrics=ALL, fc_subset_size=5, fc_runs=10,
-                              batch_size=size, fill="uniform", progress=False)
+        evaluate_faithfulness(
+            model,
+            pixels,
+            attributions,
+            metrics=ALL,
+            fc_subset_size=5,
+            fc_runs=10,
+            batch_size=size,
+            fill="uniform",
+            progress=False,
+        )
         for size in (1, 7, 64)
     ]
     for other in results[1:]:
@@ -248,8 +317,9 @@ def test_scores_at_two_thread_counts_agree_to_float32_rounding():
     try:
         for threads in (1, 2, 1):
             torch.set_num_threads(threads)
-            scores = evaluate_faithfulness(model, pixels, attributions, metrics=ALL, fc_subset_size=5, fc_runs=10,
-                                           progress=False)
+            scores = evaluate_faithfulness(
+                model, pixels, attributions, metrics=ALL, fc_subset_size=5, fc_runs=10, progress=False
+            )
             if threads in runs:
                 for name in ALL:
                     np.testing.assert_array_equal(scores[name], runs[threads][name])
@@ -263,8 +333,14 @@ def test_scores_at_two_thread_counts_agree_to_float32_rounding():
 def test_seeding_is_per_image_not_per_batch():
     model = tiny_vit()
     pixels, attributions = pixel_batch(4, seed=7), torch.rand(4, 4, 4, generator=torch.Generator().manual_seed(7))
-    common = dict(metrics=("faithfulness_correlation", "saco"), fc_subset_size=5, fc_runs=10, fill="uniform",
-                  seed=3, progress=False)
+    common = dict(
+        metrics=("faithfulness_correlation", "saco"),
+        fc_subset_size=5,
+        fc_runs=10,
+        fill="uniform",
+        seed=3,
+        progress=False,
+    )
     whole = evaluate_faithfulness(model, pixels, attributions, **common)
     part = evaluate_faithfulness(model, pixels[2:], attributions[2:], image_ids=[2, 3], **common)
     for metric in whole:
@@ -279,8 +355,9 @@ def test_forward_passes_are_the_minimum(preset, metric):
     model = tiny_vit()
     pixels, attributions = pixel_batch(2, seed=8), torch.rand(2, 4, 4, generator=torch.Generator().manual_seed(8))
     cache = ResponseCache()
-    record = faithfulness_records(model, pixels, attributions, metrics=(metric,), preset=preset, fc_subset_size=5,
-                                  cache=cache, progress=False)[metric]
+    record = faithfulness_records(
+        model, pixels, attributions, metrics=(metric,), preset=preset, fc_subset_size=5, cache=cache, progress=False
+    )[metric]
     expected = forward_passes_per_image(preset, 16, PATCH, fc_subset_size=5)
     if metric == "faithfulness_correlation":
         # 100 draws of 5 of 16 patches repeat a subset now and then: a repeated input is run once.
@@ -319,6 +396,7 @@ def test_presets_share_responses_where_inputs_coincide():
 
 # ---------------------------------------------------------------- fills, CLIP, edge cases
 
+
 def test_fills_are_patch_aligned():
     pixels = pixel_batch(2, seed=10)
     mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.5]
@@ -352,8 +430,9 @@ def test_every_fill_runs():
     model = tiny_vit()
     pixels, attributions = pixel_batch(2, seed=11), torch.rand(2, 4, 4, generator=torch.Generator().manual_seed(11))
     for fill in ("mean", "zero", "black", "blur", "uniform"):
-        scores = evaluate_faithfulness(model, pixels, attributions, metrics=ALL, fill=fill,
-                                       fc_subset_size=5, fc_runs=10, progress=False)
+        scores = evaluate_faithfulness(
+            model, pixels, attributions, metrics=ALL, fill=fill, fc_subset_size=5, fc_runs=10, progress=False
+        )
         assert all(np.isfinite(v).all() and v.shape == (2,) for v in scores.values()), fill
 
 
@@ -370,8 +449,9 @@ def test_clip_with_text_embeds():
 def test_constant_attributions_give_defined_scores(vit64):
     pixels = pixel_batch(2, seed=13).double()
     constant = torch.full((2, 4, 4), 0.25, dtype=torch.float64)
-    scores = evaluate_faithfulness(vit64, pixels, constant, metrics=ALL, saco_num_groups=4, fc_subset_size=5,
-                                   fc_runs=10, progress=False)
+    scores = evaluate_faithfulness(
+        vit64, pixels, constant, metrics=ALL, saco_num_groups=4, fc_subset_size=5, fc_runs=10, progress=False
+    )
     assert np.array_equal(scores["saco"], [0.0, 0.0])  # equal group saliences: Σ|w| = 0, defined as 0
     assert np.array_equal(scores["faithfulness_correlation"], [0.0, 0.0])  # constant subset sums
     uneven = evaluate_faithfulness(vit64, pixels, constant, metrics=("saco",), progress=False)
@@ -392,11 +472,13 @@ def test_constant_map_saco_is_zero_for_every_patch_order(preset, num_groups):
         order = torch.randperm(16, generator=torch.Generator().manual_seed(seed))
         patches = pixels.reshape(1, 3, 4, 8, 4, 8).permute(0, 1, 2, 4, 3, 5).reshape(1, 3, 16, 8, 8)[:, :, order]
         permuted = patches.reshape(1, 3, 4, 4, 8, 8).permute(0, 1, 2, 4, 3, 5).reshape(1, 3, 32, 32)
-        scores = evaluate_faithfulness(model, permuted, constant, metrics=("saco",), preset=preset, patch_size=8,
-                                       progress=False, **overrides)
+        scores = evaluate_faithfulness(
+            model, permuted, constant, metrics=("saco",), preset=preset, patch_size=8, progress=False, **overrides
+        )
         assert scores["saco"][0] == 0.0
-        record = faithfulness_records(model, permuted, constant, metrics=("saco",), preset=preset, patch_size=8,
-                                      progress=False, **overrides)["saco"]
+        record = faithfulness_records(
+            model, permuted, constant, metrics=("saco",), preset=preset, patch_size=8, progress=False, **overrides
+        )["saco"]
         assert np.ptp(record.saliences) == 0.0
         raw_saliences.append(record.saliences)
     assert np.allclose(np.concatenate(raw_saliences), 0.7 * 16 / record.saliences.shape[1])
@@ -407,8 +489,9 @@ def test_non_finite_inputs_name_the_input_that_is_wrong():
     pixels = pixel_batch(3, seed=4)
     pixels[2, 0, 5, 5] = float("nan")
     with pytest.raises(ValueError, match=r"pixel_values of image\(s\) \[2\] contain NaN or infinite values"):
-        evaluate_faithfulness(PatchLinear(weights, patch=8), pixels, torch.rand(3, 4, 4), patch_size=8,
-                              fc_subset_size=5, progress=False)
+        evaluate_faithfulness(
+            PatchLinear(weights, patch=8), pixels, torch.rand(3, 4, 4), patch_size=8, fc_subset_size=5, progress=False
+        )
 
     def broken(x):
         scores = PatchLinear(weights, patch=8)(x)
@@ -459,8 +542,15 @@ def test_deprecated_baseline_keyword_still_works_with_a_warning():
 def test_curves_can_track_a_raw_score():
     model, pixels = toy()  # e.g. an SAE feature activation returned by a callable: tracked as is, no softmax
     scores = evaluate_faithfulness(
-        model, pixels, torch.tensor([[[4.0, 3.0], [2.0, 1.0]]]), metrics=("insertion", "deletion"), fill="zero",
-        patch_size=2, targets=[0], curve_quantity="score", progress=False,
+        model,
+        pixels,
+        torch.tensor([[[4.0, 3.0], [2.0, 1.0]]]),
+        metrics=("insertion", "deletion"),
+        fill="zero",
+        patch_size=2,
+        targets=[0],
+        curve_quantity="score",
+        progress=False,
     )
     auc = lambda s: sum((s[k - 1] + s[k]) / 2 for k in range(1, 5)) / 4  # noqa: E731
     assert scores["deletion"][0] == pytest.approx(auc([6.5, 5.5, 2.5, 0.5, 0.0]), abs=1e-12)

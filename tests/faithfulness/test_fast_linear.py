@@ -54,8 +54,16 @@ def test_clip_scores_agree_between_backends():
     pixels, attributions = pixel_batch(2, seed=4), torch.rand(2, 4, 4, generator=torch.Generator().manual_seed(4))
     text = torch.nn.functional.normalize(torch.randn(3, model.config.projection_dim), dim=-1)
     scores = [
-        evaluate_faithfulness(model, pixels, attributions, fc_runs=10, fc_subset_size=5, text_embeds=text,
-                              linear_backend=backend, progress=False)
+        evaluate_faithfulness(
+            model,
+            pixels,
+            attributions,
+            fc_runs=10,
+            fc_subset_size=5,
+            text_embeds=text,
+            linear_backend=backend,
+            progress=False,
+        )
         for backend in ("default", "onednn")
     ]
     for metric, values in scores[0].items():

@@ -79,8 +79,9 @@ def test_bfloat16_applies_to_plain_callables():
         return x.mean(dim=(2, 3))
 
     pixels, attributions = pixel_batch(2), torch.rand(2, 4, 4)
-    evaluate_faithfulness(forward, pixels, attributions, metrics=("saco",), patch_size=8, progress=False,
-                          precision="bfloat16")
+    evaluate_faithfulness(
+        forward, pixels, attributions, metrics=("saco",), patch_size=8, progress=False, precision="bfloat16"
+    )
     evaluate_faithfulness(forward, pixels, attributions, metrics=("saco",), patch_size=8, progress=False)
     assert seen[0] and not seen[-1]
 
@@ -101,8 +102,9 @@ def test_one_cache_never_mixes_precisions():
     cache = ResponseCache()
     evaluate_faithfulness(model, pixels, attributions, metrics=("saco",), progress=False, cache=cache)
     with pytest.raises(ValueError, match="another model"):
-        evaluate_faithfulness(model, pixels, attributions, metrics=("saco",), progress=False, cache=cache,
-                              precision="bfloat16")
+        evaluate_faithfulness(
+            model, pixels, attributions, metrics=("saco",), progress=False, cache=cache, precision="bfloat16"
+        )
 
 
 def test_model_is_restored_after_an_error_under_bfloat16():

@@ -50,10 +50,10 @@ def test_patch_level_pixel_flipping_is_ours(setup):
     maps = explain_func(wrapped, x, y, method="transmm")
     _, pf = patch_metrics()
     curves = pf(model=wrapped, x_batch=x, y_batch=y, a_batch=maps, softmax=True, batch_size=len(x), device="cpu")
-    ours = evaluate_faithfulness(model, pixels, torch.as_tensor(maps[:, 0]), metrics=("pixel_flipping",),
-                                 progress=False)
-    np.testing.assert_allclose(pixel_flipping_auc(curves, wrapped.probabilities(y)), ours["pixel_flipping"],
-                               atol=1e-6)
+    ours = evaluate_faithfulness(
+        model, pixels, torch.as_tensor(maps[:, 0]), metrics=("pixel_flipping",), progress=False
+    )
+    np.testing.assert_allclose(pixel_flipping_auc(curves, wrapped.probabilities(y)), ours["pixel_flipping"], atol=1e-6)
 
 
 def test_patch_level_faithfulness_correlation_runs_on_patches(setup):
@@ -62,8 +62,9 @@ def test_patch_level_faithfulness_correlation_runs_on_patches(setup):
     maps = explain_func(wrapped, x, y, method="transmm")
     fc, _ = patch_metrics(nr_runs=10, subset_size=4)
     np.random.seed(0)
-    scores = np.asarray(fc(model=wrapped, x_batch=x, y_batch=y, a_batch=maps, softmax=False, batch_size=len(x),
-                           device="cpu"))
+    scores = np.asarray(
+        fc(model=wrapped, x_batch=x, y_batch=y, a_batch=maps, softmax=False, batch_size=len(x), device="cpu")
+    )
     assert scores.shape == (3,) and np.all(np.abs(scores) <= 1 + 1e-9)
 
 
@@ -83,8 +84,7 @@ def test_explain_func_gives_the_attributor_maps():
     model, pixels = tiny_vit(num_layers=4, seed=1), pixel_batch(2, seed=1)
     saes = {0: tiny_sae(layer=0), 1: tiny_sae(layer=1, seed=1)}
     target = np.array([0, 2])
-    expected = Attributor(model, saes).attribute(pixels, target=torch.as_tensor(target),
-                                                                 method="fga").attribution
+    expected = Attributor(model, saes).attribute(pixels, target=torch.as_tensor(target), method="fga").attribution
     pixel_maps = explain_func(QuantusModel(model), pixels.numpy(), target, method="fga", saes=saes)
     assert pixel_maps.shape == (2, 1, 32, 32) and pixel_maps.dtype == np.float32
     torch.testing.assert_close(torch.as_tensor(pixel_maps[:, 0, ::PATCH, ::PATCH]), expected)
@@ -99,8 +99,9 @@ def test_pixel_level_metrics_run_and_flip_whole_patches(setup):
     y = wrapped.predictions()
     maps = explain_func(q, pixels.numpy(), y)
     fc, pf = pixel_metrics(PATCH, nr_runs=5, subset_patches=4)
-    curves = np.asarray(pf(model=q, x_batch=pixels.numpy(), y_batch=y, a_batch=maps, softmax=True, batch_size=3,
-                           device="cpu"))
+    curves = np.asarray(
+        pf(model=q, x_batch=pixels.numpy(), y_batch=y, a_batch=maps, softmax=True, batch_size=3, device="cpu")
+    )
     assert curves.shape == (3, 3 * 16) and patch_curve(curves).shape == (3, 16)
     scores = fc(model=q, x_batch=pixels.numpy(), y_batch=y, a_batch=maps, softmax=False, batch_size=3, device="cpu")
     assert np.all(np.isfinite(scores))

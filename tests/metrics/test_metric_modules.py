@@ -90,8 +90,9 @@ def test_invalid_inputs_raise_value_errors(modules):
     with pytest.raises(ValueError, match="NaN"):
         modules["saco"].compute(saliences=[[1.0, float("nan")]], drops=[[0.1, 0.2]])
     with pytest.raises(ValueError, match="correlation"):
-        modules["faithfulness_correlation"].compute(attribution_sums=[[1.0, 2.0]], drops=[[1.0, 2.0]],
-                                                    correlation="kendall")
+        modules["faithfulness_correlation"].compute(
+            attribution_sums=[[1.0, 2.0]], drops=[[1.0, 2.0]], correlation="kendall"
+        )
     with pytest.raises(ValueError, match="trials=3"):
         modules["faithfulness_correlation"].compute(attribution_sums=[[1.0, 2.0]], drops=[[1.0, 2.0]], trials=3)
     with pytest.raises(ValueError, match="auc"):

@@ -291,8 +291,14 @@ def _same(a: dict, b: dict) -> None:
 
 def test_construction_options_apply_to_every_call(vit_dir, sae_dirs, explain, images):
     configured = pipeline(
-        "feature-gradient-attribution", model=str(vit_dir), sae=[str(d) for d in sae_dirs], kappa=1.0, cmax=50.0,
-        variant="activation", layers=[2], top_k_features=1,
+        "feature-gradient-attribution",
+        model=str(vit_dir),
+        sae=[str(d) for d in sae_dirs],
+        kappa=1.0,
+        cmax=50.0,
+        variant="activation",
+        layers=[2],
+        top_k_features=1,
     )
     for out in (configured(images[0]), configured(images[:2], batch_size=2)[0]):
         _same(out, explain(images[0], kappa=1.0, cmax=50.0, variant="activation", layers=[2]))
@@ -322,8 +328,9 @@ def test_a_batch_shares_one_forward_and_equals_singles(explain, images):
             assert [(f["index"], f["sign"], f["patches"]) for f in features] == [
                 (f["index"], f["sign"], f["patches"]) for f in other
             ]
-            np.testing.assert_allclose([f["contribution"] for f in features], [f["contribution"] for f in other],
-                                       rtol=1e-4)
+            np.testing.assert_allclose(
+                [f["contribution"] for f in features], [f["contribution"] for f in other], rtol=1e-4
+            )
 
 
 def test_generators_key_datasets_tuples_and_workers(explain, images):
@@ -349,9 +356,7 @@ def test_top_features_follow_the_feature_drivers_rule(explain, images):
 
     out = explain(images[2], top_k_features=3)
     pixel_values = explain.image_processor(images=images[2], return_tensors="pt")["pixel_values"]
-    direct = FeatureGradientAttribution(explain.model, explain.saes).attribute(
-        pixel_values, return_contributions=True
-    )
+    direct = FeatureGradientAttribution(explain.model, explain.saes).attribute(pixel_values, return_contributions=True)
     expected = {block: [] for block in BLOCKS}
     for driver in feature_drivers(direct, 0, max_features=3):
         expected[driver.block].append((driver.index, driver.sign, list(driver.patches)))

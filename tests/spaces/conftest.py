@@ -49,8 +49,14 @@ def standin_explainer(root: Path):
 
     torch.manual_seed(0)
     config = ViTConfig(
-        hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64, image_size=STANDIN_SIZE,
-        patch_size=STANDIN_PATCH, num_labels=2, id2label={0: "NORMAL", 1: "PNEUMONIA"},
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=64,
+        image_size=STANDIN_SIZE,
+        patch_size=STANDIN_PATCH,
+        num_labels=2,
+        id2label={0: "NORMAL", 1: "PNEUMONIA"},
         label2id={"NORMAL": 0, "PNEUMONIA": 1},
     )
     model = ViTForImageClassification(config).eval()
@@ -66,8 +72,14 @@ def standin_explainer(root: Path):
     tables = compute_prototypes(model, saes, [pixels[:4], pixels[4:]], grid, top=3)
     assets = root / "assets"
     files = write_thumbnails(images, assets, size=64)
-    meta = {"model": "stand-in", "grid": list(grid), "thumbnail_size": 64, "top": 3,
-            "d_sae": {str(b): 64 for b in saes}, "images": [{"file": f, "label": ""} for f in files]}
+    meta = {
+        "model": "stand-in",
+        "grid": list(grid),
+        "thumbnail_size": 64,
+        "top": 3,
+        "d_sae": {str(b): 64 for b in saes},
+        "images": [{"file": f, "label": ""} for f in files],
+    }
     PrototypeIndex(assets, meta, tables).save()
     means = compute_mean_residuals(model, [pixels], layers=sorted(saes), progress=False)
     app = load_app()

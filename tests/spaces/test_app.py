@@ -155,8 +155,9 @@ def test_the_space_explains_through_the_pipeline(app_module, space_explainer, mo
     original = type(pipe).__call__
     monkeypatch.setattr(type(pipe), "__call__", lambda self, *a, **k: calls.append(k) or original(self, *a, **k))
     image = app_module.read_upload(space_explainer.examples[0])
-    out = app_module.explain(space_explainer, image, "combined", space_explainer.default_blocks, 1.0, 20.0,
-                             metrics=False)
+    out = app_module.explain(
+        space_explainer, image, "combined", space_explainer.default_blocks, 1.0, 20.0, metrics=False
+    )
     assert len(calls) == 1 and calls[0]["kappa"] == 1.0 and calls[0]["layers"] == space_explainer.default_blocks
     result = original(pipe, image, layers=space_explainer.default_blocks, kappa=1.0, cmax=20.0)
     shown = app_module.fit_within(image, app_module.DISPLAY_SIDE)
@@ -198,7 +199,13 @@ def test_launched_app_serves_a_client(space_url, space_explainer, tmp_path):
 
     client = Client(space_url, verbose=False)
     job = client.submit(
-        handle_file(space_explainer.examples[0]), "combined", space_explainer.default_blocks, 0.5, 10.0, "", "",
+        handle_file(space_explainer.examples[0]),
+        "combined",
+        space_explainer.default_blocks,
+        0.5,
+        10.0,
+        "",
+        "",
         api_name="/explain",
     )
     job.result()
@@ -217,8 +224,9 @@ def test_launched_app_serves_a_client(space_url, space_explainer, tmp_path):
 
 def test_feature_cards_show_why_each_feature_fires(app_module, space_explainer):
     image = app_module.read_upload(space_explainer.examples[0])
-    out = app_module.explain(space_explainer, image, "combined", space_explainer.default_blocks, 0.5, 10.0,
-                             metrics=False)
+    out = app_module.explain(
+        space_explainer, image, "combined", space_explainer.default_blocks, 0.5, 10.0, metrics=False
+    )
     rows = [line for line in out.features.splitlines() if line.startswith("| ") and line[2].isdigit()]
     assert rows and all("local" in row or "CLS-token" in row or "undetermined" in row for row in rows)
     result = space_explainer.pipe(image, layers=space_explainer.default_blocks, top_k_features=6, explain_features=6)

@@ -19,8 +19,15 @@ def binary(name: str) -> str | None:
 
 CHROMIUM, CHROMEDRIVER = binary("chromium"), binary("chromedriver")
 CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--disable-quic", "--window-size=1400,2600",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--window-size=1400,2600",
 )
 
 pytestmark = pytest.mark.skipif(
@@ -70,7 +77,8 @@ def test_browser_runs_an_example_and_shows_everything(browser, space_url, tmp_pa
     browser.get(space_url)
     example = wait_for(
         lambda: browser.find_elements(By.CSS_SELECTOR, "#fga-examples button, #fga-examples .gallery-item"),
-        60, "the examples",
+        60,
+        "the examples",
     )[0]
     example.click()
     wait_for(lambda: loaded_images(browser, "fga-input"), 60, "the example to fill the input")

@@ -20,8 +20,16 @@ from fga_space.quick_metrics import curve_steps, quick_faithfulness, sampled_auc
 # ------------------------------------------------------------------------------------------------- quick metrics
 def small_vit() -> ViTForImageClassification:
     torch.manual_seed(0)
-    config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=48,
-                       patch_size=8, num_labels=3, attn_implementation="eager")  # 6 x 6 = 36 patches
+    config = ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        image_size=48,
+        patch_size=8,
+        num_labels=3,
+        attn_implementation="eager",
+    )  # 6 x 6 = 36 patches
     return ViTForImageClassification(config).eval()
 
 
@@ -39,8 +47,13 @@ def test_quick_metrics_equal_evaluate_faithfulness_with_the_same_settings():
     maps = {"TransMM": torch.rand(6, 6, generator=gen), "FGA": torch.rand(6, 6, generator=gen)}
     quick = quick_faithfulness(model, pixels, maps, fc_runs=12, pf_points=37)
     reference = evaluate_faithfulness(
-        model, pixels.expand(2, -1, -1, -1), torch.stack(list(maps.values())), preset="papers", fc_runs=12,
-        image_ids=[0, 0], progress=False,
+        model,
+        pixels.expand(2, -1, -1, -1),
+        torch.stack(list(maps.values())),
+        preset="papers",
+        fc_runs=12,
+        image_ids=[0, 0],
+        progress=False,
     )
     for n, name in enumerate(maps):
         for metric in ("saco", "faithfulness_correlation", "pixel_flipping"):

@@ -122,9 +122,7 @@ class FeatureCodes:
         decoder = self.sae.decoder_in_residual_space()
         if self.dense is None:
             indices = self.indices if permutation is None else permutation[self.indices]
-            parts = [
-                torch.bmm(decoder[idx], grad[:, :, None])[..., 0] for idx, grad in _chunks(indices, g, size=64)
-            ]
+            parts = [torch.bmm(decoder[idx], grad[:, :, None])[..., 0] for idx, grad in _chunks(indices, g, size=64)]
             return torch.cat(parts)
         full = torch.cat([grad @ decoder.T for (grad,) in _chunks(g)])
         return full if permutation is None else full[:, permutation]
@@ -168,8 +166,10 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
     if not separator:
         return variant, {}
     if variant not in VARIANT_PARAMETERS:
-        raise ValueError(f"Variant {variant!r} takes no parameter (got {text!r}); only {sorted(VARIANT_PARAMETERS)} "
-                         "do, written as e.g. 'error-scaled@0.5'.")
+        raise ValueError(
+            f"Variant {variant!r} takes no parameter (got {text!r}); only {sorted(VARIANT_PARAMETERS)} "
+            "do, written as e.g. 'error-scaled@0.5'."
+        )
     name = VARIANT_PARAMETERS[variant]
     try:
         parsed = int(value) if name == "num_features" else float(value)
@@ -416,8 +416,10 @@ class FeatureGradientAttributionMethod(AttributionMethod):
                 if owner != variant and given:
                     raise ValueError(f"{name} applies only to variant {owner!r}; got it with variant {variant!r}.")
                 if owner == variant and options[name] is None:
-                    raise ValueError(f"Variant {variant!r} needs the option {name}: pass {name}=... (see the "
-                                     "FeatureGradientAttributionMethod docstring).")
+                    raise ValueError(
+                        f"Variant {variant!r} needs the option {name}: pass {name}=... (see the "
+                        "FeatureGradientAttributionMethod docstring)."
+                    )
         if variant == "error-scaled":
             scale = options["error_scale"]
             if isinstance(scale, bool) or not (isinstance(scale, int | float) and math.isfinite(scale)):
@@ -435,20 +437,28 @@ class FeatureGradientAttributionMethod(AttributionMethod):
         """S_ℓ per gated block: the `num_features` features of largest importance."""
         importance, count, selected = options["feature_importance"], options["num_features"], {}
         if not isinstance(importance, Mapping):
-            raise ValueError("feature_importance must map each gated block to a (d_sae,) tensor of importances "
-                             "(load_feature_importance reads them from a file).")
+            raise ValueError(
+                "feature_importance must map each gated block to a (d_sae,) tensor of importances "
+                "(load_feature_importance reads them from a file)."
+            )
         for block in options["layers"]:
             d_sae = attributor.saes[block].config.d_sae
             if block not in importance:
-                raise ValueError(f"Variant 'selective' has no feature importance for block {block}: it covers blocks "
-                                 f"{sorted(importance)}; compute it for every gated block.")
+                raise ValueError(
+                    f"Variant 'selective' has no feature importance for block {block}: it covers blocks "
+                    f"{sorted(importance)}; compute it for every gated block."
+                )
             values = torch.as_tensor(importance[block])
             if values.shape != (d_sae,) or not torch.isfinite(values).all():
-                raise ValueError(f"The feature importance of block {block} must be a finite tensor of shape "
-                                 f"({d_sae},), one value per SAE feature; got shape {tuple(values.shape)}.")
+                raise ValueError(
+                    f"The feature importance of block {block} must be a finite tensor of shape "
+                    f"({d_sae},), one value per SAE feature; got shape {tuple(values.shape)}."
+                )
             if isinstance(count, bool) or not isinstance(count, int) or not 0 < count <= d_sae:
-                raise ValueError(f"num_features must be an integer in [1, {d_sae}] (the SAE of block {block} has "
-                                 f"{d_sae} features), got {count!r}.")
+                raise ValueError(
+                    f"num_features must be an integer in [1, {d_sae}] (the SAE of block {block} has "
+                    f"{d_sae} features), got {count!r}."
+                )
             selected[block] = values.topk(count).indices
         return selected
 

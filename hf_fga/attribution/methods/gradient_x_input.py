@@ -84,8 +84,10 @@ class GradientXInput(AttributionMethod):
         options: Mapping[str, Any],
     ) -> MethodResult:
         grid = patch_grid(attributor.model, pixel_values)
-        with prepared_objective(
-            attributor.model, pixel_values, target, text_embeds, attributor.linear_backend
-        ) as (objective, pixels, record):
+        with prepared_objective(attributor.model, pixel_values, target, text_embeds, attributor.linear_backend) as (
+            objective,
+            pixels,
+            record,
+        ):
             attribution, _ = gradient_x_input(objective, pixels, grid)
         return MethodResult(attribution=attribution, logits=record["logits"], target=record["target"])

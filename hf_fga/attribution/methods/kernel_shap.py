@@ -118,9 +118,12 @@ class KernelShapMethod(AttributionMethod):
     ) -> MethodResult:
         model = attributor.model
         grid = patch_grid(model, pixel_values)
-        with prepared_objective(
-            model, pixel_values, target, text_embeds, attributor.linear_backend, clean_forward=True
-        ) as (objective, pixels, record), torch.no_grad():
+        with (
+            prepared_objective(
+                model, pixel_values, target, text_embeds, attributor.linear_backend, clean_forward=True
+            ) as (objective, pixels, record),
+            torch.no_grad(),
+        ):
             attribution = kernel_shap(
                 objective,
                 pixels,
