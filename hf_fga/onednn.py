@@ -20,10 +20,11 @@ users of this module rebuild stale packs before a call. Every model is checked o
 runs on a build without oneDNN keeps the stock path, and one backend serves every input of a run.
 
 Whether the packs pay depends on the CPU: they cost a copy of the linear weights (two with the backward pack) and
-the packing time, and gain only where oneDNN's kernels beat MKL's. `linear_backend="auto"` therefore measures, once
-per process and weight shape, the model's largest linear with both kernels ([`prefers_onednn`]) and uses oneDNN only
-when it is at least `MIN_SPEEDUP` times faster (2x on an AVX-512 EPYC where MKL takes its AVX2 path; ~1.1x on an
-AVX2-only CPU, where the stock kernels are kept). `"onednn"` forces the packs, `"default"` never uses them.
+the packing time, and gain only where oneDNN's kernels beat MKL's. `linear_backend="auto"` therefore uses oneDNN
+only on CPUs where it was measured at least `MIN_SPEEDUP` times faster: AMD CPUs with AVX-512, where MKL takes its
+AVX2 path (2x); on an AVX2-only CPU (~1.1x) and on Intel CPUs the stock kernels are kept ([`prefers_onednn`], a fixed
+rule of the CPU rather than a timing, so that all processes and resumes of a run use the same kernels;
+[`onednn_speedup`] measures the CPU at hand). `"onednn"` forces the packs, `"default"` never uses them.
 """
 
 from __future__ import annotations
@@ -78,8 +79,13 @@ def supports_onednn(model: nn.Module) -> bool:
     return onednn_available() and bool(linears) and all(supported_weight(m.weight) for m in linears)
 
 
-@functools.cache
-def _prefers_onednn_for(shape: tuple[int, int], repeats: int = 2) -> bool:
+def onednn_speedup(shape: tuple[int, int], repeats: int = 2) -> float:
+    """
+    How many times faster oneDNN runs a linear of weight shape `(out, in)` than the stock kernel on this CPU: a
+    micro-benchmark of `MICRO_BENCHMARK_ROWS` random rows through (up to `MICRO_BENCHMARK_OUTPUTS` outputs of) such a
+    weight, ~0.1 s for ViT-B's MLP. A measurement for benchmarks (`scripts/bench_onednn.py`): timings vary from run
+    to run, so "auto" does not decide by it (see [`prefers_onednn`]).
+    """
     gen = torch.Generator().manual_seed(0)
     weight = torch.randn(min(shape[0], MICRO_BENCHMARK_OUTPUTS), shape[1], generator=gen)
     x = torch.randn(MICRO_BENCHMARK_ROWS, shape[1], generator=gen)
@@ -94,16 +100,32 @@ def _prefers_onednn_for(shape: tuple[int, int], repeats: int = 2) -> bool:
                 start = time.perf_counter()
                 run()
                 best[name] = min(best[name], time.perf_counter() - start)
-    return best["stock"] >= MIN_SPEEDUP * best["onednn"]
+    return best["stock"] / best["onednn"]
+
+
+@functools.cache
+def _cpu_vendor() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
 def prefers_onednn(weight: Tensor) -> bool:
     """
-    Whether oneDNN runs a linear of `weight`'s shape `(out, in)` at least `MIN_SPEEDUP` times faster than the stock
-    kernel on this CPU: a micro-benchmark of `MICRO_BENCHMARK_ROWS` random rows through (up to
-    `MICRO_BENCHMARK_OUTPUTS` outputs of) such a weight, ~0.1 s for ViT-B's MLP, run once per process and shape.
+    Whether "auto" packs the linears on this CPU. The decision is a fixed rule of the CPU, never a timing, so that
+    every process of a run, and every resume, uses the same kernels (their float32 sums differ in the last bits): the
+    packs pay only where MKL's sgemm takes its AVX2 path although the CPU has AVX-512, i.e. AMD CPUs with AVX-512
+    (measured 2x, `onednn_speedup` > `MIN_SPEEDUP`); on AVX2-only CPUs oneDNN gained ~1.1x and on Intel CPUs MKL has
+    its own AVX-512 path, so there the stock kernels are kept. `weight` is the model's largest linear weight (kept in
+    the signature for rules that depend on the shape).
     """
-    return onednn_available() and _prefers_onednn_for(tuple(weight.shape))
+    capability = torch.backends.cpu.get_cpu_capability()
+    return onednn_available() and capability.startswith("AVX512") and _cpu_vendor() == "AuthenticAMD"
 
 
 def use_onednn(model: nn.Module, backend: str) -> bool:

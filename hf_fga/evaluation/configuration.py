@@ -20,6 +20,7 @@ METHOD_LABELS = {
     "cp-lrp": "CP-LRP",
     "attnlrp": "AttnLRP",
     "caap": "CAAP",
+    "kernel-shap": "KernelSHAP",
 }
 REPORT_ORDER = (
     "transmm",
@@ -32,6 +33,7 @@ REPORT_ORDER = (
     "cp-lrp",
     "attnlrp",
     "caap",
+    "kernel-shap",
 )
 KNOWN_VARIANTS = (
     "combined",
