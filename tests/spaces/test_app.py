@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import hf_fga
+
 # gr.Warning outside a request also emits a Python warning: the page message is what the tests check
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:gradio.helpers")
 
@@ -213,8 +215,7 @@ def test_launched_app_serves_a_client(space_url, space_explainer, tmp_path):
         10.0,
         "",
         "",
-        "transmm",
-        api_name="/explain",
+        api_name="/explain",  # no method: clients of the seven-input API get the default, TransMM
     )
     job.result()
     result = merge(job.outputs())  # the handler streams the maps first, then the metrics
@@ -261,8 +262,6 @@ def test_feature_cards_show_why_each_feature_fires(app_module, space_explainer):
 
 
 def test_method_selector_lists_every_registered_method_but_fga(app_module, space_explainer):
-    import hf_fga
-
     demo = app_module.build_demo(space_explainer)
     selector = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "fga-method")
     names = [choice[1] for choice in selector.choices]
@@ -311,3 +310,13 @@ def test_another_method_is_shown_beside_fga(app_module, space_explainer, handler
 def test_unknown_method_gives_a_message(handler, space_explainer):
     out = handler(space_explainer.examples[0], "combined", [1], 0.5, 10.0, "", "", "fga")
     assert out[0].startswith("⚠️") and "Unknown method" in out[0] and "gradient-x-input" in out[0]
+
+
+@pytest.mark.parametrize("method", [m for m in hf_fga.list_methods() if m != "fga"])
+def test_every_method_can_be_compared(app_module, space_explainer, method):
+    if method == "kernel-shap" and space_explainer.name != "stand-in":
+        pytest.skip("KernelSHAP takes ~10 s on the bundled model's 196 patches; the stand-in covers it")
+    image = app_module.read_upload(space_explainer.examples[1])
+    out = app_module.explain(space_explainer, image, "combined", [1], metrics=False, method=method)
+    assert out.compared == app_module.method_label(method) and out.transmm.size == out.fga.size
+    assert not np.array_equal(np.asarray(out.transmm), np.asarray(out.image))
