@@ -17,6 +17,7 @@ from ..cafe import BACKENDS, explain_feature
 from ..feature_drivers import feature_drivers
 from ..images import as_pipeline_inputs, load_image
 from ..introspection import clip_text_embeddings, is_clip, load_vision_model
+from ..precision import check_precision
 from ..validation import candidate_label_list, integer, real_number
 from ..viz import overlay
 
@@ -32,6 +33,7 @@ OPTIONS = (
     "cmax",
     "layers",
     "libragrad",
+    "method_options",
     "top_k_features",
     "explain_features",
     "cafe_method",
@@ -39,6 +41,9 @@ OPTIONS = (
     "batch_size",
     "num_workers",
 )
+# What the pipeline passes to `Attributor.attribute` itself (from its own parameters), so never in `method_options`.
+PIPELINE_SET = ("variant", "layers", "kappa", "cmax", "return_contributions")
+CONSTRUCTION_ONLY = ("sae", "mean_residuals", "linear_backend", "precision")
 
 
 class AutoModelForFeatureGradientAttribution:
@@ -68,13 +73,26 @@ class FeatureGradientAttributionPipeline(Pipeline):
             for `variant="mean-centered"`, which needs no SAE.
         linear_backend (`str`, *optional*, defaults to `"auto"`): `"auto"`, `"onednn"` or `"default"`, how linear
             layers and SAE encoders run on CPU (see [`FeatureGradientAttribution`]).
+        precision (`str`, *optional*, defaults to `"float32"`): `"float32"` or `"bfloat16"`, the precision of the
+            attribution passes (`hf_fga.precision`; see [`FeatureGradientAttribution`]): `"bfloat16"` runs them under
+            `torch.autocast`, the model itself is never converted and every result is float32. bfloat16 is slower
+            than float32 on CPUs without native bfloat16 instructions (a warning says so).
 
     Options (given to `pipeline(...)` they apply to every call; given to a call, to that call):
         target (`int` or `str`, *optional*): the class index or label name explained, for every image (default: each
             image's predicted class). To explain several classes, call once per class.
         candidate_labels (`list[str]` or `str`): CLIP's zero-shot labels; a string is one label, or several
             separated by commas (`"cat, dog"`).
-        method (`str`, defaults to `"fga"`): `"fga"`, `"transmm"`, `"rollout"` or `"raw-attention"`.
+        method (`str`, defaults to `"fga"`): a registered method (`hf_fga.list_methods()`): `"fga"`, `"transmm"`,
+            `"rollout"`, `"raw-attention"`, `"integrated-gradients"`, `"caap"`, `"kernel-shap"`, …
+        method_options (`dict[str, Any]`, *optional*): the chosen method's own options
+            (`hf_fga.attribution.get_method(method).options`), passed to [`Attributor.attribute`]: e.g. `{"steps": 16,
+            "internal_batch_size": 8}` for `"integrated-gradients"`, `{"block_range": (0, 4), "batch_size": 32}`
+            for `"caap"`, `{"n_samples": 200, "seed": 0}` for `"kernel-shap"`, `{"num_contributions": 32}` for
+            `"fga"`. `variant`, `layers`, `kappa` and `cmax` are pipeline options of their own and
+            `return_contributions` is set by the pipeline, so none of them may appear here; an option the method
+            does not take raises a TypeError listing the ones it does. A call's `method_options` replaces the
+            construction's (it is not merged key by key).
         variant (`str`, defaults to `"combined"`): the FGA score (method.md §3).
         kappa (`float`, defaults to 0.5): κ > 0; any real number type (Python, numpy, 0-d tensor), not a bool.
         cmax (`float`, defaults to 10.0): c_max > 1, same types.
@@ -135,9 +153,11 @@ class FeatureGradientAttributionPipeline(Pipeline):
         layers: Sequence[int] | None = None,
         mean_residuals=None,
         linear_backend: str = "auto",
+        precision: str = "float32",
         **kwargs,
     ):
         layers = gated_layers(layers) if layers is not None else None
+        precision = check_precision(precision)
         super().__init__(*args, **kwargs)  # sanitizes the remaining options: they apply to every call
         from ..attribution import load_mean_residuals
         from ..sae import load_saes
@@ -149,7 +169,7 @@ class FeatureGradientAttributionPipeline(Pipeline):
         if layers is not None:
             self._forward_params = {"layers": layers, **self._forward_params}
         self.attributor = FeatureGradientAttribution(
-            self.model, self.saes, mean_residuals=mean_residuals, linear_backend=linear_backend
+            self.model, self.saes, mean_residuals=mean_residuals, linear_backend=linear_backend, precision=precision
         )
         self._text_cache: tuple[tuple[str, ...], torch.Tensor] | None = None
 
@@ -175,12 +195,19 @@ class FeatureGradientAttributionPipeline(Pipeline):
         cmax=None,
         layers=None,
         libragrad=None,
+        method_options=None,
         top_k_features=None,
         explain_features=None,
         cafe_method=None,
         timeout=None,
         **unexpected,
     ):
+        construction = sorted(set(unexpected) & set(CONSTRUCTION_ONLY))
+        if construction:
+            raise TypeError(
+                f"{construction} can only be given when the pipeline is built: pipeline({TASK!r}, ..., "
+                f"{construction[0]}=...)."
+            )
         if unexpected:
             raise TypeError(f"Unknown parameter(s) {sorted(unexpected)} for the {TASK} pipeline; accepted: {OPTIONS}.")
         preprocess, forward, postprocess = {}, {}, {}
@@ -205,6 +232,8 @@ class FeatureGradientAttributionPipeline(Pipeline):
             if not isinstance(libragrad, bool):
                 raise TypeError(f"libragrad must be True or False, got {libragrad!r}.")
             forward["libragrad"] = libragrad
+        if method_options is not None:
+            forward["method_options"] = check_method_options(method_options)
         if top_k_features is not None:
             postprocess["top_k_features"] = integer(
                 "top_k_features", top_k_features, low=1, meaning="how many features top_features lists"
@@ -259,6 +288,7 @@ class FeatureGradientAttributionPipeline(Pipeline):
         cmax=10.0,
         layers=None,
         libragrad=False,
+        method_options=None,
         explain_features=0,
         cafe_method="gradient-x-input",
     ) -> dict[str, list]:
@@ -277,6 +307,14 @@ class FeatureGradientAttributionPipeline(Pipeline):
             return_contributions=method == "fga" and variant in FEATURE_VARIANTS,
         )
         accepted = get_method(method).options  # the FGA settings apply to the methods that take them
+        method_options = method_options or {}
+        unknown = sorted(set(method_options) - set(accepted))
+        if unknown:
+            own = [name for name in accepted if name not in PIPELINE_SET]
+            raise TypeError(
+                f"method_options {unknown} are not options of method {method!r}; its method_options are: "
+                f"{own or 'none'} (see hf_fga.attribution.get_method({method!r}).options)."
+            )
         out = self.attributor.attribute(
             pixel_values,
             target=target_index(target, labels),
@@ -284,6 +322,7 @@ class FeatureGradientAttributionPipeline(Pipeline):
             text_embeds=text_embeds,
             libragrad=libragrad,
             **{name: value for name, value in options.items() if name in accepted},
+            **method_options,
         )
         batch = pixel_values.shape[0]
         outputs = [one_image(out, b) for b in range(batch)]
@@ -367,6 +406,25 @@ def gated_layers(layers) -> list[int]:
             "leave layers out to gate every block that has an SAE, or use method='transmm'."
         )
     return blocks
+
+
+def check_method_options(method_options) -> dict[str, Any]:
+    """A copy of `method_options` (a dict of option name → value) without the options the pipeline sets itself."""
+    if not isinstance(method_options, dict):
+        raise TypeError(
+            f"method_options must be a dict of the method's options, e.g. method_options={{'steps': 16}} for "
+            f"method='integrated-gradients', got {type(method_options).__name__}: {method_options!r}."
+        )
+    names = [name for name in method_options if not isinstance(name, str)]
+    if names:
+        raise TypeError(f"method_options keys must be option names (strings), got {names!r}.")
+    own = sorted(set(method_options) & set(PIPELINE_SET))
+    if own:
+        raise ValueError(
+            f"method_options may not set {own}: variant, layers, kappa and cmax are pipeline options (pass e.g. "
+            "kappa=1.0 to pipeline(...) or to the call) and return_contributions is set by the pipeline."
+        )
+    return dict(method_options)
 
 
 def check_target(target) -> int | str:

@@ -456,3 +456,90 @@ def test_libragrad_option(explain, images):
         explain(images[0], method="rollout", libragrad=True)
     with pytest.raises(TypeError, match="libragrad must be True or False"):
         explain(images[0], libragrad="yes")
+
+
+# ----------------------------------------------------------------------------------- method_options and precision
+def _pixels(explain, image) -> torch.Tensor:
+    return explain.image_processor(images=image, return_tensors="pt")["pixel_values"]
+
+
+def test_method_options_reach_the_method(vit_dir, sae_dirs, explain, images):
+    attributor = FeatureGradientAttribution(explain.model, explain.saes)
+    pixel_values = _pixels(explain, images[1])
+    two = attributor.attribute(pixel_values, method="integrated-gradients", steps=2).attribution[0].numpy()
+    four = attributor.attribute(pixel_values, method="integrated-gradients", steps=4).attribution[0].numpy()
+    assert not np.allclose(two, four, rtol=1e-3)  # the number of steps shows in the map
+    out = explain(images[1], method="integrated-gradients", method_options={"steps": 2})
+    np.testing.assert_allclose(out["attribution"], two, rtol=1e-5, atol=1e-7)
+    assert out["baseline"] is None and out["gates"] == {}
+    configured = pipeline(
+        "feature-gradient-attribution",
+        model=str(vit_dir),
+        sae=[str(d) for d in sae_dirs],
+        method="integrated-gradients",
+        method_options={"steps": 2, "internal_batch_size": 1},
+    )
+    np.testing.assert_allclose(configured(images[1])["attribution"], two, rtol=1e-5, atol=1e-7)
+    # a call's method_options replaces the construction's
+    np.testing.assert_allclose(
+        configured(images[1], method_options={"steps": 4})["attribution"], four, rtol=1e-5, atol=1e-7
+    )
+    batched = configured(images[:3], batch_size=3)
+    for image, result in zip(images[:3], batched, strict=True):
+        np.testing.assert_allclose(result["attribution"], configured(image)["attribution"], rtol=1e-4, atol=1e-6)
+
+
+def test_method_options_for_fga_sit_beside_its_pipeline_options(explain, images):
+    few = explain(images[0], kappa=1.0, method_options={"num_contributions": 1})
+    direct = FeatureGradientAttribution(explain.model, explain.saes).attribute(
+        _pixels(explain, images[0]), kappa=1.0, return_contributions=True, num_contributions=1
+    )
+    np.testing.assert_allclose(few["attribution"], direct.attribution[0].numpy(), rtol=1e-5, atol=1e-7)
+    listed = {(block, f["index"]) for block, feats in few["top_features"].items() for f in feats}
+    allowed = {(block, int(i)) for block, (_, index) in direct.contributions.items() for i in index.flatten()}
+    assert listed and listed <= allowed  # drivers come from the one contribution kept per patch
+
+
+@pytest.mark.parametrize(
+    "options, error, match",
+    [
+        ({"method": "integrated-gradients", "method_options": {"stepz": 2}}, TypeError, r"\['stepz'\].*'steps'"),
+        ({"method": "transmm", "method_options": {"steps": 2}}, TypeError, r"method 'transmm'.*none"),
+        ({"method_options": {"kappa": 1.0}}, ValueError, r"may not set \['kappa'\]"),
+        ({"method_options": {"return_contributions": False}}, ValueError, "return_contributions"),
+        ({"method_options": [("steps", 2)]}, TypeError, "method_options must be a dict.*got list"),
+        ({"method_options": "steps=2"}, TypeError, "method_options must be a dict"),
+        ({"method_options": {2: 1}}, TypeError, "keys must be option names"),
+        ({"precision": "bfloat16"}, TypeError, r"\['precision'\] can only be given when the pipeline is built"),
+    ],
+)
+def test_bad_method_options_are_errors(explain, images, options, error, match):
+    with pytest.raises(error, match=match):
+        explain(images[0], **options)
+
+
+def test_bad_method_options_at_construction(vit_dir):
+    with pytest.raises(TypeError, match="method_options must be a dict"):
+        pipeline("feature-gradient-attribution", model=str(vit_dir), method_options=2)
+
+
+@pytest.mark.filterwarnings("ignore:precision='bfloat16' on this CPU")
+def test_precision_is_a_constructor_option(vit_dir, sae_dirs, explain, images):
+    saes = [str(d) for d in sae_dirs]
+    half = pipeline("feature-gradient-attribution", model=str(vit_dir), sae=saes, precision="bfloat16")
+    assert half.attributor.precision == "bfloat16" and explain.attributor.precision == "float32"
+    dtypes = {n: p.dtype for n, p in half.model.named_parameters()}
+    out = half(images[0])
+    assert out["attribution"].dtype == np.float32 and out["attribution"].shape == (4, 4)
+    assert {n: p.dtype for n, p in half.model.named_parameters()} == dtypes
+    assert set(dtypes.values()) == {torch.float32}
+    direct = FeatureGradientAttribution(half.model, half.saes, precision="bfloat16").attribute(
+        _pixels(half, images[0]), return_contributions=True
+    )
+    np.testing.assert_allclose(out["attribution"], direct.attribution[0].numpy(), rtol=1e-5, atol=1e-7)
+    assert np.isfinite(out["attribution"]).all()
+    for bad in ("float16", "bf16", 32):
+        with pytest.raises(
+            ValueError, match=r"precision=.*is not supported: expected one of \('float32', 'bfloat16'\)"
+        ):
+            pipeline("feature-gradient-attribution", model=str(vit_dir), sae=saes, precision=bad)
