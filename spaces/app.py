@@ -32,9 +32,10 @@ from fga_space import QUICK_SETTINGS, quick_faithfulness
 from PIL import Image
 from transformers import pipeline
 
-import hf_fga  # noqa: F401  (registers the feature-gradient-attribution task)
+import hf_fga  # registers the feature-gradient-attribution task
 from hf_fga.attribution import VARIANTS, load_mean_residuals
 from hf_fga.cafe import verdict
+from hf_fga.evaluation.configuration import METHOD_LABELS
 from hf_fga.feature_drivers import AMPLIFIER
 from hf_fga.images import MIN_SIDE, load_image
 from hf_fga.pipelines import TASK, FeatureGradientAttributionPipeline
@@ -61,6 +62,8 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]
 AMPLIFIER_COLOUR, SUPPRESSOR_COLOUR = "#00c853", "#ff1744"
 UPLOAD_FORMATS = "a JPEG, PNG, BMP, TIFF or WebP picture"
 LOG = logging.getLogger("fga_space")
+COMPARED_DEFAULT = "transmm"  # the method shown beside FGA by default: its baseline, from the same pass
+SLOW_METHODS = ("integrated-gradients", "caap", "kernel-shap")  # many forward passes: seconds on a CPU
 
 
 METRICS_OUTPUT = 6  # position of the metrics table among the handler's outputs (see `Explanation.as_tuple`)
@@ -99,6 +102,17 @@ class Explainer:
     def labels(self) -> list[str]:
         config = self.pipe.model.config
         return [config.id2label[i] for i in range(config.num_labels)]
+
+
+def comparison_methods() -> list[str]:
+    """The registered methods that can be shown beside FGA (every one but FGA itself), TransMM first."""
+    names = [name for name in hf_fga.list_methods() if name != "fga"]
+    return sorted(names, key=lambda name: name != COMPARED_DEFAULT)
+
+
+def method_label(name: str) -> str:
+    """The display name of a registered method (its report label where it has one, else its name)."""
+    return METHOD_LABELS.get(name, name)
 
 
 def default_blocks(blocks: Sequence[int], num_layers: int) -> list[int]:
@@ -248,7 +262,10 @@ def metrics_markdown(scores: dict[str, dict[str, float]]) -> str:
         delta = fga - base
         verdict = "better" if better * delta > 0 else ("worse" if better * delta < 0 else "same")
         rows.append(f"| {title} | {base:.3f} | {fga:.3f} | {delta:+.3f} ({verdict}) |")
-    return "\n".join(rows) + f"\n\n<sub>This image only; quick settings: {QUICK_SETTINGS}.</sub>"
+    return "\n".join(rows) + (
+        f"\n\n<sub>This image only, FGA against TransMM (whichever method is shown beside FGA); quick settings: "
+        f"{QUICK_SETTINGS}.</sub>"
+    )
 
 
 def feature_panel(explainer: Explainer, image: Image.Image, result: dict, variant: str):
@@ -314,7 +331,7 @@ class Explanation:
     message: str
     prediction: dict[str, float] | None
     image: Image.Image | None
-    transmm: Image.Image | None
+    transmm: Image.Image | None  # the map of the method compared with FGA (TransMM by default)
     fga: Image.Image | None
     gates: list[tuple[Image.Image, str]]
     metrics: str
@@ -322,6 +339,7 @@ class Explanation:
     feature_cards: Image.Image | None
     features: str
     pending: tuple | None = None  # (model, pixel_values, maps) until `score` fills in the metrics
+    compared: str = "TransMM"  # the caption of `transmm`: the compared method's label
 
     def as_tuple(self) -> tuple:
         """The outputs in page order (`METRICS_OUTPUT` is the index of the metrics table)."""
@@ -329,7 +347,7 @@ class Explanation:
             self.message,
             self.prediction,
             self.image,
-            self.transmm,
+            gr.update(value=self.transmm, label=self.compared),  # its caption follows the chosen method
             self.fga,
             self.gates,
             self.metrics,
@@ -351,11 +369,17 @@ def explain(
     kappa: float = 0.5,
     cmax: float = 10.0,
     metrics: bool = True,
+    method: str = COMPARED_DEFAULT,
 ) -> Explanation:
     """
     Explain one image with the pipeline (FGA and TransMM from one pass, the gates, the features behind the change)
-    and score both maps.
+    and score both maps. With another `method` than `"transmm"` (any registered one but `"fga"`), the pipeline runs
+    a second time with that method for the same class, and its map is shown instead of TransMM's; the faithfulness
+    table still compares FGA with TransMM.
     """
+    methods = comparison_methods()
+    if method not in methods:
+        raise SpaceInputError(f"Unknown method `{method}`; choose one of {', '.join(methods)}.")
     if variant not in VARIANTS:
         raise SpaceInputError(f"Unknown variant `{variant}`; choose one of {', '.join(VARIANTS)}.")
     available = explainer.blocks
@@ -390,6 +414,15 @@ def explain(
             "This image could not be explained with this model and SAE set. Try another image, other gated blocks, "
             "or the bundled model."
         ) from error
+    compared = result["baseline"]
+    if method != COMPARED_DEFAULT:
+        try:
+            compared = pipe(image, method=method, target=result["target"])["attribution"]
+        except (ValueError, RuntimeError) as error:  # e.g. a method this architecture does not support
+            LOG.warning("explaining with %s failed: %r", method, error)
+            raise SpaceInputError(
+                f"{method_label(method)} could not explain this image with this model; choose another method."
+            ) from error
     pixel_values = pipe.image_processor(images=image, return_tensors="pt")["pixel_values"].to(pipe.model.dtype)
     with torch.no_grad():
         probabilities = pipe.model(pixel_values=pixel_values).logits.softmax(dim=-1)[0].tolist()
@@ -402,13 +435,13 @@ def explain(
     feature_image, cards, features = feature_panel(explainer, shown, result, variant)
     message = (
         f"**{result['label']}** with probability {result['score']:.3f} · model: {explainer.name} · variant "
-        f"`{variant}`, blocks {chosen}, κ = {kappa:g}, c_max = {cmax:g}"
+        f"`{variant}`, blocks {chosen}, κ = {kappa:g}, c_max = {cmax:g} · beside {method_label(method)}"
     )
     explanation = Explanation(
         message,
         dict(zip(labels, probabilities, strict=True)),
         shown,
-        overlay(shown, result["baseline"]),
+        overlay(shown, compared),
         overlay(shown, result["attribution"]),
         gates,
         "_Computing this image's faithfulness scores…_",
@@ -416,6 +449,7 @@ def explain(
         cards,
         features,
         (pipe.model, pixel_values, {"TransMM": result["baseline"], "FGA": result["attribution"]}),
+        method_label(method),
     )
     return score(explanation) if metrics else explanation
 
@@ -441,12 +475,13 @@ def make_handler(default: Explainer):
     (the slower part). Every visitor-facing failure becomes a warning and a message, never a traceback.
     """
 
-    def handle(image_path, variant, blocks, kappa, cmax, model_id="", sae_id=""):
+    def handle(image_path, variant, blocks, kappa, cmax, model_id="", sae_id="", method=COMPARED_DEFAULT):
         try:
             explainer = resolve_explainer(default, model_id, sae_id)
             if explainer is not default:
                 blocks = [b for b in blocks if b in explainer.blocks] or explainer.default_blocks
-            explanation = explain(explainer, read_upload(image_path), variant, blocks, kappa, cmax, metrics=False)
+            image = read_upload(image_path)
+            explanation = explain(explainer, image, variant, blocks, kappa, cmax, metrics=False, method=method)
         except SpaceInputError as error:
             gr.Warning(str(error))
             yield Explanation.failure(str(error)).as_tuple()
@@ -482,7 +517,8 @@ INTRO = """
 **TransMM** (Chefer et al. 2021) weighs attention by its gradient. **FGA** adds, at the gated blocks, a per-patch
 gate from sparse-autoencoder features: a patch's score is Σₖ fₖ · (Dᵀg)ₖ (feature activation × the gradient
 projected onto the feature), robustly normalised and mapped to a gate in [1/c_max, c_max]. Pick an example or upload
-a chest X-ray, then press **Explain**.
+a chest X-ray, then press **Explain**. **Compare FGA with** shows another registered attribution method's map in
+place of TransMM's.
 """
 
 
@@ -498,6 +534,16 @@ def build_demo(explainer: Explainer | None = None) -> gr.Blocks:
                     gr.Image(type="filepath", image_mode=None, label="Image", sources=["upload"], elem_id="fga-input")
                 )
                 variant = gr.Dropdown(list(VARIANTS), value="combined", label="Variant", elem_id="fga-variant")
+                method = gr.Dropdown(
+                    [(method_label(name), name) for name in comparison_methods()],
+                    value=COMPARED_DEFAULT,
+                    label="Compare FGA with",
+                    info=(
+                        f"Shown beside FGA. {', '.join(method_label(m) for m in SLOW_METHODS)} take many passes: "
+                        "seconds on a CPU. The faithfulness table compares FGA with TransMM whatever is chosen."
+                    ),
+                    elem_id="fga-method",
+                )
                 blocks = gr.CheckboxGroup(
                     explainer.blocks, value=explainer.default_blocks, label="Gated blocks", elem_id="fga-blocks"
                 )
@@ -547,7 +593,7 @@ def build_demo(explainer: Explainer | None = None) -> gr.Blocks:
                     interactive=False,
                     elem_id="fga-feature-cards",
                 )
-        inputs = [image, variant, blocks, kappa, cmax, model_id, sae_id]
+        inputs = [image, variant, blocks, kappa, cmax, model_id, sae_id, method]
         outputs = [message, prediction, shown, transmm, fga, gates, metrics, feature_image, cards, features]
         run.click(handle, inputs=inputs, outputs=outputs, api_name="explain")
     return demo

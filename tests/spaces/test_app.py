@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import hf_fga
+
 # gr.Warning outside a request also emits a Python warning: the page message is what the tests check
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:gradio.helpers")
 
@@ -20,6 +22,11 @@ def merge(updates: list[tuple]) -> tuple:
             if not (isinstance(value, dict) and value == gr.skip()):
                 shown[n] = value
     return tuple(shown)
+
+
+def picture(value):
+    """The image of an output: the compared map is sent as an update that also sets its caption."""
+    return value["value"] if isinstance(value, dict) else value
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +61,10 @@ def test_explain_gives_every_output(app_module, space_explainer, handler):
     assert "⚠️" not in message and "probability" in message
     assert set(prediction) == set(space_explainer.labels)
     assert sum(prediction.values()) == pytest.approx(1.0, abs=1e-5)
-    for picture in (image, transmm, fga, feature_image):
-        assert isinstance(picture, Image.Image) and picture.size == image.size
+    assert transmm["label"] == "TransMM"
+    transmm = picture(transmm)
+    for shown in (image, transmm, fga, feature_image):
+        assert isinstance(shown, Image.Image) and shown.size == image.size
     assert not np.array_equal(np.asarray(transmm), np.asarray(image))
     assert len(gates) == len(space_explainer.default_blocks)
     for table_row in ("SaCo", "Faithfulness Correlation", "Pixel Flipping"):
@@ -206,20 +215,38 @@ def test_launched_app_serves_a_client(space_url, space_explainer, tmp_path):
         10.0,
         "",
         "",
-        api_name="/explain",
+        api_name="/explain",  # no method: clients of the seven-input API get the default, TransMM
     )
     job.result()
     result = merge(job.outputs())  # the handler streams the maps first, then the metrics
     not_an_image = tmp_path / "notes.png"
     not_an_image.write_text("not an image")
-    refused = client.predict(handle_file(str(not_an_image)), "combined", [1], 0.5, 10.0, "", "", api_name="/explain")
+    refused = client.predict(
+        handle_file(str(not_an_image)), "combined", [1], 0.5, 10.0, "", "", "transmm", api_name="/explain"
+    )
     message, prediction, image, transmm, fga, gates, metrics, feature_image, cards, features = result
     assert "probability" in message and prediction["label"] in space_explainer.labels
+    assert transmm["label"] == "TransMM"  # the compared map comes as an update that sets its caption
+    transmm = picture(transmm)
     for path in (image, transmm, fga, feature_image, cards):
         assert Image.open(path).size[0] > 0
     assert len(gates) == len(space_explainer.default_blocks)
     assert "SaCo" in metrics and ("amplifier" in features or "suppressor" in features)
     assert refused[0].startswith("⚠️") and "not a readable image" in refused[0]
+    other = client.submit(
+        handle_file(space_explainer.examples[0]),
+        "combined",
+        space_explainer.default_blocks,
+        0.5,
+        10.0,
+        "",
+        "",
+        "gradient-x-input",
+        api_name="/explain",
+    )
+    other.result()
+    other = merge(other.outputs())
+    assert other[3]["label"] == "Gradient × Input" and Image.open(picture(other[3])).size == Image.open(image).size
 
 
 def test_feature_cards_show_why_each_feature_fires(app_module, space_explainer):
@@ -232,3 +259,64 @@ def test_feature_cards_show_why_each_feature_fires(app_module, space_explainer):
     result = space_explainer.pipe(image, layers=space_explainer.default_blocks, top_k_features=6, explain_features=6)
     explained = [f for fs in result["top_features"].values() for f in fs]
     assert explained and all("ierf" in f for f in explained)
+
+
+def test_method_selector_lists_every_registered_method_but_fga(app_module, space_explainer):
+    demo = app_module.build_demo(space_explainer)
+    selector = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "fga-method")
+    names = [choice[1] for choice in selector.choices]
+    assert sorted(names) == sorted(set(hf_fga.list_methods()) - {"fga"}) and names[0] == "transmm"
+    assert selector.value == "transmm"
+    labels = dict((name, label) for label, name in selector.choices)
+    assert labels["transmm"] == "TransMM" and labels["gradient-x-input"] == "Gradient × Input"
+    assert "seconds" in selector.info and "KernelSHAP" in selector.info and "TransMM" in selector.info
+
+
+def test_default_method_shows_the_transmm_of_the_same_pass(app_module, space_explainer, monkeypatch):
+    calls = []
+    pipe = space_explainer.pipe
+    original = type(pipe).__call__
+    monkeypatch.setattr(type(pipe), "__call__", lambda self, *a, **k: calls.append(k) or original(self, *a, **k))
+    image = app_module.read_upload(space_explainer.examples[0])
+    out = app_module.explain(space_explainer, image, "combined", space_explainer.default_blocks, metrics=False)
+    assert len(calls) == 1 and out.compared == "TransMM"
+    result = original(pipe, image, layers=space_explainer.default_blocks)
+    shown = app_module.fit_within(image, app_module.DISPLAY_SIDE)
+    expected = app_module.overlay(shown, result["baseline"])
+    np.testing.assert_array_equal(np.asarray(out.transmm), np.asarray(expected))
+
+
+def test_another_method_is_shown_beside_fga(app_module, space_explainer, handler):
+    example = space_explainer.examples[0]
+    default = handler(example, "combined", space_explainer.default_blocks, 0.5, 10.0, "", "", "transmm")
+    out = handler(example, "combined", space_explainer.default_blocks, 0.5, 10.0, "", "", "gradient-x-input")
+    message, prediction, image, compared, fga, gates, metrics, feature_image, cards, features = out
+    assert "⚠️" not in message and "Gradient × Input" in message
+    assert compared["label"] == "Gradient × Input"
+    image_ = app_module.read_upload(example)
+    result = space_explainer.pipe(image_, layers=space_explainer.default_blocks)
+    expected = space_explainer.pipe(image_, method="gradient-x-input", target=result["target"])
+    shown = app_module.fit_within(image_, app_module.DISPLAY_SIDE)
+    overlay = app_module.overlay(shown, expected["attribution"])
+    np.testing.assert_array_equal(np.asarray(picture(compared)), np.asarray(overlay))
+    assert not np.array_equal(np.asarray(picture(compared)), np.asarray(picture(default[3])))
+    # everything else is what the default shows: FGA, the gates, the features and the (FGA vs TransMM) metrics
+    np.testing.assert_array_equal(np.asarray(fga), np.asarray(default[4]))
+    assert prediction == default[1] and len(gates) == len(default[5]) and features == default[9]
+    assert metrics == default[6] and "TransMM" in metrics and "SaCo" in metrics
+    assert isinstance(cards, Image.Image) and isinstance(feature_image, Image.Image)
+
+
+def test_unknown_method_gives_a_message(handler, space_explainer):
+    out = handler(space_explainer.examples[0], "combined", [1], 0.5, 10.0, "", "", "fga")
+    assert out[0].startswith("⚠️") and "Unknown method" in out[0] and "gradient-x-input" in out[0]
+
+
+@pytest.mark.parametrize("method", [m for m in hf_fga.list_methods() if m != "fga"])
+def test_every_method_can_be_compared(app_module, space_explainer, method):
+    if method == "kernel-shap" and space_explainer.name != "stand-in":
+        pytest.skip("KernelSHAP takes ~10 s on the bundled model's 196 patches; the stand-in covers it")
+    image = app_module.read_upload(space_explainer.examples[1])
+    out = app_module.explain(space_explainer, image, "combined", [1], metrics=False, method=method)
+    assert out.compared == app_module.method_label(method) and out.transmm.size == out.fga.size
+    assert not np.array_equal(np.asarray(out.transmm), np.asarray(out.image))
