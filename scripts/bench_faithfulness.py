@@ -20,7 +20,7 @@ import torch
 from transformers import ViTConfig, ViTForImageClassification
 
 from hf_fga.faithfulness import ResponseCache, evaluate_faithfulness, forward_passes_per_image, resolve_preset
-from hf_fga.faithfulness.evaluation import _module
+from hf_fga.faithfulness.evaluation import metric_module
 from hf_fga.faithfulness.fast_linear import OneDNNLinears, supports_onednn
 from hf_fga.faithfulness.records import ranking
 from hf_fga.metrics import METRIC_NAMES
@@ -90,7 +90,7 @@ def main() -> None:
     # Warm up: the evaluate modules are loaded once per process, and the first forward allocates.
     evaluate_faithfulness(model, pixels[:1], attributions[:1], metrics=("saco",), progress=False)
     for name in METRIC_NAMES:
-        _module(name)
+        metric_module(name)
 
     # Engine and bare forwards alternate, best of --repeats each, so a busy machine hurts both alike. Each linear
     # backend is timed on its own: "default" (the stock forward: MKL's sgemm in PyTorch's CPU wheels) and "auto"

@@ -162,8 +162,11 @@ def plan_metrics(
 
 
 @functools.cache
-def _module(name: str) -> evaluate.EvaluationModule:
-    # In memory: no cache files or file locks, so parallel processes (e.g. under accelerate) never collide.
+def metric_module(name: str) -> evaluate.EvaluationModule:
+    """
+    The bundled `evaluate` module of metric `name`, loaded once per process (a benchmark warms it up with this).
+    In memory: no cache files or file locks, so parallel processes (e.g. under accelerate) never collide.
+    """
     return evaluate.load(metric_path(name), keep_in_memory=True)
 
 
@@ -186,7 +189,7 @@ def score_records(records: dict[str, object], preset: str | FaithfulnessPreset =
             kwargs = dict(curves=record.curves.tolist(), auc=preset.pf_auc)
         else:
             kwargs = dict(curves=record.curves.tolist())
-        result = _module(name).compute(**kwargs, return_per_image=True)
+        result = metric_module(name).compute(**kwargs, return_per_image=True)
         scores[name] = np.asarray(result[f"{name}_per_image"], dtype=np.float64)
     return scores
 
