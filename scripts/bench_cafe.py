@@ -16,41 +16,18 @@ Usage: `python scripts/bench_cafe.py [--models bundled vit-b16] [--features 1 16
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
 from functools import partial
 
 import torch
+
+# the same timing and forward+backward reference as the methods benchmark (run as `python scripts/bench_cafe.py`)
+from bench_methods import forward_backward, timed
 from transformers import ViTConfig, ViTForImageClassification
 
 from hf_fga.bundled import model_dir, sae_dir
 from hf_fga.cafe import explain_feature
-from hf_fga.introspection import model_logits, prepared_model, residual_stream
-from hf_fga.onednn import model_linears
+from hf_fga.introspection import prepared_model, residual_stream
 from hf_fga.sae import SparseAutoencoder, SparseAutoencoderConfig, load_saes
-
-
-def timed(run: Callable[[], object], repeats: int) -> tuple[float, float]:
-    """Best (CPU seconds, wall seconds) of `repeats` calls."""
-    best = (float("inf"), float("inf"))
-    for _ in range(repeats):
-        cpu, wall = time.process_time(), time.perf_counter()
-        run()
-        best = (min(best[0], time.process_time() - cpu), min(best[1], time.perf_counter() - wall))
-    return best
-
-
-def forward_backward(model, pixels: torch.Tensor, backend: str) -> Callable[[], object]:
-    """One forward and one input-gradient backward of the argmax logit (parameters frozen), nothing else."""
-
-    def run():
-        with prepared_model(model), model_linears(model, backend, lambda: model_logits(model, pixels[:1]), True):
-            x = pixels.detach().requires_grad_(True)
-            logits = model_logits(model, x)
-            y = logits.gather(1, logits.detach().argmax(-1, keepdim=True)).sum()
-            torch.autograd.grad(y, x)
-
-    return run
 
 
 def random_sae(d_in: int, expansion: int, block: int) -> SparseAutoencoder:
