@@ -6,6 +6,7 @@ metrics (`hf_fga.evaluation.statistics.rank_configurations`), to choose the one 
     python scripts/select_configuration.py RUN --variant combined --best            # only the best key
     python scripts/select_configuration.py RUN --variant combined --layers 0,1,2 --best
     python scripts/select_configuration.py RUN --variant combined --multi_block_sets 4  # sets around the best blocks
+    python scripts/select_configuration.py RUN --method caap --best                 # CAAP's best block range
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run", type=Path, help="an evaluation output folder holding summary.csv")
     parser.add_argument("--preset", default="papers")
     parser.add_argument("--fill", default="mean", help="the perturbation fill whose results are ranked")
+    parser.add_argument("--method", default="fga", help="rank this method's configurations (e.g. caap's block ranges)")
     parser.add_argument("--variant", default=None, help="only this FGA variant")
     parser.add_argument("--metrics", default=",".join(METRICS))
     parser.add_argument("--top", type=int, default=10)
@@ -61,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         fill=args.fill,
         metrics=args.metrics.split(","),
         variant=args.variant,
+        method=args.method,
     )
     if args.layers is not None:
         ranked = ranked[ranked["layers"] == args.layers]

@@ -10,6 +10,7 @@ it from its own capture; the tests check the two agree.
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,8 +19,9 @@ from typing import Any
 from torch import Tensor
 
 from ..attribution import Attributor, get_method
+from ..attribution.rules import backward_rules
 from ..attribution.methods.fga import VARIANT_OPTIONS, parse_variant
-from .configuration import EvaluationConfiguration
+from .configuration import EvaluationConfiguration, split_modifier
 
 DIAGNOSTIC_KEYS = ("g_dot_centered", "g_dot_error", "g_dot_x")
 
@@ -31,6 +33,9 @@ class GridAttributions:
 
     Args:
         maps (`dict[str, Tensor]`): per configuration key, the attribution map `(B, h, w)`.
+        seconds (`dict[str, float]`): per configuration key, the wall seconds its map took for the batch as if run
+            alone: its capture (forward + backward, shared with the other configurations of the same backward rules)
+            plus its own `explain`, or its own passes.
         logits (`Tensor` of shape `(B, C)`), probabilities (`Tensor` of shape `(B, C)`), target (`Tensor (B,)`):
             from the shared pass.
         diagnostics (`dict[int, dict[str, Tensor]]`): per gated block (over every configuration), the `(B,)` means
@@ -40,6 +45,7 @@ class GridAttributions:
     """
 
     maps: dict[str, Tensor]
+    seconds: dict[str, float]
     logits: Tensor
     probabilities: Tensor
     target: Tensor
@@ -57,8 +63,8 @@ def method_options(
     `feature_importance` of `selective`) from `variant_options`, passed only to the variant that reads them.
     """
     if not configuration.is_gated:
-        return {}
-    variant, parameter = parse_variant(configuration.variant or "combined")
+        return configuration.options
+    variant, parameter = parse_variant(split_modifier(configuration.variant)[0] or "combined")
     own = VARIANT_OPTIONS.get(variant, {})
     return dict(
         variant=variant,
@@ -107,16 +113,35 @@ def attribute_configurations(
     for configuration in configurations:
         union.update(hook_points(attr, configuration, variant_options))
     union = dict(sorted(union.items()))
-    capture = attr.capture(pixel_values, target=target, text_embeds=text_embeds, hook_points=union)
-    maps = {}
+    captures, capture_seconds = {}, {}
+    for libragrad in sorted({c.libragrad for c in configurations if get_method(c.method).uses_capture} | {False}):
+        start = time.perf_counter()
+        captures[libragrad] = attr.capture(
+            pixel_values,
+            target=target if not libragrad else captures[False].target,
+            text_embeds=text_embeds,
+            hook_points=union,
+            backward_context=backward_rules("libragrad") if libragrad else None,
+        )
+        capture_seconds[libragrad] = time.perf_counter() - start
+    capture = captures[False]
+    maps, seconds = {}, {}
     for c in configurations:
         options = method_options(c, shuffle_seed, variant_options)
+        start = time.perf_counter()
         if get_method(c.method).uses_capture:
-            maps[c.key] = attr.explain(capture, method=c.method, **options).attribution
+            maps[c.key] = attr.explain(captures[c.libragrad], method=c.method, **options).attribution
+            seconds[c.key] = capture_seconds[c.libragrad] + time.perf_counter() - start
         else:  # a method with its own passes (integrated gradients, CAAP, …), explaining the capture's target
             maps[c.key] = attr.attribute(
-                pixel_values, method=c.method, target=capture.target, text_embeds=text_embeds, **options
+                pixel_values,
+                method=c.method,
+                target=capture.target,
+                text_embeds=text_embeds,
+                libragrad=c.libragrad,
+                **options,
             ).attribution
+            seconds[c.key] = time.perf_counter() - start
     shared = attr.explain(capture, method="transmm")
     diagnostics: dict[int, dict[str, Tensor]] = {}
     if union:
@@ -126,6 +151,7 @@ def attribute_configurations(
         diagnostics = out.diagnostics or {}
     return GridAttributions(
         maps=maps,
+        seconds=seconds,
         logits=shared.logits,
         probabilities=shared.probabilities,
         target=shared.target,

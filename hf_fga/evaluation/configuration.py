@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from ..attribution import list_methods
+from ..attribution import get_method, list_methods
 
 REFERENCE_METHOD = "transmm"
 GATED_METHOD = "fga"
@@ -52,9 +54,72 @@ KNOWN_VARIANTS = (
 )
 
 
+LIBRAGRAD = "libragrad"  # the modifier of gradient-based methods (method.md §8), written `method+libragrad`
+
+
 def variant_name(variant: str) -> str:
-    """The variant without its parameter: `error-scaled@0.5` → `error-scaled`."""
-    return variant.partition("@")[0]
+    """The variant without its parameter or modifier: `error-scaled@0.5` → `error-scaled`, `combined+libragrad` →
+    `combined`."""
+    return split_modifier(variant)[0].partition("@")[0]
+
+
+def split_modifier(variant: str) -> tuple[str, bool]:
+    """`"combined+libragrad"` → `("combined", True)`; `"libragrad"` (a non-FGA method's) → `("", True)`."""
+    parts = [part for part in str(variant or "").split("+") if part]
+    libragrad = LIBRAGRAD in parts
+    return "+".join(part for part in parts if part != LIBRAGRAD), libragrad
+
+
+def parse_method_spec(spec: str) -> tuple[str, bool, dict[str, Any], str]:
+    """
+    One entry of `--methods`: `name[+libragrad][@option=value[;option=value…]]`, e.g. `gradient-x-input+libragrad`,
+    `caap@block_range=2-6`, `integrated-gradients+libragrad@steps=64`.
+
+    Returns `(name, libragrad, options, options_text)`; values are parsed as `a-b` → `(a, b)` (a block range), then
+    int, float, `true`/`false`, else text. Errors name what was wrong: an unknown method, `+libragrad` on a method
+    that reads no gradients, an option the method does not take (the message lists those it does).
+    """
+    head, _, options_text = str(spec).strip().partition("@")
+    name, libragrad = split_modifier(head)
+    known = known_methods()
+    if name not in known:
+        raise ValueError(f"Unknown method {name!r} in {spec!r}: expected some of {list(known)}.")
+    method = get_method(name)
+    if libragrad and not method.gradient_based:
+        gradient = [m for m in known if get_method(m).gradient_based]
+        raise ValueError(
+            f"{spec!r}: +libragrad changes the gradients a method reads, but {name!r} reads none; it applies to "
+            f"{', '.join(gradient)}."
+        )
+    options, texts = {}, []
+    for item in filter(None, (part.strip() for part in options_text.split(";"))):
+        key, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or key not in method.options:
+            accepted = ", ".join(method.options) or "none"
+            raise ValueError(
+                f"{spec!r}: {item!r} is not an option of {name!r} (write option=value; it takes: {accepted})."
+            )
+        options[key] = _option_value(value)
+        texts.append(f"{key}={value}")
+    if options and name == GATED_METHOD:
+        raise ValueError(f"{spec!r}: FGA's settings come from --variants, --layer_sets, --kappas and --cmaxes.")
+    return name, libragrad, options, ";".join(texts)
+
+
+def _option_value(text: str) -> Any:
+    if re.fullmatch(r"\d+-\d+", text):
+        return tuple(int(part) for part in text.split("-"))
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def method_variant(libragrad: bool, options_text: str = "", base: str = "") -> str:
+    """The `variant` column of a configuration: `base` (FGA's variant, or a method's options) `+libragrad`."""
+    return "+".join(part for part in (base or options_text, LIBRAGRAD if libragrad else "") if part)
 
 
 def known_methods() -> tuple[str, ...]:
@@ -76,7 +141,9 @@ class EvaluationConfiguration:
 
     Args:
         method (`str`): a registered attribution method (`known_methods()`).
-        variant (`str`, *optional*, defaults to `""`): the FGA variant; empty for the other methods.
+        variant (`str`, *optional*, defaults to `""`): the FGA variant (e.g. `combined`, `error-scaled@0.5`); for the
+            other methods their options as `option=value;…` (e.g. `block_range=2-6`), empty for the defaults. Either
+            may end in `+libragrad`: the method's passes run under LibraGrad's backward rules (method.md §8).
         layers (`tuple[int, ...]`, *optional*, defaults to `()`): the gated blocks (FGA only).
         kappa (`float`, *optional*, defaults to `0.0`): κ of the gate (FGA only; 0 for the other methods).
         cmax (`float`, *optional*, defaults to `0.0`): c_max of the gate (FGA only; 0 for the other methods).
@@ -93,6 +160,18 @@ class EvaluationConfiguration:
         return self.method == GATED_METHOD
 
     @property
+    def libragrad(self) -> bool:
+        """Whether the method's gradients come from LibraGrad's backward rules (`+libragrad`)."""
+        return split_modifier(self.variant)[1]
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """A non-FGA method's options from its `variant` (`block_range=2-6` → `{"block_range": (2, 6)}`)."""
+        if self.is_gated:
+            return {}
+        return parse_method_spec(f"{self.method}@{split_modifier(self.variant)[0]}")[2]
+
+    @property
     def layers_text(self) -> str:
         return ",".join(str(layer) for layer in self.layers)
 
@@ -100,25 +179,30 @@ class EvaluationConfiguration:
     def key(self) -> str:
         """A stable text key, e.g. `fga|combined|4,5,6|0.5|10` or `transmm||||` (used to resume and to join)."""
         if not self.is_gated:
-            return f"{self.method}||||"
+            return f"{self.method}|{self.variant}|||"
         return f"{self.method}|{self.variant}|{self.layers_text}|{self.kappa:g}|{self.cmax:g}"
 
     @property
     def label(self) -> str:
         """A short human-readable name for reports and figures, e.g. `FGA combined [4,5,6] κ=0.5 c=10`."""
+        base, libragrad = split_modifier(self.variant)
+        suffix = " + LibraGrad" if libragrad else ""
         if not self.is_gated:
-            return METHOD_LABELS.get(self.method, self.method)
-        return f"FGA {self.variant} [{self.layers_text}] κ={self.kappa:g} c={self.cmax:g}"
+            options = f" ({base.replace(';', ', ')})" if base else ""
+            return f"{METHOD_LABELS.get(self.method, self.method)}{options}{suffix}"
+        return f"FGA {base} [{self.layers_text}] κ={self.kappa:g} c={self.cmax:g}{suffix}"
 
     @property
     def sort_key(self) -> tuple:
         """Report order: TransMM, the other baselines, then FGA by variant, block set, κ and c_max."""
         methods = known_methods()
         method = methods.index(self.method) if self.method in methods else len(methods)
-        name, _, parameter = self.variant.partition("@")
+        base, libragrad = split_modifier(self.variant)
+        name, _, parameter = base.partition("@")
         variant = KNOWN_VARIANTS.index(name) if name in KNOWN_VARIANTS else -1
         value = float(parameter) if parameter.replace(".", "", 1).isdigit() else 0.0
-        return (self.is_gated, method, variant, value, len(self.layers), self.layers, self.kappa, self.cmax)
+        layers = (len(self.layers), self.layers, self.kappa, self.cmax)
+        return (self.is_gated, method, libragrad, variant, value, base, *layers)
 
     def columns(self) -> dict[str, object]:
         """The configuration columns of a result row."""
@@ -221,7 +305,9 @@ def expand_grid(
     """
     Every configuration of the grid, reference first: TransMM (always included: it is the reference of every
     comparison, and free, since every FGA output carries it as `baseline`), the other non-FGA methods, then FGA over
-    variants × layer sets × κ × c_max. Duplicates are dropped, order is stable.
+    variants × layer sets × κ × c_max. Duplicates are dropped, order is stable. A method is a spec of
+    [`parse_method_spec`]: `fga+libragrad` runs every FGA configuration under LibraGrad as well, `caap@block_range=2-6`
+    sets a method's options.
 
     Example:
     ```python
@@ -230,11 +316,7 @@ def expand_grid(
 
     ```
     """
-    methods = list(dict.fromkeys(methods))
-    known = known_methods()
-    unknown = [m for m in methods if m not in known]
-    if unknown:
-        raise ValueError(f"Unknown method(s) {unknown}: expected some of {list(known)}.")
+    specs = [parse_method_spec(spec) for spec in dict.fromkeys(methods)]
     variants, layer_sets = list(dict.fromkeys(variants)), list(dict.fromkeys(layer_sets))
     unknown = [v for v in variants if variant_name(v) not in KNOWN_VARIANTS]
     if unknown:
@@ -248,10 +330,13 @@ def expand_grid(
     if any(c <= 1 for c in cmaxes):
         raise ValueError(f"`cmaxes` must all be > 1 (the gate's range is [1/c_max, c_max]); got {cmaxes}.")
     grid = [REFERENCE]
-    grid += [EvaluationConfiguration(m) for m in methods if m not in (REFERENCE_METHOD, GATED_METHOD)]
-    if GATED_METHOD in methods:
+    grid += [EvaluationConfiguration(n, method_variant(lg, text)) for n, lg, _, text in specs if n != GATED_METHOD]
+    for name, libragrad, _, _ in specs:
+        if name != GATED_METHOD:
+            continue
         if not variants:
             raise ValueError("`variants` is empty but method 'fga' was asked for: name at least one variant.")
         for variant, layers, kappa, cmax in itertools.product(variants, layer_sets, kappas, cmaxes):
+            variant = method_variant(libragrad, base=variant)
             grid.append(EvaluationConfiguration(GATED_METHOD, variant, tuple(layers), float(kappa), float(cmax)))
     return list(dict.fromkeys(grid))

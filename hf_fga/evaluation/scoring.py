@@ -8,13 +8,22 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..faithfulness import ResponseCache, faithfulness_records_for_presets, resolve_preset, score_records
+from ..attribution import get_method
+from ..faithfulness import (
+    ResponseCache,
+    completeness_scores,
+    faithfulness_records_for_presets,
+    resolve_preset,
+    score_records,
+)
 from .arguments import EvaluationArguments
 from .attribution_grid import attribute_configurations, gated_blocks
 from .configuration import EvaluationConfiguration
 from .report import CURVE_COLUMN
 from .run_setup import EvaluationModel, preset_overrides
 
+COMPLETENESS = "completeness"  # the gradients' completeness error (method.md §8), not a perturbation metric
+SECONDS_COLUMN = "attribution_seconds"  # wall seconds per image of the configuration's map (its share of the batch)
 MAX_ROWS_PER_CALL = 128  # images × configurations per perturbation call: bounds the memory of the perturbed fills
 
 
@@ -37,10 +46,13 @@ def score_chunk(
     `ResponseCache`: the clean forward runs once per image for everything, and identical perturbed inputs once.
     """
     batch = pixel_values.shape[0]
+    out: dict[tuple[str, str], dict[str, np.ndarray]] = {(c.key, p): {} for c in configurations for p in presets}
+    metrics = [metric for metric in metrics if metric != COMPLETENESS]
+    if not metrics:
+        return out
     per_call = max(1, MAX_ROWS_PER_CALL // batch)
     overrides = preset_overrides(eval_args)
     cache = ResponseCache()
-    out: dict[tuple[str, str], dict[str, np.ndarray]] = {}
     mean, std = getattr(loaded.processor, "image_mean", None), getattr(loaded.processor, "image_std", None)
     for start in range(0, len(configurations), per_call):
         group = configurations[start : start + per_call]
@@ -76,6 +88,30 @@ def score_chunk(
     return out
 
 
+def completeness_by_configuration(
+    loaded: EvaluationModel,
+    pixel_values: torch.Tensor,
+    configurations: list[EvaluationConfiguration],
+    targets: torch.Tensor,
+) -> dict[str, np.ndarray]:
+    """
+    `{config key: (B,) completeness errors}` (method.md §8): the error of the gradients each configuration reads,
+    plain or LibraGrad's (computed once per rule set); NaN for methods that read no gradients.
+    """
+    errors: dict[bool, np.ndarray] = {}
+    out = {}
+    for configuration in configurations:
+        if not get_method(configuration.method).gradient_based:
+            out[configuration.key] = np.full(pixel_values.shape[0], np.nan)
+            continue
+        if configuration.libragrad not in errors:
+            errors[configuration.libragrad] = completeness_scores(
+                loaded.model, pixel_values, targets, loaded.text_embeds, libragrad=configuration.libragrad
+            )
+        out[configuration.key] = errors[configuration.libragrad]
+    return out
+
+
 def evaluate_chunk(
     loaded: EvaluationModel,
     images: Sequence,
@@ -107,6 +143,10 @@ def evaluate_chunk(
     scores = score_chunk(
         loaded, pixel_values, grid.maps, configurations, row_indices, grid.target, presets, metrics, eval_args
     )
+    if COMPLETENESS in metrics:
+        completeness = completeness_by_configuration(loaded, pixel_values, configurations, grid.target)
+        for (key, _), entry in scores.items():
+            entry[COMPLETENESS] = completeness[key]
     prediction = grid.logits.argmax(dim=-1)
     blocks = {c.key: gated_blocks(loaded.attribution, c, loaded.variant_options) for c in configurations}
     rows = []
@@ -128,6 +168,7 @@ def evaluate_chunk(
                     continue
                 entry = scores[(configuration.key, preset)]
                 row = {**shared, **configuration.columns(), "preset": preset}
+                row[SECONDS_COLUMN] = grid.seconds[configuration.key] / len(items)
                 row.update({metric: float(entry[metric][b]) for metric in metrics})
                 row["diagnostics"] = (
                     json.dumps(

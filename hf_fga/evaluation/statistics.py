@@ -16,11 +16,12 @@ from scipy import stats
 from .configuration import REFERENCE, EvaluationConfiguration
 
 METRICS = ("saco", "faithfulness_correlation", "pixel_flipping")
-LOWER_IS_BETTER = frozenset({"pixel_flipping"})
+LOWER_IS_BETTER = frozenset({"pixel_flipping", "completeness"})
 METRIC_NAMES = {
     "saco": "SaCo",
     "faithfulness_correlation": "Faithfulness Correlation",
     "pixel_flipping": "Pixel Flipping",
+    "completeness": "Completeness error",
 }
 GROUP_COLUMNS = ("preset", "fill")
 CONFIG_COLUMNS = ("config", "method", "variant", "layers", "kappa", "cmax")
@@ -135,9 +136,11 @@ def rank_configurations(
     fill: str = "mean",
     metrics: Sequence[str] = METRICS,
     variant: str | None = None,
+    method: str = "fga",
 ) -> pd.DataFrame:
     """
-    Rank the gated configurations of a summary (`summarize` / `summary.csv`) for choosing one on a validation split.
+    Rank the configurations of one `method` (FGA's by default; e.g. `"caap"` for its block ranges) in a summary
+    (`summarize` / `summary.csv`) for choosing one on a validation split.
 
     The score is the mean over `metrics` of the % improvement of the configuration's mean over TransMM's
     (`pct_improvement`: oriented so that positive is better, Pixel Flipping's sign flipped). The thesis chose its
@@ -150,12 +153,12 @@ def rank_configurations(
         are dropped.
     """
     rows = summary[(summary["preset"] == preset) & (summary["fill"] == fill)]
-    rows = rows[rows["method"] == "fga"]
+    rows = rows[rows["method"] == method]
     if variant is not None:  # a control's parameter is part of its variant: `transmm-power` matches `transmm-power@2`
         rows = rows[(rows["variant"] == variant) | rows["variant"].astype(str).str.startswith(f"{variant}@")]
     if rows.empty:
         raise ValueError(
-            f"no FGA configuration{'' if variant is None else f' of variant {variant!r}'} in the summary for "
+            f"no {method} configuration{'' if variant is None else f' of variant {variant!r}'} in the summary for "
             f"preset {preset!r} and fill {fill!r}."
         )
     table = rows.pivot_table(index="config", columns="metric", values="pct_improvement", aggfunc="first")

@@ -2,6 +2,7 @@
 
 from .evaluation import (
     METRICS,
+    completeness_scores,
     evaluate_faithfulness,
     evaluate_presets,
     faithfulness_records,
@@ -26,6 +27,7 @@ __all__ = [
     "PerturbationRunner",
     "ResponseCache",
     "SaCoRecord",
+    "completeness_scores",
     "evaluate_faithfulness",
     "evaluate_presets",
     "faithfulness_records",

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 
 import evaluate
 import numpy as np
+import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
@@ -22,6 +23,7 @@ from .records import Plan, plan_curve, plan_faithfulness_correlation, plan_saco
 from .runner import PerturbationRunner, ResponseCache
 
 METRICS = ("saco", "faithfulness_correlation", "pixel_flipping", "insertion", "deletion")
+COMPLETENESS = "completeness"  # not a perturbation metric: the gradients' completeness error (method.md §8)
 DEFAULT_METRICS = ("saco", "faithfulness_correlation", "pixel_flipping")
 
 
@@ -292,7 +294,8 @@ def evaluate_faithfulness(
         pixel_values (`torch.Tensor` of shape `(B, C, H, W)`): preprocessed images.
         attributions (`torch.Tensor` or `np.ndarray` of shape `(B, h, w)`): one value per patch of the model's grid.
         metrics (`Sequence[str]`, *optional*): any of `"saco"`, `"faithfulness_correlation"`, `"pixel_flipping"`,
-            `"insertion"`, `"deletion"`.
+            `"insertion"`, `"deletion"`, and `"completeness"`: the completeness error of the model's gradients
+            (method.md §8; [`completeness_scores`]), plain or with `libragrad=True`; it does not read the map.
         preset (`str` or `FaithfulnessPreset`, *optional*, defaults to `"papers"`): `"papers"` or `"thesis"` (the
             thesis code's protocol, method.md §5 table).
         fill (`str`, *optional*, defaults to `"mean"`): what a perturbed patch is filled with (method.md §5):
@@ -303,7 +306,8 @@ def evaluate_faithfulness(
             `image_mean`, `image_std`, `blur_sigma`, `patch_size`, `cache`, `progress`, `linear_backend`,
             `precision`: `"float32"` (default) or `"bfloat16"`, see `hf_fga.precision`), `curve_quantity`
             (`"probability"` or `"score"`: what insertion/deletion track; see `plan_metrics`) and any
-            `FaithfulnessPreset` field (e.g. `fc_runs=50`, `saco_num_groups=5`).
+            `FaithfulnessPreset` field (e.g. `fc_runs=50`, `saco_num_groups=5`); `libragrad` (`bool`) for the
+            `completeness` metric.
 
     Returns:
         `dict[str, np.ndarray]`: per-image scores `(B,)` per metric. SaCo, Faithfulness Correlation and insertion:
@@ -328,11 +332,63 @@ def evaluate_faithfulness(
     ```
     """
     fill = _deprecated_baseline(overrides, fill)
-    records = faithfulness_records(
-        model, pixel_values, attributions, metrics, preset, fill, seed, batch_size, **overrides
+    libragrad = bool(overrides.pop("libragrad", False))
+    perturbation = [name for name in metrics if name != COMPLETENESS]
+    scores = {}
+    if perturbation:
+        records = faithfulness_records(
+            model, pixel_values, attributions, perturbation, preset, fill, seed, batch_size, **overrides
+        )
+        preset_overrides = {k: v for k, v in overrides.items() if k not in _RUNNER_OPTIONS}
+        scores = score_records(records, resolve_preset(preset, **preset_overrides))
+    if COMPLETENESS in metrics:
+        targets = overrides.get("targets")
+        scores[COMPLETENESS] = completeness_scores(
+            model,
+            pixel_values,
+            None if targets is None else torch.as_tensor(list(targets), dtype=torch.long),
+            overrides.get("text_embeds"),
+            libragrad=libragrad,
+        )
+    return {name: scores[name] for name in metrics}
+
+
+def completeness_scores(
+    model: PreTrainedModel,
+    pixel_values: Tensor,
+    targets: Tensor | None = None,
+    text_embeds: Tensor | None = None,
+    libragrad: bool = False,
+) -> np.ndarray:
+    """
+    The completeness error of method.md §8, `|y − Σ_i x_i g_i − Σ_b b·∂y/∂b| / |y|` per image `(B,)`, scored by the
+    bundled `completeness` `evaluate` module: for plain gradients, or for LibraGrad's (`libragrad=True`).
+
+    Completeness is a property of the gradients a method reads, not of its map: every plain-gradient method
+    (gradient × input, Integrated Gradients' integrand, Grad-CAM, TransMM, FGA) shares the plain value, and
+    `+libragrad` makes it ≈ 0 (< 1e-8 in float64, ~1e-6 in float32). Methods that read no gradients (rollout, raw
+    attention, CAAP, LRP's own rules) have none; `evaluate_faithfulness` computes it regardless of the map. One forward
+    and one backward pass per image (parameter gradients of the bias-like terms are per image).
+    """
+    if not isinstance(model, PreTrainedModel):
+        raise TypeError(
+            "The completeness metric needs the model itself (a ViT-family classifier or a CLIPModel), not a callable: "
+            "it differentiates with respect to the model's bias-like parameters."
+        )
+    # deferred: the attribution stack imports `faithfulness.fills`; completeness belongs to its backward rules
+    from ..attribution.completeness import model_completeness_terms
+    from ..attribution.rules import backward_rules
+
+    terms = model_completeness_terms(
+        model, pixel_values, targets, text_embeds, backward_context=backward_rules("libragrad") if libragrad else None
     )
-    preset_overrides = {k: v for k, v in overrides.items() if k not in _RUNNER_OPTIONS}
-    return score_records(records, resolve_preset(preset, **preset_overrides))
+    result = metric_module(COMPLETENESS).compute(
+        scores=terms["scores"].tolist(),
+        input_terms=terms["input_terms"].tolist(),
+        bias_terms=terms["bias_terms"].tolist(),
+        return_per_image=True,
+    )
+    return np.asarray(result[f"{COMPLETENESS}_per_image"], dtype=np.float64)
 
 
 def evaluate_presets(
