@@ -21,14 +21,7 @@ has_stage() { [[ ",$STAGES," == *",$1,"* ]]; }
 [ -n "$(git log --format=%h -1 -- "$OUT/plan.md" 2>/dev/null)" ] || {
   echo "$OUT/plan.md is not committed: the plan must precede every test-split score." >&2; exit 1; }
 
-launch() {  # NUM_PROCESSES CPU processes of one torch thread each (results do not depend on the count)
-  if [ "$NUM_PROCESSES" -gt 1 ]; then
-    .venv/bin/accelerate launch --multi_gpu --num_processes "$NUM_PROCESSES" --num_machines 1 \
-      --mixed_precision no --dynamo_backend no scripts/evaluate_faithfulness.py "$@" --num_threads 1
-  else
-    $PY scripts/evaluate_faithfulness.py "$@" --num_threads 1
-  fi
-}
+source scripts/evaluation_stages.sh
 stage() {  # stage NAME ARGS...: run, and log its wall time
   local name=$1 start; shift; start=$(date +%s)
   launch "$@"
@@ -38,7 +31,7 @@ stage() {  # stage NAME ARGS...: run, and log its wall time
 IFS='|' read -r _ _ LAYERS KAPPA CMAX <<< "$(sed 's/^chosen configuration: //' docs/results/chest_xray/chosen_configuration.txt)"
 FGA=(--sae hf_fga/bundled/saes --mean_residuals hf_fga/bundled/mean_residuals.safetensors
      --layer_sets "$LAYERS" --kappas "$KAPPA" --cmaxes "$CMAX")
-COMMON=(--dataset "$DATA" --id_column file_name --model hf_fga/bundled/model --batch_size 8)
+COMMON=(--dataset "$DATA" --id_column file_name --model hf_fga/bundled/model --batch_size 8 --num_threads 1)
 CAAP_RANGES=(1-3 0-5 1-5 0-2 2-4 3-5)  # plan.md: the default (1, 3) first, so that a tie keeps it
 
 if has_stage validation; then

@@ -40,26 +40,7 @@ OUT=${OUT:-docs/results/$DOMAIN}
 PY=.venv/bin/python
 mkdir -p "$OUT"
 
-launch() {  # one process per CPU core share; accelerate 1.15 starts N CPU processes only with --multi_gpu
-  if [ "$NUM_PROCESSES" -gt 1 ]; then
-    OMP_NUM_THREADS=$(( $(nproc) / NUM_PROCESSES > 0 ? $(nproc) / NUM_PROCESSES : 1 )) \
-      .venv/bin/accelerate launch --multi_gpu --num_processes "$NUM_PROCESSES" --num_machines 1 \
-      --mixed_precision no --dynamo_backend no scripts/evaluate_faithfulness.py "$@"
-  else
-    $PY scripts/evaluate_faithfulness.py "$@"
-  fi
-}
-
-stage() {  # stage NAME ARGS...: run, and log its wall time
-  local name=$1; shift
-  if [ -n "${REPORT_ONLY:-}" ]; then
-    $PY scripts/evaluate_faithfulness.py "$@" --report_only
-    return
-  fi
-  local start; start=$(date +%s)
-  launch "$@"
-  echo "$name $(( $(date +%s) - start )) s ($(date -u +%FT%TZ))" | tee -a "$OUT/wall_times.txt"
-}
+source scripts/evaluation_stages.sh
 
 COMMON=(--dataset "$DATA" --id_column file_name --model "$ASSETS/model" --sae "$ASSETS/saes"
         --mean_residuals "$ASSETS/mean_residuals.safetensors" --batch_size 8)

@@ -1,0 +1,23 @@
+# Shared by the reproduction scripts (source it after setting NUM_PROCESSES, PY and OUT): how a stage of
+# scripts/evaluate_faithfulness.py is launched and timed.
+
+launch() {  # one process per CPU core share; accelerate 1.15 starts N CPU processes only with --multi_gpu
+  if [ "$NUM_PROCESSES" -gt 1 ]; then
+    OMP_NUM_THREADS=$(( $(nproc) / NUM_PROCESSES > 0 ? $(nproc) / NUM_PROCESSES : 1 )) \
+      .venv/bin/accelerate launch --multi_gpu --num_processes "$NUM_PROCESSES" --num_machines 1 \
+      --mixed_precision no --dynamo_backend no scripts/evaluate_faithfulness.py "$@"
+  else
+    $PY scripts/evaluate_faithfulness.py "$@"
+  fi
+}
+
+stage() {  # stage NAME ARGS...: run (only rebuild the report with REPORT_ONLY set), and log the wall time
+  local name=$1 start; shift
+  if [ -n "${REPORT_ONLY:-}" ]; then
+    $PY scripts/evaluate_faithfulness.py "$@" --report_only
+    return
+  fi
+  start=$(date +%s)
+  launch "$@"
+  echo "$name $(( $(date +%s) - start )) s ($(date -u +%FT%TZ))" | tee -a "$OUT/wall_times.txt"
+}
