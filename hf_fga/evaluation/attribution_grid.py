@@ -19,8 +19,8 @@ from typing import Any
 from torch import Tensor
 
 from ..attribution import Attributor, get_method
-from ..attribution.rules import backward_rules
 from ..attribution.methods.fga import VARIANT_OPTIONS, parse_variant
+from ..attribution.rules import backward_rules
 from .configuration import EvaluationConfiguration, split_modifier
 
 DIAGNOSTIC_KEYS = ("g_dot_centered", "g_dot_error", "g_dot_x")

@@ -25,9 +25,8 @@ def test_specs_parse_into_keys_labels_and_options():
         "block_range=1-2;batch_size=16",
     )
     assert parse_method_spec(" gradient-x-input+libragrad ") == ("gradient-x-input", True, {}, "")
-    grid = expand_grid(
-        ["fga+libragrad", "integrated-gradients+libragrad@steps=4", "caap@block_range=1-2", "fga"], ["combined"], [(0,)]
-    )
+    specs = ["fga+libragrad", "integrated-gradients+libragrad@steps=4", "caap@block_range=1-2", "fga"]
+    grid = expand_grid(specs, ["combined"], [(0,)])
     keys = [c.key for c in grid]
     assert keys == [
         "transmm||||",

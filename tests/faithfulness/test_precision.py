@@ -8,9 +8,11 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from torch.nn import functional as F
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from hf_fga.faithfulness import ResponseCache, evaluate_faithfulness, faithfulness_records, make_runner
-from hf_fga.precision import PRECISIONS, autocast, check_precision
+from hf_fga.precision import PRECISIONS, Float32Accumulation, autocast, bfloat16_is_native, check_precision
 from tests.helpers import pixel_batch, tiny_vit
 
 ALL = ("saco", "faithfulness_correlation", "pixel_flipping", "insertion", "deletion")
@@ -124,3 +126,31 @@ def test_autocast_context():
         assert torch.get_autocast_dtype("cpu") == torch.bfloat16
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
     assert not torch.is_autocast_enabled("cpu")
+
+
+def test_float32_accumulation_gives_the_numbers_of_a_bfloat16_kernel():
+    """The emulation on CPUs without bfloat16 kernels: float32 products of bfloat16 operands, rounded to bfloat16."""
+    generator = torch.Generator().manual_seed(0)
+    x, weight = torch.randn(5, 64, generator=generator), torch.randn(32, 64, generator=generator)
+    bias = torch.randn(32, generator=generator)
+    q, k = torch.randn(2, 7, 16, generator=generator), torch.randn(2, 16, 9, generator=generator)
+    rounded = [t.bfloat16().double() for t in (x, weight, bias, q, k)]
+    # float64 reference of a bfloat16 kernel: exact products of the bfloat16 operands, one rounding at the end
+    expected_linear = (rounded[0] @ rounded[1].T + rounded[2]).bfloat16()
+    expected_bmm = torch.bmm(rounded[3], rounded[4]).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16), Float32Accumulation():
+        linear, product = F.linear(x, weight, bias), torch.bmm(q, k)
+        untouched = torch.mm(x.double(), weight.double().T)  # other dtypes pass through
+    assert linear.dtype == product.dtype == torch.bfloat16 and untouched.dtype == torch.float64
+    for got, want in ((linear, expected_linear), (product, expected_bmm)):
+        # equal up to the order of the float32 sums: at most one bfloat16 rounding step apart
+        step = want.double().abs().clamp_min(1e-3) * 2.0**-7
+        assert ((got.double() - want.double()).abs() <= step).all()
+    assert _get_current_dispatch_mode() is None
+    # autocast("bfloat16") on a CPU without native kernels enters the mode, and leaves it
+    model, pixel_values, _ = _inputs(2)
+    with torch.no_grad(), autocast("cpu", "bfloat16"):
+        mode = _get_current_dispatch_mode()
+        logits = model(pixel_values=pixel_values).logits
+    assert isinstance(mode, Float32Accumulation) != bfloat16_is_native("cpu")
+    assert _get_current_dispatch_mode() is None and torch.isfinite(logits).all()
