@@ -64,6 +64,8 @@ PAPER_SACO = {
     "Grad-CAM": ("grad-cam||||", 0.114),
     "LRP": ("cp-lrp||||", 0.012),  # the paper's plain LRP (Chefer et al.); CP-LRP is our nearest
 }
+CHOSEN_FILE = "chosen_parameters.txt"  # written by scripts/compare_methods.sh's validation stage
+MINIMUM_IMAGES = 300  # plan.md: at least the first 300 images of the order
 LIBRAGRAD_METHODS = ("transmm", "fga", "gradient-x-input", "integrated-gradients", "grad-cam")
 VERDICTS = ("beats", "is worse", "not distinguishable")
 
@@ -83,6 +85,17 @@ def planned(chosen: EvaluationConfiguration, caap: str | None) -> tuple[list[str
     scored += [caap] if caap else []
     reused = [chosen.key, key("fga", "mean-centered", chosen), key("rollout"), key("raw-attention")]
     return scored, reused
+
+
+def chosen_caap(path: Path) -> str | None:
+    """CAAP's configuration key from the validation stage's `chosen on validation: caap@block_range=a-b` line."""
+    if not path.is_file():
+        return None
+    for line in path.read_text().splitlines():
+        spec = line.partition(":")[2].strip()
+        if spec.startswith("caap@"):
+            return EvaluationConfiguration("caap", spec.partition("@")[2]).key
+    return None
 
 
 def order_key(config: str) -> tuple:
@@ -315,7 +328,8 @@ def maps_figure(split, row: int, name: str, configs: Sequence[str], folder: Path
     folder.mkdir(parents=True, exist_ok=True)
     figure.savefig(folder / "maps.png", dpi=110)
     plt.close(figure)
-    caption = {"image_id": name, "explained_class": str(names.get(target, target)), "configs": list(configs)}
+    caption = {"image_id": name, "target": target, "explained_class": str(names.get(target, target))}
+    caption["configs"] = list(configs)
     (folder / "maps.json").write_text(json.dumps(caption, indent=1))
     return caption
 
@@ -541,9 +555,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     chosen = EvaluationConfiguration.from_key(args.config)
     caaps = sorted({c for c in test["config"] if c.startswith("caap|")})
-    if args.caap is None and len(caaps) > 1:
-        raise SystemExit(f"the test run holds several CAAP configurations {caaps}: name the chosen one with --caap.")
-    caap = args.caap or (caaps[0] if caaps else None)
+    caap = args.caap or chosen_caap(args.output / CHOSEN_FILE)
+    if caap is None and len(caaps) > 1:
+        raise SystemExit(
+            f"the test run holds several CAAP configurations {caaps}: name the chosen one with --caap (or keep "
+            f"{args.output / CHOSEN_FILE} of the validation stage)."
+        )
+    caap = caap or (caaps[0] if caaps else None)
     scored, reused_keys = planned(chosen, caap)
     if caap is None:
         departures.append("CAAP: the test run holds no `caap` configuration.")
@@ -572,6 +590,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     images = prefix(order, common)
     if len(images) < 2:
         raise SystemExit(f"only {len(images)} image(s) are scored by every configuration: too few to report on.")
+    if len(images) < MINIMUM_IMAGES:
+        departures.append(f"{len(images)} images: fewer than the plan's minimum of {MINIMUM_IMAGES}.")
     beyond = len(common) - len(images)
     if beyond:
         departures.append(
@@ -619,6 +639,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_maps_figure:
         row = next(r for r, name in order if name == images[0])
         maps = maps_figure(split, row, images[0], configs, figures)
+        stored = test.loc[test["image_id"] == images[0], "prediction"] if "prediction" in test else []
+        if len(stored) and int(stored.iloc[0]) != maps["target"]:
+            departures.append(
+                f"the maps figure explains class {maps['target']} of {images[0]}, but the run predicted "
+                f"{int(stored.iloc[0])}: the bundled model is not the one the run scored."
+            )
     elif (figures / "maps.json").is_file():  # kept from an earlier run when it shows the same image
         stored = json.loads((figures / "maps.json").read_text())
         maps = stored if stored.get("image_id") == images[0] and stored.get("configs") == configs else None
