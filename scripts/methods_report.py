@@ -576,10 +576,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             stored = set(frame.loc[frame["fill"] == args.fill, "config"])
             missing += [f"{source}: `{config}`" for config in keys if config not in stored]
     if missing:
-        message = f"configurations missing from their run: {missing}"
+        message = f"configurations missing from their run: {', '.join(missing)}"
         if not args.allow_missing:
             raise SystemExit(message + " (the run is not finished; --allow_missing reports without them).")
-        departures.append(message + ": left out.")
+        departures.append(message + " (what that run supplies for them is left out; without scores, the whole row).")
     extra = sorted(set(test["config"]) - set(scored) - set(reused_keys))
     if extra:
         departures.append(f"not in the plan, left out: {', '.join(f'`{c}`' for c in extra)}.")
