@@ -251,7 +251,10 @@ def kendall(table: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
 
 
 def bar_figures(table: pd.DataFrame, folder: Path) -> list[Path]:
-    """One bar chart per metric: every configuration, both presets side by side, patient-level 95 % CI."""
+    """
+    One bar chart per metric: every configuration, one panel per preset (the presets' scales differ: Pixel Flipping
+    is a fraction in `papers` and a sum over steps in `thesis`), patient-level 95 % CI.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -259,20 +262,21 @@ def bar_figures(table: pd.DataFrame, folder: Path) -> list[Path]:
 
     folder.mkdir(parents=True, exist_ok=True)
     configs = list(dict.fromkeys(table["config"]))
+    presets = [p for p in PRESETS if (table["preset"] == p).any()]
+    colors = ["tab:red" if c == TRANSMM else "tab:blue" for c in configs]
     paths = []
     for metric in SCORES:
-        figure, axis = plt.subplots(figsize=(max(6.0, 0.6 * len(configs) + 2), 4.6))
-        width = 0.8 / len(PRESETS)
-        for n, preset in enumerate(PRESETS):
+        width = max(6.0, 0.5 * len(configs) + 2)
+        figure, axes = plt.subplots(len(presets), 1, figsize=(width, 1.2 + 2.6 * len(presets)), sharex=True)
+        for axis, preset in zip(np.atleast_1d(axes), presets, strict=True):
             rows = table[table["preset"] == preset].set_index("config").reindex(configs)
             errors = np.stack([rows[metric] - rows[f"{metric}_ci_low"], rows[f"{metric}_ci_high"] - rows[metric]])
-            x = np.arange(len(configs)) + (n - (len(PRESETS) - 1) / 2) * width
-            axis.bar(x, rows[metric], width, yerr=np.nan_to_num(errors), capsize=2, label=preset)
+            axis.bar(range(len(configs)), rows[metric], yerr=np.nan_to_num(errors), capsize=2, color=colors)
+            axis.axhline(0, color="black", linewidth=0.5)
+            axis.set_ylabel(f"preset {preset}")
         axis.set_xticks(range(len(configs)), [label(c) for c in configs], rotation=60, ha="right", fontsize=7)
         arrow = "↓" if metric in LOWER_IS_BETTER else "↑"
-        axis.set_title(f"{METRIC_NAMES[metric]} {arrow} (mean, patient-cluster 95 % CI)")
-        axis.axhline(0, color="black", linewidth=0.5)
-        axis.legend(title="preset", fontsize=8)
+        figure.suptitle(f"{METRIC_NAMES[metric]} {arrow}: mean, patient-cluster 95 % CI (TransMM in red)")
         figure.tight_layout()
         path = folder / f"{metric}.png"
         figure.savefig(path, dpi=120)
