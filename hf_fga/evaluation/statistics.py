@@ -158,7 +158,8 @@ def rank_configurations(
         rows = rows[(rows["variant"] == variant) | rows["variant"].astype(str).str.startswith(f"{variant}@")]
     if rows.empty:
         raise ValueError(
-            f"no {method} configuration{'' if variant is None else f' of variant {variant!r}'} in the summary for "
+            f"no {'FGA' if method == 'fga' else method} configuration"
+            f"{'' if variant is None else f' of variant {variant!r}'} in the summary for "
             f"preset {preset!r} and fill {fill!r}."
         )
     table = rows.pivot_table(index="config", columns="metric", values="pct_improvement", aggfunc="first")
