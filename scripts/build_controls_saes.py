@@ -22,27 +22,24 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from hf_fga.introspection import load_vision_model  # noqa: E402
-from hf_fga.sae import SparseAutoencoder, load_saes, save_sae_set  # noqa: E402
-from hf_fga.sae.activations import residual_activations  # noqa: E402
-from hf_fga.sae.dictionaries import (  # noqa: E402
+from hf_fga.introspection import load_vision_model
+from hf_fga.sae import SparseAutoencoder, load_saes, save_sae_set
+from hf_fga.sae.activations import residual_activations
+from hf_fga.sae.dictionaries import (
     dictionary_sae,
     match_explained_variance,
     principal_directions,
     random_orthonormal_directions,
 )
-from hf_fga.sae.model_card import QUALITY_FIELDS  # noqa: E402
-from hf_fga.sae.quality import sae_quality  # noqa: E402
-from hf_fga.sae.training import SaeTrainingArguments, train_saes  # noqa: E402
+from hf_fga.sae.model_card import QUALITY_FIELDS
+from hf_fga.sae.quality import sae_quality
+from hf_fga.sae.training import SaeTrainingArguments, train_saes
 
 MODEL = "hf_fga/bundled/model"
 BUNDLED_SAES = "hf_fga/bundled/saes"

@@ -20,19 +20,14 @@ Idempotent (seeded bootstrap); a few seconds.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import pandas as pd
+from controls_analysis import REFERENCE, label, markdown, patients_of
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from controls_analysis import REFERENCE, label, markdown, patients_of  # noqa: E402
-
-from hf_fga.evaluation.configuration import EvaluationConfiguration  # noqa: E402
-from hf_fga.evaluation.hypothesis_tests import TWO_SIDED, Comparison, superiority_family  # noqa: E402
-from hf_fga.evaluation.statistics import (  # noqa: E402
+from hf_fga.evaluation.configuration import EvaluationConfiguration
+from hf_fga.evaluation.hypothesis_tests import TWO_SIDED, Comparison, superiority_family
+from hf_fga.evaluation.statistics import (
     CONFIG_COLUMNS,
     LOWER_IS_BETTER,
     METRIC_NAMES,
@@ -40,7 +35,7 @@ from hf_fga.evaluation.statistics import (  # noqa: E402
     paired_comparison,
     summarize,
 )
-from hf_fga.evaluation.storage import RESULTS_FOLDER, read_parts  # noqa: E402
+from hf_fga.evaluation.storage import RESULTS_FOLDER, read_parts
 
 CONTROLS = ("centered", "mean-centered", "no-sae")
 BETTER, WORSE, SAME = "better", "worse", "no difference"

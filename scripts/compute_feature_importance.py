@@ -13,19 +13,15 @@ evaluation tool chooses them (`--include_ids`, `--limit`, `--seed`), so the vali
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from hf_fga.attribution import Attributor  # noqa: E402
-from hf_fga.attribution.feature_selection import compute_feature_importance, save_feature_importance  # noqa: E402
-from hf_fga.evaluation.arguments import DataArguments  # noqa: E402
-from hf_fga.evaluation.runner import load_split, select_images  # noqa: E402
-from hf_fga.images import load_image  # noqa: E402
-from hf_fga.sae import load_saes  # noqa: E402
+from hf_fga.attribution import Attributor
+from hf_fga.attribution.feature_selection import compute_feature_importance, save_feature_importance
+from hf_fga.evaluation.arguments import DataArguments
+from hf_fga.evaluation.runner import load_split, select_images
+from hf_fga.images import load_image
+from hf_fga.sae import load_saes
 
 
 def main() -> None:

@@ -16,15 +16,12 @@ Inputs (per-image results of `scripts/evaluate_faithfulness.py`):
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from hf_fga.evaluation.configuration import EvaluationConfiguration  # noqa: E402
-from hf_fga.evaluation.hypothesis_tests import (  # noqa: E402
+from hf_fga.evaluation.configuration import EvaluationConfiguration
+from hf_fga.evaluation.hypothesis_tests import (
     TWO_SIDED,
     Comparison,
     combine_configurations,
@@ -36,8 +33,8 @@ from hf_fga.evaluation.hypothesis_tests import (  # noqa: E402
     patient_keys,
     superiority_family,
 )
-from hf_fga.evaluation.statistics import METRIC_NAMES  # noqa: E402
-from hf_fga.evaluation.storage import RESULTS_FOLDER, read_parts  # noqa: E402
+from hf_fga.evaluation.statistics import METRIC_NAMES
+from hf_fga.evaluation.storage import RESULTS_FOLDER, read_parts
 
 REFERENCE = "transmm||||"
 CLASSES = {0: "NORMAL", 1: "PNEUMONIA"}

@@ -12,7 +12,6 @@ import argparse
 import hashlib
 import io
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +19,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from hf_fga.evaluation.hypothesis_tests import equivalence_margin, patient_keys, per_patient_means  # noqa: E402
-from hf_fga.evaluation.statistics import METRICS  # noqa: E402
-from hf_fga.evaluation.storage import read_parts  # noqa: E402
+from hf_fga.evaluation.hypothesis_tests import equivalence_margin, patient_keys, per_patient_means
+from hf_fga.evaluation.statistics import METRICS
+from hf_fga.evaluation.storage import read_parts
 
 
 def load(data: Path, split: str) -> pd.DataFrame:

@@ -34,10 +34,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from hf_fga.evaluation.configuration import EvaluationConfiguration  # noqa: E402
-from hf_fga.evaluation.hypothesis_tests import (  # noqa: E402
+from hf_fga.evaluation.configuration import EvaluationConfiguration
+from hf_fga.evaluation.hypothesis_tests import (
     TWO_SIDED,
     Comparison,
     cluster_bootstrap_ci,
@@ -45,8 +43,8 @@ from hf_fga.evaluation.hypothesis_tests import (  # noqa: E402
     patient_keys,
     superiority_family,
 )
-from hf_fga.evaluation.statistics import LOWER_IS_BETTER, METRIC_NAMES  # noqa: E402
-from hf_fga.evaluation.storage import RESULTS_FOLDER, read_parts, upgrade_columns  # noqa: E402
+from hf_fga.evaluation.statistics import LOWER_IS_BETTER, METRIC_NAMES
+from hf_fga.evaluation.storage import RESULTS_FOLDER, read_parts, upgrade_columns
 
 SCORES = ("saco", "faithfulness_correlation", "pixel_flipping")
 COMPLETENESS, SECONDS = "completeness", "attribution_seconds"
