@@ -96,9 +96,9 @@ def autocast(device: torch.device | str, precision: str) -> Iterator[None]:
 
 class Float32Accumulation(TorchDispatchMode):
     """
-    bfloat16 matrix products (`mm`, `addmm`, `bmm`, `baddbmm`, `convolution`) computed as float32 products of their
-    bfloat16 operands and rounded back to bfloat16, for CPUs without native bfloat16 kernels (entered by [`autocast`]
-    there, inside `torch.autocast`, which still decides what runs in bfloat16).
+    bfloat16 matrix products (`linear`, `matmul`, `conv2d`, `mm`, `addmm`, `bmm`, `baddbmm`, `convolution`) computed as
+    float32 products of their bfloat16 operands and rounded back to bfloat16, for CPUs without native bfloat16 kernels
+    (entered by [`autocast`] there, inside `torch.autocast`, which still decides what runs in bfloat16).
 
     A bfloat16 × bfloat16 product is exact in float32, and native bfloat16 GEMMs (oneDNN AVX512-BF16/AMX, cuBLAS)
     accumulate in float32 and round the result to bfloat16: this computes the same numbers up to the order of the
@@ -106,8 +106,12 @@ class Float32Accumulation(TorchDispatchMode):
     dtypes pass through unchanged; autograd's backward products get the same treatment while the mode is active.
     """
 
+    # the composite ops (`linear`, `matmul`, `conv2d`) reach this mode undecomposed under `torch.inference_mode`
     OPERATIONS = frozenset(
         {
+            torch.ops.aten.linear.default,
+            torch.ops.aten.matmul.default,
+            torch.ops.aten.conv2d.default,
             torch.ops.aten.mm.default,
             torch.ops.aten.addmm.default,
             torch.ops.aten.bmm.default,

@@ -138,14 +138,15 @@ def test_float32_accumulation_gives_the_numbers_of_a_bfloat16_kernel():
     # float64 reference of a bfloat16 kernel: exact products of the bfloat16 operands, one rounding at the end
     expected_linear = (rounded[0] @ rounded[1].T + rounded[2]).bfloat16()
     expected_bmm = torch.bmm(rounded[3], rounded[4]).bfloat16()
-    with torch.autocast("cpu", dtype=torch.bfloat16), Float32Accumulation():
-        linear, product = F.linear(x, weight, bias), torch.bmm(q, k)
-        untouched = torch.mm(x.double(), weight.double().T)  # other dtypes pass through
-    assert linear.dtype == product.dtype == torch.bfloat16 and untouched.dtype == torch.float64
-    for got, want in ((linear, expected_linear), (product, expected_bmm)):
-        # equal up to the order of the float32 sums: at most one bfloat16 rounding step apart
-        step = want.double().abs().clamp_min(1e-3) * 2.0**-7
-        assert ((got.double() - want.double()).abs() <= step).all()
+    for grad_mode in (torch.no_grad, torch.inference_mode):  # composite ops arrive undecomposed in inference mode
+        with grad_mode(), torch.autocast("cpu", dtype=torch.bfloat16), Float32Accumulation():
+            linear, product = F.linear(x, weight, bias), torch.matmul(q, k)
+            untouched = torch.mm(x.double(), weight.double().T)  # other dtypes pass through
+        assert linear.dtype == product.dtype == torch.bfloat16 and untouched.dtype == torch.float64
+        for got, want in ((linear, expected_linear), (product, expected_bmm)):
+            # equal up to the order of the float32 sums: at most one bfloat16 rounding step apart
+            step = want.double().abs().clamp_min(1e-3) * 2.0**-7
+            assert ((got.double() - want.double()).abs() <= step).all()
     assert _get_current_dispatch_mode() is None
     # autocast("bfloat16") on a CPU without native kernels enters the mode, and leaves it
     model, pixel_values, _ = _inputs(2)
