@@ -295,20 +295,20 @@ def _gradient_maps(
         with torch.enable_grad():
             tokens = target.token_activations(model, pixels)
     resolve_positions(target, tokens.detach(), position, stacklevel=4)
-    with torch.enable_grad():
-        values = target.at_positions(tokens)
-    num_features = values.shape[1]
     if leaf is not None:
-        weights = seen["linear"] if times_input else conv.weight.sum(dim=(1, 2, 3))[None, :, None, None]
+        weights = seen["linear"] if times_input else conv.weight.detach().sum(dim=(1, 2, 3))[None, :, None, None]
     maps = []
-    for f in range(num_features):
-        retain = f < num_features - 1
-        if leaf is not None:
-            (grads,) = torch.autograd.grad(values[:, f].sum(), leaf, retain_graph=retain)
-            maps.append((grads * weights).sum(dim=1).reshape(len(pixels), -1))
-        else:
-            (grads,) = torch.autograd.grad(values[:, f].sum(), pixels, retain_graph=retain)
-            maps.append(grid.patch_sums(pixels.detach() * grads if times_input else grads))
+    with torch.enable_grad():  # also under the caller's torch.no_grad(): the objectives below are graph nodes
+        values = target.at_positions(tokens)
+        num_features = values.shape[1]
+        for f in range(num_features):
+            retain = f < num_features - 1
+            if leaf is not None:
+                (grads,) = torch.autograd.grad(values[:, f].sum(), leaf, retain_graph=retain)
+                maps.append((grads * weights).sum(dim=1).reshape(len(pixels), -1))
+            else:
+                (grads,) = torch.autograd.grad(values[:, f].sum(), pixels, retain_graph=retain)
+                maps.append(grid.patch_sums(pixels.detach() * grads if times_input else grads))
     return tokens.detach(), torch.stack(maps, dim=1).reshape(len(pixels), num_features, grid.height, grid.width)
 
 

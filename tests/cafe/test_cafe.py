@@ -97,6 +97,9 @@ def test_patch_embedding_shortcut_equals_the_pixel_gradient(family, method, monk
     grid = patch_grid(model, pixels)
     assert patch_convolution(model, grid, 3) is not None  # ViT's and CLIP's stems take the shortcut
     shortcut = explain_feature(model, sae, pixels, [3, 17, 40], method=method)
+    with torch.no_grad():  # a caller's no_grad context changes nothing
+        quiet = explain_feature(model, sae, pixels, [3, 17, 40], method=method)
+    torch.testing.assert_close(quiet.ierf, shortcut.ierf, rtol=0, atol=0)
     monkeypatch.setattr(cafe_explain, "patch_convolution", lambda *args: None)  # a stem that is no plain conv
     pixel_route = explain_feature(model, sae, pixels, [3, 17, 40], method=method)
     torch.testing.assert_close(shortcut.ierf, pixel_route.ierf, rtol=1e-6, atol=1e-9)
