@@ -11,13 +11,17 @@ Layout of an asset folder:
                         `block_b_values` (K, top) float16 peak activations,
                         `block_b_patches` (K, top, P) uint8 row-major patch ids (255 = none)
     thumbs/NNNNN.jpg    the reference images, `thumbnail_size` pixels square
+    prototype_ierfs.npz (optional) every prototype's iERF for its feature (CaFE, method.md §9) at its peak patch:
+                        per block b `block_b_ierfs` (K, top, h, w) uint8, the positive part of the iERF in
+                        `IERF_LEVELS + 1` levels of its own maximum (0 = none), `block_b_images` (the prototype ids
+                        they were computed for) and `meta` (JSON: back-end, levels, SAE fingerprints)
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,12 +29,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .introspection import residual_hooks, vision_tower
-from .viz import draw_patch_boxes, image_grid
+from .introspection import prepared_model, residual_hooks, residual_stream, vision_config, vision_tower
+from .viz import draw_patch_boxes, image_grid, overlay
 
 INDEX_NAME = "prototypes.json"
 ARRAYS_NAME = "prototypes.npz"
 THUMBS_DIR = "thumbs"
+IERFS_NAME = "prototype_ierfs.npz"
+IERF_LEVELS = 15  # the prototypes' iERFs are shown as overlays on 112-pixel thumbnails: 16 levels are plenty
+IERF_METHOD = "gradient-x-input"
 FORMAT = "hf_fga.space_prototypes"
 NO_PATCH = 255
 PROTOTYPE_COLOUR = "#ffd400"  # yellow, as on the thesis's project page
@@ -55,11 +62,16 @@ class PrototypeIndex:
         folder (`Path`): where the thumbnails lie.
         meta (`dict`): the JSON index (model, SAEs, split, grid, thumbnail size, images).
         tables (`dict[int, PrototypeTable]`): per block.
+        ierfs (`dict[int, np.ndarray]`, *optional*): per block, the prototypes' quantised iERFs `(K, top, h, w)`
+            (see the module docstring); None when the asset folder has none for these prototypes.
+        ierf_problem (`str`, *optional*): why `ierfs` is None, in words a reader can act on.
     """
 
     folder: Path
     meta: dict
     tables: dict[int, PrototypeTable] = field(default_factory=dict)
+    ierfs: dict[int, np.ndarray] | None = None
+    ierf_problem: str | None = None
 
     @classmethod
     def load(cls, folder: str | Path) -> PrototypeIndex:
@@ -78,7 +90,9 @@ class PrototypeIndex:
                 int(b): PrototypeTable(*(arrays[f"block_{b}_{part}"] for part in ("images", "values", "patches")))
                 for b in meta["blocks"]
             }
-        return cls(folder, meta, tables)
+        index = cls(folder, meta, tables)
+        index.ierfs, index.ierf_problem = read_prototype_ierfs(folder, tables)
+        return index
 
     def save(self, folder: str | Path | None = None) -> Path:
         """Write the JSON index and the arrays (the thumbnails are written by [`write_thumbnails`])."""
@@ -123,15 +137,31 @@ class PrototypeIndex:
     def thumbnail(self, image: int) -> Image.Image:
         return Image.open(self.folder / self.meta["images"][image]["file"]).convert("RGB")
 
-    def strip(self, block: int, feature: int, columns: int = 5) -> Image.Image | None:
-        """A grid of the feature's prototypes (`columns` per row), its patches boxed in yellow; None if it has none."""
+    @property
+    def has_ierfs(self) -> bool:
+        return self.ierfs is not None
+
+    def strip(self, block: int, feature: int, columns: int = 5, ierfs: bool = False) -> Image.Image | None:
+        """
+        A grid of the feature's prototypes (`columns` per row), its patches boxed in yellow; None if it has none.
+        With `ierfs=True` each prototype is overlaid with its iERF for the feature (what makes it fire there); a
+        ValueError ([`ierf_problem`]) when the asset folder has none.
+        """
+        if ierfs and self.ierfs is None:
+            raise ValueError(self.ierf_problem)
         found = self.prototypes(block, feature)
         if not found:
             return None
         tiles = []
+        slot = {image: n for n, image in enumerate(self.tables[block].images[feature])}
         for image, _, patches in found:
             boxes = [(p // self.grid[1], p % self.grid[1], PROTOTYPE_COLOUR) for p in patches]
-            tiles.append(draw_patch_boxes(self.thumbnail(image), boxes, self.grid, width=2))
+            thumbnail = self.thumbnail(image)
+            if ierfs:
+                heat = self.ierfs[block][feature, slot[image]]
+                if heat.any():
+                    thumbnail = overlay(thumbnail, heat.astype(np.float32))
+            tiles.append(draw_patch_boxes(thumbnail, boxes, self.grid, width=2))
         return image_grid(tiles, columns, int(self.meta["thumbnail_size"]))
 
 
@@ -218,3 +248,106 @@ def compute_prototypes(
     for table in tables.values():
         table.images[table.values <= 0] = -1
     return tables
+
+
+# ------------------------------------------------------------------------------------------------ prototype iERFs
+def compute_prototype_ierfs(
+    model,
+    saes: Mapping[int, object],
+    tables: Mapping[int, PrototypeTable],
+    load_pixels: Callable[[int], torch.Tensor],
+    method: str = IERF_METHOD,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[int, np.ndarray]:
+    """
+    Every prototype's iERF for its feature (CaFE, method.md §9): the attribution of the feature's activation at the
+    prototype's peak patch (`patches[..., 0]`) to the input patches, through [`hf_fga.cafe.explain_feature`]; the
+    features of one image and block share one forward pass.
+
+    Args:
+        model: the ViT the SAEs read.
+        saes (`Mapping[int, SparseAutoencoder]`): per block, the SAEs the `tables` were computed for.
+        tables (`Mapping[int, PrototypeTable]`): from [`compute_prototypes`] (image ids index `load_pixels`).
+        load_pixels (`Callable[[int], Tensor]`): image id → its preprocessed `pixel_values (1, C, H, W)`.
+        method (`str`, defaults to `"gradient-x-input"`): the CaFE back-end.
+        progress (`Callable[[int, int], None]`, *optional*): called with (images done, images in all).
+
+    Returns:
+        `dict[int, np.ndarray]`: per block, float32 iERFs `(K, top, h, w)`, 0 where there is no prototype.
+    """
+    from .cafe import explain_feature  # the CaFE package reads the attribution engine: imported on use
+
+    used = sorted({int(i) for table in tables.values() for i in table.images.ravel() if i >= 0})
+    maps, prefix = {}, None
+    for n, image in enumerate(used):
+        pixels = load_pixels(image)
+        grid = (pixels.shape[-2] // _patch_size(model), pixels.shape[-1] // _patch_size(model))
+        for block, sae in saes.items():
+            table = tables[block]
+            if block not in maps:
+                maps[block] = np.zeros((*table.images.shape, *grid), np.float32)
+            features, slots = np.nonzero(table.images == image)
+            if len(features) == 0:
+                continue
+            if prefix is None:  # the prototypes index the last h·w tokens: the patches
+                with prepared_model(model), torch.no_grad():
+                    tokens = residual_stream(model, pixels, block, sae.config.hook_point).shape[1]
+                prefix = tokens - grid[0] * grid[1]
+            position = torch.as_tensor(prefix + table.patches[features, slots, 0].astype(np.int64))[None]
+            out = explain_feature(model, sae, pixels, features.tolist(), position=position, method=method)
+            maps[block][features, slots] = out.ierf[0].numpy()
+        if progress is not None:
+            progress(n + 1, len(used))
+    return maps
+
+
+def _patch_size(model) -> int:
+    size = vision_config(model).patch_size
+    return int(size[0]) if isinstance(size, list | tuple) else int(size)
+
+
+def quantize_ierfs(maps: np.ndarray, levels: int = IERF_LEVELS) -> np.ndarray:
+    """The positive part of iERFs `(..., h, w)` in `levels + 1` steps of each map's own maximum, as uint8."""
+    positive = np.clip(np.nan_to_num(maps.astype(np.float32)), 0, None)
+    peak = positive.max(axis=(-2, -1), keepdims=True)
+    scaled = np.divide(positive, peak, out=np.zeros_like(positive), where=peak > 0)
+    return np.rint(scaled * levels).astype(np.uint8)
+
+
+def save_prototype_ierfs(
+    folder: str | Path, maps: Mapping[int, np.ndarray], tables: Mapping[int, PrototypeTable], saes, method: str
+) -> Path:
+    """Write `prototype_ierfs.npz` (see the module docstring) next to the index; returns its path."""
+    path = Path(folder) / IERFS_NAME
+    arrays = {}
+    for block, table in tables.items():
+        arrays[f"block_{block}_ierfs"] = quantize_ierfs(maps[block])
+        arrays[f"block_{block}_images"] = table.images.astype(np.int32)
+    meta = {
+        "method": method,
+        "levels": IERF_LEVELS,
+        "blocks": sorted(int(b) for b in tables),
+        "sae_fingerprints": {str(b): sae_fingerprint(sae) for b, sae in saes.items()},
+    }
+    np.savez_compressed(path, meta=np.array(json.dumps(meta)), **arrays)
+    return path
+
+
+def read_prototype_ierfs(
+    folder: str | Path, tables: Mapping[int, PrototypeTable]
+) -> tuple[dict[int, np.ndarray] | None, str | None]:
+    """
+    `(ierfs, None)` from `prototype_ierfs.npz` when it was computed for exactly these prototypes, else
+    `(None, why)`; the reason names the command that writes them.
+    """
+    path = Path(folder) / IERFS_NAME
+    remedy = "run python scripts/build_space_assets.py --ierfs-only to compute them"
+    if not path.is_file():
+        return None, f"The prototypes' iERFs are not among the assets ({path.name} is missing): {remedy}."
+    with np.load(path) as arrays:
+        meta = json.loads(str(arrays["meta"]))
+        if sorted(meta.get("blocks", [])) != sorted(tables) or any(
+            not np.array_equal(arrays[f"block_{b}_images"], table.images) for b, table in tables.items()
+        ):
+            return None, f"The prototypes' iERFs in {path.name} belong to other prototypes: {remedy}."
+        return {b: arrays[f"block_{b}_ierfs"] for b in tables}, None

@@ -5,9 +5,13 @@ JPEG thumbnails, a JSON index and one compressed array file (see `hf_fga/prototy
 
 The reference split is the bundled model's validation split (`hf_fga/bundled/splits.json`: patients carved out of
 the chest X-ray train split), never the test split. Only images that are some feature's prototype get a thumbnail.
+Then every prototype's iERF for its feature (CaFE, method.md §9: gradient × input of the feature's activation at the
+prototype's peak patch), from the full-size image, quantised to a small uint8 map (`prototype_ierfs.npz`), for the
+Space's "show the prototypes' iERFs" toggle.
 
     python scripts/build_space_assets.py                       # bundled model and SAEs -> spaces/assets
     python scripts/build_space_assets.py --limit 64 --output /tmp/assets   # a quick trial
+    python scripts/build_space_assets.py --ierfs-only          # only the prototypes' iERFs, for the index there
 """
 
 from __future__ import annotations
@@ -29,11 +33,15 @@ from hf_fga.images import load_image
 from hf_fga.pipelines import TASK
 from hf_fga.prototypes import (
     ARRAYS_NAME,
+    IERF_METHOD,
+    IERFS_NAME,
     INDEX_NAME,
     THUMBS_DIR,
     PrototypeIndex,
+    compute_prototype_ierfs,
     compute_prototypes,
     sae_fingerprint,
+    save_prototype_ierfs,
     write_thumbnails,
 )
 
@@ -58,6 +66,22 @@ def reference_split(data: Path, limit: int | None):
     return train.select(rows), f"{splits['dataset']} validation split ({len(wanted)} images, by patient id)"
 
 
+def write_ierfs(pipe, dataset, rows: list[int], tables, output: Path, preprocess) -> None:
+    """The prototypes' iERFs (`rows[i]` is the dataset row of prototype image id i), written next to the index."""
+    begin = time.perf_counter()
+
+    def progress(done: int, total: int) -> None:
+        if done % 50 == 0 or done == total:
+            print(f"iERFs: {done}/{total} images, {time.perf_counter() - begin:.0f} s", flush=True)
+
+    def load_pixels(image: int) -> torch.Tensor:
+        return preprocess([load_image(dataset[rows[image]]["image"])])
+
+    maps = compute_prototype_ierfs(pipe.model, pipe.saes, tables, load_pixels, IERF_METHOD, progress)
+    path = save_prototype_ierfs(output, maps, tables, pipe.saes, IERF_METHOD)
+    print(f"Wrote the prototypes' iERFs to {path} ({path.stat().st_size / 2**20:.2f} MB)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the chest X-ray dataset folder")
@@ -69,6 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--thumbnail-size", type=int, default=112)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--limit", type=int, default=None, help="use only the first N reference images")
+    parser.add_argument(
+        "--ierfs-only",
+        action="store_true",
+        help="only compute the prototypes' iERFs for the prototype index already in --output",
+    )
+    parser.add_argument("--skip-ierfs", action="store_true", help="do not compute the prototypes' iERFs")
     args = parser.parse_args(argv)
 
     torch.set_grad_enabled(False)
@@ -79,10 +109,24 @@ def main(argv: list[str] | None = None) -> int:
     names = dataset.features["label"].names if hasattr(dataset.features["label"], "names") else None
     print(f"{len(dataset)} reference images, SAEs for blocks {sorted(pipe.saes)}, grid {grid}")
 
+    def preprocess(images) -> torch.Tensor:
+        return pipe.image_processor(images=images, return_tensors="pt")["pixel_values"].to(pipe.model.dtype)
+
     def batches():
         for start in range(0, len(dataset), args.batch_size):
-            images = [load_image(image) for image in dataset[start : start + args.batch_size]["image"]]
-            yield pipe.image_processor(images=images, return_tensors="pt")["pixel_values"].to(pipe.model.dtype)
+            yield preprocess([load_image(image) for image in dataset[start : start + args.batch_size]["image"]])
+
+    if args.ierfs_only:
+        index = PrototypeIndex.load(args.output)
+        if not index.matches(pipe.saes):
+            raise SystemExit(f"The prototypes in {args.output} are for other SAEs: rebuild all, no --ierfs-only.")
+        row = {name: i for i, name in enumerate(dataset["file_name"])}
+        missing = [e["file_name"] for e in index.meta["images"] if e.get("file_name") not in row]
+        if missing:
+            raise SystemExit(f"{len(missing)} prototype images (e.g. {missing[0]}) are not in the reference split.")
+        used = [row[entry["file_name"]] for entry in index.meta["images"]]
+        write_ierfs(pipe, dataset, used, index.tables, args.output, preprocess)
+        return 0
 
     begin = time.perf_counter()
     tables = compute_prototypes(pipe.model, pipe.saes, batches(), grid, top=args.top)
@@ -119,6 +163,11 @@ def main(argv: list[str] | None = None) -> int:
         "images": records,
     }
     PrototypeIndex(args.output, meta, tables).save()
+    stale = args.output / IERFS_NAME
+    if stale.exists():
+        stale.unlink()
+    if not args.skip_ierfs:
+        write_ierfs(pipe, dataset, used, tables, args.output, preprocess)
     size = sum(p.stat().st_size for p in args.output.rglob("*") if p.is_file())
     print(f"Wrote {len(used)} thumbnails and the index to {args.output} ({size / 2**20:.2f} MB)")
     return 0

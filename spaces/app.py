@@ -268,8 +268,11 @@ def metrics_markdown(scores: dict[str, dict[str, float]]) -> str:
     )
 
 
-def feature_panel(explainer: Explainer, image: Image.Image, result: dict, variant: str):
-    """(boxed image, sheet of feature cards, Markdown table) for the pipeline's `top_features` (method.md §7)."""
+def feature_panel(explainer: Explainer, image: Image.Image, result: dict, variant: str, prototype_ierfs: bool = False):
+    """
+    (boxed image, sheet of feature cards, Markdown table) for the pipeline's `top_features` (method.md §7); with
+    `prototype_ierfs`, each prototype is overlaid with its own iERF for the feature (precomputed with the assets).
+    """
     grid = result["attribution"].shape
     found = sorted(
         ((block, feature) for block, features in result["top_features"].items() for feature in features),
@@ -283,6 +286,8 @@ def feature_panel(explainer: Explainer, image: Image.Image, result: dict, varian
             else "No feature contributed to the most changed patches."
         )
         return image, None, why
+    index = explainer.prototypes
+    with_ierfs = prototype_ierfs and index is not None and index.has_ierfs
     marks, numbers, cards = [], [], []
     rows = [
         "| # | block | feature | role | push on ŝ | patches | why it fires (CaFE) |",
@@ -291,8 +296,8 @@ def feature_panel(explainer: Explainer, image: Image.Image, result: dict, varian
     for n, (block, feature) in enumerate(found, start=1):
         colour = AMPLIFIER_COLOUR if feature["sign"] == AMPLIFIER else SUPPRESSOR_COLOUR
         strip, note = None, "Prototypes are precomputed for\nthe bundled model's SAEs only."
-        if explainer.prototypes is not None:
-            strip = explainer.prototypes.strip(block, feature["index"])
+        if index is not None:
+            strip = index.strip(block, feature["index"], ierfs=with_ierfs)
             note = "This feature never fired on\nthe reference split."
         boxes = [(p // grid[1], p % grid[1], colour) for p in feature["patches"]]
         marks += boxes
@@ -300,6 +305,7 @@ def feature_panel(explainer: Explainer, image: Image.Image, result: dict, varian
         caption = (
             f"#{n} · block {block} · feature {feature['index']} · {feature['sign']} "
             f"({feature['contribution']:+.2f}) · its top reference images, yellow = where it fires"
+            + (", overlaid: their iERFs" if with_ierfs else "")
         )
         card = feature_card(image, boxes, grid, strip, note)
         why = "–"
@@ -320,6 +326,17 @@ def feature_panel(explainer: Explainer, image: Image.Image, result: dict, varian
         "the input patches that drive its activation at its peak token; **non-local** when under 25% of the iERF's "
         "positive mass lies in the 3×3 patches around the peak."
     )
+    if with_ierfs:
+        legend += (
+            " The prototypes are overlaid with their own iERFs for the feature (at their peak patch, gradient × "
+            "input, positive part): what makes the feature fire on each reference image."
+        )
+    elif prototype_ierfs:
+        legend += "\n\n⚠️ " + (
+            index.ierf_problem + " Showing the plain prototypes."
+            if index is not None
+            else "The prototypes' iERFs are precomputed for the bundled model's SAEs only."
+        )
     boxed = draw_patch_boxes(image, marks, grid, width=3, labels=numbers)
     return boxed, captioned_stack(cards), legend + "\n\n" + "\n".join(rows)
 
@@ -340,6 +357,7 @@ class Explanation:
     features: str
     pending: tuple | None = None  # (model, pixel_values, maps) until `score` fills in the metrics
     compared: str = "TransMM"  # the caption of `transmm`: the compared method's label
+    panel: tuple | None = None  # (explainer, shown image, result, variant): `feature_panel`'s inputs, for the toggle
 
     def as_tuple(self) -> tuple:
         """The outputs in page order (`METRICS_OUTPUT` is the index of the metrics table)."""
@@ -370,12 +388,13 @@ def explain(
     cmax: float = 10.0,
     metrics: bool = True,
     method: str = COMPARED_DEFAULT,
+    prototype_ierfs: bool = False,
 ) -> Explanation:
     """
     Explain one image with the pipeline (FGA and TransMM from one pass, the gates, the features behind the change)
     and score both maps. With another `method` than `"transmm"` (any registered one but `"fga"`), the pipeline runs
     a second time with that method for the same class, and its map is shown instead of TransMM's; the faithfulness
-    table still compares FGA with TransMM.
+    table still compares FGA with TransMM. `prototype_ierfs` overlays the prototypes with their iERFs.
     """
     methods = comparison_methods()
     if method not in methods:
@@ -432,7 +451,7 @@ def explain(
         (gate_image(g, float(cmax)), f"block {b}: gates {float(g.min()):.2f} – {float(g.max()):.2f}")
         for b, g in sorted(result["gates"].items())
     ]
-    feature_image, cards, features = feature_panel(explainer, shown, result, variant)
+    feature_image, cards, features = feature_panel(explainer, shown, result, variant, prototype_ierfs)
     message = (
         f"**{result['label']}** with probability {result['score']:.3f} · model: {explainer.name} · variant "
         f"`{variant}`, blocks {chosen}, κ = {kappa:g}, c_max = {cmax:g} · beside {method_label(method)}"
@@ -450,6 +469,7 @@ def explain(
         features,
         (pipe.model, pixel_values, {"TransMM": result["baseline"], "FGA": result["attribution"]}),
         method_label(method),
+        (explainer, shown, result, variant),
     )
     return score(explanation) if metrics else explanation
 
@@ -469,29 +489,63 @@ def resolve_explainer(default: Explainer, model_id: str, sae_id: str) -> Explain
     return hub_explainer(check_hub_id(model_id, "The model id"), check_hub_id(sae_id, "The SAE repo id"))
 
 
-def make_handler(default: Explainer):
+def make_handler(default: Explainer, with_panel: bool = False):
     """
     The click handler, a generator: it shows the maps, gates and features first, then adds the faithfulness scores
-    (the slower part). Every visitor-facing failure becomes a warning and a message, never a traceback.
+    (the slower part). Every visitor-facing failure becomes a warning and a message, never a traceback. With
+    `with_panel`, each update also carries the feature panel's inputs (`Explanation.panel`, for a `gr.State` that
+    the prototype iERF toggle redraws from), after the page's outputs.
     """
 
-    def handle(image_path, variant, blocks, kappa, cmax, model_id="", sae_id="", method=COMPARED_DEFAULT):
+    def handle(
+        image_path,
+        variant,
+        blocks,
+        kappa,
+        cmax,
+        model_id="",
+        sae_id="",
+        method=COMPARED_DEFAULT,
+        prototype_ierfs=False,
+    ):
         try:
             explainer = resolve_explainer(default, model_id, sae_id)
             if explainer is not default:
                 blocks = [b for b in blocks if b in explainer.blocks] or explainer.default_blocks
             image = read_upload(image_path)
-            explanation = explain(explainer, image, variant, blocks, kappa, cmax, metrics=False, method=method)
+            explanation = explain(
+                explainer,
+                image,
+                variant,
+                blocks,
+                kappa,
+                cmax,
+                metrics=False,
+                method=method,
+                prototype_ierfs=bool(prototype_ierfs),
+            )
         except SpaceInputError as error:
             gr.Warning(str(error))
-            yield Explanation.failure(str(error)).as_tuple()
+            yield Explanation.failure(str(error)).as_tuple() + ((None,) if with_panel else ())
             return
-        yield explanation.as_tuple()
+        yield explanation.as_tuple() + ((explanation.panel,) if with_panel else ())
         # Only the metrics change: re-sending the images would make Gradio rewrite files the browser may be reading.
         metrics = score(explanation).metrics
-        yield tuple(metrics if n == METRICS_OUTPUT else gr.skip() for n in range(len(explanation.as_tuple())))
+        count = len(explanation.as_tuple()) + int(with_panel)
+        yield tuple(metrics if n == METRICS_OUTPUT else gr.skip() for n in range(count))
 
     return handle
+
+
+def redraw_features(panel: tuple | None, prototype_ierfs: bool) -> tuple:
+    """
+    The prototype iERF toggle: the feature panel (boxed image, cards, table) of the last explanation redrawn with
+    or without the prototypes' iERFs, nothing recomputed; nothing changes before the first explanation.
+    """
+    if panel is None:
+        return gr.skip(), gr.skip(), gr.skip()
+    explainer, shown, result, variant = panel
+    return feature_panel(explainer, shown, result, variant, bool(prototype_ierfs))
 
 
 def tolerant_upload(component: gr.Image) -> gr.Image:
@@ -525,7 +579,7 @@ place of TransMM's.
 def build_demo(explainer: Explainer | None = None) -> gr.Blocks:
     """The Space's page. `explainer` defaults to the bundled model (loaded once); tests pass a small one."""
     explainer = explainer or bundled_explainer()
-    handle = make_handler(explainer)
+    handle = make_handler(explainer, with_panel=True)
     with gr.Blocks(title="Feature-Gradient Attribution") as demo:
         gr.Markdown(INTRO)
         with gr.Row():
@@ -587,15 +641,25 @@ def build_demo(explainer: Explainer | None = None) -> gr.Blocks:
             )
             with gr.Column(scale=2):
                 features = gr.Markdown(elem_id="fga-features")
+                prototype_ierfs = gr.Checkbox(
+                    value=False,
+                    label="Show the prototypes' iERFs",
+                    info="Overlay each prototype with what makes the feature fire on it (its iERF, precomputed).",
+                    elem_id="fga-prototype-ierfs",
+                )
                 cards = gr.Image(
                     label="Features and their prototypes",
                     show_label=False,
                     interactive=False,
                     elem_id="fga-feature-cards",
                 )
-        inputs = [image, variant, blocks, kappa, cmax, model_id, sae_id, method]
-        outputs = [message, prediction, shown, transmm, fga, gates, metrics, feature_image, cards, features]
+        panel = gr.State(None)
+        inputs = [image, variant, blocks, kappa, cmax, model_id, sae_id, method, prototype_ierfs]
+        outputs = [message, prediction, shown, transmm, fga, gates, metrics, feature_image, cards, features, panel]
         run.click(handle, inputs=inputs, outputs=outputs, api_name="explain")
+        prototype_ierfs.change(
+            redraw_features, inputs=[panel, prototype_ierfs], outputs=[feature_image, cards, features], api_name=False
+        )
     return demo
 
 

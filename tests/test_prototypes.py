@@ -6,7 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from hf_fga.prototypes import NO_PATCH, PrototypeIndex, compute_prototypes, sae_fingerprint, write_thumbnails
+from hf_fga.cafe import explain_feature
+from hf_fga.prototypes import (
+    IERF_LEVELS,
+    NO_PATCH,
+    PrototypeIndex,
+    compute_prototype_ierfs,
+    compute_prototypes,
+    quantize_ierfs,
+    sae_fingerprint,
+    save_prototype_ierfs,
+    write_thumbnails,
+)
 from tests.helpers import pixel_batch, tiny_sae, tiny_vit
 
 
@@ -75,3 +86,42 @@ def test_prototype_index_round_trip_and_strip(tmp_path):
     assert index.prototypes(2, 10_000) == [] and index.strip(7, 0) is None
     with pytest.raises(FileNotFoundError, match="build_space_assets"):
         PrototypeIndex.load(tmp_path / "missing")
+
+
+def test_prototype_ierfs_are_cafe_at_the_peak_patch_and_round_trip(tmp_path):
+    """Each prototype's iERF = explain_feature of its feature at its peak patch; stored quantised; stale = refused."""
+    from PIL import Image
+
+    model, sae = tiny_vit(num_layers=3), tiny_sae(layer=1, seed=5, activation="relu")
+    pixels = pixel_batch(4, seed=7)
+    tables = compute_prototypes(model, {1: sae}, [pixels], (4, 4), top=2)
+    with torch.no_grad():  # the build script runs without grad: the iERFs must not care
+        maps = compute_prototype_ierfs(model, {1: sae}, tables, lambda i: pixels[i : i + 1])
+    table = tables[1]
+    assert maps[1].shape == (128, 2, 4, 4) and (maps[1][table.images < 0] == 0).all()
+    for feature, slot in list(zip(*np.nonzero(table.images >= 0), strict=True))[:12]:
+        image, peak = int(table.images[feature, slot]), int(table.patches[feature, slot, 0])
+        expected = explain_feature(model, sae, pixels[image : image + 1], int(feature), position=1 + peak).ierf[0]
+        np.testing.assert_allclose(maps[1][feature, slot], expected.numpy(), rtol=1e-5, atol=1e-7)
+
+    quantised = quantize_ierfs(np.array([[[-1.0, 0.0], [0.5, 2.0]], [[0.0, 0.0], [-3.0, 0.0]]]))
+    np.testing.assert_array_equal(quantised, [[[0, 0], [round(IERF_LEVELS / 4), IERF_LEVELS]], [[0, 0], [0, 0]]])
+
+    files = write_thumbnails([Image.new("RGB", (32, 32), (i * 60, 90, 200)) for i in range(4)], tmp_path, size=32)
+    meta = {"model": "tiny", "grid": [4, 4], "thumbnail_size": 32, "top": 2, "images": [{"file": f} for f in files]}
+    PrototypeIndex(tmp_path, meta, tables).save()
+    plain = PrototypeIndex.load(tmp_path)
+    assert not plain.has_ierfs and "--ierfs-only" in plain.ierf_problem and "missing" in plain.ierf_problem
+    feature = int(np.argmax(table.values[:, 0]))
+    with pytest.raises(ValueError, match="--ierfs-only"):
+        plain.strip(1, feature, ierfs=True)
+    save_prototype_ierfs(tmp_path, maps, tables, {1: sae}, "gradient-x-input")
+    index = PrototypeIndex.load(tmp_path)
+    assert index.has_ierfs and index.ierf_problem is None
+    np.testing.assert_array_equal(index.ierfs[1], quantize_ierfs(maps[1]))
+    overlaid, bare = index.strip(1, feature, columns=2, ierfs=True), index.strip(1, feature, columns=2)
+    assert overlaid.size == bare.size and not np.array_equal(np.asarray(overlaid), np.asarray(bare))
+    table.images[feature, 0] = (table.images[feature, 0] + 1) % 4  # other prototypes: the iERFs are stale
+    PrototypeIndex(tmp_path, meta, tables).save()
+    stale = PrototypeIndex.load(tmp_path)
+    assert not stale.has_ierfs and "other prototypes" in stale.ierf_problem

@@ -12,7 +12,9 @@ Back-ends (`method=`), all through the attribution package's public pieces:
 - `gradient`, `gradient-x-input`, `cp-lrp`, `attnlrp` (and `libragrad=True` for the first two): gradients of z
   under the backward rule set the registered method declares (`get_method("attnlrp").rule_set`, through
   [`hf_fga.attribution.rules.backward_rules`]). Several features of the same images share ONE forward pass (which
-  stops at the SAE's block) and run one backward pass each through the retained graph.
+  stops at the SAE's block) and run one backward pass each through the retained graph, input gradients only, down to
+  the patch embedding's output: a plain patch convolution's gradient is contracted per patch in closed form
+  ([`patch_embedding_leaf`]) instead of running its pixel-space backward.
 - `integrated-gradients`: the registered method's generic core
   ([`hf_fga.attribution.methods.integrated_gradients.integrated_gradients`]) from the `mean` fill, on an objective over
   (image, feature) pairs; `libragrad=True` applies.
@@ -24,12 +26,12 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from transformers import PreTrainedModel
 
 from ..attribution.methods import get_method
@@ -37,7 +39,14 @@ from ..attribution.methods.integrated_gradients import integrated_gradients, mea
 from ..attribution.methods.kernel_shap import kernel_shap
 from ..attribution.rules import backward_rules
 from ..faithfulness.fills import PatchGrid, patch_grid
-from ..introspection import model_dtype, prepared_model, residual_stream, vision_config, vision_layers
+from ..introspection import (
+    model_dtype,
+    prepared_model,
+    residual_stream,
+    vision_config,
+    vision_layers,
+    vision_tower,
+)
 from ..onednn import model_linears
 from ..sae import SparseAutoencoder
 from .locality import Locality, neighbourhood_share
@@ -221,20 +230,85 @@ class FeatureTarget:
         return objective
 
 
+def patch_convolution(model: PreTrainedModel, grid: PatchGrid, channels: int) -> nn.Conv2d | None:
+    """
+    The vision tower's patch embedding when it is a plain non-overlapping convolution (kernel = stride = the patch
+    size, no padding, dilation or groups, `channels` inputs), else None. Its first `nn.Conv2d` is the one looked at
+    (ViT, DeiT, DINOv2, CLIP); any other stem (e.g. a hybrid's ResNet) gives None.
+    """
+    conv = next((module for module in vision_tower(model).modules() if isinstance(module, nn.Conv2d)), None)
+    p = grid.patch_size
+    if conv is None or conv.in_channels != channels or conv.groups != 1 or conv.padding_mode != "zeros":
+        return None
+    if tuple(conv.kernel_size) != (p, p) or tuple(conv.stride) != (p, p) or tuple(conv.dilation) != (1, 1):
+        return None
+    return conv if tuple(conv.padding) == (0, 0) else None
+
+
+@contextlib.contextmanager
+def patch_embedding_leaf(conv: nn.Conv2d | None, pixels: Tensor) -> Iterator[dict]:
+    """
+    During the block, the patch convolution's output on `pixels` becomes a leaf `e (B, d, h, w)` that requires
+    grad, and the convolution without its bias, `W x (B, d, h, w)`, is kept: a gradient ∂z/∂e then gives the
+    patch sums of the pixel gradient exactly, Σ_pixels of patch p ∂z/∂x = ∂z/∂e_p · Σ W and
+    Σ_pixels of p x · ∂z/∂x = ∂z/∂e_p · (W x)_p, without the pixel-space convolution backward (a sixth of a whole
+    backward pass on the bundled model). Yields `{"leaf", "linear", "replaced"}`: the leaf is None unless the
+    convolution ran exactly once, on `pixels` themselves (then the pixels' own gradient is the way, and where the
+    output was already replaced, `replaced` says the forward must run again without the hook).
+    """
+    seen: dict = {"leaf": None, "linear": None, "replaced": False}
+    if conv is None:
+        yield seen
+        return
+
+    def hook(module: nn.Conv2d, inputs: tuple, output: Tensor) -> Tensor | None:
+        if seen["replaced"] or inputs[0] is not pixels:
+            seen["leaf"] = None
+            return None
+        with torch.no_grad():
+            seen["linear"] = torch.nn.functional.conv2d(pixels, module.weight, None, module.stride)
+        seen["leaf"] = output.detach().requires_grad_(True)
+        seen["replaced"] = True
+        return seen["leaf"]
+
+    handle = conv.register_forward_hook(hook)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
 def _gradient_maps(
     target: FeatureTarget, model: PreTrainedModel, pixels: Tensor, grid: PatchGrid, times_input: bool, position
 ) -> tuple[Tensor, Tensor]:
-    """One forward pass; one backward pass per feature through the retained graph. Returns (tokens, maps (B,F,h,w))."""
+    """
+    One forward pass (stopping at the SAE's block, the patch embedding's output as the graph's leaf where
+    [`patch_embedding_leaf`] applies, else the pixels); one backward pass per feature through the retained graph,
+    input gradients only (the parameters are frozen). Returns (tokens (B, T, F), maps (B, F, h, w)).
+    """
+    conv = patch_convolution(model, grid, pixels.shape[1])
     pixels = pixels.detach().requires_grad_(True)
-    with torch.enable_grad():
+    with torch.enable_grad(), patch_embedding_leaf(conv, pixels) as seen:
         tokens = target.token_activations(model, pixels)
-        resolve_positions(target, tokens.detach(), position, stacklevel=4)
+    leaf = seen["leaf"]
+    if leaf is None and seen["replaced"]:  # the convolution ran twice: its first output was cut off, run again plainly
+        with torch.enable_grad():
+            tokens = target.token_activations(model, pixels)
+    resolve_positions(target, tokens.detach(), position, stacklevel=4)
+    if leaf is not None:
+        weights = seen["linear"] if times_input else conv.weight.detach().sum(dim=(1, 2, 3))[None, :, None, None]
+    maps = []
+    with torch.enable_grad():  # also under the caller's torch.no_grad(): the objectives below are graph nodes
         values = target.at_positions(tokens)
-        maps = []
         num_features = values.shape[1]
         for f in range(num_features):
-            (grads,) = torch.autograd.grad(values[:, f].sum(), pixels, retain_graph=f < num_features - 1)
-            maps.append(grid.patch_sums(pixels.detach() * grads if times_input else grads))
+            retain = f < num_features - 1
+            if leaf is not None:
+                (grads,) = torch.autograd.grad(values[:, f].sum(), leaf, retain_graph=retain)
+                maps.append((grads * weights).sum(dim=1).reshape(len(pixels), -1))
+            else:
+                (grads,) = torch.autograd.grad(values[:, f].sum(), pixels, retain_graph=retain)
+                maps.append(grid.patch_sums(pixels.detach() * grads if times_input else grads))
     return tokens.detach(), torch.stack(maps, dim=1).reshape(len(pixels), num_features, grid.height, grid.width)
 
 

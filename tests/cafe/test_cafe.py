@@ -10,7 +10,10 @@ import evaluate
 import pytest
 import torch
 
+from hf_fga.cafe import explain as cafe_explain
 from hf_fga.cafe import explain_feature, feature_insertion, neighbourhood_share, random_ranking
+from hf_fga.cafe.explain import patch_convolution
+from hf_fga.faithfulness.fills import patch_grid
 from hf_fga.metrics import metric_path
 from tests.attribution.test_restore import assert_same, snapshot, unusual_vit
 from tests.helpers import PATCH, pixel_batch, tiny_clip, tiny_sae, tiny_vit
@@ -82,6 +85,45 @@ def test_gradient_maps_match_float64_reference(family, sae_kwargs, method):
             assert out.value[b, f].item() == pytest.approx(z, rel=1e-6)
             torch.testing.assert_close(out.activation_map[b, f].double(), activation, rtol=1e-6, atol=1e-7)
             torch.testing.assert_close(out.ierf[b, f].double(), ierf, rtol=1e-5, atol=1e-7 * ierf.abs().max())
+
+
+@pytest.mark.parametrize("family", ["vit", "clip"])
+@pytest.mark.parametrize("method", ["gradient-x-input", "gradient", "attnlrp"])
+def test_patch_embedding_shortcut_equals_the_pixel_gradient(family, method, monkeypatch):
+    """Gradients at the patch convolution's output contracted with W x (or Σ W) = the pixel gradient's patch sums."""
+    model = models()[family]
+    sae = tiny_sae(layer=2, activation="relu").double()
+    pixels = pixel_batch(2, seed=4).double()
+    grid = patch_grid(model, pixels)
+    assert patch_convolution(model, grid, 3) is not None  # ViT's and CLIP's stems take the shortcut
+    shortcut = explain_feature(model, sae, pixels, [3, 17, 40], method=method)
+    with torch.no_grad():  # a caller's no_grad context changes nothing
+        quiet = explain_feature(model, sae, pixels, [3, 17, 40], method=method)
+    torch.testing.assert_close(quiet.ierf, shortcut.ierf, rtol=0, atol=0)
+    monkeypatch.setattr(cafe_explain, "patch_convolution", lambda *args: None)  # a stem that is no plain conv
+    pixel_route = explain_feature(model, sae, pixels, [3, 17, 40], method=method)
+    torch.testing.assert_close(shortcut.ierf, pixel_route.ierf, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(shortcut.value, pixel_route.value, rtol=0, atol=0)
+
+
+def test_patch_embedding_leaf_only_for_one_convolution_of_the_pixels():
+    conv = torch.nn.Conv2d(3, 4, PATCH, PATCH)
+    pixels = pixel_batch(1)
+    with cafe_explain.patch_embedding_leaf(conv, pixels) as seen:
+        out = conv(pixels)
+    assert out is seen["leaf"] and out.requires_grad and out.grad_fn is None
+    torch.testing.assert_close(seen["linear"], out.detach() - conv.bias[:, None, None])
+    with cafe_explain.patch_embedding_leaf(conv, pixels) as seen:
+        conv(pixels.clone())  # not the pixels themselves: the pixels' own gradient is the way
+    assert seen["leaf"] is None and not seen["replaced"]
+    with cafe_explain.patch_embedding_leaf(conv, pixels) as seen:
+        conv(pixels), conv(pixels)  # twice: the first output was cut off, the forward must run again
+    assert seen["leaf"] is None and seen["replaced"]
+    assert not conv._forward_hooks
+    overlapping = tiny_vit()
+    stem = overlapping.vit.embeddings.patch_embeddings.projection
+    overlapping.vit.embeddings.patch_embeddings.projection = torch.nn.Conv2d(3, stem.out_channels, PATCH, PATCH // 2)
+    assert patch_convolution(overlapping, patch_grid(tiny_vit(), pixels), 3) is None
 
 
 def test_single_feature_drops_the_axis_and_equals_the_list_call():

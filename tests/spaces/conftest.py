@@ -36,13 +36,23 @@ def bundle_complete() -> bool:
 
 
 def standin_explainer(root: Path):
-    """A small random ViT (64 px, 8 × 8 patches, 4 blocks), SAEs for blocks 1 and 2, and prototypes over 6 images."""
+    """
+    A small random ViT (64 px, 8 × 8 patches, 4 blocks), SAEs for blocks 1 and 2, and prototypes (with their iERFs)
+    over 6 images.
+    """
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil
 
     from hf_fga import bundled
     from hf_fga.attribution import compute_mean_residuals
     from hf_fga.images import load_image
-    from hf_fga.prototypes import PrototypeIndex, compute_prototypes, write_thumbnails
+    from hf_fga.prototypes import (
+        IERF_METHOD,
+        PrototypeIndex,
+        compute_prototype_ierfs,
+        compute_prototypes,
+        save_prototype_ierfs,
+        write_thumbnails,
+    )
     from hf_fga.sae import save_sae_set
 
     from ..helpers import tiny_sae
@@ -81,6 +91,8 @@ def standin_explainer(root: Path):
         "images": [{"file": f, "label": ""} for f in files],
     }
     PrototypeIndex(assets, meta, tables).save()
+    ierfs = compute_prototype_ierfs(model, saes, tables, lambda image: pixels[image : image + 1])
+    save_prototype_ierfs(assets, ierfs, tables, saes, IERF_METHOD)
     means = compute_mean_residuals(model, [pixels], layers=sorted(saes), progress=False)
     app = load_app()
     return app.make_explainer(

@@ -320,3 +320,57 @@ def test_every_method_can_be_compared(app_module, space_explainer, method):
     out = app_module.explain(space_explainer, image, "combined", [1], metrics=False, method=method)
     assert out.compared == app_module.method_label(method) and out.transmm.size == out.fga.size
     assert not np.array_equal(np.asarray(out.transmm), np.asarray(out.image))
+
+
+def test_prototype_ierf_toggle_redraws_the_prototypes(app_module, space_explainer):
+    import gradio as gr
+
+    assert space_explainer.prototypes.has_ierfs, space_explainer.prototypes.ierf_problem
+    image = app_module.read_upload(space_explainer.examples[0])
+    plain = app_module.explain(space_explainer, image, "combined", space_explainer.default_blocks, metrics=False)
+    boxed, cards, table = app_module.redraw_features(plain.panel, True)  # the checkbox ticked: nothing recomputed
+    assert isinstance(cards, Image.Image) and cards.size == plain.feature_cards.size
+    assert not np.array_equal(np.asarray(cards), np.asarray(plain.feature_cards))
+    assert "their own iERFs" in table and "their own iERFs" not in plain.features and "⚠️" not in table
+    np.testing.assert_array_equal(np.asarray(boxed), np.asarray(plain.feature_image))
+    ticked = app_module.explain(
+        space_explainer, image, "combined", space_explainer.default_blocks, metrics=False, prototype_ierfs=True
+    )
+    np.testing.assert_array_equal(np.asarray(ticked.feature_cards), np.asarray(cards))
+    back = app_module.redraw_features(ticked.panel, False)  # unticked again: the plain prototypes
+    np.testing.assert_array_equal(np.asarray(back[1]), np.asarray(plain.feature_cards))
+    assert back[2] == plain.features
+    assert all(update == gr.skip() for update in app_module.redraw_features(None, True))  # before any click
+
+
+def test_missing_prototype_ierfs_give_a_message(app_module, space_explainer, handler, monkeypatch, tmp_path):
+    from hf_fga.prototypes import read_prototype_ierfs
+
+    index = space_explainer.prototypes
+    _, problem = read_prototype_ierfs(tmp_path, index.tables)  # an asset folder without them
+    monkeypatch.setattr(index, "ierfs", None)
+    monkeypatch.setattr(index, "ierf_problem", problem)
+    example = space_explainer.examples[0]
+    plain = handler(example, "combined", space_explainer.default_blocks, 0.5, 10.0, "", "", "transmm", False)
+    out = handler(example, "combined", space_explainer.default_blocks, 0.5, 10.0, "", "", "transmm", True)
+    assert "⚠️" not in out[0] and isinstance(out[8], Image.Image)
+    np.testing.assert_array_equal(np.asarray(out[8]), np.asarray(plain[8]))  # the plain prototypes instead
+    assert "⚠️" in out[9] and "--ierfs-only" in out[9] and "plain prototypes" in out[9]
+    panel = app_module.explain(
+        space_explainer, app_module.read_upload(example), "combined", space_explainer.default_blocks, metrics=False
+    ).panel
+    assert "--ierfs-only" in app_module.redraw_features(panel, True)[2]
+
+
+def test_the_page_has_the_prototype_ierf_toggle(app_module, space_explainer):
+    import gradio as gr
+
+    demo = app_module.build_demo(space_explainer)
+    toggle = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "fga-prototype-ierfs")
+    assert isinstance(toggle, gr.Checkbox) and toggle.value is False and "iERF" in toggle.label
+    first = next(
+        app_module.make_handler(space_explainer, with_panel=True)(
+            space_explainer.examples[0], "no-sae", [1], 0.5, 10.0
+        )
+    )
+    assert len(first) == 11 and first[10][3] == "no-sae"  # the panel's inputs go to the page's gr.State

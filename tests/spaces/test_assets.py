@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hf_fga.prototypes import INDEX_NAME, NO_PATCH, PrototypeIndex
+from hf_fga.prototypes import IERF_LEVELS, INDEX_NAME, NO_PATCH, PrototypeIndex
 
 from .conftest import SPACE, bundle_complete
 
@@ -31,6 +31,17 @@ def test_assets_are_small_and_complete():
         assert (marked[:, 0] != NO_PATCH).all(), "every prototype marks at least its peak patch"
     for entry in index.meta["images"]:
         assert (ASSETS / entry["file"]).is_file()
+
+
+def test_prototype_ierfs_ship_with_the_prototypes():
+    index = PrototypeIndex.load(ASSETS)
+    assert index.has_ierfs, index.ierf_problem
+    for block, table in index.tables.items():
+        maps = index.ierfs[block]
+        assert maps.dtype == np.uint8 and maps.shape == (*table.images.shape, *index.grid)
+        assert (maps[table.images < 0] == 0).all() and maps.max() <= IERF_LEVELS
+        peaks = maps[table.images >= 0].max(axis=(1, 2))
+        assert (peaks == IERF_LEVELS).all(), "every prototype's iERF is scaled to its own positive peak"
 
 
 @pytest.mark.skipif(not bundle_complete(), reason="the bundled model or SAEs are missing")
