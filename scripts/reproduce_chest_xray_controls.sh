@@ -32,15 +32,7 @@ if [ -z "$(git log --format=%h -1 -- "$PLAN" 2>/dev/null)" ]; then
   exit 1
 fi
 
-launch() {  # one process per CPU core share; accelerate 1.15 starts N CPU processes only with --multi_gpu
-  if [ "$NUM_PROCESSES" -gt 1 ]; then
-    OMP_NUM_THREADS=$(( $(nproc) / NUM_PROCESSES > 0 ? $(nproc) / NUM_PROCESSES : 1 )) \
-      .venv/bin/accelerate launch --multi_gpu --num_processes "$NUM_PROCESSES" --num_machines 1 \
-      --mixed_precision no --dynamo_backend no scripts/evaluate_faithfulness.py "$@"
-  else
-    $PY scripts/evaluate_faithfulness.py "$@"
-  fi
-}
+source scripts/evaluation_stages.sh
 
 stage() {  # stage NAME ARGS...: run, and log its wall time
   local name=$1; shift
