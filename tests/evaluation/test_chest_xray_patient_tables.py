@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from hf_fga.evaluation.configuration import EvaluationConfiguration
 from hf_fga.evaluation.storage import RESULTS_FOLDER, write_part
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,20 +35,9 @@ def _rows(rng) -> list[dict]:
     base = {m: rng.uniform(0.3, 0.7, len(IMAGES)) for m in METRICS}
     rows = []
     for config, shift in SHIFTS.items():
-        method, variant, layers, kappa, cmax = config.split("|")
+        columns = EvaluationConfiguration.from_key(config).columns()
         for i, image in enumerate(IMAGES):
-            row = {
-                "image_id": image,
-                "preset": "papers",
-                "fill": "mean",
-                "config": config,
-                "method": method,
-                "variant": variant,
-                "layers": layers,
-                "kappa": float(kappa or 0),
-                "cmax": float(cmax or 0),
-                "label": i % 2,
-            }
+            row = {"image_id": image, "preset": "papers", "fill": "mean", **columns, "label": i % 2}
             amount = (0.1 if OWNERS[i] == "p0" else 0.0) if shift == "one" else shift
             for metric in METRICS:
                 sign = -1.0 if metric == "pixel_flipping" else 1.0
