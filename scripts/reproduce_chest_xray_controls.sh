@@ -76,10 +76,10 @@ if [ -f "$OUT/validation/summary.csv" ]; then
   echo "chosen on validation: gamma=$GAMMA m=$M" > "$OUT/chosen_parameters.txt"
 fi
 
-# 3. test split: only what issue 7 did not score; both presets; the same seeded image order as issue 7
+# 3. test split: only what issue 7 did not score (not even TransMM: --skip_reference); both presets; issue 7's image order
 if has_stage test; then
   [ -n "${GAMMA:-}" ] || { echo "no validation selection yet: run the validation stage first." >&2; exit 1; }
-  TEST=(--split test --limit "$TEST_LIMIT" --seed 0 --presets papers,thesis --methods transmm,fga "${GRID[@]}")
+  TEST=(--split test --limit "$TEST_LIMIT" --seed 0 --presets papers,thesis --methods fga --skip_reference "${GRID[@]}")
   stage test_controls "${COMMON[@]}" "${TEST[@]}" --sae hf_fga/bundled/saes --feature_importance "$IMPORTANCE" \
     --variants "error-scaled@0.5,error-scaled@2,error-scaled@4,error-only,transmm-power@$GAMMA,random-gates,selective@$M" \
     --output_dir "$OUT/test"

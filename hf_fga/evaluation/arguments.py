@@ -160,6 +160,13 @@ class EvaluationArguments:
         },
     )
     shuffle_seed: int = field(default=12345, metadata={"help": "Seed of the shuffled-decoder permutation."})
+    skip_reference: bool = field(
+        default=False,
+        metadata={
+            "help": "Do not score TransMM (the reference every grid includes) unless --methods names it: for runs "
+            "whose images another run already scored with TransMM (the report then has no % change against it)."
+        },
+    )
     report_only: bool = field(default=False, metadata={"help": "Only rebuild the report from the parquet files."})
     no_report: bool = field(default=False, metadata={"help": "Do not write the report at the end."})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar (main process only)."})

@@ -22,7 +22,7 @@ from ..images import load_image
 from ..introspection import clip_text_embeddings, is_clip, load_vision_model
 from .arguments import DataArguments, EvaluationArguments, ModelArguments
 from .attribution_grid import gated_blocks
-from .configuration import EvaluationConfiguration, expand_grid, parse_floats, parse_layer_sets, parse_list
+from .configuration import REFERENCE, EvaluationConfiguration, expand_grid, parse_floats, parse_layer_sets, parse_list
 from .selection import load_split
 
 PRESET_NAMES = ("papers", "thesis")
@@ -66,13 +66,19 @@ def parse_presets(text: str) -> list[str]:
 
 
 def build_grid(eval_args: EvaluationArguments) -> list[EvaluationConfiguration]:
-    return expand_grid(
-        parse_list(eval_args.methods, "methods"),
+    methods = parse_list(eval_args.methods, "methods")
+    grid = expand_grid(
+        methods,
         parse_list(eval_args.variants, "variants"),
         parse_layer_sets(eval_args.layer_sets),
         parse_floats(eval_args.kappas, "kappas"),
         parse_floats(eval_args.cmaxes, "cmaxes"),
     )
+    if eval_args.skip_reference and REFERENCE.method not in methods:
+        grid = [c for c in grid if c != REFERENCE]
+    if not grid:
+        raise ValueError("--skip_reference leaves nothing to score: name at least one method besides TransMM.")
+    return grid
 
 
 @contextlib.contextmanager

@@ -114,3 +114,14 @@ def test_evaluation_tool_records_completeness_and_seconds(tmp_path):
     assert plain.gt(1e-3).all() and results.loc["gradient-x-input|libragrad|||", "completeness"].lt(1e-4).all()
     report = (tmp_path / "out" / "report.md").read_text()
     assert "Gradient × Input + LibraGrad" in report and "Completeness error ↓" in report
+
+
+def test_skip_reference_scores_only_what_is_new(tmp_path):
+    model, _ = write_model(tmp_path)
+    setup = {"dataset": str(write_dataset(tmp_path, 2)), "model": str(model), "sae": "none"}
+    _run(setup, tmp_path / "out", methods="rollout", presets="papers", sae="none", skip_reference="true")
+    assert set(_results(tmp_path / "out")["config"]) == {"rollout||||"}
+    assert (tmp_path / "out" / "report.md").is_file()
+    # naming TransMM keeps it
+    _run(setup, tmp_path / "named", methods="transmm,rollout", presets="papers", sae="none", skip_reference="true")
+    assert set(_results(tmp_path / "named")["config"]) == {"transmm||||", "rollout||||"}
