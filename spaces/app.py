@@ -573,6 +573,11 @@ gate from sparse-autoencoder features: a patch's score is Σₖ fₖ · (Dᵀg)�
 projected onto the feature), robustly normalised and mapped to a gate in [1/c_max, c_max]. Pick an example or upload
 a chest X-ray, then press **Explain**. **Compare FGA with** shows another registered attribution method's map in
 place of TransMM's.
+
+On this model (618 test X-rays, tested per patient) FGA is more faithful than TransMM on SaCo and Pixel Flipping, not
+on Faithfulness Correlation; a control without SAE features (gradient × centred residual) reaches the same gains, and
+no metric separates it from FGA: nothing so far shows that the gain comes from what the features mean
+(`docs/results/chest_xray.md`).
 """
 
 
