@@ -16,13 +16,13 @@ from ..faithfulness import (
     resolve_preset,
     score_records,
 )
+from ..faithfulness.evaluation import COMPLETENESS
 from .arguments import EvaluationArguments
 from .attribution_grid import attribute_configurations, gated_blocks
 from .configuration import EvaluationConfiguration
 from .report import CURVE_COLUMN
 from .run_setup import EvaluationModel, preset_overrides
 
-COMPLETENESS = "completeness"  # the gradients' completeness error (method.md §8), not a perturbation metric
 SECONDS_COLUMN = "attribution_seconds"  # wall seconds per image of the configuration's map (its share of the batch)
 MAX_ROWS_PER_CALL = 128  # images × configurations per perturbation call: bounds the memory of the perturbed fills
 
