@@ -1,0 +1,601 @@
+"""
+The cross-domain summary of issue 16 (method.md §6, §10): the test results of every domain in the form of the
+thesis's Table 7.3 beside the thesis's own rows, and which claims and control verdicts hold in how many domains.
+
+Everything is read from stored results (`storage.read_parts` of each domain's test run); nothing runs a model. A
+domain whose run is missing or empty is listed as "not run yet" with the command that produces it.
+
+Two verdicts per claim and domain:
+
+- **images** (the thesis's level, `claims.thesis_claims` / `claims.control_claims`): a comparison "A beats B" holds
+  when A's mean is better and the paired Wilcoxon test over images gives p < α, without correction;
+- **confirmatory** (method.md §10): the same comparisons on the per-unit mean differences (`hypothesis_tests.
+  patient_comparison`), the unit being the patient where the dataset has patient ids and the image otherwise, Holm's
+  correction across every comparison of the domain's verdict table (one family per domain).
+
+"No difference" is a claim only through the equivalence rows (paired TOST, margin ±10 % of FGA's gain over TransMM,
+`hypothesis_tests.gain_margins` / `equivalence_family`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from .claims import Claim, control_claims, thesis_claims, verdict
+from .configuration import REFERENCE, EvaluationConfiguration
+from .hypothesis_tests import (
+    Comparison,
+    directional_holds,
+    equivalence_family,
+    gain_margins,
+    holm,
+    patient_comparison,
+    patient_keys,
+)
+from .statistics import LOWER_IS_BETTER, METRIC_NAMES, METRICS, percent_change, summarize
+from .storage import RESULTS_FOLDER, RUN_FILE, read_parts
+
+CHOSEN_CONFIGURATION_FILE = "chosen_configuration.txt"
+CHOSEN_PREFIX = "chosen configuration:"
+SUMMARY_VARIANTS = ("combined", "shuffled", "centered", "mean-centered")
+ROLE_LABELS = {
+    "transmm": "TransMM",
+    "combined": "FGA combined",
+    "shuffled": "FGA shuffled decoder",
+    "centered": "`centered`",
+    "mean-centered": "`mean-centered`",
+}
+NOT_RUN = "not run"
+NOT_TESTED = "—"
+PATIENTS, IMAGES = "patients", "images"
+RESULT_COLUMNS = ["image_id", "config", "preset", "fill", "method", "variant", "layers", "kappa", "cmax", *METRICS]
+
+# The thesis's test results (its Table 7.3, hyperparameters of its Table 7.4; method.md §6), its `thesis` preset:
+# mean ± SEM and the stars of the two-sided Welch t-test against TransMM, as printed there.
+THESIS_SETTINGS = {
+    "COVID-QU-Ex": ("ViT-B/16", "2,3,4", 1.0, 50.0),
+    "HyperKvasir": ("ViT-B/16", "4,5,6", 0.1, 50.0),
+    "ImageNet (10k)": ("CLIP ViT-B/32", "5,6,10", 0.5, 10.0),
+}
+THESIS_TABLE = {  # dataset → role → (SaCo, Faithfulness Correlation, Pixel Flipping) as (mean, SEM, Welch stars)
+    "COVID-QU-Ex": {
+        "transmm": ((0.459, 0.004, ""), (0.309, 0.002, ""), (93.17, 0.68, "")),
+        "combined": ((0.507, 0.004, "***"), (0.442, 0.002, "***"), (83.06, 0.67, "***")),
+        "shuffled": ((0.434, 0.004, "***"), (0.319, 0.002, "**"), (96.66, 0.70, "***")),
+    },
+    "HyperKvasir": {
+        "transmm": ((0.504, 0.016, ""), (0.479, 0.009, ""), (94.50, 2.41, "")),
+        "combined": ((0.727, 0.015, "***"), (0.550, 0.008, "***"), (93.31, 2.38, "")),
+        "shuffled": ((0.616, 0.019, "***"), (0.446, 0.009, "*"), (97.87, 2.36, "")),
+    },
+    "ImageNet (10k)": {
+        "transmm": ((0.250, 0.004, ""), (0.314, 0.003, ""), (8.83, 0.09, "")),
+        "combined": ((0.337, 0.004, "***"), (0.358, 0.002, "***"), (8.52, 0.09, "*")),
+        "shuffled": ((0.242, 0.004, ""), (0.250, 0.003, "***"), (9.70, 0.09, "***")),
+    },
+}
+
+
+@dataclass(frozen=True)
+class Domain:
+    """
+    One domain of the summary: where its test run lies and how to produce it.
+
+    Args:
+        name (`str`): short name, e.g. `chest_xray`.
+        title (`str`): what the tables call it, e.g. `Chest X-ray (paediatric pneumonia)`.
+        run_dir (`Path`): the test run folder (with `results/` and `run.json`), e.g. `docs/results/chest_xray/test`.
+        chosen_configuration (`Path`): the file `scripts/reproduce.sh` writes (`chosen configuration: <key>`).
+        command (`str`): the command that produces the run (Markdown), shown while it is not run yet.
+        pending (`str`, *optional*, defaults to `""`): a path (relative to the working directory) of a document that
+            says why the domain is not run yet; linked from the summary while it is not.
+    """
+
+    name: str
+    title: str
+    run_dir: Path
+    chosen_configuration: Path
+    command: str
+    pending: str = ""
+
+
+@dataclass
+class DomainRun:
+    """
+    A domain's finished test run: its per-image `results` (rows of `RESULT_COLUMNS`), the chosen FGA `combined`
+    configuration key `config`, and `patients` (image id → patient key), `None` when the dataset has no patient ids.
+    """
+
+    domain: Domain
+    results: pd.DataFrame
+    config: str
+    patients: dict[str, str] | None
+
+    @property
+    def unit(self) -> str:
+        """The unit of the confirmatory tests: `patients` where the dataset has patient ids, else `images`."""
+        return PATIENTS if self.patients is not None else IMAGES
+
+    def units(self) -> dict[str, str]:
+        """Image id → unit key: the patient, or the image itself for a dataset without patient ids."""
+        return self.patients if self.patients is not None else {i: i for i in self.results["image_id"].unique()}
+
+    def key(self, role: str) -> str:
+        """The configuration key of a role: TransMM (`transmm`) or a variant of the chosen configuration."""
+        if role == "transmm":
+            return REFERENCE.key
+        return dataclasses.replace(EvaluationConfiguration.from_key(self.config), variant=role).key
+
+
+def parse_domain(spec: str, results_root: Path = Path("docs/results")) -> tuple[str, Path, Path]:
+    """
+    A domain given on the command line: `name`, `name=run_dir` or `name=run_dir:chosen_configuration_file`.
+
+    By convention (the layout `scripts/reproduce.sh` writes) the run is `<results_root>/<name>/test` and the chosen
+    configuration `chosen_configuration.txt` in the run folder's parent.
+
+    Example:
+    ```python
+    >>> [str(p) for p in parse_domain("chest_xray")[1:]]
+    ['docs/results/chest_xray/test', 'docs/results/chest_xray/chosen_configuration.txt']
+    >>> [str(p) for p in parse_domain("busi=runs/busi/test:runs/busi.txt")[1:]]
+    ['runs/busi/test', 'runs/busi.txt']
+
+    ```
+    """
+    name, _, where = spec.partition("=")
+    if not name or (spec.count("=") and not where):
+        raise ValueError(f"domain {spec!r}: expected `name`, `name=run_dir` or `name=run_dir:chosen_file`.")
+    run_text, _, chosen_text = where.partition(":")
+    run_dir = Path(run_text) if run_text else results_root / name / "test"
+    chosen = Path(chosen_text) if chosen_text else run_dir.parent / CHOSEN_CONFIGURATION_FILE
+    return name, run_dir, chosen
+
+
+def read_chosen_configuration(path: str | os.PathLike) -> str:
+    """
+    The FGA `combined` configuration key of a `chosen_configuration.txt` (`chosen configuration: fga|combined|…`).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} does not exist: the domain has test results but no chosen configuration. It is written by "
+            "`bash scripts/reproduce.sh --dataset <name>` after the validation stages; pass it as "
+            "`name=run_dir:chosen_file` if it lies elsewhere."
+        )
+    text = path.read_text().strip()
+    key = text[len(CHOSEN_PREFIX) :].strip() if text.startswith(CHOSEN_PREFIX) else text
+    if EvaluationConfiguration.from_key(key).variant != "combined":
+        raise ValueError(f"{path} names {key!r}, not an FGA 'combined' configuration.")
+    return key
+
+
+def run_patients(run_dir: str | os.PathLike, data_root: str | os.PathLike | None = None) -> dict[str, str] | None:
+    """
+    Image id → patient key of a run's test images (`patient_keys` on the dataset's `patient_id` and `file_name`), or
+    `None` when the dataset has no `patient_id` column (BUSI, CIFAR-10).
+
+    The dataset, split and id column are those of the run's `run.json`; with `data_root`, the dataset is looked up as
+    `<data_root>/<its folder name>` (a run recorded `../shared/data/…` relative to the repository root).
+    """
+    import pyarrow.parquet as pq
+
+    description = json.loads((Path(run_dir) / RUN_FILE).read_text())
+    dataset = Path(description["dataset"])
+    if data_root is not None:
+        dataset = Path(data_root) / dataset.name
+    files = sorted((dataset / "data").glob(f"{description.get('split', 'test')}-*.parquet"))
+    if not files:
+        raise FileNotFoundError(
+            f"no {description.get('split', 'test')} split under {dataset / 'data'} (the dataset of {run_dir}): pass "
+            "--data_root with the folder that holds it (e.g. /work/shared/data); the patient ids come from there."
+        )
+    names = pq.read_schema(files[0]).names
+    if "patient_id" not in names:
+        return None
+    id_column = description.get("id_column", "file_name")
+    frame = pq.read_table(files, columns=sorted({"patient_id", "file_name", id_column})).to_pandas()
+    keys = patient_keys(frame["patient_id"].astype(str), frame["file_name"].astype(str))
+    return dict(zip(frame[id_column].astype(str), keys, strict=True))
+
+
+def load_domain(domain: Domain, data_root: str | os.PathLike | None = None) -> DomainRun | None:
+    """A domain's finished run (`DomainRun`), or `None` when its run folder is missing or holds no results."""
+    results = read_parts(Path(domain.run_dir) / RESULTS_FOLDER)
+    if results.empty:
+        return None
+    config = read_chosen_configuration(domain.chosen_configuration)
+    if config not in set(results["config"]):
+        raise ValueError(
+            f"the chosen configuration {config!r} ({domain.chosen_configuration}) is not in {domain.run_dir}: the run "
+            "was made with another configuration; re-run its test stage."
+        )
+    results = results[[c for c in RESULT_COLUMNS if c in results.columns]]
+    return DomainRun(domain, results, config, run_patients(domain.run_dir, data_root))
+
+
+def results_table(runs: Sequence[DomainRun], roles: Sequence[str] = ("transmm", *SUMMARY_VARIANTS)) -> pd.DataFrame:
+    """
+    The rows of the Table 7.3 form: per domain, preset, fill, role and metric, the rows of `statistics.summarize`
+    (n, mean, sem, pct_change, welch_p, welch_stars, wilcoxon_p, paired_stars, …) of that role's configuration, plus
+    `domain` and `role`. A role the run lacks is left out.
+    """
+    frames = []
+    for run in runs:
+        keys = {run.key(role): role for role in roles}
+        summary = summarize(run.results[run.results["config"].isin(keys)])
+        frames.append(summary.assign(domain=run.domain.name, role=summary["config"].map(keys)))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _confirm(claims: list[Claim], run: DomainRun, alpha: float) -> list[str]:
+    """The confirmatory verdict of each claim: per-unit Wilcoxon, Holm across the comparisons of all the claims."""
+    keys = ["preset", "fill", "config", "reference", "metric"]
+    evidence = pd.concat([c.evidence.assign(claim=i) for i, c in enumerate(claims)], ignore_index=True)
+    pairs = evidence[["config", "reference"]].drop_duplicates().itertuples(index=False)
+    units = run.units()
+    tests = pd.concat(
+        [patient_comparison(run.results, a, b, units, n_resamples=1) for a, b in pairs], ignore_index=True
+    )
+    family = tests.merge(evidence[keys].drop_duplicates(), on=keys)
+    family["holm_p"] = holm(family["wilcoxon_p"].to_numpy())
+    family["beats"] = directional_holds(family, alpha)
+    evidence = evidence.merge(family[[*keys, "beats"]], on=keys, how="left", validate="many_to_one")
+    holds = evidence["beats"].where(evidence["requirement"] == "A beats B", ~evidence["beats"].astype(bool))
+    return [verdict(holds[evidence["claim"] == i].astype(bool)) for i in range(len(claims))]
+
+
+def _equivalence(run: DomainRun, alpha: float) -> list[tuple[str, str, str]]:
+    """(statement, image-level verdict, confirmatory verdict) of `combined` ≡ each present control (TOST)."""
+    present = set(run.results["config"])
+    controls = [v for v in ("centered", "mean-centered") if run.key(v) in present]
+    if not controls:
+        return []
+    comparisons = [Comparison(f"≡ {v}", run.config, run.key(v)) for v in controls]
+    rows = []
+    for units in ({i: i for i in run.results["image_id"].unique()}, run.units()):
+        margins = gain_margins(run.results, run.config, REFERENCE.key, units)
+        rows.append(equivalence_family(run.results, comparisons, units, margins, alpha=alpha))
+    images, confirmatory = rows
+    return [
+        (
+            f"`combined` is equivalent to `{v}` (paired TOST, margin ±10 % of FGA's gain over TransMM)",
+            verdict(images.loc[images["hypothesis"] == f"≡ {v}", "tost_p"] < alpha),
+            verdict(confirmatory.loc[confirmatory["hypothesis"] == f"≡ {v}", "equivalent"]),
+        )
+        for v in controls
+    ]
+
+
+def domain_verdicts(run: DomainRun, alpha: float = 0.05) -> pd.DataFrame:
+    """
+    Every claim of one domain with its two verdicts (module docstring): columns `statement`, `kind` (`thesis` for
+    `thesis_claims`, `control` for `control_claims` and the equivalence rows), `images`, `confirmatory`, `unit`.
+    """
+    claims = thesis_claims(run.results, run.config, alpha=alpha)
+    controls = control_claims(run.results, run.config, alpha=alpha)
+    confirmed = _confirm(claims + controls, run, alpha)
+    rows = [
+        {"statement": c.statement, "kind": kind, "images": c.verdict, "confirmatory": v}
+        for c, v, kind in zip(
+            claims + controls, confirmed, ["thesis"] * len(claims) + ["control"] * len(controls), strict=True
+        )
+    ]
+    rows += [
+        {"statement": s, "kind": "control", "images": i, "confirmatory": c} for s, i, c in _equivalence(run, alpha)
+    ]
+    return pd.DataFrame(rows).assign(domain=run.domain.name, unit=run.unit)
+
+
+def verdict_table(domains: Sequence[Domain], runs: Mapping[str, DomainRun], alpha: float = 0.05) -> pd.DataFrame:
+    """
+    Claim × domain: one row per claim (in the order first met), a column `<domain>` per domain holding
+    `(images verdict, confirmatory verdict)`, `not run` (no run) or `—` (the run lacks the claim's configurations),
+    and `held_images` / `held_confirmatory` / `domains_run`: in how many of the domains that tested the claim it is
+    `held` at each level, and how many tested it.
+    """
+    per_domain = [domain_verdicts(runs[d.name], alpha) for d in domains if d.name in runs]
+    long = pd.concat(per_domain, ignore_index=True) if per_domain else pd.DataFrame(columns=["statement", "kind"])
+    table = long[["statement", "kind"]].drop_duplicates().reset_index(drop=True)
+    for domain in domains:
+        if domain.name not in runs:
+            table[domain.name] = NOT_RUN
+            continue
+        rows = long[long["domain"] == domain.name].set_index("statement")
+        table[domain.name] = [
+            (rows.at[s, "images"], rows.at[s, "confirmatory"]) if s in rows.index else NOT_TESTED
+            for s in table["statement"]
+        ]
+    run_names = [d.name for d in domains if d.name in runs]
+    for level, position in (("images", 0), ("confirmatory", 1)):
+        table[f"held_{level}"] = [
+            sum(isinstance(row[n], tuple) and row[n][position] == "held" for n in run_names)
+            for _, row in table.iterrows()
+        ]
+    table["domains_run"] = [sum(isinstance(row[n], tuple) for n in run_names) for _, row in table.iterrows()]
+    return table
+
+
+def _cell(row: pd.Series | None) -> str:
+    if row is None:
+        return "not in the run"
+    text = f"{row['mean']:.4g} ± {row['sem']:.2g}"
+    if row["role"] != "transmm":
+        paired = row["paired_stars"] or "n.s."
+        text += f" ({row['pct_change']:+.1f} %{row['welch_stars']}; paired {paired})"
+    return text
+
+
+def _arrow(metric: str) -> str:
+    return f"{METRIC_NAMES[metric]} {'↓' if metric in LOWER_IS_BETTER else '↑'}"
+
+
+def _configuration_text(layers: str, kappa: float, cmax: float) -> str:
+    return f"[{layers}], κ = {kappa:g}, c_max = {cmax:g}"
+
+
+def _domain_description(run: DomainRun) -> str:
+    n_images = run.results["image_id"].nunique()
+    if run.patients is None:
+        return f"{run.domain.title}: {n_images} images, no patient ids (image-level tests only)"
+    patients = {run.patients[i] for i in run.results["image_id"].unique() if i in run.patients}
+    return f"{run.domain.title}: {n_images} images of {len(patients)} patients"
+
+
+def _units_note(runs: Mapping[str, DomainRun]) -> str:
+    with_ids = [r.domain.title for r in runs.values() if r.patients is not None]
+    without = [r.domain.title for r in runs.values() if r.patients is None]
+    parts = []
+    if with_ids:
+        parts.append(f"{', '.join(with_ids)}: images share patients, so §2's confirmatory tests are per patient")
+    if without:
+        parts.append(f"{', '.join(without)}: no patient ids, image-level tests only")
+    return "Unit of the tests. " + "; ".join(parts) + "." if parts else ""
+
+
+def _link(path: str, output_dir: Path) -> str:
+    return f"[{Path(path).name}]({os.path.relpath(Path(path).resolve(), Path(output_dir).resolve())})"
+
+
+def _not_run_text(domain: Domain, output_dir: Path) -> str:
+    why = f"; why: {_link(domain.pending, output_dir)}" if domain.pending else ""
+    return f"**not run yet**: {domain.command}{why}"
+
+
+def table_markdown(
+    domains: Sequence[Domain], runs: Mapping[str, DomainRun], table: pd.DataFrame, output_dir: Path
+) -> str:
+    """Our rows in the Table 7.3 form (one per domain, preset, fill, role), with a row per domain not run yet."""
+    header = " | ".join(_arrow(m) for m in METRICS)
+    lines = [f"| dataset | preset | method | {header} |", "|" + " --- |" * (3 + len(METRICS))]
+    for domain in domains:
+        if domain.name not in runs:
+            lines.append(f"| {domain.title} | | {_not_run_text(domain, output_dir)} |" + " |" * len(METRICS))
+            continue
+        run = runs[domain.name]
+        rows = table[table["domain"] == domain.name]
+        chosen = EvaluationConfiguration.from_key(run.config)
+        fills = rows["fill"].nunique()
+        first = True
+        for (preset, fill), group in rows.groupby(["preset", "fill"], sort=True):
+            for role in [r for r in ("transmm", *SUMMARY_VARIANTS) if r in set(group["role"])]:
+                cells = group[group["role"] == role].set_index("metric")
+                name = ROLE_LABELS.get(role, role)
+                if role == "combined":
+                    name += " " + _configuration_text(chosen.layers_text, chosen.kappa, chosen.cmax)
+                dataset = _domain_description(run) if first else ""
+                preset_text = f"{preset}" + (f" ({fill} fill)" if fills > 1 else "")
+                metrics = " | ".join(_cell(cells.loc[m] if m in cells.index else None) for m in METRICS)
+                lines.append(f"| {dataset} | {preset_text} | {name} | {metrics} |")
+                first = False
+    return "\n".join(lines)
+
+
+def thesis_markdown() -> str:
+    """The thesis's Table 7.3 (its `thesis` preset), with the % change against its TransMM computed from its means."""
+    header = " | ".join(_arrow(m) for m in METRICS)
+    lines = [f"| dataset (thesis) | method | {header} |", "|" + " --- |" * (2 + len(METRICS))]
+    for dataset, roles in THESIS_TABLE.items():
+        model, layers, kappa, cmax = THESIS_SETTINGS[dataset]
+        reference = roles["transmm"]
+        for role, values in roles.items():
+            cells = []
+            for (mean, error, welch), (ref_mean, _, _) in zip(values, reference, strict=True):
+                cell = f"{mean:.4g} ± {error:.2g}"
+                if role != "transmm":
+                    cell += f" ({percent_change(mean, ref_mean):+.1f} %{welch})"
+                cells.append(cell)
+            name = ROLE_LABELS[role] + (f" {_configuration_text(layers, kappa, cmax)}" if role != "transmm" else "")
+            label = f"{dataset}, {model}" if role == "transmm" else ""
+            lines.append(f"| {label} | {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def verdicts_markdown(domains: Sequence[Domain], runs: Mapping[str, DomainRun], verdicts: pd.DataFrame) -> str:
+    """The verdict table: claim × domain (`images / confirmatory (unit)`), then in how many domains each holds."""
+    titles = " | ".join(d.title for d in domains)
+    lines = [
+        f"| claim | {titles} | held in (images) | held in (confirmatory) |",
+        "|" + " --- |" * (3 + len(domains)),
+    ]
+    for _, row in verdicts.iterrows():
+        cells = []
+        for domain in domains:
+            value = row[domain.name]
+            if isinstance(value, tuple):
+                unit = runs[domain.name].unit
+                cells.append(f"{value[0]} / {value[1]} ({unit}, Holm)")
+            else:
+                cells.append(value)
+        source = "" if row["kind"] == "thesis" else " *(control)*"
+        run = int(row["domains_run"])
+        lines.append(
+            f"| {row['statement']}{source} | " + " | ".join(cells) + f" | {int(row['held_images'])} of {run} | "
+            f"{int(row['held_confirmatory'])} of {run} |"
+        )
+    return "\n".join(lines)
+
+
+def summary_figure(table: pd.DataFrame, runs: Mapping[str, DomainRun], path: Path) -> Path:
+    """
+    Bars of the % change against TransMM, one panel per preset and metric, grouped by domain (and, in the `thesis`
+    preset, the thesis's three datasets), one bar per method.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    roles = list(SUMMARY_VARIANTS)
+    presets = sorted(set(table["preset"])) if len(table) else ["thesis"]
+    figure, axes = plt.subplots(len(presets), len(METRICS), figsize=(4.2 * len(METRICS), 3.2 * len(presets)))
+    axes = np.atleast_2d(axes)
+    for r, preset in enumerate(presets):
+        rows = table[(table["preset"] == preset) & (table["role"] != "transmm")] if len(table) else table
+        groups = [(runs[d].domain.title, d) for d in dict.fromkeys(rows["domain"])] if len(rows) else []
+        if preset == "thesis":
+            groups += [(f"thesis: {d}", d) for d in THESIS_TABLE]
+        for c, metric in enumerate(METRICS):
+            ax = axes[r, c]
+            width = 0.8 / len(roles)
+            for i, role in enumerate(roles):
+                values = []
+                for _, name in groups:
+                    if name in THESIS_TABLE:
+                        entry = THESIS_TABLE[name].get(role)
+                        m = METRICS.index(metric)
+                        ref = THESIS_TABLE[name]["transmm"][m][0]
+                        values.append(percent_change(entry[m][0], ref) if entry else np.nan)
+                    else:
+                        cell = rows[(rows["domain"] == name) & (rows["role"] == role) & (rows["metric"] == metric)]
+                        values.append(float(cell["pct_change"].mean()) if len(cell) else np.nan)
+                positions = np.arange(len(groups)) + (i - (len(roles) - 1) / 2) * width
+                ax.bar(positions, values, width, label=ROLE_LABELS[role].replace("`", ""))
+            ax.axhline(0.0, color="black", linewidth=0.8)
+            ax.set_xticks(np.arange(len(groups)), [g for g, _ in groups], rotation=20, ha="right", fontsize=8)
+            ax.set_title(f"{_arrow(metric)}, preset {preset}", fontsize=9)
+            ax.set_ylabel("% change vs TransMM")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=len(roles), fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout(rect=(0, 0.05, 1, 1))
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def summary_markdown(
+    domains: Sequence[Domain],
+    runs: Mapping[str, DomainRun],
+    output_dir: Path,
+    *,
+    alpha: float = 0.05,
+    figure: str | None = None,
+    command: str = "",
+) -> str:
+    """The whole summary page (see the module docstring); `figure` is the figure's file name next to it, if any."""
+    run_domains = [d for d in domains if d.name in runs]
+    pending = [d for d in domains if d.name not in runs]
+    table = results_table([runs[d.name] for d in run_domains])
+    verdicts = verdict_table(domains, runs, alpha)
+    lines = ["# FGA across domains: the thesis's Table 7.3 and its claims, per domain", ""]
+    if pending:
+        links = "; ".join(
+            f"{d.title}" + (f" (why: {_link(d.pending, output_dir)})" if d.pending else "") for d in pending
+        )
+        lines += [
+            f"**Interim summary: {len(run_domains)} of {len(domains)} domains have a finished test run** "
+            f"({', '.join(d.title for d in run_domains) or 'none'}). Pending: {links}. Verdict counts are over the "
+            "domains run.",
+            "",
+        ]
+    if command:
+        lines += [f"Regenerated from the stored results only (no model runs): `{command}`", ""]
+    lines += [
+        "## 1. Test results in the form of the thesis's Table 7.3",
+        "",
+        "Each domain's test split with the FGA configuration chosen on its validation split (blocks, κ, c_max). "
+        "Mean ± SEM over images; in brackets the % change against TransMM with the stars of the two-sided Welch "
+        "t-test, as the thesis reported them (`***` p < 0.001, `**` p < 0.01, `*` p < 0.05), then the stars of the "
+        "paired Wilcoxon signed-rank test over images (n.s.: p ≥ 0.05). SaCo and Faithfulness Correlation: higher is "
+        "better; Pixel Flipping: lower is better. Preset `papers`: normalised Pixel Flipping AUC (0–1); preset "
+        "`thesis`: the thesis's metric settings, un-normalised trapezoid Pixel Flipping AUC (method.md §5).",
+        "",
+        table_markdown(domains, runs, table, output_dir),
+        "",
+        _units_note(runs),
+        "",
+        "**The thesis's own numbers** (its Table 7.3 and 7.4, method.md §6: its `thesis` preset, so Pixel Flipping is "
+        "the un-normalised trapezoid AUC; ViT-B/16 with 12 blocks, CLIP ViT-B/32; stars: Welch against TransMM; "
+        "the % change is computed here from its means). These are not our runs.",
+        "",
+        thesis_markdown(),
+        "",
+        "## 2. Which claims hold in how many domains",
+        "",
+        "Each cell: the verdict at the thesis's level (paired Wilcoxon over images, p < "
+        f"{alpha:g}, no correction: `hf_fga.evaluation.claims`) / the confirmatory verdict (method.md §10: paired "
+        "Wilcoxon on per-patient mean differences where the dataset has patient ids, per image otherwise, Holm "
+        "across every comparison of the domain's table; the equivalence rows: paired TOST with margin ±10 % of "
+        "FGA's gain over TransMM per metric and preset, Holm across that family). A claim of several comparisons "
+        "(metrics × presets) is `held` when all of them hold, `not held` when none does, `mixed` otherwise. The count "
+        "columns: in how many of the domains run it is `held`.",
+        "",
+        verdicts_markdown(domains, runs, verdicts),
+        "",
+    ]
+    if figure:
+        lines += ["## 3. % change against TransMM per domain", "", f"![% change against TransMM]({figure})", ""]
+    return "\n".join(lines)
+
+
+def write_summary(
+    domains: Sequence[Domain],
+    output: str | os.PathLike,
+    *,
+    data_root: str | os.PathLike | None = None,
+    alpha: float = 0.05,
+    figure: bool = True,
+    command: str = "",
+) -> dict[str, DomainRun]:
+    """
+    Write the summary Markdown to `output` (and, with `figure`, `<output stem>_change.png` next to it) from the
+    stored runs of `domains`; returns the domains that have a run.
+    """
+    names = [d.name for d in domains]
+    if len(set(names)) != len(names):
+        raise ValueError(f"domain names must be unique; got {names}.")
+    output = Path(output)
+    runs = {d.name: run for d in domains if (run := load_domain(d, data_root)) is not None}
+    figure_name = None
+    if figure and runs:
+        path = output.with_name(f"{output.stem}_change.png")
+        summary_figure(results_table(list(runs.values())), runs, path)
+        figure_name = path.name
+    output.parent.mkdir(parents=True, exist_ok=True)
+    text = summary_markdown(domains, runs, output.parent, alpha=alpha, figure=figure_name, command=command)
+    output.write_text(text)
+    return runs
+
+
+__all__ = [
+    "Domain",
+    "DomainRun",
+    "domain_verdicts",
+    "load_domain",
+    "parse_domain",
+    "read_chosen_configuration",
+    "results_table",
+    "run_patients",
+    "summary_markdown",
+    "verdict_table",
+    "write_summary",
+]
