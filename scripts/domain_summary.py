@@ -21,31 +21,32 @@ from pathlib import Path
 
 from hf_fga.evaluation.summary import Domain, parse_domain, write_summary
 
-# name → (title, command that produces the run, document saying why it is not run yet)
+NO_PATIENTS = "no patient ids: image-level tests only"
+# name → (title, command that produces the run, document saying why it is not run yet, note while it is not)
 KNOWN_DOMAINS = {
-    "chest_xray": (
-        "Chest X-ray (pneumonia)",
-        "`bash scripts/reproduce.sh --dataset chest_xray`",
-        "",
-    ),
+    "chest_xray": ("Chest X-ray (pneumonia)", "`bash scripts/reproduce.sh --dataset chest_xray`", "", ""),
     "breast_ultrasound": (
         "Breast ultrasound (BUSI)",
         "`bash scripts/reproduce.sh --dataset breast_ultrasound` once its model meets the target",
         "docs/results/breast_ultrasound_classifier.md",
+        NO_PATIENTS,
     ),
     "cifar10": (
         "CIFAR-10",
         "`scripts/train_cifar10.py` (the model), then the protocol of `scripts/reproduce.sh` (which does not offer "
         "`--dataset cifar10` yet)",
         "docs/results/cifar10_classifier.md",
+        NO_PATIENTS,
     ),
 }
 
 
 def domain(spec: str, results_root: Path) -> Domain:
     name, run_dir, chosen = parse_domain(spec, results_root)
-    title, command, pending = KNOWN_DOMAINS.get(name, (name, f"`bash scripts/reproduce.sh --dataset {name}`", ""))
-    return Domain(name, title, run_dir, chosen, command, pending)
+    title, command, pending, note = KNOWN_DOMAINS.get(
+        name, (name, f"`bash scripts/reproduce.sh --dataset {name}`", "", "")
+    )
+    return Domain(name, title, run_dir, chosen, command, pending, note)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,11 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         parser.error(str(error))
     command = shlex.join(["python", "scripts/domain_summary.py", *(sys.argv[1:] if argv is None else argv)])
-    runs = write_summary(
+    summary = write_summary(
         domains, args.output, data_root=args.data_root, alpha=args.alpha, figure=not args.no_figure, command=command
     )
-    pending = [d.name for d in domains if d.name not in runs]
-    print(f"{args.output}: {len(runs)} of {len(domains)} domains run; not run yet: {pending or 'none'}")
+    pending = [d.name for d in domains if d.name not in summary.runs]
+    print(f"{args.output}: {len(summary.runs)} of {len(domains)} domains run; not run yet: {pending or 'none'}")
     return 0
 
 

@@ -25,10 +25,11 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 
-from .claims import Claim, control_claims, thesis_claims, verdict
+from .claims import HELD, Claim, control_claims, thesis_claims, verdict
 from .configuration import REFERENCE, EvaluationConfiguration
 from .hypothesis_tests import (
     Comparison,
@@ -54,6 +55,7 @@ ROLE_LABELS = {
 }
 NOT_RUN = "not run"
 NOT_TESTED = "—"
+DOMAIN_REPORTS = ("claims.md", "patient_level.md", "report.md")  # a run's own reports, linked when present
 PATIENTS, IMAGES = "patients", "images"
 RESULT_COLUMNS = ["image_id", "config", "preset", "fill", "method", "variant", "layers", "kappa", "cmax", *METRICS]
 
@@ -64,6 +66,7 @@ THESIS_SETTINGS = {
     "HyperKvasir": ("ViT-B/16", "4,5,6", 0.1, 50.0),
     "ImageNet (10k)": ("CLIP ViT-B/32", "5,6,10", 0.5, 10.0),
 }
+THESIS_DECIMALS = (3, 3, 2)  # as printed there: SaCo, Faithfulness Correlation, Pixel Flipping
 THESIS_TABLE = {  # dataset → role → (SaCo, Faithfulness Correlation, Pixel Flipping) as (mean, SEM, Welch stars)
     "COVID-QU-Ex": {
         "transmm": ((0.459, 0.004, ""), (0.309, 0.002, ""), (93.17, 0.68, "")),
@@ -96,6 +99,8 @@ class Domain:
         command (`str`): the command that produces the run (Markdown), shown while it is not run yet.
         pending (`str`, *optional*, defaults to `""`): a path (relative to the working directory) of a document that
             says why the domain is not run yet; linked from the summary while it is not.
+        note (`str`, *optional*, defaults to `""`): shown after the title while the domain is not run yet (e.g. that
+            its dataset has no patient ids, so its tests will be image-level only).
     """
 
     name: str
@@ -104,6 +109,7 @@ class Domain:
     chosen_configuration: Path
     command: str
     pending: str = ""
+    note: str = ""
 
 
 @dataclass
@@ -235,8 +241,21 @@ def results_table(runs: Sequence[DomainRun], roles: Sequence[str] = ("transmm", 
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def _confirm(claims: list[Claim], run: DomainRun, alpha: float) -> list[str]:
-    """The confirmatory verdict of each claim: per-unit Wilcoxon, Holm across the comparisons of all the claims."""
+class DomainVerdict(NamedTuple):
+    """One claim in one domain: both verdicts, how many of its `comparisons` hold at each level."""
+
+    images: str
+    confirmatory: str
+    images_held: int
+    confirmatory_held: int
+    comparisons: int
+
+
+def _confirm(claims: list[Claim], run: DomainRun, alpha: float) -> tuple[list[pd.Series], int]:
+    """
+    Per claim, whether each of its comparisons holds at the confirmatory level (per-unit Wilcoxon, Holm across the
+    comparisons of all the claims), and the size of that family.
+    """
     keys = ["preset", "fill", "config", "reference", "metric"]
     evidence = pd.concat([c.evidence.assign(claim=i) for i, c in enumerate(claims)], ignore_index=True)
     pairs = evidence[["config", "reference"]].drop_duplicates().itertuples(index=False)
@@ -248,58 +267,74 @@ def _confirm(claims: list[Claim], run: DomainRun, alpha: float) -> list[str]:
     family["holm_p"] = holm(family["wilcoxon_p"].to_numpy())
     family["beats"] = directional_holds(family, alpha)
     evidence = evidence.merge(family[[*keys, "beats"]], on=keys, how="left", validate="many_to_one")
-    holds = evidence["beats"].where(evidence["requirement"] == "A beats B", ~evidence["beats"].astype(bool))
-    return [verdict(holds[evidence["claim"] == i].astype(bool)) for i in range(len(claims))]
+    beats = evidence["beats"].astype(bool)
+    holds = beats.where(evidence["requirement"] == "A beats B", ~beats)
+    return [holds[evidence["claim"] == i] for i in range(len(claims))], len(family)
 
 
-def _equivalence(run: DomainRun, alpha: float) -> list[tuple[str, str, str]]:
-    """(statement, image-level verdict, confirmatory verdict) of `combined` ≡ each present control (TOST)."""
+def _equivalence(run: DomainRun, alpha: float) -> tuple[list[tuple[str, pd.Series, pd.Series]], int]:
+    """
+    (statement, image-level holds, confirmatory holds) of `combined` ≡ each present control (paired TOST, margin
+    ±10 % of FGA's gain over TransMM; image level uncorrected, confirmatory per unit with Holm), and the family size.
+    """
     present = set(run.results["config"])
     controls = [v for v in ("centered", "mean-centered") if run.key(v) in present]
     if not controls:
-        return []
+        return [], 0
     comparisons = [Comparison(f"≡ {v}", run.config, run.key(v)) for v in controls]
-    rows = []
+    families = []
     for units in ({i: i for i in run.results["image_id"].unique()}, run.units()):
         margins = gain_margins(run.results, run.config, REFERENCE.key, units)
-        rows.append(equivalence_family(run.results, comparisons, units, margins, alpha=alpha))
-    images, confirmatory = rows
-    return [
+        families.append(equivalence_family(run.results, comparisons, units, margins, alpha=alpha))
+    images, confirmatory = families
+    rows = [
         (
             f"`combined` is equivalent to `{v}` (paired TOST, margin ±10 % of FGA's gain over TransMM)",
-            verdict(images.loc[images["hypothesis"] == f"≡ {v}", "tost_p"] < alpha),
-            verdict(confirmatory.loc[confirmatory["hypothesis"] == f"≡ {v}", "equivalent"]),
+            images.loc[images["hypothesis"] == f"≡ {v}", "tost_p"] < alpha,
+            confirmatory.loc[confirmatory["hypothesis"] == f"≡ {v}", "equivalent"],
         )
         for v in controls
     ]
+    return rows, len(confirmatory)
 
 
 def domain_verdicts(run: DomainRun, alpha: float = 0.05) -> pd.DataFrame:
     """
     Every claim of one domain with its two verdicts (module docstring): columns `statement`, `kind` (`thesis` for
-    `thesis_claims`, `control` for `control_claims` and the equivalence rows), `images`, `confirmatory`, `unit`.
+    `thesis_claims`, `control` for `control_claims` and the equivalence rows), `verdict` (a `DomainVerdict`),
+    `family` (the Holm family of the confirmatory verdict and its size), `domain`, `unit`.
     """
     claims = thesis_claims(run.results, run.config, alpha=alpha)
     controls = control_claims(run.results, run.config, alpha=alpha)
-    confirmed = _confirm(claims + controls, run, alpha)
+    confirmed, size = _confirm(claims + controls, run, alpha)
+    kinds = ["thesis"] * len(claims) + ["control"] * len(controls)
     rows = [
-        {"statement": c.statement, "kind": kind, "images": c.verdict, "confirmatory": v}
-        for c, v, kind in zip(
-            claims + controls, confirmed, ["thesis"] * len(claims) + ["control"] * len(controls), strict=True
-        )
+        (c.statement, kind, c.evidence["holds"], holds, f"{size} superiority tests")
+        for c, holds, kind in zip(claims + controls, confirmed, kinds, strict=True)
     ]
-    rows += [
-        {"statement": s, "kind": "control", "images": i, "confirmatory": c} for s, i, c in _equivalence(run, alpha)
-    ]
-    return pd.DataFrame(rows).assign(domain=run.domain.name, unit=run.unit)
+    equivalence, size = _equivalence(run, alpha)
+    rows += [(s, "control", i, c, f"{size} equivalence tests") for s, i, c in equivalence]
+    return pd.DataFrame(
+        [
+            {
+                "statement": statement,
+                "kind": kind,
+                "verdict": DomainVerdict(
+                    verdict(images), verdict(confirmed), int(images.sum()), int(confirmed.sum()), len(images)
+                ),
+                "family": family,
+            }
+            for statement, kind, images, confirmed, family in rows
+        ]
+    ).assign(domain=run.domain.name, unit=run.unit)
 
 
 def verdict_table(domains: Sequence[Domain], runs: Mapping[str, DomainRun], alpha: float = 0.05) -> pd.DataFrame:
     """
-    Claim × domain: one row per claim (in the order first met), a column `<domain>` per domain holding
-    `(images verdict, confirmatory verdict)`, `not run` (no run) or `—` (the run lacks the claim's configurations),
-    and `held_images` / `held_confirmatory` / `domains_run`: in how many of the domains that tested the claim it is
-    `held` at each level, and how many tested it.
+    Claim × domain: one row per claim (in the order first met), a column `<domain>` per domain holding a
+    `DomainVerdict`, `not run` (no run) or `—` (the run lacks the claim's configurations), and `held_images` /
+    `held_confirmatory` / `domains_run`: in how many of the domains that tested the claim it is `held` at each level,
+    and how many tested it. `attrs["families"]`: domain → the Holm families of its confirmatory verdicts.
     """
     per_domain = [domain_verdicts(runs[d.name], alpha) for d in domains if d.name in runs]
     long = pd.concat(per_domain, ignore_index=True) if per_domain else pd.DataFrame(columns=["statement", "kind"])
@@ -308,18 +343,15 @@ def verdict_table(domains: Sequence[Domain], runs: Mapping[str, DomainRun], alph
         if domain.name not in runs:
             table[domain.name] = NOT_RUN
             continue
-        rows = long[long["domain"] == domain.name].set_index("statement")
-        table[domain.name] = [
-            (rows.at[s, "images"], rows.at[s, "confirmatory"]) if s in rows.index else NOT_TESTED
-            for s in table["statement"]
-        ]
-    run_names = [d.name for d in domains if d.name in runs]
-    for level, position in (("images", 0), ("confirmatory", 1)):
-        table[f"held_{level}"] = [
-            sum(isinstance(row[n], tuple) and row[n][position] == "held" for n in run_names)
-            for _, row in table.iterrows()
-        ]
-    table["domains_run"] = [sum(isinstance(row[n], tuple) for n in run_names) for _, row in table.iterrows()]
+        cells = long[long["domain"] == domain.name].set_index("statement")["verdict"]
+        table[domain.name] = [cells[s] if s in cells.index else NOT_TESTED for s in table["statement"]]
+    tested = [[row[d.name] for d in domains if isinstance(row[d.name], DomainVerdict)] for _, row in table.iterrows()]
+    table["held_images"] = [sum(v.images == HELD for v in row) for row in tested]
+    table["held_confirmatory"] = [sum(v.confirmatory == HELD for v in row) for row in tested]
+    table["domains_run"] = [len(row) for row in tested]
+    table.attrs["families"] = {
+        name: list(dict.fromkeys(frame["family"])) for name, frame in long.groupby("domain", sort=False)
+    }
     return table
 
 
@@ -377,7 +409,8 @@ def table_markdown(
     lines = [f"| dataset | preset | method | {header} |", "|" + " --- |" * (3 + len(METRICS))]
     for domain in domains:
         if domain.name not in runs:
-            lines.append(f"| {domain.title} | | {_not_run_text(domain, output_dir)} |" + " |" * len(METRICS))
+            title = f"{domain.title} ({domain.note})" if domain.note else domain.title
+            lines.append(f"| {title} | | {_not_run_text(domain, output_dir)} |" + " |" * len(METRICS))
             continue
         run = runs[domain.name]
         rows = table[table["domain"] == domain.name]
@@ -407,8 +440,8 @@ def thesis_markdown() -> str:
         reference = roles["transmm"]
         for role, values in roles.items():
             cells = []
-            for (mean, error, welch), (ref_mean, _, _) in zip(values, reference, strict=True):
-                cell = f"{mean:.4g} ± {error:.2g}"
+            for (mean, error, welch), (ref_mean, _, _), places in zip(values, reference, THESIS_DECIMALS, strict=True):
+                cell = f"{mean:.{places}f} ± {error:.{places}f}"
                 if role != "transmm":
                     cell += f" ({percent_change(mean, ref_mean):+.1f} %{welch})"
                 cells.append(cell)
@@ -429,9 +462,13 @@ def verdicts_markdown(domains: Sequence[Domain], runs: Mapping[str, DomainRun], 
         cells = []
         for domain in domains:
             value = row[domain.name]
-            if isinstance(value, tuple):
+            if isinstance(value, DomainVerdict):
                 unit = runs[domain.name].unit
-                cells.append(f"{value[0]} / {value[1]} ({unit}, Holm)")
+                n = value.comparisons
+                cells.append(
+                    f"{value.images} ({value.images_held}/{n}) / {value.confirmatory} ({value.confirmatory_held}/{n}; "
+                    f"{unit}, Holm)"
+                )
             else:
                 cells.append(value)
         source = "" if row["kind"] == "thesis" else " *(control)*"
@@ -495,17 +532,20 @@ def summary_figure(table: pd.DataFrame, runs: Mapping[str, DomainRun], path: Pat
 def summary_markdown(
     domains: Sequence[Domain],
     runs: Mapping[str, DomainRun],
+    table: pd.DataFrame,
+    verdicts: pd.DataFrame,
     output_dir: Path,
     *,
     alpha: float = 0.05,
     figure: str | None = None,
     command: str = "",
 ) -> str:
-    """The whole summary page (see the module docstring); `figure` is the figure's file name next to it, if any."""
+    """
+    The whole summary page (see the module docstring) from `results_table` and `verdict_table` of the `runs`;
+    `output_dir` is where the page lies (for its links), `figure` the figure's file name next to it, if any.
+    """
     run_domains = [d for d in domains if d.name in runs]
     pending = [d for d in domains if d.name not in runs]
-    table = results_table([runs[d.name] for d in run_domains])
-    verdicts = verdict_table(domains, runs, alpha)
     lines = ["# FGA across domains: the thesis's Table 7.3 and its claims, per domain", ""]
     if pending:
         links = "; ".join(
@@ -546,15 +586,48 @@ def summary_markdown(
         "Wilcoxon on per-patient mean differences where the dataset has patient ids, per image otherwise, Holm "
         "across every comparison of the domain's table; the equivalence rows: paired TOST with margin ±10 % of "
         "FGA's gain over TransMM per metric and preset, Holm across that family). A claim of several comparisons "
-        "(metrics × presets) is `held` when all of them hold, `not held` when none does, `mixed` otherwise. The count "
-        "columns: in how many of the domains run it is `held`.",
+        "(metrics × presets) is `held` when all of them hold, `not held` when none does, `mixed` otherwise; in "
+        "brackets how many of its comparisons hold. *(control)*: a verdict of the controls (`hf_fga.evaluation.claims."
+        "control_claims`, `hf_fga.evaluation.hypothesis_tests.equivalence_family`), not a claim of the thesis. The "
+        "count columns: in how many of the domains that tested the claim it is `held` (—: the run lacks the claim's "
+        "configurations). Each domain's own reports hold the comparisons themselves; their Holm families differ "
+        "from these, so a borderline comparison may differ.",
         "",
         verdicts_markdown(domains, runs, verdicts),
         "",
     ]
+    families = verdicts.attrs.get("families", {})
+    if families:
+        lines += [
+            "Holm families of the confirmatory verdicts: "
+            + "; ".join(f"{runs[name].domain.title}: {' and '.join(sizes)}" for name, sizes in families.items())
+            + ".",
+            "",
+        ]
+    reports = [
+        f"{run.domain.title}: " + ", ".join(_link(str(path), output_dir) for path in found)
+        for run in runs.values()
+        if (
+            found := [
+                Path(run.domain.run_dir) / name for name in DOMAIN_REPORTS if (run.domain.run_dir / name).is_file()
+            ]
+        )
+    ]
+    if reports:
+        lines += ["The comparisons in detail: " + "; ".join(reports) + ".", ""]
     if figure:
         lines += ["## 3. % change against TransMM per domain", "", f"![% change against TransMM]({figure})", ""]
     return "\n".join(lines)
+
+
+@dataclass
+class Summary:
+    """What `write_summary` wrote: the `runs` found, their `results_table`, the `verdict_table` and the Markdown."""
+
+    runs: dict[str, DomainRun]
+    table: pd.DataFrame
+    verdicts: pd.DataFrame
+    markdown: str
 
 
 def write_summary(
@@ -565,30 +638,36 @@ def write_summary(
     alpha: float = 0.05,
     figure: bool = True,
     command: str = "",
-) -> dict[str, DomainRun]:
+) -> Summary:
     """
     Write the summary Markdown to `output` (and, with `figure`, `<output stem>_change.png` next to it) from the
-    stored runs of `domains`; returns the domains that have a run.
+    stored runs of `domains` (`load_domain`; `data_root` for the patient ids).
     """
     names = [d.name for d in domains]
     if len(set(names)) != len(names):
         raise ValueError(f"domain names must be unique; got {names}.")
     output = Path(output)
     runs = {d.name: run for d in domains if (run := load_domain(d, data_root)) is not None}
+    table = results_table([runs[d.name] for d in domains if d.name in runs])
+    verdicts = verdict_table(domains, runs, alpha)
     figure_name = None
     if figure and runs:
         path = output.with_name(f"{output.stem}_change.png")
-        summary_figure(results_table(list(runs.values())), runs, path)
+        summary_figure(table, runs, path)
         figure_name = path.name
     output.parent.mkdir(parents=True, exist_ok=True)
-    text = summary_markdown(domains, runs, output.parent, alpha=alpha, figure=figure_name, command=command)
+    text = summary_markdown(
+        domains, runs, table, verdicts, output.parent, alpha=alpha, figure=figure_name, command=command
+    )
     output.write_text(text)
-    return runs
+    return Summary(runs, table, verdicts, text)
 
 
 __all__ = [
     "Domain",
     "DomainRun",
+    "DomainVerdict",
+    "Summary",
     "domain_verdicts",
     "load_domain",
     "parse_domain",
