@@ -19,7 +19,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from hf_fga.evaluation.summary import Domain, parse_domain, write_summary
+from hf_fga.evaluation.summary import Domain, parse_domain
+from hf_fga.evaluation.summary_report import write_summary
 
 NO_PATIENTS = "no patient ids: image-level tests only"
 # name → (title, command that produces the run, document saying why it is not run yet, note while it is not)

@@ -14,7 +14,7 @@ Two verdicts per claim and domain:
   correction across every comparison of the domain's verdict table (one family per domain).
 
 "No difference" is a claim only through the equivalence rows (paired TOST, margin ±10 % of FGA's gain over TransMM,
-`hypothesis_tests.gain_margins` / `equivalence_family`).
+`hypothesis_tests.gain_margins` / `equivalence_family`). The Markdown page and its figure: `summary_report`.
 """
 
 from __future__ import annotations
@@ -40,22 +40,14 @@ from .hypothesis_tests import (
     patient_comparison,
     patient_keys,
 )
-from .statistics import LOWER_IS_BETTER, METRIC_NAMES, METRICS, percent_change, summarize
+from .statistics import METRICS, percent_change, summarize
 from .storage import RESULTS_FOLDER, RUN_FILE, read_parts
 
 CHOSEN_CONFIGURATION_FILE = "chosen_configuration.txt"
 CHOSEN_PREFIX = "chosen configuration:"
 SUMMARY_VARIANTS = ("combined", "shuffled", "centered", "mean-centered")
-ROLE_LABELS = {
-    "transmm": "TransMM",
-    "combined": "FGA combined",
-    "shuffled": "FGA shuffled decoder",
-    "centered": "`centered`",
-    "mean-centered": "`mean-centered`",
-}
 NOT_RUN = "not run"
 NOT_TESTED = "—"
-DOMAIN_REPORTS = ("claims.md", "patient_level.md", "report.md")  # a run's own reports, linked when present
 PATIENTS, IMAGES = "patients", "images"
 RESULT_COLUMNS = ["image_id", "config", "preset", "fill", "method", "variant", "layers", "kappa", "cmax", *METRICS]
 
@@ -355,326 +347,49 @@ def verdict_table(domains: Sequence[Domain], runs: Mapping[str, DomainRun], alph
     return table
 
 
-def _cell(row: pd.Series | None) -> str:
-    if row is None:
-        return "not in the run"
-    text = f"{row['mean']:.4g} ± {row['sem']:.2g}"
-    if row["role"] != "transmm":
-        paired = row["paired_stars"] or "n.s."
-        text += f" ({row['pct_change']:+.1f} %{row['welch_stars']}; paired {paired})"
-    return text
-
-
-def _arrow(metric: str) -> str:
-    return f"{METRIC_NAMES[metric]} {'↓' if metric in LOWER_IS_BETTER else '↑'}"
-
-
-def _configuration_text(layers: str, kappa: float, cmax: float) -> str:
-    return f"[{layers}], κ = {kappa:g}, c_max = {cmax:g}"
-
-
-def _domain_description(run: DomainRun) -> str:
-    n_images = run.results["image_id"].nunique()
-    if run.patients is None:
-        return f"{run.domain.title}: {n_images} images, no patient ids (image-level tests only)"
-    patients = {run.patients[i] for i in run.results["image_id"].unique() if i in run.patients}
-    return f"{run.domain.title}: {n_images} images of {len(patients)} patients"
-
-
-def _units_note(runs: Mapping[str, DomainRun]) -> str:
-    with_ids = [r.domain.title for r in runs.values() if r.patients is not None]
-    without = [r.domain.title for r in runs.values() if r.patients is None]
-    parts = []
-    if with_ids:
-        parts.append(f"{', '.join(with_ids)}: images share patients, so §2's confirmatory tests are per patient")
-    if without:
-        parts.append(f"{', '.join(without)}: no patient ids, image-level tests only")
-    return "Unit of the tests. " + "; ".join(parts) + "." if parts else ""
-
-
-def _link(path: str, output_dir: Path) -> str:
-    return f"[{Path(path).name}]({os.path.relpath(Path(path).resolve(), Path(output_dir).resolve())})"
-
-
-def _not_run_text(domain: Domain, output_dir: Path) -> str:
-    why = f"; why: {_link(domain.pending, output_dir)}" if domain.pending else ""
-    return f"**not run yet**: {domain.command}{why}"
-
-
-def table_markdown(
-    domains: Sequence[Domain], runs: Mapping[str, DomainRun], table: pd.DataFrame, output_dir: Path
-) -> str:
-    """Our rows in the Table 7.3 form (one per domain, preset, fill, role), with a row per domain not run yet."""
-    header = " | ".join(_arrow(m) for m in METRICS)
-    lines = [f"| dataset | preset | method | {header} |", "|" + " --- |" * (3 + len(METRICS))]
-    for domain in domains:
-        if domain.name not in runs:
-            title = f"{domain.title} ({domain.note})" if domain.note else domain.title
-            lines.append(f"| {title} | | {_not_run_text(domain, output_dir)} |" + " |" * len(METRICS))
-            continue
-        run = runs[domain.name]
-        rows = table[table["domain"] == domain.name]
-        chosen = EvaluationConfiguration.from_key(run.config)
-        fills = rows["fill"].nunique()
-        first = True
-        for (preset, fill), group in rows.groupby(["preset", "fill"], sort=True):
-            for role in [r for r in ("transmm", *SUMMARY_VARIANTS) if r in set(group["role"])]:
-                cells = group[group["role"] == role].set_index("metric")
-                name = ROLE_LABELS.get(role, role)
-                if role == "combined":
-                    name += " " + _configuration_text(chosen.layers_text, chosen.kappa, chosen.cmax)
-                dataset = _domain_description(run) if first else ""
-                preset_text = f"{preset}" + (f" ({fill} fill)" if fills > 1 else "")
-                metrics = " | ".join(_cell(cells.loc[m] if m in cells.index else None) for m in METRICS)
-                lines.append(f"| {dataset} | {preset_text} | {name} | {metrics} |")
-                first = False
-    return "\n".join(lines)
-
-
-def thesis_markdown() -> str:
-    """The thesis's Table 7.3 (its `thesis` preset), with the % change against its TransMM computed from its means."""
-    header = " | ".join(_arrow(m) for m in METRICS)
-    lines = [f"| dataset (thesis) | method | {header} |", "|" + " --- |" * (2 + len(METRICS))]
+def thesis_table() -> pd.DataFrame:
+    """
+    The thesis's Table 7.3 as rows (dataset, model, layers, kappa, cmax, role, metric, mean, sem, welch_stars,
+    pct_change, decimals): `pct_change` against the thesis's TransMM computed from its means (NaN for TransMM),
+    `decimals` the places it printed.
+    """
+    rows = []
     for dataset, roles in THESIS_TABLE.items():
         model, layers, kappa, cmax = THESIS_SETTINGS[dataset]
-        reference = roles["transmm"]
         for role, values in roles.items():
-            cells = []
-            for (mean, error, welch), (ref_mean, _, _), places in zip(values, reference, THESIS_DECIMALS, strict=True):
-                cell = f"{mean:.{places}f} ± {error:.{places}f}"
-                if role != "transmm":
-                    cell += f" ({percent_change(mean, ref_mean):+.1f} %{welch})"
-                cells.append(cell)
-            name = ROLE_LABELS[role] + (f" {_configuration_text(layers, kappa, cmax)}" if role != "transmm" else "")
-            label = f"{dataset}, {model}" if role == "transmm" else ""
-            lines.append(f"| {label} | {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def verdicts_markdown(domains: Sequence[Domain], runs: Mapping[str, DomainRun], verdicts: pd.DataFrame) -> str:
-    """The verdict table: claim × domain (`images / confirmatory (unit)`), then in how many domains each holds."""
-    titles = " | ".join(d.title for d in domains)
-    lines = [
-        f"| claim | {titles} | held in (images) | held in (confirmatory) |",
-        "|" + " --- |" * (3 + len(domains)),
-    ]
-    for _, row in verdicts.iterrows():
-        cells = []
-        for domain in domains:
-            value = row[domain.name]
-            if isinstance(value, DomainVerdict):
-                unit = runs[domain.name].unit
-                n = value.comparisons
-                cells.append(
-                    f"{value.images} ({value.images_held}/{n}) / {value.confirmatory} ({value.confirmatory_held}/{n}; "
-                    f"{unit}, Holm)"
+            for metric, (mean, error, welch), (reference, _, _), places in zip(
+                METRICS, values, roles["transmm"], THESIS_DECIMALS, strict=True
+            ):
+                change = percent_change(mean, reference) if role != "transmm" else float("nan")
+                rows.append(
+                    {
+                        "dataset": dataset,
+                        "model": model,
+                        "layers": layers,
+                        "kappa": kappa,
+                        "cmax": cmax,
+                        "role": role,
+                        "metric": metric,
+                        "mean": mean,
+                        "sem": error,
+                        "welch_stars": welch,
+                        "pct_change": change,
+                        "decimals": places,
+                    }
                 )
-            else:
-                cells.append(value)
-        source = "" if row["kind"] == "thesis" else " *(control)*"
-        run = int(row["domains_run"])
-        lines.append(
-            f"| {row['statement']}{source} | " + " | ".join(cells) + f" | {int(row['held_images'])} of {run} | "
-            f"{int(row['held_confirmatory'])} of {run} |"
-        )
-    return "\n".join(lines)
-
-
-def summary_figure(table: pd.DataFrame, runs: Mapping[str, DomainRun], path: Path) -> Path:
-    """
-    Bars of the % change against TransMM, one panel per preset and metric, grouped by domain (and, in the `thesis`
-    preset, the thesis's three datasets), one bar per method.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    roles = list(SUMMARY_VARIANTS)
-    presets = sorted(set(table["preset"])) if len(table) else ["thesis"]
-    figure, axes = plt.subplots(len(presets), len(METRICS), figsize=(4.2 * len(METRICS), 3.2 * len(presets)))
-    axes = np.atleast_2d(axes)
-    for r, preset in enumerate(presets):
-        rows = table[(table["preset"] == preset) & (table["role"] != "transmm")] if len(table) else table
-        groups = [(runs[d].domain.title, d) for d in dict.fromkeys(rows["domain"])] if len(rows) else []
-        if preset == "thesis":
-            groups += [(f"thesis: {d}", d) for d in THESIS_TABLE]
-        for c, metric in enumerate(METRICS):
-            ax = axes[r, c]
-            width = 0.8 / len(roles)
-            for i, role in enumerate(roles):
-                values = []
-                for _, name in groups:
-                    if name in THESIS_TABLE:
-                        entry = THESIS_TABLE[name].get(role)
-                        m = METRICS.index(metric)
-                        ref = THESIS_TABLE[name]["transmm"][m][0]
-                        values.append(percent_change(entry[m][0], ref) if entry else np.nan)
-                    else:
-                        cell = rows[(rows["domain"] == name) & (rows["role"] == role) & (rows["metric"] == metric)]
-                        values.append(float(cell["pct_change"].mean()) if len(cell) else np.nan)
-                positions = np.arange(len(groups)) + (i - (len(roles) - 1) / 2) * width
-                ax.bar(positions, values, width, label=ROLE_LABELS[role].replace("`", ""))
-            ax.axhline(0.0, color="black", linewidth=0.8)
-            ax.set_xticks(np.arange(len(groups)), [g for g, _ in groups], rotation=20, ha="right", fontsize=8)
-            ax.set_title(f"{_arrow(metric)}, preset {preset}", fontsize=9)
-            ax.set_ylabel("% change vs TransMM")
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="lower center", ncol=len(roles), fontsize=8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.tight_layout(rect=(0, 0.05, 1, 1))
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
-
-
-def summary_markdown(
-    domains: Sequence[Domain],
-    runs: Mapping[str, DomainRun],
-    table: pd.DataFrame,
-    verdicts: pd.DataFrame,
-    output_dir: Path,
-    *,
-    alpha: float = 0.05,
-    figure: str | None = None,
-    command: str = "",
-) -> str:
-    """
-    The whole summary page (see the module docstring) from `results_table` and `verdict_table` of the `runs`;
-    `output_dir` is where the page lies (for its links), `figure` the figure's file name next to it, if any.
-    """
-    run_domains = [d for d in domains if d.name in runs]
-    pending = [d for d in domains if d.name not in runs]
-    lines = ["# FGA across domains: the thesis's Table 7.3 and its claims, per domain", ""]
-    if pending:
-        links = "; ".join(
-            f"{d.title}" + (f" (why: {_link(d.pending, output_dir)})" if d.pending else "") for d in pending
-        )
-        lines += [
-            f"**Interim summary: {len(run_domains)} of {len(domains)} domains have a finished test run** "
-            f"({', '.join(d.title for d in run_domains) or 'none'}). Pending: {links}. Verdict counts are over the "
-            "domains run.",
-            "",
-        ]
-    if command:
-        lines += [f"Regenerated from the stored results only (no model runs): `{command}`", ""]
-    lines += [
-        "## 1. Test results in the form of the thesis's Table 7.3",
-        "",
-        "Each domain's test split with the FGA configuration chosen on its validation split (blocks, κ, c_max). "
-        "Mean ± SEM over images; in brackets the % change against TransMM with the stars of the two-sided Welch "
-        "t-test, as the thesis reported them (`***` p < 0.001, `**` p < 0.01, `*` p < 0.05), then the stars of the "
-        "paired Wilcoxon signed-rank test over images (n.s.: p ≥ 0.05). SaCo and Faithfulness Correlation: higher is "
-        "better; Pixel Flipping: lower is better. Preset `papers`: normalised Pixel Flipping AUC (0–1); preset "
-        "`thesis`: the thesis's metric settings, un-normalised trapezoid Pixel Flipping AUC (method.md §5).",
-        "",
-        table_markdown(domains, runs, table, output_dir),
-        "",
-        _units_note(runs),
-        "",
-        "**The thesis's own numbers** (its Table 7.3 and 7.4, method.md §6: its `thesis` preset, so Pixel Flipping is "
-        "the un-normalised trapezoid AUC; ViT-B/16 with 12 blocks, CLIP ViT-B/32; stars: Welch against TransMM; "
-        "the % change is computed here from its means). These are not our runs.",
-        "",
-        thesis_markdown(),
-        "",
-        "## 2. Which claims hold in how many domains",
-        "",
-        "Each cell: the verdict at the thesis's level (paired Wilcoxon over images, p < "
-        f"{alpha:g}, no correction: `hf_fga.evaluation.claims`) / the confirmatory verdict (method.md §10: paired "
-        "Wilcoxon on per-patient mean differences where the dataset has patient ids, per image otherwise, Holm "
-        "across every comparison of the domain's table; the equivalence rows: paired TOST with margin ±10 % of "
-        "FGA's gain over TransMM per metric and preset, Holm across that family). A claim of several comparisons "
-        "(metrics × presets) is `held` when all of them hold, `not held` when none does, `mixed` otherwise; in "
-        "brackets how many of its comparisons hold. *(control)*: a verdict of the controls (`hf_fga.evaluation.claims."
-        "control_claims`, `hf_fga.evaluation.hypothesis_tests.equivalence_family`), not a claim of the thesis. The "
-        "count columns: in how many of the domains that tested the claim it is `held` (—: the run lacks the claim's "
-        "configurations). Each domain's own reports hold the comparisons themselves; their Holm families differ "
-        "from these, so a borderline comparison may differ.",
-        "",
-        verdicts_markdown(domains, runs, verdicts),
-        "",
-    ]
-    families = verdicts.attrs.get("families", {})
-    if families:
-        lines += [
-            "Holm families of the confirmatory verdicts: "
-            + "; ".join(f"{runs[name].domain.title}: {' and '.join(sizes)}" for name, sizes in families.items())
-            + ".",
-            "",
-        ]
-    reports = [
-        f"{run.domain.title}: " + ", ".join(_link(str(path), output_dir) for path in found)
-        for run in runs.values()
-        if (
-            found := [
-                Path(run.domain.run_dir) / name for name in DOMAIN_REPORTS if (run.domain.run_dir / name).is_file()
-            ]
-        )
-    ]
-    if reports:
-        lines += ["The comparisons in detail: " + "; ".join(reports) + ".", ""]
-    if figure:
-        lines += ["## 3. % change against TransMM per domain", "", f"![% change against TransMM]({figure})", ""]
-    return "\n".join(lines)
-
-
-@dataclass
-class Summary:
-    """What `write_summary` wrote: the `runs` found, their `results_table`, the `verdict_table` and the Markdown."""
-
-    runs: dict[str, DomainRun]
-    table: pd.DataFrame
-    verdicts: pd.DataFrame
-    markdown: str
-
-
-def write_summary(
-    domains: Sequence[Domain],
-    output: str | os.PathLike,
-    *,
-    data_root: str | os.PathLike | None = None,
-    alpha: float = 0.05,
-    figure: bool = True,
-    command: str = "",
-) -> Summary:
-    """
-    Write the summary Markdown to `output` (and, with `figure`, `<output stem>_change.png` next to it) from the
-    stored runs of `domains` (`load_domain`; `data_root` for the patient ids).
-    """
-    names = [d.name for d in domains]
-    if len(set(names)) != len(names):
-        raise ValueError(f"domain names must be unique; got {names}.")
-    output = Path(output)
-    runs = {d.name: run for d in domains if (run := load_domain(d, data_root)) is not None}
-    table = results_table([runs[d.name] for d in domains if d.name in runs])
-    verdicts = verdict_table(domains, runs, alpha)
-    figure_name = None
-    if figure and runs:
-        path = output.with_name(f"{output.stem}_change.png")
-        summary_figure(table, runs, path)
-        figure_name = path.name
-    output.parent.mkdir(parents=True, exist_ok=True)
-    text = summary_markdown(
-        domains, runs, table, verdicts, output.parent, alpha=alpha, figure=figure_name, command=command
-    )
-    output.write_text(text)
-    return Summary(runs, table, verdicts, text)
+    return pd.DataFrame(rows)
 
 
 __all__ = [
     "Domain",
     "DomainRun",
     "DomainVerdict",
-    "Summary",
     "domain_verdicts",
     "load_domain",
     "parse_domain",
     "read_chosen_configuration",
     "results_table",
     "run_patients",
-    "summary_markdown",
+    "thesis_table",
     "verdict_table",
-    "write_summary",
 ]

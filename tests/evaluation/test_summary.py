@@ -1,4 +1,4 @@
-"""The cross-domain summary (hf_fga.evaluation.summary, scripts/domain_summary.py) on two synthetic domains."""
+"""The cross-domain summary (hf_fga.evaluation.summary, summary_report, scripts/domain_summary.py) on two domains."""
 
 from __future__ import annotations
 
@@ -16,15 +16,8 @@ from scipy import stats
 
 from hf_fga.evaluation.configuration import EvaluationConfiguration
 from hf_fga.evaluation.storage import RESULTS_FOLDER, write_part
-from hf_fga.evaluation.summary import (
-    Domain,
-    DomainVerdict,
-    Summary,
-    load_domain,
-    parse_domain,
-    read_chosen_configuration,
-    write_summary,
-)
+from hf_fga.evaluation.summary import Domain, DomainVerdict, load_domain, parse_domain, read_chosen_configuration
+from hf_fga.evaluation.summary_report import Summary, percent_changes, write_summary
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "domain_summary.py"
 METRICS = ("saco", "faithfulness_correlation", "pixel_flipping")
@@ -209,6 +202,11 @@ def test_markdown_rows_not_run_and_figure(domains, summary):
     assert "0.507 ± 0.004 (+10.5 %***)" in text and "un-normalised trapezoid" in text
     assert "| 94.50 ± 2.41 |" in text and "9.70 ± 0.09 (+9.9 %***)" in text  # printed as the thesis printed them
     assert (root / "out" / "summary_change.png").stat().st_size > 10_000
+    changes = percent_changes(summary.table, summary.runs)  # the figure's bars
+    theirs = changes[changes["group"].str.startswith("thesis: ")]
+    assert len(theirs) == 3 * 2 * 3 and set(theirs["preset"]) == {"thesis"}  # datasets × (FGA, shuffled) × metrics
+    ours = changes[changes["group"] == "Domain b"].set_index(["preset", "metric", "series"])["pct_change"]
+    assert ours[("thesis", "pixel_flipping", "FGA shuffled decoder")] == row["pct_change"]
 
 
 def test_domain_specs_and_errors(tmp_path):
