@@ -185,7 +185,13 @@ def run_patients(run_dir: str | os.PathLike, data_root: str | os.PathLike | None
     """
     import pyarrow.parquet as pq
 
-    description = json.loads((Path(run_dir) / RUN_FILE).read_text())
+    path = Path(run_dir) / RUN_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} does not exist: the run's dataset (for its patient ids) is recorded there by "
+            "scripts/evaluate_faithfulness.py; was the folder copied without it?"
+        )
+    description = json.loads(path.read_text())
     dataset = Path(description["dataset"])
     if data_root is not None:
         dataset = Path(data_root) / dataset.name

@@ -16,7 +16,14 @@ from scipy import stats
 
 from hf_fga.evaluation.configuration import EvaluationConfiguration
 from hf_fga.evaluation.storage import RESULTS_FOLDER, write_part
-from hf_fga.evaluation.summary import Domain, DomainVerdict, load_domain, parse_domain, read_chosen_configuration
+from hf_fga.evaluation.summary import (
+    Domain,
+    DomainVerdict,
+    load_domain,
+    parse_domain,
+    read_chosen_configuration,
+    run_patients,
+)
 from hf_fga.evaluation.summary_report import Summary, percent_changes, write_summary
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "domain_summary.py"
@@ -225,6 +232,21 @@ def test_domain_specs_and_errors(tmp_path):
     (tmp_path / "other.txt").write_text("chosen configuration: fga|combined|3|0.5|10\n")
     with pytest.raises(ValueError, match="is not in"):
         load_domain(Domain("d", "D", run_dir, tmp_path / "other.txt", "`make d`"))
+
+
+def test_run_without_its_description_and_docstring_examples(domains, tmp_path):
+    import doctest
+
+    from hf_fga.evaluation import summary as module
+
+    listed, _ = domains
+    with pytest.raises(FileNotFoundError, match="run.json does not exist"):
+        run_patients(tmp_path)
+    with pytest.raises(FileNotFoundError, match="--data_root"):
+        run_patients(listed[0].run_dir, data_root=tmp_path)  # the dataset is not under that folder
+    assert run_patients(listed[1].run_dir) is None  # no patient_id column
+    result = doctest.testmod(module)
+    assert result.attempted >= 2 and result.failed == 0
 
 
 def test_script_writes_the_summary(domains, tmp_path):
