@@ -217,7 +217,8 @@ def summary_markdown(
     lines += [
         "## 1. Test results in the form of the thesis's Table 7.3",
         "",
-        "Each domain's test split with the FGA configuration chosen on its validation split (blocks, κ, c_max). "
+        "Each domain's test split with the FGA configuration chosen on its validation split (blocks, κ, c_max; the "
+        "shuffled decoder and the controls use the same). "
         "Mean ± SEM over images; in brackets the % change against TransMM with the stars of the two-sided Welch "
         "t-test, as the thesis reported them (`***` p < 0.001, `**` p < 0.01, `*` p < 0.05), then the stars of the "
         "paired Wilcoxon signed-rank test over images (n.s.: p ≥ 0.05). SaCo and Faithfulness Correlation: higher is "
