@@ -15,12 +15,23 @@ from . import (
     rollout,
     transmm,
 )
-from .base import AttributionMethod, MethodResult, get_method, list_methods, register_method, unregister_method
+from .base import (
+    AttributionMethod,
+    MethodResult,
+    ObjectiveMethod,
+    check_integer,
+    get_method,
+    list_methods,
+    register_method,
+    unregister_method,
+)
 
 __all__ = [
     "AttributionMethod",
     "MethodResult",
+    "ObjectiveMethod",
     "caap",
+    "check_integer",
     "fga",
     "get_method",
     "grad_cam",

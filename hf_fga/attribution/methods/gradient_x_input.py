@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from ...faithfulness.fills import PatchGrid, patch_grid
-from ..objectives import Objective, prepared_objective
-from .base import AttributionMethod, MethodResult, register_method
+from ...faithfulness.fills import PatchGrid
+from ..objectives import Objective
+from .base import ObjectiveMethod, register_method
 
 if TYPE_CHECKING:
-    from ..engine import Attributor
+    from transformers import PreTrainedModel
 
 
 def input_gradients(objective: Objective, pixel_values: Tensor) -> tuple[Tensor, Tensor]:
@@ -63,7 +63,7 @@ def gradient_x_input(objective: Objective, pixel_values: Tensor, grid: PatchGrid
 
 
 @register_method
-class GradientXInput(AttributionMethod):
+class GradientXInput(ObjectiveMethod):
     """
     `attribute(pixel_values, method="gradient-x-input")`: one forward and one backward pass; the clean logits and the
     argmax target come from that same forward pass.
@@ -71,23 +71,16 @@ class GradientXInput(AttributionMethod):
 
     name = "gradient-x-input"
     description = "Gradient × Input: x · ∂y/∂x summed over each patch's pixels and channels (one forward + backward)"
-    uses_capture = False
     gradient_based = True
-    resolves_target = True
+    clean_forward = False
 
-    def attribute(
+    def explain_objective(
         self,
-        attributor: Attributor,
-        pixel_values: Tensor,
-        target: Tensor | None,
-        text_embeds: Tensor | None,
+        model: PreTrainedModel,
+        objective: Objective,
+        pixels: Tensor,
+        grid: PatchGrid,
         options: Mapping[str, Any],
-    ) -> MethodResult:
-        grid = patch_grid(attributor.model, pixel_values)
-        with prepared_objective(attributor.model, pixel_values, target, text_embeds, attributor.linear_backend) as (
-            objective,
-            pixels,
-            record,
-        ):
-            attribution, _ = gradient_x_input(objective, pixels, grid)
-        return MethodResult(attribution=attribution, logits=record["logits"], target=record["target"])
+    ) -> tuple[Tensor, None]:
+        attribution, _ = gradient_x_input(objective, pixels, grid)
+        return attribution, None
