@@ -111,6 +111,24 @@ class AttributionMethod:
         raise NotImplementedError(f"Method {self.name!r} derives its map from a capture: it has no own passes.")
 
 
+@dataclass
+class ObjectiveRun:
+    """
+    What an [`ObjectiveMethod`]'s core runs on.
+
+    Args:
+        model ([`PreTrainedModel`]): the explained model, prepared for own passes.
+        objective (`Objective`): `(pixel_values (R, C, H, W), rows (R,)) -> y (R,)`, the target logit.
+        pixels (`Tensor` of shape `(B, C, H, W)`): the images on the model's device and dtype.
+        grid (`PatchGrid`): the model's patch grid.
+    """
+
+    model: PreTrainedModel
+    objective: Objective
+    pixels: Tensor
+    grid: PatchGrid
+
+
 class ObjectiveMethod(AttributionMethod):
     """
     An own-pass method whose map is a core over the logit objective of method.md §1 (gradient × input, Integrated
@@ -131,23 +149,9 @@ class ObjectiveMethod(AttributionMethod):
         """What every pass of the method runs inside, outside the model's preparation (nothing by default)."""
         return contextlib.nullcontext()
 
-    def explain_objective(
-        self,
-        model: PreTrainedModel,
-        objective: Objective,
-        pixels: Tensor,
-        grid: PatchGrid,
-        options: Mapping[str, Any],
-    ) -> tuple[Tensor, dict | None]:
+    def explain_objective(self, run: ObjectiveRun, options: Mapping[str, Any]) -> tuple[Tensor, dict | None]:
         """
-        The method's core on the prepared model.
-
-        Args:
-            model ([`PreTrainedModel`]): the explained model, prepared.
-            objective (`Objective`): `(pixel_values (R, C, H, W), rows (R,)) -> y (R,)`, the target logit.
-            pixels (`Tensor` of shape `(B, C, H, W)`): the images on the model's device and dtype.
-            grid (`PatchGrid`): the model's patch grid.
-            options (`Mapping[str, Any]`): the checked options.
+        The method's core on the prepared model `run.model`, with the checked `options`.
 
         Returns:
             `tuple[Tensor, dict | None]`: the attribution `(B, h, w)` and the diagnostics (or `None`).
@@ -170,7 +174,7 @@ class ObjectiveMethod(AttributionMethod):
                 model, pixel_values, target, text_embeds, attributor.linear_backend, clean_forward=self.clean_forward
             ) as (objective, pixels, record),
         ):
-            attribution, diagnostics = self.explain_objective(model, objective, pixels, grid, options)
+            attribution, diagnostics = self.explain_objective(ObjectiveRun(model, objective, pixels, grid), options)
         return MethodResult(
             attribution=attribution, logits=record["logits"], target=record["target"], diagnostics=diagnostics
         )

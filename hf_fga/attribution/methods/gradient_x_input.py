@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from ...faithfulness.fills import PatchGrid
 from ..objectives import Objective
-from .base import ObjectiveMethod, register_method
-
-if TYPE_CHECKING:
-    from transformers import PreTrainedModel
+from .base import ObjectiveMethod, ObjectiveRun, register_method
 
 
 def input_gradients(objective: Objective, pixel_values: Tensor) -> tuple[Tensor, Tensor]:
@@ -74,13 +71,6 @@ class GradientXInput(ObjectiveMethod):
     gradient_based = True
     clean_forward = False
 
-    def explain_objective(
-        self,
-        model: PreTrainedModel,
-        objective: Objective,
-        pixels: Tensor,
-        grid: PatchGrid,
-        options: Mapping[str, Any],
-    ) -> tuple[Tensor, None]:
-        attribution, _ = gradient_x_input(objective, pixels, grid)
+    def explain_objective(self, run: ObjectiveRun, options: Mapping[str, Any]) -> tuple[Tensor, None]:
+        attribution, _ = gradient_x_input(run.objective, run.pixels, run.grid)
         return attribution, None

@@ -18,11 +18,9 @@ from torch import Tensor
 
 from ...faithfulness.fills import PatchGrid, default_normalization, fill_source
 from ..objectives import Objective
-from .base import ObjectiveMethod, check_integer, register_method
+from .base import ObjectiveMethod, ObjectiveRun, check_integer, register_method
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel
-
     from ..engine import Attributor
 
 DEFAULT_STEPS = 32
@@ -119,15 +117,9 @@ class IntegratedGradientsMethod(ObjectiveMethod):
         check_internal_batch_size(options["internal_batch_size"])
         return options
 
-    def explain_objective(
-        self,
-        model: PreTrainedModel,
-        objective: Objective,
-        pixels: Tensor,
-        grid: PatchGrid,
-        options: Mapping[str, Any],
-    ) -> tuple[Tensor, dict]:
+    def explain_objective(self, run: ObjectiveRun, options: Mapping[str, Any]) -> tuple[Tensor, dict]:
+        fill = mean_fill(run.model, run.pixels)
         attribution, delta = integrated_gradients(
-            objective, pixels, mean_fill(model, pixels), grid, options["steps"], options["internal_batch_size"]
+            run.objective, run.pixels, fill, run.grid, options["steps"], options["internal_batch_size"]
         )
         return attribution, {"convergence_delta": delta}

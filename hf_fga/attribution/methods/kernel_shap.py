@@ -16,12 +16,10 @@ from torch import Tensor
 
 from ...faithfulness.fills import PatchGrid, derived_seed
 from ..objectives import Objective
-from .base import ObjectiveMethod, check_integer, register_method
+from .base import ObjectiveMethod, ObjectiveRun, check_integer, register_method
 from .integrated_gradients import mean_fill
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel
-
     from ..engine import Attributor
 
 DEFAULT_SAMPLES = 512
@@ -107,20 +105,13 @@ class KernelShapMethod(ObjectiveMethod):
         check_integer("seed", options["seed"], minimum=0)
         return options
 
-    def explain_objective(
-        self,
-        model: PreTrainedModel,
-        objective: Objective,
-        pixels: Tensor,
-        grid: PatchGrid,
-        options: Mapping[str, Any],
-    ) -> tuple[Tensor, None]:
+    def explain_objective(self, run: ObjectiveRun, options: Mapping[str, Any]) -> tuple[Tensor, None]:
         with torch.no_grad():
             attribution = kernel_shap(
-                objective,
-                pixels,
-                mean_fill(model, pixels),
-                grid,
+                run.objective,
+                run.pixels,
+                mean_fill(run.model, run.pixels),
+                run.grid,
                 options["n_samples"],
                 options["seed"],
                 options["perturbations_per_eval"],
