@@ -34,23 +34,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from hf_fga.bundled.classifier_training import (
-    adamw_cosine,
-    classification_metrics,
-    evaluate_test_once,
-    export_model,
-    forward_flops,
-    fresh_vit,
-    label_names,
-    load_best,
-    log_record,
-    make_processor,
-    optimizer_step,
-    parse_arguments,
-    predict,
-    start_run,
-    write_results,
-)
+from hf_fga.bundled import classifier_training as training
 from hf_fga.bundled.training_state import load_training_state, save_training_state
 
 REPO = Path(__file__).resolve().parents[1]
@@ -204,8 +188,8 @@ def evaluate_cached(model, data: dict, mean, std, device, autocast, batch_size: 
     images = data["images"]
     batches = (normalise(images[i : i + batch_size].to(device), mean, std) for i in range(0, len(images), batch_size))
     with autocast():
-        preds = predict(model, batches)
-    return classification_metrics(preds.cpu(), data["labels"], label_names(model))
+        preds = training.predict(model, batches)
+    return training.classification_metrics(preds.cpu(), data["labels"], training.label_names(model))
 
 
 # -------------------------------------------------------------------------------------------------------- training
@@ -215,7 +199,7 @@ def train(args: TrainCifarArguments) -> dict:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device: pass --device cpu.")
-    out, gen = start_run(args)
+    out, gen = training.start_run(args)
 
     data = load_split(args.data_dir, "train", out)
     is_val = torch.zeros(len(data["labels"]), dtype=torch.bool)
@@ -231,13 +215,13 @@ def train(args: TrainCifarArguments) -> dict:
     del pixels
     mean_d, std_d = mean.to(device), std.to(device)
 
-    model = fresh_vit(args, 32, LABELS).to(device)
-    print(f"forward FLOPs at 32 px: {forward_flops(model.config) / 1e9:.4f} GFLOP", flush=True)
+    model = training.fresh_vit(args, 32, LABELS).to(device)
+    print(f"forward FLOPs at 32 px: {training.forward_flops(model.config) / 1e9:.4f} GFLOP", flush=True)
     n = len(train_idx)
     steps_per_epoch = n // args.batch_size  # the last partial batch is dropped (a fresh order every epoch)
     if steps_per_epoch == 0:
         raise ValueError(f"batch_size={args.batch_size} is larger than the {n} training images: lower it.")
-    optimizer, scheduler = adamw_cosine(model, args, steps_per_epoch)
+    optimizer, scheduler = training.adamw_cosine(model, args, steps_per_epoch)
     state = {
         "epoch": 0,
         "step_in_epoch": 0,
@@ -290,7 +274,7 @@ def train(args: TrainCifarArguments) -> dict:
             loss = lam * F.cross_entropy(logits, labels, label_smoothing=args.label_smoothing)
             if lam < 1:
                 loss = loss + (1 - lam) * F.cross_entropy(logits, labels[perm], label_smoothing=args.label_smoothing)
-            optimizer_step(model, optimizer, scheduler, loss, args.max_grad_norm)
+            training.optimizer_step(model, optimizer, scheduler, loss, args.max_grad_norm)
             total_loss += loss.item() * len(idx)
             seen += len(idx)
             state["step_in_epoch"] += 1
@@ -314,8 +298,8 @@ def train(args: TrainCifarArguments) -> dict:
         if val["accuracy"] > state["best_accuracy"]:
             state["best_accuracy"], state["best_epoch"] = val["accuracy"], state["epoch"]
             model.save_pretrained(out / "best")
-            make_processor(mean.tolist(), std.tolist(), 32).save_pretrained(out / "best")
-        log_record(
+            training.make_processor(mean.tolist(), std.tolist(), 32).save_pretrained(out / "best")
+        training.log_record(
             out,
             {
                 "epoch": state["epoch"],
@@ -333,7 +317,7 @@ def train(args: TrainCifarArguments) -> dict:
 
 def finish(args: TrainCifarArguments, out: Path, state: dict, counts: dict) -> dict:
     """Load the selected checkpoint, evaluate the test split once (through the saved processor) and export."""
-    model, processor = load_best(out)
+    model, processor = training.load_best(out)
     result = {
         "best_epoch": state["best_epoch"],
         "validation_accuracy": state["best_accuracy"],
@@ -341,21 +325,21 @@ def finish(args: TrainCifarArguments, out: Path, state: dict, counts: dict) -> d
         "epochs": args.epochs,
         "global_steps": state["global_step"],
         **counts,
-        "forward_gflops": forward_flops(model.config) / 1e9,
+        "forward_gflops": training.forward_flops(model.config) / 1e9,
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "torch_version": torch.__version__,
         "device": args.device,
     }
     if args.evaluate_test:
-        result["test"] = evaluate_test_once(out, model, processor, args.data_dir, batch_size=500)
-    write_results(out, result)
+        result["test"] = training.evaluate_test_once(out, model, processor, args.data_dir, batch_size=500)
+    training.write_results(out, result)
     if args.export_dir:
-        export_model(args.export_dir, model, processor, result, args)
+        training.export_model(args.export_dir, model, processor, result, args)
     return result
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return train(parse_arguments(TrainCifarArguments, argv))
+    return train(training.parse_arguments(TrainCifarArguments, argv))
 
 
 if __name__ == "__main__":

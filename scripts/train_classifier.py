@@ -41,24 +41,7 @@ import torch
 import torch.nn.functional as F
 from transformers import ViTForImageClassification
 
-from hf_fga.bundled.classifier_training import (
-    adamw_cosine,
-    classification_metrics,
-    evaluate_test_once,
-    export_model,
-    forward_flops,
-    fresh_vit,
-    label_config,
-    label_names,
-    load_best,
-    log_record,
-    make_processor,
-    optimizer_step,
-    parse_arguments,
-    predict,
-    start_run,
-    write_results,
-)
+from hf_fga.bundled import classifier_training as training
 from hf_fga.bundled.model_card import write_classifier_card, write_domain_card
 from hf_fga.evaluation.hypothesis_tests import patient_keys
 
@@ -274,7 +257,7 @@ def build_model(args: TrainClassifierArguments) -> ViTForImageClassification:
         # every weight but the classifier is loaded; the classifier (shape changed, or same shape but other labels) is
         # re-initialised by transformers' `_init_weights` (normal std = initializer_range, zero bias), seeded above
         # (num_labels follows from id2label; passing both makes transformers warn about the parent's 2 labels)
-        config = label_config(labels)
+        config = training.label_config(labels)
         model = ViTForImageClassification.from_pretrained(
             args.init_from,
             id2label=config["id2label"],
@@ -290,7 +273,7 @@ def build_model(args: TrainClassifierArguments) -> ViTForImageClassification:
                 f"{(args.image_size, args.patch_size)}: pass --image_size {grid[0]} --patch_size {grid[1]}."
             )
         return model
-    return fresh_vit(args, args.image_size, labels)
+    return training.fresh_vit(args, args.image_size, labels)
 
 
 def evaluate_cached(model, data: dict, mean: float, std: float, size: int, batch_size: int = 128) -> dict:
@@ -298,7 +281,8 @@ def evaluate_cached(model, data: dict, mean: float, std: float, size: int, batch
     batches = (
         to_pixels(images[i : i + batch_size].float() / 255, mean, std, size) for i in range(0, len(images), batch_size)
     )
-    return classification_metrics(predict(model, batches), data["labels"], label_names(model))
+    preds = training.predict(model, batches)
+    return training.classification_metrics(preds, data["labels"], training.label_names(model))
 
 
 # -------------------------------------------------------------------------------------------------------- training
@@ -383,7 +367,7 @@ def train_and_validation(args: TrainClassifierArguments, out: Path, gen: torch.G
 
 
 def train(args: TrainClassifierArguments) -> dict:
-    out, gen = start_run(args)
+    out, gen = training.start_run(args)
 
     train_data, val_data, counts = train_and_validation(args, out, gen)
     pixels01 = train_data["images"].float() / 255
@@ -391,7 +375,7 @@ def train(args: TrainClassifierArguments) -> dict:
     del pixels01
 
     model = build_model(args)
-    print(f"forward FLOPs at {args.image_size} px: {forward_flops(model.config) / 1e9:.3f} GFLOP", flush=True)
+    print(f"forward FLOPs at {args.image_size} px: {training.forward_flops(model.config) / 1e9:.3f} GFLOP", flush=True)
     num_labels = model.config.num_labels
     label_counts = torch.bincount(train_data["labels"], minlength=num_labels).float()
     class_weights = label_counts.sum() / (num_labels * label_counts.clamp(min=1))
@@ -399,7 +383,7 @@ def train(args: TrainClassifierArguments) -> dict:
     steps_per_epoch = math.ceil(n / args.batch_size)
     if args.max_steps_per_epoch is not None:
         steps_per_epoch = min(steps_per_epoch, args.max_steps_per_epoch)
-    optimizer, scheduler = adamw_cosine(model, args, steps_per_epoch)
+    optimizer, scheduler = training.adamw_cosine(model, args, steps_per_epoch)
     state = {"epoch": 0, "best_balanced_accuracy": -1.0, "best_epoch": None, "train_seconds": 0.0}
     ckpt = out / "last.pt"
     if ckpt.exists():
@@ -424,7 +408,7 @@ def train(args: TrainClassifierArguments) -> dict:
             labels = train_data["labels"][idx]
             logits = model(pixel_values=to_pixels(grey, mean, std), interpolate_pos_encoding=size != args.image_size)
             loss = F.cross_entropy(logits.logits, labels, weight=class_weights, label_smoothing=args.label_smoothing)
-            optimizer_step(model, optimizer, scheduler, loss, args.max_grad_norm)
+            training.optimizer_step(model, optimizer, scheduler, loss, args.max_grad_norm)
             total_loss += loss.item() * len(idx)
             seen += len(idx)
         train_seconds = time.time() - start
@@ -435,8 +419,8 @@ def train(args: TrainClassifierArguments) -> dict:
         if selectable and val["balanced_accuracy"] > state["best_balanced_accuracy"]:
             state["best_balanced_accuracy"], state["best_epoch"] = val["balanced_accuracy"], epoch + 1
             model.save_pretrained(out / "best")
-            make_processor([mean] * 3, [std] * 3, args.image_size).save_pretrained(out / "best")
-        log_record(
+            training.make_processor([mean] * 3, [std] * 3, args.image_size).save_pretrained(out / "best")
+        training.log_record(
             out,
             {
                 "epoch": epoch + 1,
@@ -473,14 +457,14 @@ def finish(args: TrainClassifierArguments, out: Path, state: dict, mean: float, 
         raise ValueError(
             "No full-resolution epoch was run, so no checkpoint was selected: set low_res_epochs < epochs."
         )
-    model, processor = load_best(out)
+    model, processor = training.load_best(out)
     result = {
         "best_epoch": state["best_epoch"],
         "validation_balanced_accuracy": state["best_balanced_accuracy"],
         "train_seconds": round(state["train_seconds"], 1),
         "epochs": args.epochs,
         **counts,
-        "forward_gflops": forward_flops(model.config) / 1e9,
+        "forward_gflops": training.forward_flops(model.config) / 1e9,
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "pixel_mean": mean,
         "pixel_std": std,
@@ -488,10 +472,10 @@ def finish(args: TrainClassifierArguments, out: Path, state: dict, mean: float, 
         "num_threads": args.num_threads,
     }
     if args.evaluate_test:
-        result["test"] = evaluate_test_once(out, model, processor, args.data_dir, batch_size=64)
-    write_results(out, result)
+        result["test"] = training.evaluate_test_once(out, model, processor, args.data_dir, batch_size=64)
+    training.write_results(out, result)
     if args.export_dir:
-        export = export_model(args.export_dir, model, processor, result, args)
+        export = training.export_model(args.export_dir, model, processor, result, args)
         if args.evaluate_test:
             sae_dir = export.parent / "saes"
             sae_dir = sae_dir if sae_dir.is_dir() else None
@@ -503,7 +487,7 @@ def finish(args: TrainClassifierArguments, out: Path, state: dict, mean: float, 
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return train(parse_arguments(TrainClassifierArguments, argv))
+    return train(training.parse_arguments(TrainClassifierArguments, argv))
 
 
 if __name__ == "__main__":
