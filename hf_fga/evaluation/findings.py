@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
+from .. import bundled
 from ..viz import captioned_stack, draw_patch_boxes, image_grid, overlay
 from .hypothesis_tests import holm, patient_paired_tests, per_patient_means
 from .statistics import paired_tests
@@ -57,6 +58,21 @@ BINARY_STATISTICS = frozenset({"top_patch_border"})  # summarised by the fractio
 KEY_FINDINGS_FILE = "key_findings.json"
 FINDINGS_FILE = "findings.md"
 OBSERVATIONS_FILE = "observations.md"  # written by a person who looked at the figures; never by the script
+
+
+def findings_command(domain: str, output: str | os.PathLike) -> str:
+    """The command that writes a domain's findings folder (shown by the summary while it is missing)."""
+    return f"python scripts/attribution_findings.py --domain {domain} --output {output}"
+
+
+def not_run_text(domain: str, output: str | os.PathLike) -> str:
+    """What the summary says of a domain without findings: the command, or that the domain has no bundled model."""
+    if domain not in bundled.list_domains():
+        return (
+            "**not run yet**: the package bundles no model of this domain (the analysis explains the bundled models: "
+            f"{', '.join(bundled.list_domains())})."
+        )
+    return f"**not run yet**: `{findings_command(domain, output)}` (needs the domain's bundled model and SAEs)."
 
 
 def _maps(maps: np.ndarray) -> np.ndarray:
@@ -338,15 +354,16 @@ def method_comparison_markdown(comparison: pd.DataFrame, method: str, reference:
     """[`method_comparison`] as Markdown (`unit`: `patients` or `images`, the unit of the confirmatory test)."""
     lines = [
         f"| statistic | {reference} (median; yes / no: fraction) | {method} (same) | median difference | "
-        f"{method} higher (images) | "
+        f"mean difference per {unit[:-1]} | {method} higher (images) | "
         f"images / {unit} | Wilcoxon p (images) | Wilcoxon p ({unit}) | Holm p ({unit}) |",
-        "|" + " --- |" * 9,
+        "|" + " --- |" * 10,
     ]
     for row in comparison.itertuples(index=False):
         lines.append(
             f"| {STATISTIC_NAMES[row.statistic]} | {_value(row.reference_value, row.statistic)} | "
             f"{_value(row.method_value, row.statistic)} | "
-            f"{row.median_difference:+.3f} | {_percent(row.method_higher)} | {row.images} / {row.units} | "
+            f"{row.median_difference:+.3f} | {row.unit_mean_difference:+.3f} | {_percent(row.method_higher)} | "
+            f"{row.images} / {row.units} | "
             f"{_p(row.image_p)} | {_p(row.unit_p)} | {_p(row.holm_p)} |"
         )
     return "\n".join(lines)
@@ -508,7 +525,7 @@ def overlay_rows(
     captions: Sequence[str],
     grid: tuple[int, int],
     bright: np.ndarray | None = None,
-    side: int = 150,
+    side: int = 180,
     columns: int = 2,
 ) -> Image.Image:
     """
@@ -623,11 +640,13 @@ __all__ = [
     "STATISTICS",
     "KeyFindings",
     "border_mask",
+    "findings_command",
     "bright_patch_mask",
     "group_table",
     "input_intensity",
     "location_statistics",
     "method_comparison",
+    "not_run_text",
     "overlay_rows",
     "patch_saturation",
     "positive_share",

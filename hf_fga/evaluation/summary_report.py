@@ -1,6 +1,7 @@
 """
 The cross-domain summary page (issue 16): `summary`'s tables as Markdown, in the form of the thesis's Table 7.3
-beside the thesis's own rows, the claim × domain verdict table, and a bar chart of the % change against TransMM.
+beside the thesis's own rows, the claim × domain verdict table, a bar chart of the % change against TransMM, and
+what the attributions reveal about each domain's model (`findings`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pandas as pd
 
 from .configuration import EvaluationConfiguration
 from .figures import change_bars_figure, metric_title
+from .findings import FINDINGS_FILE, not_run_text, read_key_findings
 from .statistics import METRICS
 from .summary import (
     SUMMARY_VARIANTS,
@@ -184,6 +186,33 @@ def percent_changes(table: pd.DataFrame, runs: Mapping[str, DomainRun]) -> pd.Da
     return pd.concat([ours, theirs], ignore_index=True)
 
 
+def findings_markdown(domains: Sequence[Domain], findings_root: Path, output_dir: Path) -> str:
+    """
+    The "what the attributions reveal" section: per domain the key lines and first figure of its findings folder
+    `<findings_root>/<name>` (`scripts/attribution_findings.py`), or "not run yet" with the command.
+    """
+    lines = [
+        "Where TransMM and the chosen FGA configuration put their positive attribution on each domain's test "
+        "images: the share on the outer patch ring (where burned-in letters, markers, scale bars and text sit) and on "
+        "the most near-white patches, by rules fixed beforehand (`hf_fga/evaluation/findings.py`). A hint of "
+        "shortcut cues, not proof: each domain's page says what the numbers do and do not show.",
+        "",
+    ]
+    for domain in domains:
+        folder = Path(findings_root) / domain.name
+        found = read_key_findings(folder)
+        lines += [f"### {domain.title}", ""]
+        if found is None:
+            lines += [not_run_text(domain.name, os.path.relpath(folder, Path.cwd())), ""]
+            continue
+        lines += [f"- {line}" for line in found.lines]
+        lines += [f"- The whole page: {_link(str(folder / FINDINGS_FILE), output_dir)}.", ""]
+        for name, caption in found.figures:
+            target = os.path.relpath((folder / name).resolve(), Path(output_dir).resolve())
+            lines += [f"![{caption}]({target})", "", f"*{caption}*", ""]
+    return "\n".join(lines)
+
+
 def summary_markdown(
     domains: Sequence[Domain],
     runs: Mapping[str, DomainRun],
@@ -194,10 +223,12 @@ def summary_markdown(
     alpha: float = 0.05,
     figure: str | None = None,
     command: str = "",
+    findings_root: Path | None = None,
 ) -> str:
     """
     The whole summary page (see the module docstring) from `results_table` and `verdict_table` of the `runs`;
-    `output_dir` is where the page lies (for its links), `figure` the figure's file name next to it, if any.
+    `output_dir` is where the page lies (for its links), `figure` the figure's file name next to it, if any,
+    `findings_root` the folder of the domains' attribution findings (the section is left out when `None`).
     """
     run_domains = [d for d in domains if d.name in runs]
     pending = [d for d in domains if d.name not in runs]
@@ -271,8 +302,14 @@ def summary_markdown(
     ]
     if reports:
         lines += ["The comparisons in detail: " + "; ".join(reports) + ".", ""]
+    section = 3
     if figure:
-        lines += ["## 3. % change against TransMM per domain", "", f"![% change against TransMM]({figure})", ""]
+        lines += [f"## {section}. % change against TransMM per domain", "", f"![% change against TransMM]({figure})"]
+        lines.append("")
+        section += 1
+    if findings_root is not None:
+        lines += [f"## {section}. What the attributions reveal", ""]
+        lines.append(findings_markdown(domains, findings_root, output_dir))
     return "\n".join(lines)
 
 
@@ -294,10 +331,12 @@ def write_summary(
     alpha: float = 0.05,
     figure: bool = True,
     command: str = "",
+    findings_root: str | os.PathLike | None = None,
 ) -> Summary:
     """
     Write the summary Markdown to `output` (and, with `figure`, `<output stem>_change.png` next to it) from the
-    stored runs of `domains` (`load_domain`; `data_root` for the patient ids).
+    stored runs of `domains` (`load_domain`; `data_root` for the patient ids), with the attribution findings of
+    `findings_root` (default: the `findings` folder next to `output`).
     """
     names = [d.name for d in domains]
     if len(set(names)) != len(names):
@@ -312,11 +351,28 @@ def write_summary(
         change_bars_figure(percent_changes(table, runs), path, "% change against TransMM per domain")
         figure_name = path.name
     output.parent.mkdir(parents=True, exist_ok=True)
+    findings_root = Path(findings_root) if findings_root is not None else output.parent / "findings"
     text = summary_markdown(
-        domains, runs, table, verdicts, output.parent, alpha=alpha, figure=figure_name, command=command
+        domains,
+        runs,
+        table,
+        verdicts,
+        output.parent,
+        alpha=alpha,
+        figure=figure_name,
+        command=command,
+        findings_root=findings_root,
     )
     output.write_text(text)
     return Summary(runs, table, verdicts, text)
 
 
-__all__ = ["Summary", "percent_changes", "summary_markdown", "table_markdown", "thesis_markdown", "write_summary"]
+__all__ = [
+    "Summary",
+    "findings_markdown",
+    "percent_changes",
+    "summary_markdown",
+    "table_markdown",
+    "thesis_markdown",
+    "write_summary",
+]
