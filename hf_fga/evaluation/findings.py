@@ -351,21 +351,38 @@ def group_markdown(groups: pd.DataFrame) -> str:
 
 
 def method_comparison_markdown(comparison: pd.DataFrame, method: str, reference: str, unit: str) -> str:
-    """[`method_comparison`] as Markdown (`unit`: `patients` or `images`, the unit of the confirmatory test)."""
-    lines = [
-        f"| statistic | {reference} (median; yes / no: fraction) | {method} (same) | median difference | "
-        f"mean difference per {unit[:-1]} | {method} higher (images) | "
-        f"images / {unit} | Wilcoxon p (images) | Wilcoxon p ({unit}) | Holm p ({unit}) |",
-        "|" + " --- |" * 10,
+    """
+    [`method_comparison`] as Markdown (`unit`: `patients` or `images`, the unit of the confirmatory test; per image,
+    the unit columns would repeat the image columns, so they are left out).
+    """
+    per_unit = unit != "images"
+    header = [
+        "statistic",
+        f"{reference} (median; yes / no: fraction)",
+        f"{method} (same)",
+        "median difference",
+        *([f"mean difference per {unit[:-1]}"] if per_unit else []),
+        f"{method} higher (images)",
+        f"images / {unit}" if per_unit else "images",
+        "Wilcoxon p (images)",
+        *([f"Wilcoxon p ({unit})"] if per_unit else []),
+        f"Holm p ({unit})",
     ]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for row in comparison.itertuples(index=False):
-        lines.append(
-            f"| {STATISTIC_NAMES[row.statistic]} | {_value(row.reference_value, row.statistic)} | "
-            f"{_value(row.method_value, row.statistic)} | "
-            f"{row.median_difference:+.3f} | {row.unit_mean_difference:+.3f} | {_percent(row.method_higher)} | "
-            f"{row.images} / {row.units} | "
-            f"{_p(row.image_p)} | {_p(row.unit_p)} | {_p(row.holm_p)} |"
-        )
+        cells = [
+            STATISTIC_NAMES[row.statistic],
+            _value(row.reference_value, row.statistic),
+            _value(row.method_value, row.statistic),
+            f"{row.median_difference:+.3f}",
+            *([f"{row.unit_mean_difference:+.3f}"] if per_unit else []),
+            _percent(row.method_higher),
+            f"{row.images} / {row.units}" if per_unit else str(row.images),
+            _p(row.image_p),
+            *([_p(row.unit_p)] if per_unit else []),
+            _p(row.holm_p),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

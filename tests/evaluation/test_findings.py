@@ -221,8 +221,8 @@ def test_script_refuses_a_domain_without_its_model(tmp_path, monkeypatch):
         module.parse_args(["--domain", "chest_xray", "--output", str(tmp_path), "--limit", "1"])
 
 
-def write_dataset(root: Path, count: int) -> None:
-    """A tiny chest X-ray-like split: noise images with a white square, two patients, both classes."""
+def write_dataset(root: Path, count: int, patients: bool = True) -> None:
+    """A tiny chest X-ray-like split: noise images with a white square, both classes, two patients (or no ids)."""
     import io
 
     import datasets
@@ -249,6 +249,8 @@ def write_dataset(root: Path, count: int) -> None:
         "patient_id": [f"person{n % 2}" for n in range(count)],
         "file_name": [f"person{n % 2}_img{n}.png" for n in range(count)],
     }
+    if not patients:
+        del table["patient_id"], features["patient_id"]
     folder = root / "chest_xray_pneumonia" / "data"
     folder.mkdir(parents=True)
     datasets.Dataset.from_dict(table, features=features).to_parquet(str(folder / "test-00000-of-00001.parquet"))
@@ -290,3 +292,17 @@ def test_script_end_to_end_on_the_bundled_model(tmp_path):
     assert findings.read_key_findings(out).figures[0][0] == "figure_border_top.png"
     for name in ("figure_border_top.png", "figure_random.png", "border_share_histogram.png"):
         assert 0 < (out / name).stat().st_size < 1_000_000
+
+
+def test_script_without_patient_ids_tests_per_image(tmp_path):
+    write_dataset(tmp_path / "data", 3, patients=False)
+    spec = importlib.util.spec_from_file_location("attribution_findings", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "out"
+    assert module.main(["--domain", "chest_xray", "--output", str(out), "--data_root", str(tmp_path / "data")]) == 0
+    table = pd.read_csv(out / "per_image.csv")
+    assert (table["unit"] == table["image_id"]).all()
+    text = (out / "findings.md").read_text()
+    assert "3 test images (the whole test split), no patient ids, so the tests are per image" in text
+    assert "images / images" not in text and "| Wilcoxon p (images) | Holm p (images) |" in text
