@@ -15,10 +15,12 @@ IMAGE_SIZE = 32
 PATCH = 8  # a 4 x 4 patch grid
 
 
-def tiny_vit(num_layers: int = 3, hidden: int = 32, seed: int = 0, num_labels: int = 3) -> ViTForImageClassification:
+def tiny_vit(
+    num_layers: int = 3, hidden: int = 32, seed: int = 0, num_labels: int = 3, image_size: int = IMAGE_SIZE
+) -> ViTForImageClassification:
     torch.manual_seed(seed)
     config = ViTConfig(
-        image_size=IMAGE_SIZE,
+        image_size=image_size,
         patch_size=PATCH,
         hidden_size=hidden,
         num_hidden_layers=num_layers,
