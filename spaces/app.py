@@ -655,8 +655,10 @@ same gains, and no metric separates it from FGA: nothing so far shows that the g
 
 
 def domain_markdown(explainer: Explainer) -> str:
-    """The picked model in words: its classes, its SAE blocks, and whether its prototypes are precomputed."""
+    """The picked model in words: its classes, its SAE blocks, and whether (or how) its prototypes are precomputed."""
     prototypes = "prototypes precomputed" if explainer.prototypes is not None else explainer.no_prototypes
+    if explainer.prototypes is None and explainer.domain is not None:
+        prototypes += f" (`python scripts/build_space_assets.py --domain {explainer.domain}` builds them)"
     return (
         f"**{explainer.title}** · classes: {', '.join(explainer.labels)} · SAEs at blocks "
         f"{', '.join(map(str, explainer.blocks))} · {prototypes}"
