@@ -169,10 +169,7 @@ def make_explainer(
             if index.matches(pipe.saes) and index.meta.get("model") == name:
                 prototypes = index
             else:
-                missing = (
-                    f"The precomputed prototypes are for other SAEs than {what}'s: rebuild them with "
-                    "python scripts/build_space_assets.py."
-                )
+                missing = f"The precomputed prototypes are for other SAEs than {what}'s: they need rebuilding."
     blocks = default_blocks(sorted(pipe.saes), pipe.model.config.num_hidden_layers)
     examples = [str(p) for p in examples]
     return Explainer(pipe, name, blocks, examples, prototypes, sorted(mean_residuals or {}), domain, missing)
@@ -658,7 +655,8 @@ def domain_markdown(explainer: Explainer) -> str:
     """The picked model in words: its classes, its SAE blocks, and whether (or how) its prototypes are precomputed."""
     prototypes = "prototypes precomputed" if explainer.prototypes is not None else explainer.no_prototypes
     if explainer.prototypes is None and explainer.domain is not None:
-        prototypes += f" (`python scripts/build_space_assets.py --domain {explainer.domain}` builds them)"
+        command = f"python scripts/build_space_assets.py --domain {explainer.domain}"
+        prototypes = f"{prototypes.removesuffix('.')} (`{command}` builds them)."
     return (
         f"**{explainer.title}** · classes: {', '.join(explainer.labels)} · SAEs at blocks "
         f"{', '.join(map(str, explainer.blocks))} · {prototypes}"
@@ -721,7 +719,7 @@ def build_demo(explainer: Explainer | None = None) -> gr.Blocks:
                     choices,
                     value=choices[0][1],
                     label="Domain",
-                    info="The bundled models whose model, SAEs and examples are all installed.",
+                    info="The bundled domains whose model, SAEs, mean residuals and examples are all installed.",
                     interactive=len(choices) > 1,
                     elem_id="fga-domain",
                 )

@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from hf_fga.prototypes import PrototypeIndex
 
@@ -60,7 +61,9 @@ def test_another_domain_gets_its_prototypes_where_the_space_reads_them(
     assert before.prototypes is None
     assert "build_space_assets.py --domain fake_scans` builds them" in app_module.domain_markdown(before)
 
-    assert script.main(["--domain", "fake_scans", "--top", "2", "--thumbnail-size", "32"]) == 0
+    with torch.set_grad_enabled(True):  # the script switches gradients off for the process: restored on exit
+        assert script.main(["--domain", "fake_scans", "--top", "2", "--thumbnail-size", "32"]) == 0
+    assert torch.is_grad_enabled()
 
     index = PrototypeIndex.load(app_module.domain_assets("fake_scans"))
     assert {entry["file_name"] for entry in index.meta["images"]} <= set(validation[1:])

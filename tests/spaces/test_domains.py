@@ -106,3 +106,17 @@ def test_no_complete_domain_says_what_is_missing(app_module, fake_bundled, monke
     monkeypatch.setattr(bundled, "ROOT", tmp_path)
     with pytest.raises(RuntimeError, match=r"No bundled domain is complete.*build_bundled_assets\.sh"):
         app_module.build_demo()
+
+
+def test_another_domains_prototypes_are_never_shown(app_module, fake_bundled, loads, monkeypatch, tmp_path):
+    """The chest X-ray prototypes copied into the other domain's asset folder: not its SAEs', so not used."""
+    import shutil
+
+    shutil.copytree(fake_bundled / "assets", tmp_path / "assets")
+    shutil.copytree(fake_bundled / "assets", tmp_path / "assets" / "fake_scans")
+    monkeypatch.setattr(app_module, "ASSETS", tmp_path / "assets")
+    fake = app_module.bundled_explainer("fake_scans")
+    assert fake.prototypes is None and "for other SAEs than the fake scan model's" in fake.no_prototypes
+    note = app_module.domain_markdown(fake)
+    assert "other SAEs" in note and "`python scripts/build_space_assets.py --domain fake_scans` builds them" in note
+    assert app_module.bundled_explainer("chest_xray").prototypes is not None
