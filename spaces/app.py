@@ -668,8 +668,8 @@ def unbuilt_markdown(offered: Sequence[str]) -> str:
     unbuilt = [bundled.domain(name) for name in bundled.list_domains() if name not in offered]
     if not unbuilt:
         return ""
-    listed = "; ".join(f"{d.title} (build it with `{d.build_script}`)" for d in unbuilt)
-    return f"<sub>Not built in this installation, so not offered: {listed}.</sub>"
+    listed = "; ".join(f"**{d.title}**, built by `{d.build_script}`" for d in unbuilt)
+    return f"Not offered (assets not built in this installation): {listed}."
 
 
 def examples_label(explainer: Explainer) -> str:

@@ -99,7 +99,7 @@ def test_a_single_complete_domain_is_the_only_choice(app_module, fake_bundled, l
     picker = component(demo, "fga-domain")
     assert picker.choices == [("chest X-ray", "chest_xray")] and not picker.interactive
     unbuilt = component(demo, "fga-unbuilt").value
-    assert "fake scan (build it with `scripts/build_fake_scans_assets.sh`)" in unbuilt and "unbuilt organ" in unbuilt
+    assert "**fake scan**, built by `scripts/build_fake_scans_assets.sh`" in unbuilt and "unbuilt organ" in unbuilt
 
 
 def test_no_complete_domain_says_what_is_missing(app_module, fake_bundled, monkeypatch, tmp_path):
