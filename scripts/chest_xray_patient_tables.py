@@ -23,10 +23,15 @@ import argparse
 from pathlib import Path
 
 import pandas as pd
-from controls_analysis import REFERENCE, label, markdown, patients_of
 
-from hf_fga.evaluation.configuration import EvaluationConfiguration
-from hf_fga.evaluation.hypothesis_tests import TWO_SIDED, Comparison, superiority_family
+from hf_fga.evaluation.configuration import REFERENCE, EvaluationConfiguration, key_label
+from hf_fga.evaluation.hypothesis_tests import (
+    TWO_SIDED,
+    Comparison,
+    comparison_markdown,
+    split_patients,
+    superiority_family,
+)
 from hf_fga.evaluation.statistics import (
     CONFIG_COLUMNS,
     LOWER_IS_BETTER,
@@ -93,10 +98,10 @@ def means_table(summary: pd.DataFrame, preset: str) -> str:
         for metric in metrics:
             row = frame[frame["metric"] == metric].iloc[0]
             cell = f"{row['mean']:.4g} ± {row['sem']:.2g}"
-            if config != REFERENCE:
+            if config != REFERENCE.key:
                 cell += f" ({row['pct_change']:+.1f} %{row['paired_stars']})"
             cells.append(cell)
-        lines.append(f"| {label(config)} | {int(frame['n'].max())} | " + " | ".join(cells) + " |")
+        lines.append(f"| {key_label(config)} | {int(frame['n'].max())} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -127,7 +132,7 @@ def family_markdown(family: pd.DataFrame) -> str:
             for i, p, c in zip(family["image_verdict"], family["patient_verdict"], family["changed"], strict=True)
         ],
     )
-    return markdown(shown, FAMILY_COLUMNS)
+    return comparison_markdown(shown, FAMILY_COLUMNS)
 
 
 def changes(family: pd.DataFrame) -> list[str]:
@@ -135,7 +140,8 @@ def changes(family: pd.DataFrame) -> list[str]:
     if rows.empty:
         return ["No verdict changes between the image level and the patient level with Holm."]
     return [
-        f"- {r.preset}, {label(r.config)} vs {label(r.reference)}, {METRIC_NAMES[r.metric]}: {r.image_verdict} "
+        f"- {r.preset}, {key_label(r.config)} vs {key_label(r.reference)}, {METRIC_NAMES[r.metric]}: "
+        f"{r.image_verdict} "
         f"(image-level Wilcoxon p = {r.image_wilcoxon_p:.2g}) → {r.patient_verdict} "
         f"(patients: p = {r.wilcoxon_p:.2g}, Holm p = {r.holm_p:.2g})"
         for r in rows.itertuples()
@@ -159,12 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     chosen = EvaluationConfiguration.from_key(args.config)
     if args.config not in set(results["config"]):
         parser.error(f"--config {args.config!r} is not in the results.")
-    patients = patients_of(args.data)
+    patients = split_patients(args.data)
     summary = summarize(results)
     options = dict(alpha=args.alpha, n_resamples=args.n_resamples)
 
-    others = [c for c in summary["config"].drop_duplicates() if c != REFERENCE]
-    versus_transmm = family_table(results, [(c, REFERENCE) for c in others], patients, "vs TransMM", **options)
+    others = [c for c in summary["config"].drop_duplicates() if c != REFERENCE.key]
+    versus_transmm = family_table(results, [(c, REFERENCE.key) for c in others], patients, "vs TransMM", **options)
     controls = [EvaluationConfiguration("fga", v, chosen.layers, chosen.kappa, chosen.cmax).key for v in CONTROLS]
     issue7 = family_table(results, [(args.config, c) for c in controls], patients, "issue 7", **options)
 

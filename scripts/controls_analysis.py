@@ -20,23 +20,22 @@ from pathlib import Path
 
 import pandas as pd
 
-from hf_fga.evaluation.configuration import EvaluationConfiguration
+from hf_fga.evaluation.configuration import REFERENCE, EvaluationConfiguration
 from hf_fga.evaluation.hypothesis_tests import (
     TWO_SIDED,
     Comparison,
     combine_configurations,
+    comparison_markdown,
     directional_holds,
     equivalence_family,
     gain_margins,
     holm,
     patient_comparison,
-    patient_keys,
+    split_patients,
     superiority_family,
 )
-from hf_fga.evaluation.statistics import METRIC_NAMES
 from hf_fga.evaluation.storage import RESULTS_FOLDER, read_parts
 
-REFERENCE = "transmm||||"
 CLASSES = {0: "NORMAL", 1: "PNEUMONIA"}
 COLUMNS = ["image_id", "preset", "fill", "config", "label", "saco", "faithfulness_correlation", "pixel_flipping"]
 
@@ -56,49 +55,12 @@ def load(folder: Path, tag: str | None, needed: list[str], keep_reference: bool 
     if missing:
         raise SystemExit(f"{folder} lacks the configurations {missing}: its run is not finished.")
     if not keep_reference:
-        frame = frame[frame["config"] != REFERENCE]
+        frame = frame[frame["config"] != REFERENCE.key]
     return frame if tag is None else frame.assign(config=tag + "/" + frame["config"])
 
 
 def key(variant: str, chosen: EvaluationConfiguration) -> str:
     return EvaluationConfiguration("fga", variant, chosen.layers, chosen.kappa, chosen.cmax).key
-
-
-def patients_of(data: str) -> dict[str, str]:
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(sorted((Path(data) / "data").glob("test-*.parquet")), columns=["patient_id", "file_name"])
-    frame = table.to_pandas()
-    return dict(zip(frame["file_name"], patient_keys(frame["patient_id"], frame["file_name"]), strict=True))
-
-
-def label(config: str) -> str:
-    """A readable name for a (possibly `tag/`-prefixed or derived) configuration key, without table-breaking `|`."""
-    tag, _, bare = config.rpartition("/")
-    try:
-        name = EvaluationConfiguration.from_key(bare).label
-    except ValueError:
-        return config.replace("|", "¦")
-    return f"{tag}: {name}" if tag else name
-
-
-def markdown(table: pd.DataFrame, columns: dict[str, str]) -> str:
-    lines = ["| " + " | ".join(columns.values()) + " |", "|" + " --- |" * len(columns)]
-    for row in table.itertuples(index=False):
-        cells = []
-        for name in columns:
-            value = getattr(row, name)
-            if name == "metric":
-                value = METRIC_NAMES.get(value, value)
-            elif name in ("config", "reference"):
-                value = label(value)
-            elif isinstance(value, bool):
-                value = "yes" if value else "no"
-            elif isinstance(value, float):
-                value = f"{value:.3g}" if name.endswith("_p") or name in ("p_lower", "p_upper") else f"{value:+.5g}"
-            cells.append(str(value))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 SUPERIORITY_COLUMNS = {
@@ -154,7 +116,7 @@ def main() -> None:
             load(
                 args.issue7,
                 None,
-                [REFERENCE, c, centered, key("mean-centered", chosen), key("no-sae", chosen)],
+                [REFERENCE.key, c, centered, key("mean-centered", chosen), key("no-sae", chosen)],
                 keep_reference=True,
             ),
             load(args.controls, None, [power, random_gates, selective, *scaled]),
@@ -169,7 +131,7 @@ def main() -> None:
         terms = {f"ev{level}/{c}": 1.0, f"ev{level}/{centered}": -1.0, centered: 1.0}
         derived = combine_configurations(results, f"D{level} − D0.98 + C", terms)
         results = pd.concat([results, derived], ignore_index=True)
-    patients = patients_of(args.data)
+    patients = split_patients(args.data)
     options = dict(n_resamples=args.n_resamples, seed=0)
 
     superiority = [
@@ -183,7 +145,7 @@ def main() -> None:
         Comparison("H5", selective, centered),
     ]
     family = superiority_family(results, superiority, patients, **options)
-    margins = gain_margins(results, c, REFERENCE, patients)
+    margins = gain_margins(results, c, REFERENCE.key, patients)
     equivalence = equivalence_family(results, superiority[:3], patients, margins)
     per_class = []
     for label, name in CLASSES.items():
@@ -202,7 +164,7 @@ def main() -> None:
     exploratory = pd.concat(
         [
             patient_comparison(results, a, b, patients, **options).assign(hypothesis="exploratory")
-            for a, b in [(v, REFERENCE) for v in scaled]
+            for a, b in [(v, REFERENCE.key) for v in scaled]
             + [(v, centered) for v in scaled]
             + [(c, key("mean-centered", chosen)), (c, key("no-sae", chosen)), (selective, c)]
         ],
@@ -231,19 +193,19 @@ def main() -> None:
         "",
         "## Superiority family (48 tests)",
         "",
-        markdown(family, SUPERIORITY_COLUMNS),
+        comparison_markdown(family, SUPERIORITY_COLUMNS),
         "",
         "## Equivalence family (18 TOSTs)",
         "",
-        markdown(equivalence, EQUIVALENCE_COLUMNS),
+        comparison_markdown(equivalence, EQUIVALENCE_COLUMNS),
         "",
         "## Secondary family: per class (24 tests)",
         "",
-        markdown(secondary, SUPERIORITY_COLUMNS),
+        comparison_markdown(secondary, SUPERIORITY_COLUMNS),
         "",
         "## Exploratory (uncorrected)",
         "",
-        markdown(exploratory.assign(holm_p=float("nan"), holds=False), SUPERIORITY_COLUMNS),
+        comparison_markdown(exploratory.assign(holm_p=float("nan"), holds=False), SUPERIORITY_COLUMNS),
     ]
     (out / "hypotheses.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out / 'hypotheses.md'}")

@@ -23,22 +23,18 @@ Usage:
 
 from __future__ import annotations
 
-import json
 import math
-import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from train_classifier import classification_metrics, forward_flops, label_names, log, predict
-from transformers import HfArgumentParser, ViTConfig, ViTForImageClassification, get_cosine_schedule_with_warmup
-from transformers.models.vit import ViTImageProcessorPil
 
+from hf_fga.bundled import classifier_training as training
 from hf_fga.bundled.training_state import load_training_state, save_training_state
 
 REPO = Path(__file__).resolve().parents[1]
@@ -183,36 +179,6 @@ def mix(
 # ------------------------------------------------------------------------------------------------ model & metrics
 
 
-def build_model(args: TrainCifarArguments) -> ViTForImageClassification:
-    config = ViTConfig(
-        image_size=32,
-        patch_size=args.patch_size,
-        num_channels=3,
-        hidden_size=args.hidden_size,
-        num_hidden_layers=args.num_hidden_layers,
-        num_attention_heads=args.num_attention_heads,
-        intermediate_size=args.intermediate_size,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        num_labels=len(LABELS),
-        id2label=dict(enumerate(LABELS)),
-        label2id={name: i for i, name in enumerate(LABELS)},
-    )
-    return ViTForImageClassification(config)
-
-
-def make_processor(mean: list[float], std: list[float]) -> ViTImageProcessorPil:
-    return ViTImageProcessorPil(
-        do_resize=True,
-        size={"height": 32, "width": 32},
-        do_rescale=True,
-        rescale_factor=1 / 255,
-        do_normalize=True,
-        image_mean=mean,
-        image_std=std,
-    )
-
-
 def normalise(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """uint8 `(B, 3, H, W)` -> float `pixel_values` normalised per channel."""
     return (images.float() / 255 - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
@@ -222,25 +188,18 @@ def evaluate_cached(model, data: dict, mean, std, device, autocast, batch_size: 
     images = data["images"]
     batches = (normalise(images[i : i + batch_size].to(device), mean, std) for i in range(0, len(images), batch_size))
     with autocast():
-        preds = predict(model, batches)
-    return classification_metrics(preds.cpu(), data["labels"], label_names(model))
+        preds = training.predict(model, batches)
+    return training.classification_metrics(preds.cpu(), data["labels"], training.label_names(model))
 
 
 # -------------------------------------------------------------------------------------------------------- training
 
 
 def train(args: TrainCifarArguments) -> dict:
-    torch.set_num_threads(args.num_threads)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device: pass --device cpu.")
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "args.json").write_text(json.dumps(asdict(args), indent=1) + "\n")
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    gen = torch.Generator().manual_seed(args.seed)
+    out, gen = training.start_run(args)
 
     data = load_split(args.data_dir, "train", out)
     is_val = torch.zeros(len(data["labels"]), dtype=torch.bool)
@@ -256,16 +215,13 @@ def train(args: TrainCifarArguments) -> dict:
     del pixels
     mean_d, std_d = mean.to(device), std.to(device)
 
-    model = build_model(args).to(device)
-    print(f"forward FLOPs at 32 px: {forward_flops(model.config) / 1e9:.4f} GFLOP", flush=True)
+    model = training.fresh_vit(args, 32, LABELS).to(device)
+    print(f"forward FLOPs at 32 px: {training.forward_flops(model.config) / 1e9:.4f} GFLOP", flush=True)
     n = len(train_idx)
     steps_per_epoch = n // args.batch_size  # the last partial batch is dropped (a fresh order every epoch)
     if steps_per_epoch == 0:
         raise ValueError(f"batch_size={args.batch_size} is larger than the {n} training images: lower it.")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
-    scheduler = get_cosine_schedule_with_warmup(
-        optimizer, round(args.warmup_epochs * steps_per_epoch), args.epochs * steps_per_epoch
-    )
+    optimizer, scheduler = training.adamw_cosine(model, args, steps_per_epoch)
     state = {
         "epoch": 0,
         "step_in_epoch": 0,
@@ -318,11 +274,7 @@ def train(args: TrainCifarArguments) -> dict:
             loss = lam * F.cross_entropy(logits, labels, label_smoothing=args.label_smoothing)
             if lam < 1:
                 loss = loss + (1 - lam) * F.cross_entropy(logits, labels[perm], label_smoothing=args.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
+            training.optimizer_step(model, optimizer, scheduler, loss, args.max_grad_norm)
             total_loss += loss.item() * len(idx)
             seen += len(idx)
             state["step_in_epoch"] += 1
@@ -346,8 +298,8 @@ def train(args: TrainCifarArguments) -> dict:
         if val["accuracy"] > state["best_accuracy"]:
             state["best_accuracy"], state["best_epoch"] = val["accuracy"], state["epoch"]
             model.save_pretrained(out / "best")
-            make_processor(mean.tolist(), std.tolist()).save_pretrained(out / "best")
-        log(
+            training.make_processor(mean.tolist(), std.tolist(), 32).save_pretrained(out / "best")
+        training.log_record(
             out,
             {
                 "epoch": state["epoch"],
@@ -365,10 +317,7 @@ def train(args: TrainCifarArguments) -> dict:
 
 def finish(args: TrainCifarArguments, out: Path, state: dict, counts: dict) -> dict:
     """Load the selected checkpoint, evaluate the test split once (through the saved processor) and export."""
-    from train_classifier import evaluate_with_processor
-
-    model = ViTForImageClassification.from_pretrained(out / "best").eval()
-    processor = ViTImageProcessorPil.from_pretrained(out / "best")
+    model, processor = training.load_best(out)
     result = {
         "best_epoch": state["best_epoch"],
         "validation_accuracy": state["best_accuracy"],
@@ -376,31 +325,21 @@ def finish(args: TrainCifarArguments, out: Path, state: dict, counts: dict) -> d
         "epochs": args.epochs,
         "global_steps": state["global_step"],
         **counts,
-        "forward_gflops": forward_flops(model.config) / 1e9,
+        "forward_gflops": training.forward_flops(model.config) / 1e9,
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "torch_version": torch.__version__,
         "device": args.device,
     }
-    test_path = out / "test_metrics.json"
     if args.evaluate_test:
-        if not test_path.exists():  # the test split is evaluated once; re-runs reuse that result
-            test = evaluate_with_processor(model, processor, args.data_dir, "test", batch_size=500)
-            test_path.write_text(json.dumps(test, indent=1) + "\n")
-        result["test"] = json.loads(test_path.read_text())
-    (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result), flush=True)
+        result["test"] = training.evaluate_test_once(out, model, processor, args.data_dir, batch_size=500)
+    training.write_results(out, result)
     if args.export_dir:
-        model.save_pretrained(args.export_dir)
-        processor.save_pretrained(args.export_dir)
-        (Path(args.export_dir) / "training_results.json").write_text(
-            json.dumps({**result, "args": asdict(args)}, indent=1) + "\n"
-        )
+        training.export_model(args.export_dir, model, processor, result, args)
     return result
 
 
 def main(argv: list[str] | None = None) -> dict:
-    (args,) = HfArgumentParser(TrainCifarArguments).parse_args_into_dataclasses(args=argv)
-    return train(args)
+    return train(training.parse_arguments(TrainCifarArguments, argv))
 
 
 if __name__ == "__main__":

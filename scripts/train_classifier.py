@@ -33,16 +33,16 @@ import pickle
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import HfArgumentParser, ViTConfig, ViTForImageClassification, get_cosine_schedule_with_warmup
-from transformers.models.vit import ViTImageProcessorPil
+from transformers import ViTForImageClassification
 
-from hf_fga.bundled.model_card import RESULTS_NAME, write_classifier_card, write_domain_card
+from hf_fga.bundled import classifier_training as training
+from hf_fga.bundled.model_card import write_classifier_card, write_domain_card
 from hf_fga.evaluation.hypothesis_tests import patient_keys
 
 REPO = Path(__file__).resolve().parents[1]
@@ -253,22 +253,18 @@ def to_pixels(grey: torch.Tensor, mean: float, std: float, size: int | None = No
 def build_model(args: TrainClassifierArguments) -> ViTForImageClassification:
     """A fresh ViT of the arguments' size, or (`--init_from`) a trained one with a new head for the labels."""
     labels = DATASETS[args.dataset].labels
-    label_config = {
-        "num_labels": len(labels),
-        "id2label": dict(enumerate(labels)),
-        "label2id": {name: i for i, name in enumerate(labels)},
-    }
     if args.init_from is not None:
         # every weight but the classifier is loaded; the classifier (shape changed, or same shape but other labels) is
         # re-initialised by transformers' `_init_weights` (normal std = initializer_range, zero bias), seeded above
         # (num_labels follows from id2label; passing both makes transformers warn about the parent's 2 labels)
+        config = training.label_config(labels)
         model = ViTForImageClassification.from_pretrained(
             args.init_from,
-            id2label=label_config["id2label"],
-            label2id=label_config["label2id"],
+            id2label=config["id2label"],
+            label2id=config["label2id"],
             ignore_mismatched_sizes=True,
         )
-        if model.config.num_labels == len(labels) and model.config.id2label != label_config["id2label"]:
+        if model.config.num_labels == len(labels) and model.config.id2label != config["id2label"]:
             model.classifier.reset_parameters()
         grid = (model.config.image_size, model.config.patch_size)
         if grid != (args.image_size, args.patch_size):
@@ -277,69 +273,7 @@ def build_model(args: TrainClassifierArguments) -> ViTForImageClassification:
                 f"{(args.image_size, args.patch_size)}: pass --image_size {grid[0]} --patch_size {grid[1]}."
             )
         return model
-    config = ViTConfig(
-        image_size=args.image_size,
-        patch_size=args.patch_size,
-        num_channels=3,
-        hidden_size=args.hidden_size,
-        num_hidden_layers=args.num_hidden_layers,
-        num_attention_heads=args.num_attention_heads,
-        intermediate_size=args.intermediate_size,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        **label_config,
-    )
-    return ViTForImageClassification(config)
-
-
-def forward_flops(config: ViTConfig, image_size: int | None = None) -> int:
-    """FLOPs (2 x multiply-accumulates) of one forward pass of a `ViTForImageClassification` on one image.
-
-    Counts the matrix products: patch embedding, Q/K/V/output projections, the two attention products, the MLP and
-    the classifier head (layer norms, softmax, GELU and additions are negligible and left out).
-    """
-    size = image_size or config.image_size
-    patches = (size // config.patch_size) ** 2
-    tokens = patches + 1
-    d, m = config.hidden_size, config.intermediate_size
-    patch_embed = patches * config.num_channels * config.patch_size**2 * d
-    per_block = tokens * (4 * d * d + 2 * d * m) + 2 * tokens * tokens * d
-    head = d * config.num_labels
-    return 2 * (patch_embed + config.num_hidden_layers * per_block + head)
-
-
-def confusion(preds: torch.Tensor, labels: torch.Tensor, num_labels: int = len(LABELS)) -> list[list[int]]:
-    """Confusion matrix, rows = true label, columns = predicted label."""
-    cm = torch.zeros(num_labels, num_labels, dtype=torch.long)
-    cm.index_put_((labels, preds), torch.ones_like(labels), accumulate=True)
-    return cm.tolist()
-
-
-def classification_metrics(preds: torch.Tensor, labels: torch.Tensor, label_names: tuple[str, ...] = LABELS) -> dict:
-    cm = confusion(preds, labels, len(label_names))
-    recalls = [row[i] / max(1, sum(row)) for i, row in enumerate(cm)]
-    return {
-        "accuracy": float((preds == labels).float().mean()),
-        "balanced_accuracy": float(sum(recalls) / len(recalls)),
-        "recall_per_class": dict(zip(label_names, recalls, strict=True)),
-        "confusion_matrix": cm,
-        "num_examples": int(labels.numel()),
-    }
-
-
-def label_names(model: ViTForImageClassification) -> tuple[str, ...]:
-    return tuple(model.config.id2label[i] for i in range(model.config.num_labels))
-
-
-@torch.no_grad()
-def predict(model: ViTForImageClassification, pixel_batches) -> torch.Tensor:
-    model.eval()
-    size = model.config.image_size
-    preds = []
-    for pixels in pixel_batches:
-        interpolate = pixels.shape[-1] != size
-        preds.append(model(pixel_values=pixels, interpolate_pos_encoding=interpolate).logits.argmax(-1))
-    return torch.cat(preds)
+    return training.fresh_vit(args, args.image_size, labels)
 
 
 def evaluate_cached(model, data: dict, mean: float, std: float, size: int, batch_size: int = 128) -> dict:
@@ -347,31 +281,8 @@ def evaluate_cached(model, data: dict, mean: float, std: float, size: int, batch
     batches = (
         to_pixels(images[i : i + batch_size].float() / 255, mean, std, size) for i in range(0, len(images), batch_size)
     )
-    return classification_metrics(predict(model, batches), data["labels"], label_names(model))
-
-
-def evaluate_with_processor(model, processor, data_dir: str, split: str, batch_size: int = 64) -> dict:
-    """Evaluate through the saved image processor on the dataset's own (RGB) images, as a user would."""
-    import datasets
-
-    ds = datasets.load_dataset(data_dir, split=split)
-    batches = (
-        processor(images=ds[i : i + batch_size]["image"], return_tensors="pt")["pixel_values"]
-        for i in range(0, len(ds), batch_size)
-    )
-    return classification_metrics(predict(model, batches), torch.tensor(ds["label"]), label_names(model))
-
-
-def make_processor(mean: float, std: float, size: int) -> ViTImageProcessorPil:
-    return ViTImageProcessorPil(
-        do_resize=True,
-        size={"height": size, "width": size},
-        do_rescale=True,
-        rescale_factor=1 / 255,
-        do_normalize=True,
-        image_mean=[mean] * 3,
-        image_std=[std] * 3,
-    )
+    preds = training.predict(model, batches)
+    return training.classification_metrics(preds, data["labels"], training.label_names(model))
 
 
 # -------------------------------------------------------------------------------------------------------- training
@@ -419,13 +330,6 @@ def safe_torch_load(path: Path) -> dict:
         ) from err
 
 
-def log(out: Path, record: dict) -> None:
-    line = json.dumps(record)
-    print(line, flush=True)
-    with open(out / "log.jsonl", "a") as f:
-        f.write(line + "\n")
-
-
 def train_and_validation(args: TrainClassifierArguments, out: Path, gen: torch.Generator) -> tuple[dict, dict, dict]:
     """The train and validation data (decoded, cached) and their sizes; writes the split file.
 
@@ -463,14 +367,7 @@ def train_and_validation(args: TrainClassifierArguments, out: Path, gen: torch.G
 
 
 def train(args: TrainClassifierArguments) -> dict:
-    torch.set_num_threads(args.num_threads)
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "args.json").write_text(json.dumps(asdict(args), indent=1) + "\n")
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    gen = torch.Generator().manual_seed(args.seed)
+    out, gen = training.start_run(args)
 
     train_data, val_data, counts = train_and_validation(args, out, gen)
     pixels01 = train_data["images"].float() / 255
@@ -478,7 +375,7 @@ def train(args: TrainClassifierArguments) -> dict:
     del pixels01
 
     model = build_model(args)
-    print(f"forward FLOPs at {args.image_size} px: {forward_flops(model.config) / 1e9:.3f} GFLOP", flush=True)
+    print(f"forward FLOPs at {args.image_size} px: {training.forward_flops(model.config) / 1e9:.3f} GFLOP", flush=True)
     num_labels = model.config.num_labels
     label_counts = torch.bincount(train_data["labels"], minlength=num_labels).float()
     class_weights = label_counts.sum() / (num_labels * label_counts.clamp(min=1))
@@ -486,10 +383,7 @@ def train(args: TrainClassifierArguments) -> dict:
     steps_per_epoch = math.ceil(n / args.batch_size)
     if args.max_steps_per_epoch is not None:
         steps_per_epoch = min(steps_per_epoch, args.max_steps_per_epoch)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
-    scheduler = get_cosine_schedule_with_warmup(
-        optimizer, round(args.warmup_epochs * steps_per_epoch), args.epochs * steps_per_epoch
-    )
+    optimizer, scheduler = training.adamw_cosine(model, args, steps_per_epoch)
     state = {"epoch": 0, "best_balanced_accuracy": -1.0, "best_epoch": None, "train_seconds": 0.0}
     ckpt = out / "last.pt"
     if ckpt.exists():
@@ -514,11 +408,7 @@ def train(args: TrainClassifierArguments) -> dict:
             labels = train_data["labels"][idx]
             logits = model(pixel_values=to_pixels(grey, mean, std), interpolate_pos_encoding=size != args.image_size)
             loss = F.cross_entropy(logits.logits, labels, weight=class_weights, label_smoothing=args.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
+            training.optimizer_step(model, optimizer, scheduler, loss, args.max_grad_norm)
             total_loss += loss.item() * len(idx)
             seen += len(idx)
         train_seconds = time.time() - start
@@ -529,8 +419,8 @@ def train(args: TrainClassifierArguments) -> dict:
         if selectable and val["balanced_accuracy"] > state["best_balanced_accuracy"]:
             state["best_balanced_accuracy"], state["best_epoch"] = val["balanced_accuracy"], epoch + 1
             model.save_pretrained(out / "best")
-            make_processor(mean, std, args.image_size).save_pretrained(out / "best")
-        log(
+            training.make_processor([mean] * 3, [std] * 3, args.image_size).save_pretrained(out / "best")
+        training.log_record(
             out,
             {
                 "epoch": epoch + 1,
@@ -567,35 +457,25 @@ def finish(args: TrainClassifierArguments, out: Path, state: dict, mean: float, 
         raise ValueError(
             "No full-resolution epoch was run, so no checkpoint was selected: set low_res_epochs < epochs."
         )
-    model = ViTForImageClassification.from_pretrained(out / "best").eval()
-    processor = ViTImageProcessorPil.from_pretrained(out / "best")
+    model, processor = training.load_best(out)
     result = {
         "best_epoch": state["best_epoch"],
         "validation_balanced_accuracy": state["best_balanced_accuracy"],
         "train_seconds": round(state["train_seconds"], 1),
         "epochs": args.epochs,
         **counts,
-        "forward_gflops": forward_flops(model.config) / 1e9,
+        "forward_gflops": training.forward_flops(model.config) / 1e9,
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "pixel_mean": mean,
         "pixel_std": std,
         "torch_version": torch.__version__,
         "num_threads": args.num_threads,
     }
-    test_path = out / "test_metrics.json"
     if args.evaluate_test:
-        if test_path.exists():  # the test split is evaluated once; re-runs reuse that result
-            result["test"] = json.loads(test_path.read_text())
-        else:
-            result["test"] = evaluate_with_processor(model, processor, args.data_dir, "test")
-            test_path.write_text(json.dumps(result["test"], indent=1) + "\n")
-    (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result), flush=True)
+        result["test"] = training.evaluate_test_once(out, model, processor, args.data_dir, batch_size=64)
+    training.write_results(out, result)
     if args.export_dir:
-        export = Path(args.export_dir)
-        model.save_pretrained(export)
-        processor.save_pretrained(export)
-        (export / RESULTS_NAME).write_text(json.dumps({**result, "args": asdict(args)}, indent=1) + "\n")
+        export = training.export_model(args.export_dir, model, processor, result, args)
         if args.evaluate_test:
             sae_dir = export.parent / "saes"
             sae_dir = sae_dir if sae_dir.is_dir() else None
@@ -607,8 +487,7 @@ def finish(args: TrainClassifierArguments, out: Path, state: dict, mean: float, 
 
 
 def main(argv: list[str] | None = None) -> dict:
-    (args,) = HfArgumentParser(TrainClassifierArguments).parse_args_into_dataclasses(args=argv)
-    return train(args)
+    return train(training.parse_arguments(TrainClassifierArguments, argv))
 
 
 if __name__ == "__main__":

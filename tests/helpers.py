@@ -15,17 +15,22 @@ IMAGE_SIZE = 32
 PATCH = 8  # a 4 x 4 patch grid
 
 
-def tiny_vit(
-    num_layers: int = 3, hidden: int = 32, seed: int = 0, num_labels: int = 3, image_size: int = IMAGE_SIZE
-) -> ViTForImageClassification:
-    torch.manual_seed(seed)
-    config = ViTConfig(
-        image_size=image_size,
+def tiny_vision_size(num_layers: int, hidden: int) -> dict:
+    """The size of every tiny vision model: 32 px images, patches of 8 (a 4 x 4 grid), 4 heads, MLP of 2 x hidden."""
+    return dict(
+        image_size=IMAGE_SIZE,
         patch_size=PATCH,
         hidden_size=hidden,
         num_hidden_layers=num_layers,
         num_attention_heads=4,
         intermediate_size=2 * hidden,
+    )
+
+
+def tiny_vit(num_layers: int = 3, hidden: int = 32, seed: int = 0, num_labels: int = 3) -> ViTForImageClassification:
+    torch.manual_seed(seed)
+    config = ViTConfig(
+        **tiny_vision_size(num_layers, hidden),
         num_labels=num_labels,
         id2label={i: f"class_{i}" for i in range(num_labels)},
         label2id={f"class_{i}": i for i in range(num_labels)},
@@ -48,14 +53,7 @@ def tiny_clip(num_layers: int = 3, hidden: int = 32, seed: int = 0) -> CLIPModel
             eos_token_id=513,
             pad_token_id=513,
         ),
-        vision_config=dict(
-            hidden_size=hidden,
-            intermediate_size=2 * hidden,
-            num_hidden_layers=num_layers,
-            num_attention_heads=4,
-            image_size=IMAGE_SIZE,
-            patch_size=PATCH,
-        ),
+        vision_config=tiny_vision_size(num_layers, hidden),
         projection_dim=16,
         attn_implementation="eager",
     )

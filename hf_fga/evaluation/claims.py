@@ -36,7 +36,8 @@ def _beats(results: pd.DataFrame, config: str, reference: str, metrics, alpha: f
     return table.assign(requirement="A beats B", holds=better & (table["wilcoxon_p"] < alpha))
 
 
-def _verdict(holds: pd.Series) -> str:
+def verdict(holds: pd.Series) -> str:
+    """`held` when every comparison of a claim holds, `not held` when none does, `mixed` otherwise."""
     return HELD if holds.all() else NOT_HELD if not holds.any() else MIXED
 
 
@@ -63,7 +64,7 @@ def thesis_claims(
     claims = []
     for metric in metrics:
         evidence = _beats(results, config, REFERENCE.key, (metric,), alpha)
-        claims.append(Claim(f"FGA beats TransMM on {METRIC_NAMES[metric]}", _verdict(evidence["holds"]), evidence))
+        claims.append(Claim(f"FGA beats TransMM on {METRIC_NAMES[metric]}", verdict(evidence["holds"]), evidence))
 
     def versus(variants: tuple[str, ...]) -> pd.DataFrame | None:
         keys = [_variant(config, v) for v in variants]
@@ -76,7 +77,7 @@ def thesis_claims(
         claims.append(
             Claim(
                 "Both the activation and the gradient are needed (combined beats activation-only and gradient-only)",
-                _verdict(both["holds"]),
+                verdict(both["holds"]),
                 both,
             )
         )
@@ -89,7 +90,7 @@ def thesis_claims(
         claims.append(
             Claim(
                 "A shuffled decoder loses the gain (combined beats shuffled; shuffled does not beat TransMM)",
-                _verdict(evidence["holds"]),
+                verdict(evidence["holds"]),
                 evidence,
             )
         )
@@ -99,10 +100,47 @@ def thesis_claims(
             Claim(
                 "The features add something beyond centring (combined beats centered and "
                 "mean-centered; not a thesis claim: method.md §3)",
-                _verdict(controls["holds"]),
+                verdict(controls["holds"]),
                 controls,
             )
         )
+    return claims
+
+
+CONTROLS = ("centered", "mean-centered")
+
+
+def control_claims(
+    results: pd.DataFrame,
+    config: str,
+    *,
+    controls: tuple[str, ...] = CONTROLS,
+    metrics: tuple[str, ...] = METRICS,
+    alpha: float = 0.05,
+) -> list[Claim]:
+    """
+    The controls' side of the thesis's claims (method.md §3, §10): each control of the FGA `combined` configuration
+    `config` (same blocks, κ, c_max; `centered` and `mean-centered` by default, which use no SAE feature) beats
+    TransMM, one claim per control and metric, with the rule of [`thesis_claims`]. When a control beats TransMM
+    wherever FGA does, FGA's gain does not need the features. A control missing from the results is skipped.
+    """
+    if EvaluationConfiguration.from_key(config).variant != "combined":
+        raise ValueError(f"{config!r} is not an FGA 'combined' configuration: the controls are of that configuration.")
+    present = set(results["config"])
+    claims = []
+    for control in controls:
+        key = _variant(config, control)
+        if key not in present:
+            continue
+        for metric in metrics:
+            evidence = _beats(results, key, REFERENCE.key, (metric,), alpha)
+            claims.append(
+                Claim(
+                    f"`{control}` (no SAE feature) beats TransMM on {METRIC_NAMES[metric]}",
+                    verdict(evidence["holds"]),
+                    evidence,
+                )
+            )
     return claims
 
 

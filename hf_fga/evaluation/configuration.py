@@ -241,6 +241,26 @@ class EvaluationConfiguration:
 REFERENCE = EvaluationConfiguration(REFERENCE_METHOD)
 
 
+def key_label(key: str) -> str:
+    """
+    A readable name for a configuration key, possibly `tag/`-prefixed, without the `|` that would break a Markdown
+    table; a key that is not a configuration's (a derived one) keeps its text, `|` replaced by `¦`.
+
+    Example:
+    ```python
+    >>> key_label("fga|combined|4,5,6|0.5|10"), key_label("issue7/transmm||||"), key_label("mix|a")
+    ('FGA combined [4,5,6] κ=0.5 c=10', 'issue7: TransMM', 'mix¦a')
+
+    ```
+    """
+    tag, _, bare = key.rpartition("/")
+    try:
+        name = EvaluationConfiguration.from_key(bare).label
+    except ValueError:
+        return key.replace("|", "¦")
+    return f"{tag}: {name}" if tag else name
+
+
 def parse_list(text: str | Sequence[str] | None, field: str) -> list[str]:
     """`"a,b , c"` (or a list of such strings) → `["a", "b", "c"]`; empty entries are dropped."""
     if text is None:

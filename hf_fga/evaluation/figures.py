@@ -33,7 +33,8 @@ def _save(figure: plt.Figure, path: Path) -> Path:
     return path
 
 
-def _metric_title(metric: str) -> str:
+def metric_title(metric: str) -> str:
+    """The metric's name with its better direction, e.g. `Pixel Flipping ↓`."""
     arrow = "↓" if metric in LOWER_IS_BETTER else "↑"
     return f"{METRIC_NAMES.get(metric, metric)} {arrow}"
 
@@ -50,7 +51,7 @@ def bar_figure(summary: pd.DataFrame, path: str | os.PathLike, title: str) -> Pa
         axis.bar(range(len(configs)), rows["mean"], yerr=rows["sem"].fillna(0), color=colors, capsize=3)
         labels = [_label(r) for r in rows.itertuples()]
         axis.set_xticks(range(len(configs)), labels, rotation=60, ha="right", fontsize=7)
-        axis.set_title(_metric_title(metric))
+        axis.set_title(metric_title(metric))
     figure.suptitle(title)
     return _save(figure, Path(path))
 
@@ -105,7 +106,7 @@ def block_curve_figure(summary: pd.DataFrame, reference: pd.DataFrame, path: str
             axis.axhline(float(ref["mean"].iloc[0]), color="tab:red", linestyle="--", label="TransMM")
         axis.set_xticks(sorted({int(block) for block in rows["layers"]}))
         axis.set_xlabel("gated block")
-        axis.set_title(_metric_title(metric))
+        axis.set_title(metric_title(metric))
         axis.legend(fontsize=7)
     figure.suptitle(title)
     return _save(figure, Path(path))
@@ -128,4 +129,36 @@ def pixel_flipping_figure(curves: pd.DataFrame, path: str | os.PathLike, title: 
     axis.set_ylabel("p(clean prediction)")
     axis.legend(fontsize=6)
     axis.set_title(title)
+    return _save(figure, Path(path))
+
+
+def change_bars_figure(changes: pd.DataFrame, path: str | os.PathLike, title: str) -> Path:
+    """
+    Bars of the % change against TransMM: one row of panels per preset, one panel per metric, one group of bars per
+    `group` (e.g. a domain) and one bar colour per `series` (e.g. a method) of `changes` (columns preset, metric,
+    group, series, pct_change). A group without a series' value leaves its slot empty.
+    """
+    presets = list(dict.fromkeys(changes["preset"]))
+    metrics = list(dict.fromkeys(changes["metric"]))
+    series = list(dict.fromkeys(changes["series"]))
+    figure, axes = plt.subplots(len(presets), len(metrics), figsize=(4.2 * len(metrics), 3.4 * len(presets)))
+    axes = np.atleast_2d(axes)
+    width = 0.8 / len(series)
+    for row, preset in enumerate(presets):
+        rows = changes[changes["preset"] == preset]
+        groups = list(dict.fromkeys(rows["group"]))
+        for axis, metric in zip(axes[row], metrics, strict=True):
+            values = rows[rows["metric"] == metric].pivot_table(
+                index="group", columns="series", values="pct_change", aggfunc="first"
+            )
+            values = values.reindex(index=groups, columns=series)
+            for i, name in enumerate(series):
+                offsets = np.arange(len(groups)) + (i - (len(series) - 1) / 2) * width
+                axis.bar(offsets, values[name].to_numpy(dtype=float), width, label=name)
+            axis.axhline(0.0, color="black", linewidth=0.8)
+            axis.set_xticks(range(len(groups)), groups, rotation=20, ha="right", fontsize=8)
+            axis.set_title(f"{metric_title(metric)}, preset {preset}", fontsize=9)
+            axis.set_ylabel("% change vs TransMM")
+    axes[0, 0].legend(fontsize=7)
+    figure.suptitle(title)
     return _save(figure, Path(path))

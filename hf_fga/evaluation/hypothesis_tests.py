@@ -13,12 +13,14 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .statistics import GROUP_COLUMNS, LOWER_IS_BETTER, METRICS, beats_fraction, paired_tests, sem
+from .configuration import key_label
+from .statistics import GROUP_COLUMNS, LOWER_IS_BETTER, METRIC_NAMES, METRICS, beats_fraction, paired_tests, sem
 
 CATCH_ALL_PATIENT = "NORMAL2-IM"
 
@@ -43,6 +45,49 @@ def patient_keys(patient_ids: Sequence[str], file_names: Sequence[str]) -> list[
         match = re.match(r"NORMAL2-IM-\d+", name) if pid == CATCH_ALL_PATIENT else None
         keys.append(match.group(0) if match else pid)
     return keys
+
+
+def split_patients(data_dir: str | Path, split: str = "test") -> dict[str, str]:
+    """
+    The patient key ([`patient_keys`]) of every image of a split of the chest X-ray dataset, by file name, read from
+    the split's parquet files `<data_dir>/data/<split>-*.parquet` (columns `patient_id` and `file_name` only).
+    """
+    import pyarrow.parquet as pq
+
+    files = sorted((Path(data_dir) / "data").glob(f"{split}-*.parquet"))
+    frame = pq.read_table(files, columns=["patient_id", "file_name"]).to_pandas()
+    return dict(zip(frame["file_name"], patient_keys(frame["patient_id"], frame["file_name"]), strict=True))
+
+
+def comparison_markdown(table: pd.DataFrame, columns: Mapping[str, str]) -> str:
+    """
+    A comparison table (one row per test, as [`superiority_family`] or [`equivalence_family`] return) as Markdown.
+
+    Args:
+        table (`pd.DataFrame`): the rows.
+        columns (`Mapping[str, str]`): the columns shown, `{column: header}`, in order. Metric names are spelled out
+            (`METRIC_NAMES`), `config` and `reference` keys labelled ([`key_label`]), booleans written yes / no,
+            p-values (`*_p`, `p_lower`, `p_upper`) with 3 significant digits, other floats signed with 5.
+
+    Returns:
+        `str`: the header, the separator and one line per row.
+    """
+    lines = ["| " + " | ".join(columns.values()) + " |", "|" + " --- |" * len(columns)]
+    for row in table.itertuples(index=False):
+        cells = []
+        for name in columns:
+            value = getattr(row, name)
+            if name == "metric":
+                value = METRIC_NAMES.get(value, value)
+            elif name in ("config", "reference"):
+                value = key_label(value)
+            elif isinstance(value, bool):
+                value = "yes" if value else "no"
+            elif isinstance(value, float):
+                value = f"{value:.3g}" if name.endswith("_p") or name in ("p_lower", "p_upper") else f"{value:+.5g}"
+            cells.append(str(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _paired(values: Sequence[float], patients: Sequence[object]) -> tuple[np.ndarray, np.ndarray]:

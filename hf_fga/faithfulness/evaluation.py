@@ -336,11 +336,9 @@ def evaluate_faithfulness(
     perturbation = [name for name in metrics if name != COMPLETENESS]
     scores = {}
     if perturbation:
-        records = faithfulness_records(
-            model, pixel_values, attributions, perturbation, preset, fill, seed, batch_size, **overrides
-        )
-        preset_overrides = {k: v for k, v in overrides.items() if k not in _RUNNER_OPTIONS}
-        scores = score_records(records, resolve_preset(preset, **preset_overrides))
+        (scores,) = evaluate_presets(
+            model, pixel_values, attributions, perturbation, (preset,), fill, seed, batch_size, **overrides
+        ).values()
     if COMPLETENESS in metrics:
         targets = overrides.get("targets")
         scores[COMPLETENESS] = completeness_scores(

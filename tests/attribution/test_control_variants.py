@@ -22,28 +22,12 @@ from hf_fga.attribution.methods.fga import power_map
 from tests.attribution.reference import (
     decoder_and_bias,
     gates,
-    reference_capture,
     reference_transmm,
     relative_error,
     transmm_one,
 )
 from tests.attribution.test_reference import LAYERS, TOL, N, sae_set
-from tests.helpers import pixel_batch, tiny_sae, tiny_vit
-
-
-@pytest.fixture(scope="module")
-def vit():
-    return tiny_vit(num_layers=4)
-
-
-@pytest.fixture(scope="module")
-def pixels():
-    return pixel_batch(2, seed=3)
-
-
-@pytest.fixture(scope="module")
-def cap(vit, pixels):
-    return reference_capture(vit, pixels)
+from tests.helpers import tiny_sae
 
 
 def token_terms(sae64, x, g) -> dict[str, float]:
@@ -93,7 +77,7 @@ def check(out, expected):
 
 @pytest.mark.parametrize("kind", ["topk", "relu"])
 @pytest.mark.parametrize("scale", [0.5, 2.0, 4.0])
-def test_error_scaled_matches_reference(vit, pixels, cap, kind, scale):
+def test_error_scaled_matches_reference(vit, pixels, vit_reference, kind, scale):
     saes = sae_set(kind)
     out = Attributor(vit, saes).attribute(pixels, variant="error-scaled", error_scale=scale, layers=LAYERS)
 
@@ -101,7 +85,7 @@ def test_error_scaled_matches_reference(vit, pixels, cap, kind, scale):
         terms = token_terms(sae64, x, g)
         return terms["centered"] - scale * terms["error"]
 
-    check(out, reference_gated(cap, saes, LAYERS, score))
+    check(out, reference_gated(vit_reference, saes, LAYERS, score))
 
 
 @pytest.mark.parametrize("kind", ["topk", "relu"])
@@ -117,16 +101,20 @@ def test_error_scaled_identities(vit, pixels, kind):
 
 
 @pytest.mark.parametrize("kind", ["topk", "relu"])
-def test_error_only_matches_reference(vit, pixels, cap, kind):
+def test_error_only_matches_reference(vit, pixels, vit_reference, kind):
     saes = sae_set(kind)
     out = Attributor(vit, saes).attribute(pixels, variant="error-only", layers=LAYERS)
-    check(out, reference_gated(cap, saes, LAYERS, lambda block, sae64, x, g: -token_terms(sae64, x, g)["error"]))
+
+    def score(block, sae64, x, g):
+        return -token_terms(sae64, x, g)["error"]
+
+    check(out, reference_gated(vit_reference, saes, LAYERS, score))
 
 
 @pytest.mark.parametrize("gamma", [0.5, 1.0, 3.0])
-def test_transmm_power_matches_reference(vit, pixels, cap, gamma):
+def test_transmm_power_matches_reference(vit, pixels, vit_reference, gamma):
     out = Attributor(vit).attribute(pixels, method="fga", variant="transmm-power", gamma=gamma)
-    transmm = reference_transmm(cap, N)
+    transmm = reference_transmm(vit_reference, N)
     assert bool((transmm >= 0).all())  # TransMM's map is non-negative by construction
     assert relative_error(out.attribution, transmm**gamma) < TOL
     assert out.scores == {} and out.gates == {}
@@ -146,7 +134,7 @@ def test_power_map_is_sign_safe():
 
 
 @pytest.mark.parametrize("kind", ["topk", "relu"])
-def test_random_gates_match_reference_and_are_batch_invariant(vit, pixels, cap, kind):
+def test_random_gates_match_reference_and_are_batch_invariant(vit, pixels, vit_reference, kind):
     saes = sae_set(kind)
     attr = Attributor(vit, saes)
     out = attr.attribute(pixels, variant="random-gates", gate_seed=3, layers=LAYERS)
@@ -155,7 +143,7 @@ def test_random_gates_match_reference_and_are_batch_invariant(vit, pixels, cap, 
         return torch.randperm(N, generator=torch.Generator().manual_seed(3 + block))
 
     combined = lambda block, sae64, x, g: float(token_terms(sae64, x, g)["per_feature"].sum())  # noqa: E731
-    check(out, reference_gated(cap, saes, LAYERS, combined, permute=permute))
+    check(out, reference_gated(vit_reference, saes, LAYERS, combined, permute=permute))
     plain = attr.attribute(pixels, variant="combined", layers=LAYERS)
     for block in LAYERS:  # the same gates, moved to other patches
         torch.testing.assert_close(
@@ -172,7 +160,7 @@ def importance_of(sae, seed: int = 0) -> torch.Tensor:
 
 @pytest.mark.parametrize("kind", ["topk", "relu"])
 @pytest.mark.parametrize("count", [32, 64])
-def test_selective_matches_reference(vit, pixels, cap, kind, count):
+def test_selective_matches_reference(vit, pixels, vit_reference, kind, count):
     saes = sae_set(kind)
     attr = Attributor(vit, saes)
     # S_ℓ from the features these images use, and enough of them (of 128) that most patches have one active: with
@@ -185,7 +173,7 @@ def test_selective_matches_reference(vit, pixels, cap, kind, count):
         per_feature = token_terms(sae64, x, g)["per_feature"]
         return sum(float(per_feature[k]) for k in chosen[block])
 
-    check(out, reference_gated(cap, saes, LAYERS, score))
+    check(out, reference_gated(vit_reference, saes, LAYERS, score))
     assert all(float(out.gates[b].std()) > 0.1 for b in LAYERS), "the selected features should move the gates"
 
 
@@ -236,13 +224,13 @@ def test_options_are_validated(vit, pixels):
 
 
 @pytest.mark.parametrize("kind", ["topk", "relu"])
-def test_feature_importance_matches_reference(vit, pixels, cap, kind, tmp_path):
+def test_feature_importance_matches_reference(vit, pixels, vit_reference, kind, tmp_path):
     saes = sae_set(kind)
     attr = Attributor(vit, saes)
     importance = compute_feature_importance(attr, [pixels[:1], pixels[1:]], LAYERS, progress=False)
     for block in LAYERS:
         sae64 = copy.deepcopy(saes[block]).double()
-        x_all, g_all = cap.residual(block, sae64.config.hook_point)
+        x_all, g_all = vit_reference.residual(block, sae64.config.hook_point)
         expected = torch.zeros(sae64.config.d_sae, dtype=torch.float64)
         for b in range(2):
             for t in range(N):

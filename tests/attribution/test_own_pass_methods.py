@@ -10,6 +10,7 @@ import torch
 
 import hf_fga.introspection as introspection
 from hf_fga.attribution import Attributor, get_method, list_methods
+from hf_fga.attribution.methods import check_integer
 from hf_fga.introspection import vision_layers
 from tests.attribution import direct_methods as direct
 from tests.attribution.test_restore import assert_same, snapshot, unusual_vit
@@ -243,6 +244,18 @@ def test_integrated_gradients_internal_batch_size():
     for size in (0, -3, 2.0, True):
         with pytest.raises(ValueError, match="internal_batch_size"):
             public(model, pixels, "integrated-gradients", internal_batch_size=size)
+
+
+def test_check_integer_accepts_and_explains():
+    assert check_integer("steps", 3) == 3 and check_integer("seed", 0, minimum=0) == 0
+    assert check_integer("internal_batch_size", None, none_means="all at once") is None
+    with pytest.raises(ValueError, match=r"^seed=-1: expected an integer >= 0\.$"):
+        check_integer("seed", -1, minimum=0)
+    with pytest.raises(ValueError, match=r"^size=0: expected None \(all at once\) or an integer >= 1 \(inputs\)\.$"):
+        check_integer("size", 0, meaning="inputs", none_means="all at once")
+    for value in (None, True, 2.0, "2"):
+        with pytest.raises(ValueError, match="batch_size"):
+            check_integer("batch_size", value)
 
 
 @pytest.mark.parametrize("block_range", [(0, 3), (-1, 1), (2, 1), (1,), (1.0, 2), "12", (True, 1), 1])

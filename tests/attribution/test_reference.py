@@ -18,7 +18,7 @@ from tests.attribution.reference import (
     token_score,
 )
 from tests.attribution.tiny_models import clip_label_inputs, tiny_deit
-from tests.helpers import pixel_batch, tiny_clip, tiny_sae, tiny_vit
+from tests.helpers import pixel_batch, tiny_clip, tiny_sae
 
 N = 16  # 4 x 4 patches
 TOL = 1e-4
@@ -44,21 +44,6 @@ def sae_set(kind: str) -> dict:
         1: tiny_sae(layer=1, activation="relu", hook_point="resid_pre", seed=5),
         2: tiny_sae(layer=2, activation="relu", hook_point="resid_pre", seed=6),
     }
-
-
-@pytest.fixture(scope="module")
-def vit():
-    return tiny_vit(num_layers=4)
-
-
-@pytest.fixture(scope="module")
-def pixels():
-    return pixel_batch(2, seed=3)
-
-
-@pytest.fixture(scope="module")
-def vit_reference(vit, pixels):
-    return reference_capture(vit, pixels)
 
 
 @pytest.fixture(scope="module")

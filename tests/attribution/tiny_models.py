@@ -5,22 +5,13 @@ from __future__ import annotations
 import torch
 from transformers import CLIPModel, DeiTConfig, DeiTForImageClassificationWithTeacher
 
-from tests.helpers import IMAGE_SIZE, PATCH
+from tests.helpers import tiny_vision_size
 
 
 def tiny_deit(num_layers: int = 3, hidden: int = 32, seed: int = 0) -> DeiTForImageClassificationWithTeacher:
     """Two non-patch tokens (CLS, distillation) before the 4 x 4 patch grid."""
     torch.manual_seed(seed)
-    config = DeiTConfig(
-        image_size=IMAGE_SIZE,
-        patch_size=PATCH,
-        hidden_size=hidden,
-        num_hidden_layers=num_layers,
-        num_attention_heads=4,
-        intermediate_size=2 * hidden,
-        num_labels=3,
-        attn_implementation="eager",
-    )
+    config = DeiTConfig(**tiny_vision_size(num_layers, hidden), num_labels=3, attn_implementation="eager")
     return DeiTForImageClassificationWithTeacher(config).eval()
 
 

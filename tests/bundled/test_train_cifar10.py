@@ -22,15 +22,11 @@ SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 @pytest.fixture(scope="module")
 def script():
-    sys.path.insert(0, str(SCRIPTS))  # the script imports its shared helpers from train_classifier.py
-    try:
-        spec = importlib.util.spec_from_file_location("train_cifar10", SCRIPTS / "train_cifar10.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.path.remove(str(SCRIPTS))
+    spec = importlib.util.spec_from_file_location("train_cifar10", SCRIPTS / "train_cifar10.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def write_tiny_cifar(root: Path, n_train: int = 60, n_test: int = 20) -> Path:

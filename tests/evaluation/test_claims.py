@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hf_fga.evaluation.claims import HELD, MIXED, NOT_HELD, claims_markdown, thesis_claims
+from hf_fga.evaluation.claims import HELD, MIXED, NOT_HELD, claims_markdown, control_claims, thesis_claims, verdict
 
 COMBINED = "fga|combined|1,2|0.5|10"
 
@@ -79,3 +79,16 @@ def test_verdicts_not_held_and_mixed():
 def test_claims_need_a_combined_configuration():
     with pytest.raises(ValueError, match="not an FGA 'combined'"):
         thesis_claims(_results({"transmm||||": 0.0}), _key("centered"))
+
+
+def test_control_claims_per_control_and_metric():
+    # centered beats TransMM on every image and metric; mean-centered is worse on every one; no-sae is not run
+    shifts = {"transmm||||": 0.0, COMBINED: 0.1, _key("centered"): 0.1, _key("mean-centered"): -0.05}
+    claims = control_claims(_results(shifts), COMBINED, controls=("centered", "mean-centered", "no-sae"))
+    assert [c.statement.split(" (")[0] for c in claims] == ["`centered`"] * 3 + ["`mean-centered`"] * 3
+    assert [c.verdict for c in claims] == [HELD] * 3 + [NOT_HELD] * 3
+    assert all(len(c.evidence) == 2 and set(c.evidence["config"]) == {_key(c.statement[1:].split("`")[0])}
+               for c in claims)  # fmt: skip
+    assert verdict(pd.Series([True, False])) == MIXED
+    with pytest.raises(ValueError, match="not an FGA 'combined'"):
+        control_claims(_results(shifts), _key("centered"))

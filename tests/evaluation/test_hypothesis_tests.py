@@ -13,6 +13,7 @@ from hf_fga.evaluation.hypothesis_tests import (
     EquivalenceResult,
     cluster_bootstrap_ci,
     combine_configurations,
+    comparison_markdown,
     directional_holds,
     equivalence_family,
     equivalence_margin,
@@ -22,6 +23,7 @@ from hf_fga.evaluation.hypothesis_tests import (
     patient_keys,
     patient_paired_tests,
     per_patient_means,
+    split_patients,
     superiority_family,
     tost_paired,
 )
@@ -282,3 +284,32 @@ def test_combine_configurations_builds_a_difference_in_differences():
     assert "im3" not in set(partial["image_id"])  # a missing term drops the image
     with pytest.raises(ValueError, match="not in the results"):
         combine_configurations(results, "x", {"nope": 1.0})
+
+
+def test_split_patients_reads_the_split_files_only(tmp_path):
+    (tmp_path / "data").mkdir()
+    names = ["person1_virus_6.jpeg", "NORMAL2-IM-0012-0001.jpeg"]
+    pd.DataFrame({"patient_id": ["person1", "NORMAL2-IM"], "file_name": names}).to_parquet(
+        tmp_path / "data" / "test-00000-of-00001.parquet"
+    )
+    pd.DataFrame({"patient_id": ["x"], "file_name": ["x.jpeg"]}).to_parquet(tmp_path / "data" / "train-0.parquet")
+    assert split_patients(tmp_path) == dict(zip(names, ["person1", "NORMAL2-IM-0012"], strict=True))
+
+
+def test_comparison_markdown_formats_every_kind_of_cell():
+    table = pd.DataFrame(
+        {
+            "metric": ["saco"],
+            "config": ["issue7/fga|combined|4,5,6|0.5|10"],
+            "reference": ["transmm||||"],
+            "holds": [True],
+            "holm_p": [0.012345],
+            "patient_mean_difference": [0.0123456],
+        }
+    )
+    columns = {name: name.upper() for name in table.columns}
+    assert comparison_markdown(table, columns).splitlines() == [
+        "| METRIC | CONFIG | REFERENCE | HOLDS | HOLM_P | PATIENT_MEAN_DIFFERENCE |",
+        "| --- | --- | --- | --- | --- | --- |",
+        "| SaCo | issue7: FGA combined [4,5,6] κ=0.5 c=10 | TransMM | yes | 0.0123 | +0.012346 |",
+    ]

@@ -152,31 +152,13 @@ def test_pixel_flipping_insertion_deletion_hand_computed():
 def test_faithfulness_correlation_hand_computed():
     model, pixels = toy()
     exact = torch.tensor([[[1.0, 3.0], [2.0, 0.5]]])
-    records = faithfulness_records(
-        model,
-        pixels,
-        exact,
-        metrics=("faithfulness_correlation",),
-        fill="zero",
-        patch_size=2,
-        fc_subset_size=2,
-        fc_runs=6,
-        progress=False,
-    )["faithfulness_correlation"]
+    common = dict(
+        metrics=("faithfulness_correlation",), fill="zero", patch_size=2, fc_subset_size=2, fc_runs=6, progress=False
+    )
+    records = faithfulness_records(model, pixels, exact, **common)["faithfulness_correlation"]
     np.testing.assert_allclose(records.drops, records.attribution_sums, atol=1e-12)  # linear: Δ = Σ c exactly
     for correlation in ("pearson", "spearman"):
-        scores = evaluate_faithfulness(
-            model,
-            pixels,
-            exact,
-            metrics=("faithfulness_correlation",),
-            fill="zero",
-            patch_size=2,
-            fc_subset_size=2,
-            fc_runs=6,
-            fc_correlation=correlation,
-            progress=False,
-        )
+        scores = evaluate_faithfulness(model, pixels, exact, fc_correlation=correlation, **common)
         assert scores["faithfulness_correlation"][0] == pytest.approx(1.0, abs=1e-9)
 
 

@@ -108,6 +108,14 @@ def test_curve_metrics_share_one_auc_implementation(name):
     assert link.is_symlink() and link.resolve() == (Path(metric_path(name)).parent / "curve_auc.py").resolve()
 
 
+@pytest.mark.parametrize("name", METRIC_NAMES)
+def test_modules_share_one_info_and_result_implementation(name):
+    folder = Path(metric_path(name))
+    link = folder / "metric_module.py"
+    assert link.is_symlink() and link.resolve() == (folder.parent / "metric_module.py").resolve()
+    assert "from .metric_module import mean_result, metric_info" in (folder / f"{name}.py").read_text()
+
+
 def test_deletion_is_the_normalised_pixel_flipping_auc(modules):
     curves = np.random.default_rng(0).random((5, 9)).tolist()
     deletion = modules["deletion"].compute(curves=curves, return_per_image=True)["deletion_per_image"]

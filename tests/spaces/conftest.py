@@ -148,16 +148,17 @@ CHEST_LABELS, FAKE_LABELS = ["NORMAL", "PNEUMONIA"], ["benign", "malignant", "no
 
 def write_domain(root, labels: list[str], sae_blocks: tuple[int, ...], seed: int, examples: int) -> list[Image.Image]:
     """A complete bundled domain in `root`: a tiny random ViT, its SAEs, mean residuals and example images."""
-    from transformers import ViTImageProcessorPil
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil
 
     from hf_fga.attribution import compute_mean_residuals, save_mean_residuals
     from hf_fga.sae import save_sae_set
 
-    from ..helpers import tiny_sae, tiny_vit
+    from ..helpers import tiny_sae, tiny_vision_size
 
-    model = tiny_vit(num_layers=4, seed=seed, num_labels=len(labels), image_size=STANDIN_SIZE)
-    model.config.id2label = dict(enumerate(labels))
-    model.config.label2id = {label: i for i, label in enumerate(labels)}
+    torch.manual_seed(seed)
+    size = tiny_vision_size(num_layers=4, hidden=32) | {"image_size": STANDIN_SIZE, "patch_size": STANDIN_PATCH}
+    config = ViTConfig(**size, id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+    model = ViTForImageClassification(config).eval()
     processor = ViTImageProcessorPil(size={"height": STANDIN_SIZE, "width": STANDIN_SIZE})
     model.save_pretrained(root / "model")
     processor.save_pretrained(root / "model")

@@ -15,12 +15,25 @@ from . import (
     rollout,
     transmm,
 )
-from .base import AttributionMethod, MethodResult, get_method, list_methods, register_method, unregister_method
+from .base import (
+    AttributionMethod,
+    MethodResult,
+    ObjectiveMethod,
+    ObjectiveRun,
+    check_integer,
+    get_method,
+    list_methods,
+    register_method,
+    unregister_method,
+)
 
 __all__ = [
     "AttributionMethod",
     "MethodResult",
+    "ObjectiveMethod",
+    "ObjectiveRun",
     "caap",
+    "check_integer",
     "fga",
     "get_method",
     "grad_cam",

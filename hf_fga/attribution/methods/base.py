@@ -8,11 +8,17 @@ TransMM, FGA, rollout, raw attention) or runs its own passes (`uses_capture = Fa
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import Tensor
+from transformers import PreTrainedModel
+
+from ...faithfulness.fills import PatchGrid, patch_grid
+from ..objectives import Objective, prepared_objective
 
 if TYPE_CHECKING:
     from ..capture import Capture
@@ -103,6 +109,111 @@ class AttributionMethod:
         `None` (each image's argmax) for a method with `resolves_target = True`.
         """
         raise NotImplementedError(f"Method {self.name!r} derives its map from a capture: it has no own passes.")
+
+
+@dataclass
+class ObjectiveRun:
+    """
+    What an [`ObjectiveMethod`]'s core runs on.
+
+    Args:
+        model ([`PreTrainedModel`]): the explained model, prepared for own passes.
+        objective (`Objective`): `(pixel_values (R, C, H, W), rows (R,)) -> y (R,)`, the target logit.
+        pixels (`Tensor` of shape `(B, C, H, W)`): the images on the model's device and dtype.
+        grid (`PatchGrid`): the model's patch grid.
+    """
+
+    model: PreTrainedModel
+    objective: Objective
+    pixels: Tensor
+    grid: PatchGrid
+
+
+class ObjectiveMethod(AttributionMethod):
+    """
+    An own-pass method whose map is a core over the logit objective of method.md §1 (gradient × input, Integrated
+    Gradients, KernelSHAP, and the LRP rule sets): [`attribute`] prepares the model with
+    [`hf_fga.attribution.objectives.prepared_objective`] inside [`method_context`] and returns the clean `logits` and
+    `target` it records, so the method resolves its own target; a subclass implements [`explain_objective`].
+
+    Class attributes:
+        clean_forward (`bool`, defaults to `True`): run one forward pass without gradient on the clean images first
+            (for cores that evaluate other inputs); `False` when the core's first call is on the clean images.
+    """
+
+    uses_capture = False
+    resolves_target = True
+    clean_forward: ClassVar[bool] = True
+
+    def method_context(self, model: PreTrainedModel) -> AbstractContextManager:
+        """What every pass of the method runs inside, outside the model's preparation (nothing by default)."""
+        return contextlib.nullcontext()
+
+    def explain_objective(self, run: ObjectiveRun, options: Mapping[str, Any]) -> tuple[Tensor, dict | None]:
+        """
+        The method's core on the prepared model `run.model`, with the checked `options`.
+
+        Returns:
+            `tuple[Tensor, dict | None]`: the attribution `(B, h, w)` and the diagnostics (or `None`).
+        """
+        raise NotImplementedError(f"Method {self.name!r} must implement explain_objective.")
+
+    def attribute(
+        self,
+        attributor: Attributor,
+        pixel_values: Tensor,
+        target: Tensor | None,
+        text_embeds: Tensor | None,
+        options: Mapping[str, Any],
+    ) -> MethodResult:
+        model = attributor.model
+        grid = patch_grid(model, pixel_values)
+        with (
+            self.method_context(model),
+            prepared_objective(
+                model, pixel_values, target, text_embeds, attributor.linear_backend, clean_forward=self.clean_forward
+            ) as (objective, pixels, record),
+        ):
+            attribution, diagnostics = self.explain_objective(ObjectiveRun(model, objective, pixels, grid), options)
+        return MethodResult(
+            attribution=attribution, logits=record["logits"], target=record["target"], diagnostics=diagnostics
+        )
+
+
+def check_integer(
+    name: str, value: Any, minimum: int = 1, meaning: str | None = None, none_means: str | None = None
+) -> int | None:
+    """
+    A method option that must be an integer (not a bool) of at least `minimum`; anything else is a ValueError that
+    names the option, what it got and what it expects.
+
+    Args:
+        name (`str`): the option's name.
+        value (`Any`): the value passed.
+        minimum (`int`, *optional*, defaults to 1): the smallest value accepted.
+        meaning (`str`, *optional*): what the integer counts (and its default), for the message.
+        none_means (`str`, *optional*): accept `None` too, which means this (for the message); by default `None` is
+            refused.
+
+    Returns:
+        `int | None`: `value`, unchanged.
+
+    Example:
+    ```python
+    >>> check_integer("batch_size", 64, meaning="patched runs per forward pass")
+    64
+    >>> check_integer("seed", -1, minimum=0)
+    Traceback (most recent call last):
+    ValueError: seed=-1: expected an integer >= 0.
+    ```
+    """
+    if value is None and none_means is not None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        accepted = f"None ({none_means}) or " if none_means is not None else ""
+        detail = f" ({meaning})" if meaning else ""
+        raise ValueError(f"{name}={value!r}: expected {accepted}an integer >= {minimum}{detail}.")
+    return value
 
 
 _REGISTRY: dict[str, AttributionMethod] = {}

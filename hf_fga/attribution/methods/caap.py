@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from ...faithfulness.fills import patch_grid
 from ...introspection import model_dtype, model_logits, prepared_model, residual_hooks, run_from_block
 from ...onednn import model_linears
-from .base import AttributionMethod, MethodResult, register_method
+from .base import AttributionMethod, MethodResult, check_integer, register_method
 from .integrated_gradients import mean_fill
 
 if TYPE_CHECKING:
@@ -55,9 +55,7 @@ def check_block_range(block_range, num_layers: int) -> tuple[int, int]:
 
 
 def check_batch_size(batch_size) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r}: expected an integer >= 1 (patched runs per forward pass).")
-    return batch_size
+    return check_integer("batch_size", batch_size, meaning="patched runs per forward pass")
 
 
 def caap(

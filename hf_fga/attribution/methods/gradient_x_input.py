@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from ...faithfulness.fills import PatchGrid, patch_grid
-from ..objectives import Objective, prepared_objective
-from .base import AttributionMethod, MethodResult, register_method
-
-if TYPE_CHECKING:
-    from ..engine import Attributor
+from ...faithfulness.fills import PatchGrid
+from ..objectives import Objective
+from .base import ObjectiveMethod, ObjectiveRun, register_method
 
 
 def input_gradients(objective: Objective, pixel_values: Tensor) -> tuple[Tensor, Tensor]:
@@ -63,7 +60,7 @@ def gradient_x_input(objective: Objective, pixel_values: Tensor, grid: PatchGrid
 
 
 @register_method
-class GradientXInput(AttributionMethod):
+class GradientXInput(ObjectiveMethod):
     """
     `attribute(pixel_values, method="gradient-x-input")`: one forward and one backward pass; the clean logits and the
     argmax target come from that same forward pass.
@@ -71,23 +68,9 @@ class GradientXInput(AttributionMethod):
 
     name = "gradient-x-input"
     description = "Gradient × Input: x · ∂y/∂x summed over each patch's pixels and channels (one forward + backward)"
-    uses_capture = False
     gradient_based = True
-    resolves_target = True
+    clean_forward = False
 
-    def attribute(
-        self,
-        attributor: Attributor,
-        pixel_values: Tensor,
-        target: Tensor | None,
-        text_embeds: Tensor | None,
-        options: Mapping[str, Any],
-    ) -> MethodResult:
-        grid = patch_grid(attributor.model, pixel_values)
-        with prepared_objective(attributor.model, pixel_values, target, text_embeds, attributor.linear_backend) as (
-            objective,
-            pixels,
-            record,
-        ):
-            attribution, _ = gradient_x_input(objective, pixels, grid)
-        return MethodResult(attribution=attribution, logits=record["logits"], target=record["target"])
+    def explain_objective(self, run: ObjectiveRun, options: Mapping[str, Any]) -> tuple[Tensor, None]:
+        attribution, _ = gradient_x_input(run.objective, run.pixels, run.grid)
+        return attribution, None

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from ...faithfulness.fills import PatchGrid, default_normalization, fill_source, patch_grid
-from ..objectives import Objective, prepared_objective
-from .base import AttributionMethod, MethodResult, register_method
+from ...faithfulness.fills import PatchGrid, default_normalization, fill_source
+from ..objectives import Objective
+from .base import ObjectiveMethod, ObjectiveRun, check_integer, register_method
 
 if TYPE_CHECKING:
     from ..engine import Attributor
@@ -29,23 +29,17 @@ DEFAULT_INTERNAL_BATCH_SIZE = 32
 
 
 def check_steps(steps) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(
-            f"steps={steps!r} is not a valid number of Integrated Gradients steps: expected an integer >= 1 (the "
-            f"number of Gauss–Legendre nodes; {DEFAULT_STEPS} by default)."
-        )
-    return steps
+    meaning = f"the number of Gauss–Legendre nodes of Integrated Gradients; {DEFAULT_STEPS} by default"
+    return check_integer("steps", steps, meaning=meaning)
 
 
 def check_internal_batch_size(internal_batch_size) -> int | None:
-    if internal_batch_size is not None and (
-        isinstance(internal_batch_size, bool) or not isinstance(internal_batch_size, int) or internal_batch_size < 1
-    ):
-        raise ValueError(
-            f"internal_batch_size={internal_batch_size!r}: expected None (every step of every image in one pass) or "
-            "an integer >= 1 (inputs per forward pass; at least one step of every image is always run together)."
-        )
-    return internal_batch_size
+    return check_integer(
+        "internal_batch_size",
+        internal_batch_size,
+        meaning="inputs per forward pass; at least one step of every image is always run together",
+        none_means="every step of every image in one pass",
+    )
 
 
 def mean_fill(model, pixel_values: Tensor) -> Tensor:
@@ -105,7 +99,7 @@ def integrated_gradients(
 
 
 @register_method
-class IntegratedGradientsMethod(AttributionMethod):
+class IntegratedGradientsMethod(ObjectiveMethod):
     """
     `attribute(pixel_values, method="integrated-gradients", steps=32, internal_batch_size=32)`: one clean forward
     (logits and target), then `steps` forward and backward passes per image in batches of `internal_batch_size`
@@ -114,9 +108,7 @@ class IntegratedGradientsMethod(AttributionMethod):
 
     name = "integrated-gradients"
     description = "Integrated Gradients from the per-image mean fill, Gauss–Legendre quadrature (captum)"
-    uses_capture = False
     gradient_based = True
-    resolves_target = True
     options = {"steps": DEFAULT_STEPS, "internal_batch_size": DEFAULT_INTERNAL_BATCH_SIZE}
 
     def check_options(self, attributor: Attributor, **options: Any) -> dict[str, Any]:
@@ -125,25 +117,9 @@ class IntegratedGradientsMethod(AttributionMethod):
         check_internal_batch_size(options["internal_batch_size"])
         return options
 
-    def attribute(
-        self,
-        attributor: Attributor,
-        pixel_values: Tensor,
-        target: Tensor | None,
-        text_embeds: Tensor | None,
-        options: Mapping[str, Any],
-    ) -> MethodResult:
-        model = attributor.model
-        grid = patch_grid(model, pixel_values)
-        with prepared_objective(
-            model, pixel_values, target, text_embeds, attributor.linear_backend, clean_forward=True
-        ) as (objective, pixels, record):
-            attribution, delta = integrated_gradients(
-                objective, pixels, mean_fill(model, pixels), grid, options["steps"], options["internal_batch_size"]
-            )
-        return MethodResult(
-            attribution=attribution,
-            logits=record["logits"],
-            target=record["target"],
-            diagnostics={"convergence_delta": delta},
+    def explain_objective(self, run: ObjectiveRun, options: Mapping[str, Any]) -> tuple[Tensor, dict]:
+        fill = mean_fill(run.model, run.pixels)
+        attribution, delta = integrated_gradients(
+            run.objective, run.pixels, fill, run.grid, options["steps"], options["internal_batch_size"]
         )
+        return attribution, {"convergence_delta": delta}

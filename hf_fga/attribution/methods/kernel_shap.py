@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from ...faithfulness.fills import PatchGrid, derived_seed, patch_grid
-from ..objectives import Objective, prepared_objective
-from .base import AttributionMethod, MethodResult, register_method
+from ...faithfulness.fills import PatchGrid, derived_seed
+from ..objectives import Objective
+from .base import ObjectiveMethod, ObjectiveRun, check_integer, register_method
 from .integrated_gradients import mean_fill
 
 if TYPE_CHECKING:
@@ -26,10 +26,14 @@ DEFAULT_SAMPLES = 512
 DEFAULT_PERTURBATIONS_PER_EVAL = 64
 
 
-def _check_positive(name: str, value, default: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r}: expected an integer >= 1 ({default} by default).")
-    return value
+def check_counts(n_samples, perturbations_per_eval) -> tuple[int, int]:
+    """`n_samples` and `perturbations_per_eval`, each checked to be an integer >= 1."""
+    return (
+        check_integer("n_samples", n_samples, meaning=f"{DEFAULT_SAMPLES} by default"),
+        check_integer(
+            "perturbations_per_eval", perturbations_per_eval, meaning=f"{DEFAULT_PERTURBATIONS_PER_EVAL} by default"
+        ),
+    )
 
 
 def kernel_shap(
@@ -59,10 +63,7 @@ def kernel_shap(
     """
     from captum.attr import KernelShap  # imported on use: captum.attr takes ~1.5 s to import
 
-    n_samples = _check_positive("n_samples", n_samples, DEFAULT_SAMPLES)
-    perturbations_per_eval = _check_positive(
-        "perturbations_per_eval", perturbations_per_eval, DEFAULT_PERTURBATIONS_PER_EVAL
-    )
+    n_samples, perturbations_per_eval = check_counts(n_samples, perturbations_per_eval)
     batch = pixel_values.shape[0]
     fill = fill.to(pixel_values.dtype).expand_as(pixel_values)
     patches = torch.arange(grid.num_patches, device=pixel_values.device).reshape(1, 1, grid.height, grid.width)
@@ -87,7 +88,7 @@ def kernel_shap(
 
 
 @register_method
-class KernelShapMethod(AttributionMethod):
+class KernelShapMethod(ObjectiveMethod):
     """
     `attribute(pixel_values, method="kernel-shap", n_samples=512, seed=0, perturbations_per_eval=64)`: one clean
     forward (logits and target), then `n_samples` coalitions per image, `perturbations_per_eval` per forward pass.
@@ -95,42 +96,24 @@ class KernelShapMethod(AttributionMethod):
 
     name = "kernel-shap"
     description = "KernelSHAP over patches (captum), absent patches shown as the per-image mean fill; seeded"
-    uses_capture = False
     gradient_based = False
-    resolves_target = True
     options = {"n_samples": DEFAULT_SAMPLES, "seed": 0, "perturbations_per_eval": DEFAULT_PERTURBATIONS_PER_EVAL}
 
     def check_options(self, attributor: Attributor, **options: Any) -> dict[str, Any]:
         options = super().check_options(attributor, **options)
-        _check_positive("n_samples", options["n_samples"], DEFAULT_SAMPLES)
-        _check_positive("perturbations_per_eval", options["perturbations_per_eval"], DEFAULT_PERTURBATIONS_PER_EVAL)
-        if isinstance(options["seed"], bool) or not isinstance(options["seed"], int) or options["seed"] < 0:
-            raise ValueError(f"seed={options['seed']!r}: expected a non-negative integer.")
+        check_counts(options["n_samples"], options["perturbations_per_eval"])
+        check_integer("seed", options["seed"], minimum=0)
         return options
 
-    def attribute(
-        self,
-        attributor: Attributor,
-        pixel_values: Tensor,
-        target: Tensor | None,
-        text_embeds: Tensor | None,
-        options: Mapping[str, Any],
-    ) -> MethodResult:
-        model = attributor.model
-        grid = patch_grid(model, pixel_values)
-        with (
-            prepared_objective(
-                model, pixel_values, target, text_embeds, attributor.linear_backend, clean_forward=True
-            ) as (objective, pixels, record),
-            torch.no_grad(),
-        ):
+    def explain_objective(self, run: ObjectiveRun, options: Mapping[str, Any]) -> tuple[Tensor, None]:
+        with torch.no_grad():
             attribution = kernel_shap(
-                objective,
-                pixels,
-                mean_fill(model, pixels),
-                grid,
+                run.objective,
+                run.pixels,
+                mean_fill(run.model, run.pixels),
+                run.grid,
                 options["n_samples"],
                 options["seed"],
                 options["perturbations_per_eval"],
             )
-        return MethodResult(attribution=attribution, logits=record["logits"], target=record["target"])
+        return attribution, None

@@ -16,17 +16,14 @@ divides by x + 1e-10); see `tests/attribution/test_lxt_crosscheck.py`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from contextlib import AbstractContextManager
+from typing import ClassVar
 
-from torch import Tensor
+from transformers import PreTrainedModel
 
 from ..rules import backward_rules
-from .base import MethodResult, register_method
+from .base import register_method
 from .gradient_x_input import GradientXInput
-
-if TYPE_CHECKING:
-    from ..engine import Attributor
 
 
 class RuleGradientXInput(GradientXInput):
@@ -35,16 +32,8 @@ class RuleGradientXInput(GradientXInput):
     rule_set: ClassVar[str]
     gradient_based = False  # the rules are the method's own: `libragrad=True` would stack a second set
 
-    def attribute(
-        self,
-        attributor: Attributor,
-        pixel_values: Tensor,
-        target: Tensor | None,
-        text_embeds: Tensor | None,
-        options: Mapping[str, Any],
-    ) -> MethodResult:
-        with backward_rules(self.rule_set)(attributor.model):
-            return super().attribute(attributor, pixel_values, target, text_embeds, options)
+    def method_context(self, model: PreTrainedModel) -> AbstractContextManager:
+        return backward_rules(self.rule_set)(model)
 
 
 @register_method

@@ -1,8 +1,9 @@
 """FullGrad completeness error (Srinivas & Fleuret 2019; LibraGrad), scored from per-image gradient terms."""
 
-import datasets
 import evaluate
 import numpy as np
+
+from .metric_module import mean_result, metric_info
 
 _CITATION = """\
 @inproceedings{srinivas2019fullgrad,
@@ -45,19 +46,9 @@ Examples:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class Completeness(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {
-                    "scores": datasets.Value("float64"),
-                    "input_terms": datasets.Value("float64"),
-                    "bias_terms": datasets.Value("float64"),
-                }
-            ),
-            reference_urls=["https://arxiv.org/abs/1905.00780"],
-        )
+        columns = ["scores", "input_terms", "bias_terms"]
+        url = "https://arxiv.org/abs/1905.00780"
+        return metric_info(_DESCRIPTION, _CITATION, _KWARGS_DESCRIPTION, columns, url, per_image_lists=False)
 
     def _compute(self, scores, input_terms, bias_terms, return_per_image=False):
         if len(scores) == 0:
@@ -74,7 +65,4 @@ class Completeness(evaluate.Metric):
                 "error is undefined."
             )
         errors = np.abs(scores - input_terms - bias_terms) / np.abs(scores)
-        result = {"completeness": float(errors.mean())}
-        if return_per_image:
-            result["completeness_per_image"] = errors.tolist()
-        return result
+        return mean_result("completeness", errors, return_per_image)

@@ -1,9 +1,10 @@
 """Faithfulness Correlation (Bhatt et al., IJCAI 2020), scored from per-subset attribution sums and output drops."""
 
-import datasets
 import evaluate
 import numpy as np
 from scipy.stats import rankdata
+
+from .metric_module import mean_result, metric_info
 
 _CITATION = """\
 @inproceedings{bhatt2020evaluating,
@@ -68,17 +69,12 @@ def correlation_or_zero(a: np.ndarray, b: np.ndarray, kind: str) -> float:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class FaithfulnessCorrelation(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {
-                    "attribution_sums": datasets.List(datasets.Value("float64")),
-                    "drops": datasets.List(datasets.Value("float64")),
-                }
-            ),
-            reference_urls=["https://arxiv.org/abs/2005.00631"],
+        return metric_info(
+            _DESCRIPTION,
+            _CITATION,
+            _KWARGS_DESCRIPTION,
+            ["attribution_sums", "drops"],
+            "https://arxiv.org/abs/2005.00631",
         )
 
     def _compute(self, attribution_sums, drops, correlation="pearson", trials=1, return_per_image=False):
@@ -107,7 +103,4 @@ class FaithfulnessCorrelation(evaluate.Metric):
                 for a, b in zip(np.split(sums, trials), np.split(drop, trials), strict=True)
             ]
             scores.append(float(np.mean(per_trial)))
-        result = {"faithfulness_correlation": float(np.mean(scores))}
-        if return_per_image:
-            result["faithfulness_correlation_per_image"] = scores
-        return result
+        return mean_result("faithfulness_correlation", scores, return_per_image)

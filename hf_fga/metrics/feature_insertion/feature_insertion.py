@@ -1,10 +1,10 @@
 """Feature insertion AUC (CaFE, Han, Kim & Kwak 2025; method.md §9): insertion curve over the clean value."""
 
-import datasets
 import evaluate
 import numpy as np
 
 from .curve_auc import curve_aucs
+from .metric_module import mean_result, metric_info
 
 _CITATION = """\
 @inproceedings{han2025cafe,
@@ -59,19 +59,12 @@ def normalised_curves(curves) -> list[np.ndarray]:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class FeatureInsertion(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"curves": datasets.List(datasets.Value("float64"))}),
-            reference_urls=["https://arxiv.org/abs/1806.07421"],
+        return metric_info(
+            _DESCRIPTION, _CITATION, _KWARGS_DESCRIPTION, ["curves"], "https://arxiv.org/abs/1806.07421"
         )
 
     def _compute(self, curves, return_per_image=False):
         if len(curves) == 0:
             raise ValueError("feature_insertion got no curves: pass at least one curve z_0..z_N.")
         scores = curve_aucs(normalised_curves(curves), "feature_insertion")
-        result = {"feature_insertion": float(np.mean(scores))}
-        if return_per_image:
-            result["feature_insertion_per_image"] = scores
-        return result
+        return mean_result("feature_insertion", scores, return_per_image)

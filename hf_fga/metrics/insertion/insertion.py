@@ -1,10 +1,9 @@
 """Patch insertion AUC (Petsiuk et al. 2018; the CaFE feature tests of Han, Kim & Kwak 2025), from per-image curves."""
 
-import datasets
 import evaluate
-import numpy as np
 
 from .curve_auc import curve_aucs
+from .metric_module import mean_result, metric_info
 
 _CITATION = """\
 @inproceedings{petsiuk2018rise,
@@ -42,17 +41,9 @@ Examples:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class Insertion(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"curves": datasets.List(datasets.Value("float64"))}),
-            reference_urls=["https://arxiv.org/abs/1806.07421"],
+        return metric_info(
+            _DESCRIPTION, _CITATION, _KWARGS_DESCRIPTION, ["curves"], "https://arxiv.org/abs/1806.07421"
         )
 
     def _compute(self, curves, return_per_image=False):
-        scores = curve_aucs(curves, "insertion")
-        result = {"insertion": float(np.mean(scores))}
-        if return_per_image:
-            result["insertion_per_image"] = scores
-        return result
+        return mean_result("insertion", curve_aucs(curves, "insertion"), return_per_image)

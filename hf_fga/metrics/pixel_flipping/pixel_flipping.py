@@ -1,10 +1,9 @@
 """Patch Pixel Flipping (Bach et al. 2015): the area under the probability curve of cumulative patch removal."""
 
-import datasets
 import evaluate
-import numpy as np
 
 from .curve_auc import curve_aucs
+from .metric_module import mean_result, metric_info
 
 _CITATION = """\
 @article{bach2015pixel,
@@ -48,17 +47,9 @@ Examples:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class PixelFlipping(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"curves": datasets.List(datasets.Value("float64"))}),
-            reference_urls=["https://doi.org/10.1371/journal.pone.0130140"],
+        return metric_info(
+            _DESCRIPTION, _CITATION, _KWARGS_DESCRIPTION, ["curves"], "https://doi.org/10.1371/journal.pone.0130140"
         )
 
     def _compute(self, curves, auc="normalized", return_per_image=False):
-        scores = curve_aucs(curves, "pixel_flipping", auc)
-        result = {"pixel_flipping": float(np.mean(scores))}
-        if return_per_image:
-            result["pixel_flipping_per_image"] = scores
-        return result
+        return mean_result("pixel_flipping", curve_aucs(curves, "pixel_flipping", auc), return_per_image)

@@ -1,8 +1,9 @@
 """SaCo, the Salience-guided Faithfulness Coefficient (Wu et al., CVPR 2024), scored from per-group records."""
 
-import datasets
 import evaluate
 import numpy as np
+
+from .metric_module import mean_result, metric_info
 
 _CITATION = """\
 @inproceedings{wu2024faithfulness,
@@ -62,17 +63,8 @@ def saco_score(saliences: np.ndarray, drops: np.ndarray) -> float:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class Saco(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {
-                    "saliences": datasets.List(datasets.Value("float64")),
-                    "drops": datasets.List(datasets.Value("float64")),
-                }
-            ),
-            reference_urls=["https://arxiv.org/abs/2404.01415"],
+        return metric_info(
+            _DESCRIPTION, _CITATION, _KWARGS_DESCRIPTION, ["saliences", "drops"], "https://arxiv.org/abs/2404.01415"
         )
 
     def _compute(self, saliences, drops, return_per_image=False):
@@ -89,7 +81,4 @@ class Saco(evaluate.Metric):
             if not (np.isfinite(salience).all() and np.isfinite(drop).all()):
                 raise ValueError(f"saco: image {index} has NaN or infinite saliences or drops; pass finite values.")
             scores.append(saco_score(salience, drop))
-        result = {"saco": float(np.mean(scores))}
-        if return_per_image:
-            result["saco_per_image"] = scores
-        return result
+        return mean_result("saco", scores, return_per_image)
