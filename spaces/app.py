@@ -537,7 +537,10 @@ def score(explanation: Explanation) -> Explanation:
     """Fill in the faithfulness table of an explanation made with `metrics=False`."""
     if explanation.pending is not None:
         model, pixel_values, maps = explanation.pending
-        explanation.metrics = metrics_markdown(quick_faithfulness(model, pixel_values, maps))
+        try:
+            explanation.metrics = metrics_markdown(quick_faithfulness(model, pixel_values, maps))
+        except ValueError as error:  # e.g. a grid too small for K = 10 SaCo groups or 20-patch subsets
+            explanation.metrics = f"_This image's faithfulness scores are not available for this model: {error}_"
         explanation.pending = None
     return explanation
 
