@@ -1,15 +1,18 @@
 """
-Precompute the Space's feature prototypes (method.md §7): for every feature of every SAE of the bundled set, its
-top activating images of a reference split with the patches where it fires, written to `spaces/assets/` as small
-JPEG thumbnails, a JSON index and one compressed array file (see `hf_fga/prototypes.py`).
+Precompute the Space's feature prototypes (method.md §7): for every feature of every SAE of a bundled domain's set,
+its top activating images of a reference split with the patches where it fires, written to `spaces/assets/` (another
+domain than chest X-ray: `spaces/assets/<its bundled subfolder>/`, where the Space looks for them) as small JPEG
+thumbnails, a JSON index and one compressed array file (see `hf_fga/prototypes.py`).
 
-The reference split is the bundled model's validation split (`hf_fga/bundled/splits.json`: patients carved out of
-the chest X-ray train split), never the test split. Only images that are some feature's prototype get a thumbnail.
+The reference split is the domain model's validation split (its `splits.json`; for chest X-ray: patients carved out
+of the train split, named by `split_of`; without `split_of`: the dataset's own validation split), never the test
+split. Only images that are some feature's prototype get a thumbnail.
 Then every prototype's iERF for its feature (CaFE, method.md §9: gradient × input of the feature's activation at the
 prototype's peak patch), from the full-size image, quantised to a small uint8 map (`prototype_ierfs.npz`), for the
 Space's "show the prototypes' iERFs" toggle.
 
     python scripts/build_space_assets.py                       # bundled model and SAEs -> spaces/assets
+    python scripts/build_space_assets.py --domain breast_ultrasound   # -> spaces/assets/breast_ultrasound
     python scripts/build_space_assets.py --limit 64 --output /tmp/assets   # a quick trial
     python scripts/build_space_assets.py --ierfs-only          # only the prototypes' iERFs, for the index there
 """
@@ -47,23 +50,33 @@ from hf_fga.prototypes import (
 
 ROOT = Path(__file__).resolve().parents[1]
 
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "chest_xray_pneumonia"
+SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
-def reference_split(data: Path, limit: int | None):
-    """The validation images of `splits.json` (file names within the train split), in file-name order."""
+def default_output(domain: str) -> Path:
+    """Where the Space reads a domain's prototypes (`spaces/app.py`'s `domain_assets`)."""
+    return ROOT / "spaces" / "assets" / bundled.domain(domain).subfolder
+
+
+def reference_split(data: Path, limit: int | None, domain: str = bundled.DEFAULT_DOMAIN):
+    """
+    The validation images of the domain's `splits.json`, in file-name order: file names within the split it names
+    as `split_of` (chest X-ray: carved out of train, by patient), else the dataset's own `validation` split.
+    """
     from datasets import load_dataset
 
-    splits = json.loads(bundled.splits_path().read_text())
+    path = bundled.splits_path(domain)
+    splits = json.loads(path.read_text())
     wanted = set(splits["validation_file_names"])
-    train = load_dataset(str(data), split=splits.get("split_of", "train"))
-    rows = [i for i, name in enumerate(train["file_name"]) if name in wanted]
-    rows.sort(key=lambda i: train[i]["file_name"])
+    source = load_dataset(str(data), split=splits.get("split_of", "validation"))
+    rows = [i for i, name in enumerate(source["file_name"]) if name in wanted]
+    rows.sort(key=lambda i: source[i]["file_name"])
     if limit is not None:
         rows = rows[:limit]
     if not rows:
-        raise SystemExit(f"No validation image of {bundled.splits_path()} was found in {data}.")
-    return train.select(rows), f"{splits['dataset']} validation split ({len(wanted)} images, by patient id)"
+        raise SystemExit(f"No validation image of {path} was found in {data}.")
+    how = "by patient id" if "split_of" in splits else "the dataset's validation split"
+    return source.select(rows), f"{splits['dataset']} validation split ({len(wanted)} images, {how})"
 
 
 def write_ierfs(pipe, dataset, rows: list[int], tables, output: Path, preprocess) -> None:
@@ -84,11 +97,17 @@ def write_ierfs(pipe, dataset, rows: list[int], tables, output: Path, preprocess
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the chest X-ray dataset folder")
-    parser.add_argument("--model", default=None, help="model folder (default: the bundled classifier)")
-    parser.add_argument("--sae", default=None, help="SAE set folder (default: the bundled SAEs)")
+    parser.add_argument(
+        "--domain",
+        default=bundled.DEFAULT_DOMAIN,
+        choices=bundled.list_domains(),
+        help="the bundled domain: its model, SAEs, validation split, dataset and Space asset folder are the defaults",
+    )
+    parser.add_argument("--data", type=Path, default=None, help="the dataset folder (default: shared/data/<its name>)")
+    parser.add_argument("--model", default=None, help="model folder (default: the domain's bundled classifier)")
+    parser.add_argument("--sae", default=None, help="SAE set folder (default: the domain's bundled SAEs)")
     parser.add_argument("--name", default="bundled", help="the model name the app matches the assets against")
-    parser.add_argument("--output", type=Path, default=ROOT / "spaces" / "assets")
+    parser.add_argument("--output", type=Path, default=None, help="default: where the Space reads the domain's")
     parser.add_argument("--top", type=int, default=10, help="prototypes per feature (the thesis: 10)")
     parser.add_argument("--thumbnail-size", type=int, default=112)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -100,12 +119,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--skip-ierfs", action="store_true", help="do not compute the prototypes' iERFs")
     args = parser.parse_args(argv)
+    args.data = args.data or SHARED_DATA / bundled.domain(args.domain).dataset
+    args.output = args.output or default_output(args.domain)
 
     torch.set_grad_enabled(False)
-    pipe = pipeline(TASK, model=args.model or str(bundled.model_dir()), sae=args.sae or str(bundled.sae_dir()))
+    model, sae = args.model or str(bundled.model_dir(args.domain)), args.sae or str(bundled.sae_dir(args.domain))
+    pipe = pipeline(TASK, model=model, sae=sae)
     config = pipe.model.config
     grid = (config.image_size // config.patch_size,) * 2
-    dataset, description = reference_split(args.data, args.limit)
+    dataset, description = reference_split(args.data, args.limit, args.domain)
     names = dataset.features["label"].names if hasattr(dataset.features["label"], "names") else None
     print(f"{len(dataset)} reference images, SAEs for blocks {sorted(pipe.saes)}, grid {grid}")
 

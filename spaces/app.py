@@ -1,6 +1,7 @@
 """
-The Feature-Gradient Attribution Space: FGA against TransMM on the bundled chest X-ray ViT (offline), the gates of
-each gated block, this image's faithfulness scores, and the SAE features that changed the map, with their prototypes.
+The Feature-Gradient Attribution Space: FGA against TransMM on a bundled ViT (offline; a picker chooses among the
+bundled domains whose assets are complete: chest X-ray, breast ultrasound...), the gates of each gated block, this
+image's faithfulness scores, and the SAE features that changed the map, with their prototypes.
 
 Run it with `python spaces/app.py`; tests build it with `build_demo(explainer)` and never launch it at import.
 """
@@ -16,8 +17,9 @@ import functools
 import logging
 import re
 import sys
+import textwrap
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +35,7 @@ from PIL import Image
 from transformers import pipeline
 
 import hf_fga  # registers the feature-gradient-attribution task
+from hf_fga import bundled
 from hf_fga.attribution import VARIANTS, load_mean_residuals
 from hf_fga.cafe import verdict
 from hf_fga.evaluation.configuration import METHOD_LABELS
@@ -52,7 +55,7 @@ from hf_fga.viz import (
     side_by_side,
 )
 
-ASSETS = HERE / "assets"
+ASSETS = HERE / "assets"  # the default domain's precomputed prototypes; another domain's in its bundled subfolder
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 MAX_UPLOAD_PIXELS = 25_000_000
 DISPLAY_SIDE = 448  # images are shown (and overlaid) at most this many pixels on their long side
@@ -64,6 +67,7 @@ UPLOAD_FORMATS = "a JPEG, PNG, BMP, TIFF or WebP picture"
 LOG = logging.getLogger("fga_space")
 COMPARED_DEFAULT = "transmm"  # the method shown beside FGA by default: its baseline, from the same pass
 SLOW_METHODS = ("integrated-gradients", "caap", "kernel-shap")  # many forward passes: seconds on a CPU
+HUB_PROTOTYPES = "Prototypes are precomputed for the bundled models' SAEs only."
 
 
 METRICS_OUTPUT = 6  # position of the metrics table among the handler's outputs (see `Explanation.as_tuple`)
@@ -85,6 +89,9 @@ class Explainer:
         examples (`list[str]`): example image paths.
         prototypes (`PrototypeIndex`, *optional*): precomputed feature prototypes for these SAEs.
         mean_blocks (`list[int]`, *optional*): the blocks with a mean patch residual (the `mean-centered` control).
+        domain (`str`, *optional*): the bundled domain (`hf_fga.bundled.list_domains()`) it explains; `None` for
+            any other model.
+        no_prototypes (`str`, *optional*): why `prototypes` is `None` (shown where the prototypes would be).
     """
 
     pipe: FeatureGradientAttributionPipeline
@@ -93,6 +100,8 @@ class Explainer:
     examples: list[str]
     prototypes: PrototypeIndex | None = None
     mean_blocks: list[int] = field(default_factory=list)
+    domain: str | None = None
+    no_prototypes: str = HUB_PROTOTYPES
 
     @property
     def blocks(self) -> list[int]:
@@ -102,6 +111,11 @@ class Explainer:
     def labels(self) -> list[str]:
         config = self.pipe.model.config
         return [config.id2label[i] for i in range(config.num_labels)]
+
+    @property
+    def title(self) -> str:
+        """The model in words: its bundled domain's title, or its name."""
+        return f"bundled {bundled.domain(self.domain).title} ViT" if self.domain else self.name
 
 
 def comparison_methods() -> list[str]:
@@ -125,11 +139,18 @@ def default_blocks(blocks: Sequence[int], num_layers: int) -> list[int]:
 
 
 def make_explainer(
-    model, sae, name: str, examples: Sequence[str] = (), assets: Path | None = ASSETS, mean_residuals=None
+    model,
+    sae,
+    name: str,
+    examples: Sequence[str] = (),
+    assets: Path | None = ASSETS,
+    mean_residuals=None,
+    domain: str | None = None,
 ) -> Explainer:
     """
     Load the pipeline once (with the mean residuals that the `mean-centered` control needs, when given), and the
-    prototypes in `assets` when they were computed for these SAEs.
+    prototypes in `assets` when they were computed for these SAEs (by `scripts/build_space_assets.py --name NAME`);
+    `domain` names the bundled domain the model is.
     """
     if isinstance(mean_residuals, (str, Path)):
         mean_residuals = load_mean_residuals(mean_residuals)
@@ -139,27 +160,65 @@ def make_explainer(
             f"{name} is a CLIP model: this Space explains image classifiers only (CLIP needs candidate labels). "
             "Use the library's pipeline with candidate_labels=[...] instead."
         )
-    prototypes = None
-    if assets is not None and (Path(assets) / "prototypes.json").is_file():
-        index = PrototypeIndex.load(assets)
-        if index.matches(pipe.saes) and index.meta.get("model") == name:
-            prototypes = index
+    prototypes, missing = None, HUB_PROTOTYPES
+    if assets is not None:
+        what = f"the {bundled.domain(domain).title} model" if domain else name
+        missing = f"No prototypes are precomputed for {what}'s SAEs."
+        if (Path(assets) / "prototypes.json").is_file():
+            index = PrototypeIndex.load(assets)
+            if index.matches(pipe.saes) and index.meta.get("model") == name:
+                prototypes = index
+            else:
+                missing = f"The precomputed prototypes are for other SAEs than {what}'s: they need rebuilding."
     blocks = default_blocks(sorted(pipe.saes), pipe.model.config.num_hidden_layers)
-    return Explainer(pipe, name, blocks, [str(p) for p in examples], prototypes, sorted(mean_residuals or {}))
+    examples = [str(p) for p in examples]
+    return Explainer(pipe, name, blocks, examples, prototypes, sorted(mean_residuals or {}), domain, missing)
 
 
-@functools.cache
-def bundled_explainer() -> Explainer:
-    """The bundled chest X-ray ViT, its SAE set, example images and prototypes (loaded once, offline)."""
-    from hf_fga import bundled
+def domain_assets(domain: str) -> Path:
+    """The Space's precomputed prototypes of a bundled domain: `ASSETS`, in the domain's bundled subfolder."""
+    return ASSETS / bundled.domain(domain).subfolder
 
+
+EXPLAINERS: dict[str, Explainer] = {}  # the bundled domains loaded so far, by name
+
+
+def bundled_explainer(domain: str = bundled.DEFAULT_DOMAIN) -> Explainer:
+    """
+    A bundled domain's ViT, its SAE set, mean residuals, example images and prototypes (loaded offline on first use,
+    then kept in `EXPLAINERS`: switching domains never reloads one).
+    """
+    if domain not in EXPLAINERS:
+        try:
+            means = str(bundled.mean_residuals_path(domain))
+        except FileNotFoundError:
+            means = None
+        EXPLAINERS[domain] = make_explainer(
+            str(bundled.model_dir(domain)),
+            str(bundled.sae_dir(domain)),
+            "bundled",
+            bundled.example_images(domain),
+            assets=domain_assets(domain),
+            mean_residuals=means,
+            domain=domain,
+        )
+    return EXPLAINERS[domain]
+
+
+def domain_explainer(name: str) -> Explainer:
+    """The picker's choice: the explainer of an offered bundled domain, or a `SpaceInputError`."""
+    offered = bundled.available_domains()
+    if name not in offered:
+        raise SpaceInputError(
+            f"The domain `{str(name)[:40]}` is not offered here; choose one of {', '.join(offered) or 'none'}."
+        )
     try:
-        means = str(bundled.mean_residuals_path())
-    except FileNotFoundError:
-        means = None
-    return make_explainer(
-        str(bundled.model_dir()), str(bundled.sae_dir()), "bundled", bundled.example_images(), mean_residuals=means
-    )
+        return bundled_explainer(name)
+    except Exception as error:  # damaged files: the details stay in the server log
+        LOG.warning("loading the bundled %s domain failed: %r", name, error)
+        raise SpaceInputError(
+            f"The {bundled.domain(name).title} model could not be loaded; choose another domain."
+        ) from error
 
 
 def check_hub_id(value: str, what: str) -> str:
@@ -205,7 +264,7 @@ def read_upload(path: str | Image.Image | None) -> Image.Image:
     if size > MAX_UPLOAD_BYTES:
         raise SpaceInputError(
             f"The upload is {size / 2**20:.1f} MB; the limit is {MAX_UPLOAD_BYTES // 2**20} MB. Upload a smaller or "
-            "more compressed picture (a JPEG of the X-ray is usually enough)."
+            "more compressed picture (a JPEG is usually enough)."
         )
     try:
         with warnings.catch_warnings():
@@ -295,7 +354,7 @@ def feature_panel(explainer: Explainer, image: Image.Image, result: dict, varian
     ]
     for n, (block, feature) in enumerate(found, start=1):
         colour = AMPLIFIER_COLOUR if feature["sign"] == AMPLIFIER else SUPPRESSOR_COLOUR
-        strip, note = None, "Prototypes are precomputed for\nthe bundled model's SAEs only."
+        strip, note = None, textwrap.fill(explainer.no_prototypes, 34)
         if index is not None:
             strip = index.strip(block, feature["index"], ierfs=with_ierfs)
             note = "This feature never fired on\nthe reference split."
@@ -335,7 +394,7 @@ def feature_panel(explainer: Explainer, image: Image.Image, result: dict, varian
         legend += "\n\n⚠️ " + (
             index.ierf_problem + " Showing the plain prototypes."
             if index is not None
-            else "The prototypes' iERFs are precomputed for the bundled model's SAEs only."
+            else explainer.no_prototypes + " Neither are their iERFs."
         )
     boxed = draw_patch_boxes(image, marks, grid, width=3, labels=numbers)
     return boxed, captioned_stack(cards), legend + "\n\n" + "\n".join(rows)
@@ -453,7 +512,7 @@ def explain(
     ]
     feature_image, cards, features = feature_panel(explainer, shown, result, variant, prototype_ierfs)
     message = (
-        f"**{result['label']}** with probability {result['score']:.3f} · model: {explainer.name} · variant "
+        f"**{result['label']}** with probability {result['score']:.3f} · model: {explainer.title} · variant "
         f"`{variant}`, blocks {chosen}, κ = {kappa:g}, c_max = {cmax:g} · beside {method_label(method)}"
     )
     explanation = Explanation(
@@ -478,23 +537,36 @@ def score(explanation: Explanation) -> Explanation:
     """Fill in the faithfulness table of an explanation made with `metrics=False`."""
     if explanation.pending is not None:
         model, pixel_values, maps = explanation.pending
-        explanation.metrics = metrics_markdown(quick_faithfulness(model, pixel_values, maps))
+        try:
+            explanation.metrics = metrics_markdown(quick_faithfulness(model, pixel_values, maps))
+        except ValueError as error:  # e.g. a grid too small for K = 10 SaCo groups or 20-patch subsets
+            explanation.metrics = f"_This image's faithfulness scores are not available for this model: {error}_"
         explanation.pending = None
     return explanation
 
 
-def resolve_explainer(default: Explainer, model_id: str, sae_id: str) -> Explainer:
-    if not (model_id or "").strip() and not (sae_id or "").strip():
-        return default
-    return hub_explainer(check_hub_id(model_id, "The model id"), check_hub_id(sae_id, "The SAE repo id"))
+def resolve_explainer(
+    default: Explainer,
+    model_id: str,
+    sae_id: str,
+    domain: str | None = None,
+    pick: Callable[[str], Explainer] | None = None,
+) -> Explainer:
+    """The Hub model when an id is given, else the picked domain's explainer (`pick(domain)`), else `default`."""
+    if (model_id or "").strip() or (sae_id or "").strip():
+        return hub_explainer(check_hub_id(model_id, "The model id"), check_hub_id(sae_id, "The SAE repo id"))
+    if pick is not None and domain:
+        return pick(domain)
+    return default
 
 
-def make_handler(default: Explainer, with_panel: bool = False):
+def make_handler(default: Explainer, with_panel: bool = False, pick: Callable[[str], Explainer] | None = None):
     """
     The click handler, a generator: it shows the maps, gates and features first, then adds the faithfulness scores
     (the slower part). Every visitor-facing failure becomes a warning and a message, never a traceback. With
     `with_panel`, each update also carries the feature panel's inputs (`Explanation.panel`, for a `gr.State` that
-    the prototype iERF toggle redraws from), after the page's outputs.
+    the prototype iERF toggle redraws from), after the page's outputs. With `pick` (e.g. [`domain_explainer`]), the
+    handler's last input, the domain picker's value, chooses the explainer; `default` explains without one.
     """
 
     def handle(
@@ -507,9 +579,10 @@ def make_handler(default: Explainer, with_panel: bool = False):
         sae_id="",
         method=COMPARED_DEFAULT,
         prototype_ierfs=False,
+        domain=None,
     ):
         try:
-            explainer = resolve_explainer(default, model_id, sae_id)
+            explainer = resolve_explainer(default, model_id, sae_id, domain, pick)
             if explainer is not default:
                 blocks = [b for b in blocks if b in explainer.blocks] or explainer.default_blocks
             image = read_upload(image_path)
@@ -570,25 +643,92 @@ INTRO = """
 # Feature-Gradient Attribution
 **TransMM** (Chefer et al. 2021) weighs attention by its gradient. **FGA** adds, at the gated blocks, a per-patch
 gate from sparse-autoencoder features: a patch's score is Σₖ fₖ · (Dᵀg)ₖ (feature activation × the gradient
-projected onto the feature), robustly normalised and mapped to a gate in [1/c_max, c_max]. Pick an example or upload
-a chest X-ray, then press **Explain**. **Compare FGA with** shows another registered attribution method's map in
-place of TransMM's.
+projected onto the feature), robustly normalised and mapped to a gate in [1/c_max, c_max]. Pick a **domain** (the
+bundled model that explains), then an example or an upload of that kind of image, and press **Explain**. **Compare
+FGA with** shows another registered attribution method's map in place of TransMM's.
 
-On this model (618 test X-rays, tested per patient) FGA is more faithful than TransMM on SaCo and Pixel Flipping, not
-on Faithfulness Correlation; a control without SAE features (gradient × centred residual) reaches the same gains, and
-no metric separates it from FGA: nothing so far shows that the gain comes from what the features mean
+On the chest X-ray model (618 test X-rays, tested per patient) FGA is more faithful than TransMM on SaCo and Pixel
+Flipping, not on Faithfulness Correlation; a control without SAE features (gradient × centred residual) reaches the
+same gains, and no metric separates it from FGA: nothing so far shows that the gain comes from what the features mean
 (`docs/results/chest_xray.md`).
 """
 
 
+def domain_markdown(explainer: Explainer) -> str:
+    """The picked model in words: its classes, its SAE blocks, and whether (or how) its prototypes are precomputed."""
+    prototypes = "prototypes precomputed" if explainer.prototypes is not None else explainer.no_prototypes
+    if explainer.prototypes is None and explainer.domain is not None:
+        command = f"python scripts/build_space_assets.py --domain {explainer.domain}"
+        prototypes = f"{prototypes.removesuffix('.')} (`{command}` builds them)."
+    return (
+        f"**{explainer.title}** · classes: {', '.join(explainer.labels)} · SAEs at blocks "
+        f"{', '.join(map(str, explainer.blocks))} · {prototypes}"
+    )
+
+
+def unbuilt_markdown(offered: Sequence[str]) -> str:
+    """The bundled domains this installation does not offer (their assets are incomplete), with their build scripts."""
+    unbuilt = [bundled.domain(name) for name in bundled.list_domains() if name not in offered]
+    if not unbuilt:
+        return ""
+    listed = "; ".join(f"**{d.title}**, built by `{d.build_script}`" for d in unbuilt)
+    return f"Not offered (assets not built in this installation): {listed}."
+
+
+def examples_label(explainer: Explainer) -> str:
+    if explainer.domain is None:
+        return "Examples"
+    return f"Examples ({bundled.domain(explainer.domain).title}, test split)"
+
+
+def switch_domain(name: str) -> tuple:
+    """
+    The picker's change: the domain's example gallery, gated blocks and description, from its explainer (loaded on
+    its first pick and kept). A domain that cannot be loaded leaves the page as it was, with a warning.
+    """
+    try:
+        explainer = domain_explainer(name)
+    except SpaceInputError as error:
+        gr.Warning(str(error))
+        return gr.skip(), gr.skip(), f"⚠️ {error}"
+    return (
+        gr.Dataset(samples=[[path] for path in explainer.examples], label=examples_label(explainer)),
+        gr.CheckboxGroup(choices=explainer.blocks, value=explainer.default_blocks),
+        domain_markdown(explainer),
+    )
+
+
 def build_demo(explainer: Explainer | None = None) -> gr.Blocks:
-    """The Space's page. `explainer` defaults to the bundled model (loaded once); tests pass a small one."""
-    explainer = explainer or bundled_explainer()
-    handle = make_handler(explainer, with_panel=True)
+    """
+    The Space's page. Without `explainer`, its domain picker offers the bundled domains whose assets are complete
+    (`hf_fga.bundled.available_domains()`, the default first; each loaded on its first pick and kept) and names the
+    others; tests pass a small `explainer`, then the picker's only choice.
+    """
+    offered = bundled.available_domains() if explainer is None else []
+    if explainer is None:
+        if not offered:
+            raise RuntimeError(
+                "No bundled domain is complete (model, SAEs, mean residuals and examples): "
+                + " ".join(bundled.missing_assets())
+            )
+        explainer = bundled_explainer(offered[0])
+    choices = [(bundled.domain(name).title, name) for name in offered] or [(explainer.title, explainer.name)]
+    handle = make_handler(explainer, with_panel=True, pick=domain_explainer if offered else None)
     with gr.Blocks(title="Feature-Gradient Attribution") as demo:
         gr.Markdown(INTRO)
         with gr.Row():
             with gr.Column(scale=1):
+                domain = gr.Dropdown(
+                    choices,
+                    value=choices[0][1],
+                    label="Domain",
+                    info="The bundled domains whose model, SAEs, mean residuals and examples are all installed.",
+                    interactive=len(choices) > 1,
+                    elem_id="fga-domain",
+                )
+                domain_note = gr.Markdown(domain_markdown(explainer), elem_id="fga-domain-note")
+                if offered:
+                    gr.Markdown(unbuilt_markdown(offered), elem_id="fga-unbuilt")
                 image = tolerant_upload(  # image_mode=None: Gradio hands over the file without decoding it
                     gr.Image(type="filepath", image_mode=None, label="Image", sources=["upload"], elem_id="fga-input")
                 )
@@ -612,11 +752,12 @@ def build_demo(explainer: Explainer | None = None) -> gr.Blocks:
                     model_id = gr.Textbox(label="Model id (owner/name)", placeholder="google/vit-base-patch16-224")
                     sae_id = gr.Textbox(label="SAE set repo id (owner/name)")
                 run = gr.Button("Explain", variant="primary", elem_id="fga-run")
+                examples = None
                 if explainer.examples:
-                    gr.Examples(
+                    examples = gr.Examples(
                         [[path] for path in explainer.examples],
                         inputs=[image],
-                        label="Examples (test X-rays)",
+                        label=examples_label(explainer),
                         examples_per_page=12,
                         elem_id="fga-examples",
                     )
@@ -659,9 +800,12 @@ def build_demo(explainer: Explainer | None = None) -> gr.Blocks:
                     elem_id="fga-feature-cards",
                 )
         panel = gr.State(None)
-        inputs = [image, variant, blocks, kappa, cmax, model_id, sae_id, method, prototype_ierfs]
+        inputs = [image, variant, blocks, kappa, cmax, model_id, sae_id, method, prototype_ierfs, domain]
         outputs = [message, prediction, shown, transmm, fga, gates, metrics, feature_image, cards, features, panel]
         run.click(handle, inputs=inputs, outputs=outputs, api_name="explain")
+        if offered:  # a complete domain has examples
+            switched = [examples.dataset, blocks, domain_note]
+            domain.change(switch_domain, inputs=[domain], outputs=switched, api_name=False)
         prototype_ierfs.change(
             redraw_features, inputs=[panel, prototype_ierfs], outputs=[feature_image, cards, features], api_name=False
         )

@@ -15,6 +15,8 @@ default, used by every call without a name) and `"breast_ultrasound"`. Every fun
 ['chest_xray', 'breast_ultrasound']
 >>> ViTForImageClassification.from_pretrained(bundled.model_dir("breast_ultrasound")).config.num_labels
 3
+>>> "chest_xray" in bundled.available_domains()  # model, SAEs, mean residuals and examples all installed
+True
 ```
 
 The assets are produced by `scripts/train_classifier.py`, `scripts/export_bundled_examples.py` and
@@ -119,6 +121,38 @@ def example_images(name: str = DEFAULT_DOMAIN) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def missing_assets(name: str = DEFAULT_DOMAIN) -> list[str]:
+    """
+    What the domain lacks to be explained with FGA (by the Space or the demo): one message per missing or empty
+    asset among its classifier (no `config.json`), its SAE set (no `block_<i>` folder), its mean residuals and its
+    example images, each naming the script that produces it; empty when the domain is complete.
+    """
+    checks = (
+        (model_dir, MODEL_FOLDER, lambda path: (path / "config.json").is_file(), "has no config.json"),
+        (sae_dir, SAE_FOLDER, lambda path: any(path.glob("block_*")), "holds no block_<i> folder"),
+        (mean_residuals_path, MEAN_RESIDUALS_NAME, Path.is_file, "is not a file"),
+        (example_images, EXAMPLES_FOLDER, bool, "holds no image"),
+    )
+    missing = []
+    for locate, relative, complete, problem in checks:
+        try:
+            found = locate(name)
+        except FileNotFoundError as error:
+            missing.append(str(error))
+            continue
+        if not complete(found):
+            missing.append(
+                f"The bundled {relative!r} of the {name!r} domain at {domain_root(name) / relative} {problem}: "
+                f"produce it again (see {domain(name).build_script})."
+            )
+    return missing
+
+
+def available_domains() -> list[str]:
+    """The bundled domains whose assets are complete (no [`missing_assets`]), in the order of [`list_domains`]."""
+    return [name for name in list_domains() if not missing_assets(name)]
+
+
 def example_records(name: str = DEFAULT_DOMAIN) -> list[dict]:
     """
     One dict per example image, in the order of [`example_images`]: `path` (`Path`), `label` (`int`),
@@ -134,12 +168,14 @@ def example_records(name: str = DEFAULT_DOMAIN) -> list[dict]:
 __all__ = [
     "DEFAULT_DOMAIN",
     "Domain",
+    "available_domains",
     "domain",
     "domain_root",
     "example_images",
     "example_records",
     "list_domains",
     "mean_residuals_path",
+    "missing_assets",
     "model_dir",
     "sae_dir",
     "splits_path",

@@ -54,6 +54,61 @@ def test_missing_domain_asset_names_the_domain_and_its_build(monkeypatch, tmp_pa
         bundled.sae_dir(BUSI)
 
 
+def fake_domain_files(root, model: bool = True, saes: bool = True, means: bool = True, examples: bool = True):
+    """The files `missing_assets` looks at (not loadable models: only their presence is checked)."""
+    if model:
+        (root / "model").mkdir(parents=True)
+        (root / "model" / "config.json").write_text("{}")
+    if saes:
+        (root / "saes" / "block_0").mkdir(parents=True)
+    if means:
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "mean_residuals.safetensors").write_bytes(b"")
+    if examples:
+        (root / "examples").mkdir(parents=True)
+        Image.new("RGB", (32, 32)).save(root / "examples" / "a.png")
+
+
+def test_available_domains_are_the_complete_ones(monkeypatch, tmp_path):
+    monkeypatch.setattr(bundled, "ROOT", tmp_path)
+    fake_domain_files(tmp_path)
+    fake_domain_files(tmp_path / BUSI, model=False, saes=False, means=False)  # as shipped now: its examples only
+    assert bundled.available_domains() == ["chest_xray"] and bundled.missing_assets() == []
+    missing = bundled.missing_assets(BUSI)
+    assert len(missing) == 3 and all("build_breast_ultrasound_assets.sh" in m for m in missing)
+    assert [m.split(" of ")[0] for m in missing] == [
+        "The bundled classifier",
+        "The bundled SAE set",
+        "The bundled mean-residual file",
+    ]
+    fake_domain_files(tmp_path / BUSI, examples=False)
+    assert bundled.available_domains() == ["chest_xray", BUSI]
+
+
+@pytest.mark.parametrize(
+    "emptied, problem",
+    [
+        ("model/config.json", "has no config.json"),
+        ("saes/block_0", "holds no block_<i> folder"),
+        ("examples/a.png", "holds no image"),
+    ],
+)
+def test_empty_asset_folders_make_a_domain_incomplete(monkeypatch, tmp_path, emptied, problem):
+    monkeypatch.setattr(bundled, "ROOT", tmp_path)
+    fake_domain_files(tmp_path)
+    path = tmp_path / emptied
+    path.rmdir() if path.is_dir() else path.unlink()
+    (missing,) = bundled.missing_assets()
+    assert problem in missing and "'chest_xray'" in missing and "build_bundled_assets.sh" in missing
+    assert bundled.available_domains() == []
+
+
+def test_this_checkout_offers_the_chest_xray_domain():
+    assert bundled.available_domains()[0] == "chest_xray"
+    assert set(bundled.available_domains()) <= set(bundled.list_domains())
+    assert (BUSI in bundled.available_domains()) == SHIPPED
+
+
 # ----------------------------------------------------------------------------------------- the breast ultrasound ViT
 
 

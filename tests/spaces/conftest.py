@@ -1,4 +1,7 @@
-"""Fixtures of the Space tests: the app module, and one explainer per session (bundled model, else a stand-in)."""
+"""
+Fixtures of the Space tests: the app module, one explainer per session (bundled model, else a stand-in), and a fake
+bundled folder with two complete domains and an incomplete one (for the domain picker).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +11,12 @@ import socket
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
+
+from hf_fga import bundled
 
 ROOT = Path(__file__).resolve().parents[2]
 SPACE = ROOT / "spaces"
@@ -127,3 +134,88 @@ def space_url(app_module, space_explainer):
     demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{port}/"
     demo.close()
+
+
+# ------------------------------------------------------------- a fake bundled folder, for the domain picker
+
+FAKE_DOMAINS = {
+    "chest_xray": bundled.Domain("", "chest_xray_pneumonia", "scripts/build_bundled_assets.sh", "chest X-ray"),
+    "fake_scans": bundled.Domain("fake_scans", "fake_scans", "scripts/build_fake_scans_assets.sh", "fake scan"),
+    "unbuilt": bundled.Domain("unbuilt", "unbuilt", "scripts/build_unbuilt_assets.sh", "unbuilt organ"),
+}
+CHEST_LABELS, FAKE_LABELS = ["NORMAL", "PNEUMONIA"], ["benign", "malignant", "normal"]
+
+
+def write_domain(root, labels: list[str], sae_blocks: tuple[int, ...], seed: int, examples: int) -> list[Image.Image]:
+    """A complete bundled domain in `root`: a tiny random ViT, its SAEs, mean residuals and example images."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessorPil
+
+    from hf_fga.attribution import compute_mean_residuals, save_mean_residuals
+    from hf_fga.sae import save_sae_set
+
+    from ..helpers import tiny_sae, tiny_vision_size
+
+    torch.manual_seed(seed)
+    size = tiny_vision_size(num_layers=4, hidden=32) | {"image_size": STANDIN_SIZE, "patch_size": STANDIN_PATCH}
+    config = ViTConfig(**size, id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+    model = ViTForImageClassification(config).eval()
+    processor = ViTImageProcessorPil(size={"height": STANDIN_SIZE, "width": STANDIN_SIZE})
+    model.save_pretrained(root / "model")
+    processor.save_pretrained(root / "model")
+    saes = {b: tiny_sae(d_in=32, d_sae=64, layer=b, k=4, seed=seed + b) for b in sae_blocks}
+    save_sae_set(saes, root / "saes")
+    rng = np.random.default_rng(seed)
+    images = [Image.fromarray(rng.integers(0, 256, (STANDIN_SIZE, STANDIN_SIZE, 3), dtype=np.uint8)) for _ in range(4)]
+    pixels = processor(images=images, return_tensors="pt")["pixel_values"]
+    means = compute_mean_residuals(model, [pixels], layers=sorted(saes), progress=False)
+    save_mean_residuals(means, root / bundled.MEAN_RESIDUALS_NAME)
+    (root / "examples").mkdir()
+    for n, image in enumerate(images[:examples]):
+        image.save(root / "examples" / f"{labels[n % len(labels)]}_{n}.png")
+    return images
+
+
+def write_prototypes(assets, domain_root, images: list[Image.Image]) -> None:
+    """The default domain's precomputed prototypes (as `scripts/build_space_assets.py` names them: model "bundled")."""
+    from transformers import ViTForImageClassification, ViTImageProcessorPil
+
+    from hf_fga.prototypes import PrototypeIndex, compute_prototypes, write_thumbnails
+    from hf_fga.sae import load_saes
+
+    model = ViTForImageClassification.from_pretrained(domain_root / "model").eval()
+    saes = load_saes(str(domain_root / "saes"))
+    processor = ViTImageProcessorPil.from_pretrained(domain_root / "model")
+    pixels = processor(images=images, return_tensors="pt")["pixel_values"]
+    grid = (STANDIN_SIZE // STANDIN_PATCH,) * 2
+    with torch.no_grad():
+        tables = compute_prototypes(model, saes, [pixels], grid, top=2)
+    files = write_thumbnails(images, assets, size=32)
+    meta = {
+        "model": "bundled",
+        "grid": list(grid),
+        "thumbnail_size": 32,
+        "top": 2,
+        "d_sae": {str(b): sae.config.d_sae for b, sae in saes.items()},
+        "images": [{"file": f, "label": ""} for f in files],
+    }
+    PrototypeIndex(assets, meta, tables).save()
+
+
+@pytest.fixture(scope="module")
+def fake_bundled(tmp_path_factory, app_module):
+    """
+    A bundled folder with two complete domains (chest X-ray with prototypes, "fake_scans" without) and one with its
+    examples only, as the Space sees it: `hf_fga.bundled`'s root and registry and the Space's assets swapped for it.
+    """
+    root = tmp_path_factory.mktemp("bundled")
+    chest = write_domain(root, CHEST_LABELS, (0, 1), seed=0, examples=2)
+    write_domain(root / "fake_scans", FAKE_LABELS, (1, 2), seed=7, examples=3)
+    (root / "unbuilt" / "examples").mkdir(parents=True)
+    chest[0].save(root / "unbuilt" / "examples" / "only_an_example.png")
+    write_prototypes(root / "assets", root, chest)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(bundled, "ROOT", root)
+        patch.setattr(bundled, "DOMAINS", FAKE_DOMAINS)
+        patch.setattr(app_module, "ASSETS", root / "assets")
+        patch.setattr(app_module, "EXPLAINERS", {})  # the real bundled explainers come back afterwards
+        yield root

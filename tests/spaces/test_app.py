@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from transformers import ViTConfig, ViTForImageClassification
 
 import hf_fga
 
@@ -374,3 +376,19 @@ def test_the_page_has_the_prototype_ierf_toggle(app_module, space_explainer):
         )
     )
     assert len(first) == 11 and first[10][3] == "no-sae"  # the panel's inputs go to the page's gr.State
+
+
+def test_scores_on_a_grid_too_small_for_the_quick_settings_say_why(app_module):
+    """A 2 x 2 grid cannot hold K = 10 SaCo groups: the page says so instead of Gradio's generic "Error"."""
+    torch.manual_seed(0)
+    config = ViTConfig(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=16, patch_size=8
+    )
+    model = ViTForImageClassification(config).eval()
+    maps = {"TransMM": torch.rand(2, 2), "FGA": torch.rand(2, 2)}
+    explanation = app_module.Explanation(
+        "", None, None, None, None, [], "", None, None, "", pending=(model, torch.randn(1, 3, 16, 16), maps)
+    )
+    scored = app_module.score(explanation)
+    assert scored.pending is None
+    assert "not available for this model" in scored.metrics and "N=4" in scored.metrics

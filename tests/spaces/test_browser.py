@@ -98,3 +98,40 @@ def test_browser_runs_an_example_and_shows_everything(browser, space_url, tmp_pa
     assert pixels.std() > 20, "the screenshot is (nearly) blank"
     colours = np.unique((pixels // 32).reshape(-1, 3), axis=0)
     assert len(colours) >= 20, f"only {len(colours)} distinct colours: the overlays did not render"
+
+
+def test_browser_switches_the_domain(browser, app_module, fake_bundled):
+    """Picking another domain swaps the example gallery (per visitor), the blocks and the note; its model explains."""
+    from selenium.webdriver.common.by import By
+
+    from .conftest import FAKE_LABELS, free_port
+
+    demo = app_module.build_demo()
+    port = free_port()
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        browser.get(f"http://127.0.0.1:{port}/")
+
+        def examples():
+            return browser.find_elements(By.CSS_SELECTOR, "#fga-examples button, #fga-examples .gallery-item")
+
+        wait_for(lambda: len(examples()) == 2, 60, "the two chest X-ray examples")
+        browser.find_element(By.CSS_SELECTOR, "#fga-domain input").click()
+        picker = "#fga-domain li[role=option]"
+        options = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, picker), 30, "the picker's options")
+        assert [o.text.strip(" ✓\n") for o in options] == ["chest X-ray", "fake scan"]
+        options[1].click()
+        wait_for(lambda: len(examples()) == 3, 60, "the three examples of the other domain")
+        note = browser.find_element(By.ID, "fga-domain-note").text
+        assert "fake scan" in note and "No prototypes" in note
+        assert "fake scan, test split" in browser.find_element(By.ID, "fga-examples").text
+        examples()[2].click()  # only the new gallery has a third example
+        wait_for(lambda: loaded_images(browser, "fga-input"), 60, "the example to fill the input")
+        browser.find_element(By.ID, "fga-run").click()
+        wait_for(lambda: "SaCo" in browser.find_element(By.ID, "fga-metrics").text, 120, "the metrics table")
+        message = browser.find_element(By.ID, "fga-message").text
+        assert "bundled fake scan ViT" in message and "⚠️" not in message
+        prediction = browser.find_element(By.ID, "fga-prediction").text
+        assert all(label in prediction for label in FAKE_LABELS)
+    finally:
+        demo.close()
