@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from string import Template
 
+from hf_fga.sae.training_arguments import SaeTrainingArguments
+
 REPO = Path(__file__).resolve().parents[2]
 CARD_TEMPLATE = REPO / "hub_cards" / "classifier_card.md"
 BUILD_SCRIPT = REPO / "scripts" / "build_bundled_assets.sh"
@@ -53,10 +55,22 @@ def sae_rows(sae_dir: str | Path) -> list[dict]:
                 "k": config.get("k") if config.get("activation") == "topk" else None,
                 "training_tokens": info.get("training_tokens"),
                 "eval_tokens": info.get("eval_tokens"),
+                "eval_fraction": held_out_fraction(info),
                 **{key: (info.get("metrics") or {}).get(key) for key, _ in SAE_QUALITY},
             }
         )
     return rows
+
+
+def held_out_fraction(info: dict) -> float:
+    """The fraction of images an SAE was evaluated on: recorded, else read from its command, else the default."""
+    if info.get("eval_fraction") is not None:
+        return float(info["eval_fraction"])
+    words = str(info.get("command", "")).split()
+    for flag in ("--eval_fraction", "--eval-fraction"):
+        if flag in words[:-1]:
+            return float(words[words.index(flag) + 1])
+    return SaeTrainingArguments.eval_fraction
 
 
 def sae_table(rows: list[dict]) -> str:
@@ -82,7 +96,8 @@ def sae_section(
     return (
         f"## Bundled SAEs\n\nTop-K SAEs for every block, shipped in `{folder}/saes/` (read with "
         f"`hf_fga.sae.load_saes({call})`), trained on the patch tokens of {train_images}; quality on the patch "
-        "tokens of held-out images (5 % of those images, split by image):\n\n"
+        f"tokens of held-out images ({100 * sae_rows(sae_dir)[0]['eval_fraction']:g} % of those images, split by "
+        "image):\n\n"
         f"{sae_table(sae_rows(sae_dir))}\n"
     )
 
