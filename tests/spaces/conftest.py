@@ -54,11 +54,8 @@ def standin_explainer(root: Path):
     from hf_fga.images import load_image
     from hf_fga.prototypes import (
         IERF_METHOD,
-        PrototypeIndex,
         compute_prototype_ierfs,
-        compute_prototypes,
         save_prototype_ierfs,
-        write_thumbnails,
     )
     from hf_fga.sae import save_sae_set
 
@@ -85,19 +82,8 @@ def standin_explainer(root: Path):
     examples = [str(p) for p in bundled.example_images()[:3]]
     images = [load_image(p) for p in bundled.example_images()[:6]]
     pixels = processor(images=images, return_tensors="pt")["pixel_values"]
-    grid = (STANDIN_SIZE // STANDIN_PATCH,) * 2
-    tables = compute_prototypes(model, saes, [pixels[:4], pixels[4:]], grid, top=3)
     assets = root / "assets"
-    files = write_thumbnails(images, assets, size=64)
-    meta = {
-        "model": "stand-in",
-        "grid": list(grid),
-        "thumbnail_size": 64,
-        "top": 3,
-        "d_sae": {str(b): 64 for b in saes},
-        "images": [{"file": f, "label": ""} for f in files],
-    }
-    PrototypeIndex(assets, meta, tables).save()
+    tables = save_prototypes(assets, model, saes, images, [pixels[:4], pixels[4:]], name="stand-in", size=64, top=3)
     ierfs = compute_prototype_ierfs(model, saes, tables, lambda image: pixels[image : image + 1])
     save_prototype_ierfs(assets, ierfs, tables, saes, IERF_METHOD)
     means = compute_mean_residuals(model, [pixels], layers=sorted(saes), progress=False)
@@ -179,26 +165,33 @@ def write_prototypes(assets, domain_root, images: list[Image.Image]) -> None:
     """The default domain's precomputed prototypes (as `scripts/build_space_assets.py` names them: model "bundled")."""
     from transformers import ViTForImageClassification, ViTImageProcessorPil
 
-    from hf_fga.prototypes import PrototypeIndex, compute_prototypes, write_thumbnails
     from hf_fga.sae import load_saes
 
     model = ViTForImageClassification.from_pretrained(domain_root / "model").eval()
     saes = load_saes(str(domain_root / "saes"))
     processor = ViTImageProcessorPil.from_pretrained(domain_root / "model")
     pixels = processor(images=images, return_tensors="pt")["pixel_values"]
-    grid = (STANDIN_SIZE // STANDIN_PATCH,) * 2
     with torch.no_grad():
-        tables = compute_prototypes(model, saes, [pixels], grid, top=2)
-    files = write_thumbnails(images, assets, size=32)
+        save_prototypes(assets, model, saes, images, [pixels], name="bundled", size=32, top=2)
+
+
+def save_prototypes(assets, model, saes, images, pixel_batches, *, name: str, size: int, top: int) -> dict:
+    """Compute the stand-in grid's prototype tables and save them with thumbnails as the Space reads them."""
+    from hf_fga.prototypes import PrototypeIndex, compute_prototypes, write_thumbnails
+
+    grid = (STANDIN_SIZE // STANDIN_PATCH,) * 2
+    tables = compute_prototypes(model, saes, pixel_batches, grid, top=top)
+    files = write_thumbnails(images, assets, size=size)
     meta = {
-        "model": "bundled",
+        "model": name,
         "grid": list(grid),
-        "thumbnail_size": 32,
-        "top": 2,
+        "thumbnail_size": size,
+        "top": top,
         "d_sae": {str(b): sae.config.d_sae for b, sae in saes.items()},
         "images": [{"file": f, "label": ""} for f in files],
     }
     PrototypeIndex(assets, meta, tables).save()
+    return tables
 
 
 @pytest.fixture(scope="module")
