@@ -98,6 +98,16 @@ def load_train(data: str, assets: Assets):
 
 def lower_fidelity(args, assets: Assets, fit_set, blocks: list[int]) -> dict[int, dict[int, dict]]:
     """Train one SAE set per k (skipping finished ones); returns {k: {block: held-out metrics}}."""
+    expansion = SAE_SETTINGS[assets.domain]["expansion_factor"]
+    for block in blocks:  # e.g. chest X-ray's block 5 SAE was trained with settings of its own
+        config = json.loads((Path(assets.saes) / f"block_{block}" / "config.json").read_text())
+        if config["d_sae"] != expansion * config["d_in"]:
+            raise SystemExit(
+                f"the bundled SAE of block {block} ({assets.saes}) has {config['d_sae']} features, not "
+                f"{expansion} × {config['d_in']}: it was trained with other settings than "
+                f"SAE_SETTINGS[{assets.domain!r}], so lower-fidelity SAEs would not differ from it in k alone. Add "
+                "its settings before using it."
+            )
     metrics = {}
     for k in args.ks:
         out = Path(args.output_dir) / f"topk_k{k}"

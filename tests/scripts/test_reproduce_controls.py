@@ -33,7 +33,8 @@ CHEST_TEST = (
     "--layer_sets 0,1,2 --kappas 0.5 --cmaxes 10"
 )
 VALIDATION_VARIANTS = (
-    "combined,transmm-power@1.5,transmm-power@2,transmm-power@3,transmm-power@4,selective@16,selective@64,selective@256"
+    "combined,transmm-power@1.5,transmm-power@2,transmm-power@3,transmm-power@4,"
+    "selective@16,selective@64,selective@256"
 )
 
 
