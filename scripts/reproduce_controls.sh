@@ -63,7 +63,8 @@ mkdir -p "$OUT"
 
 source scripts/evaluation_stages.sh
 
-IFS='|' read -r _ _ LAYERS KAPPA CMAX <<< "$(sed 's/^chosen configuration: //' "$CHOSEN")"
+CONFIG=$(sed 's/^chosen configuration: //' "$CHOSEN")
+IFS='|' read -r _ _ LAYERS KAPPA CMAX <<< "$CONFIG"
 GRID=(--layer_sets "$LAYERS" --kappas "$KAPPA" --cmaxes "$CMAX")
 COMMON=(--dataset "$DATA" --id_column file_name --model "$ASSETS/model" --batch_size 8)
 VALIDATION_IDS=(--split "$VALIDATION_SPLIT" --include_ids "$ASSETS/splits.json" --ids_key validation_file_names
@@ -109,8 +110,9 @@ if has_stage test; then
   stage test_ev075 "${COMMON[@]}" "${TEST[@]}" --sae "$SAES/ev0.75" --variants combined,centered --output_dir "$OUT/test_ev075"
 fi
 
-# 4. the pre-registered tests (plan.md §3)
+# 4. the pre-registered tests (plan.md §3), on scripts/reproduce.sh's test run and this script's
 if has_stage analysis && [ -f "$OUT/test_ev075/summary.csv" ]; then
-  $PY scripts/controls_analysis.py --domain "$DOMAIN" --data "$DATA" --gamma "$GAMMA" --m "$M" \
-    --output_dir "$OUT/test"
+  $PY scripts/controls_analysis.py --domain "$DOMAIN" --data "$DATA" --config "$CONFIG" --gamma "$GAMMA" --m "$M" \
+    --controls "$OUT/test" --pca "$OUT/test_pca" --random "$OUT/test_random" --ev090 "$OUT/test_ev090" \
+    --ev075 "$OUT/test_ev075" --output_dir "$OUT/test"
 fi

@@ -40,9 +40,10 @@ VALIDATION_VARIANTS = (
 
 def chest_commands(out: str) -> list[str]:
     """
-    The commands scripts/reproduce_chest_xray_controls.sh launched before it became a wrapper (recorded from commit
-    26ff0b1 with this test's stand-in), except that `--domain chest_xray` (and the SAE script's blocks and validation
-    sample, its defaults) are now passed to the two analysis scripts.
+    The commands scripts/reproduce_chest_xray_controls.sh launched before it became a wrapper (recorded at commit
+    0ed1537 with this test's stand-in): the evaluation and feature-importance commands unchanged; the SAE script and
+    the analysis now get `--domain chest_xray`, the SAE script the blocks and validation sample size (its defaults),
+    the analysis the configuration and its input folders under OUT (its defaults when OUT is not overridden).
     """
     tail = [
         f"{EVALUATE} {CHEST_COMMON} {CHEST_TEST} --sae runs/controls_saes/{sae} --variants {variants} "
@@ -69,8 +70,9 @@ def chest_commands(out: str) -> list[str]:
         f"--feature_importance {out}/feature_importance.safetensors --variants error-scaled@0.5,error-scaled@2,"
         f"error-scaled@4,error-only,transmm-power@1.5,random-gates,selective@16 --output_dir {out}/test",
         *tail,
-        f"scripts/controls_analysis.py --domain chest_xray --data {CHEST_DATA} --gamma 1.5 --m 16 "
-        f"--output_dir {out}/test",
+        f"scripts/controls_analysis.py --domain chest_xray --data {CHEST_DATA} --config fga|combined|0,1,2|0.5|10 "
+        f"--gamma 1.5 --m 16 --controls {out}/test --pca {out}/test_pca --random {out}/test_random "
+        f"--ev090 {out}/test_ev090 --ev075 {out}/test_ev075 --output_dir {out}/test",
     ]
 
 
@@ -88,6 +90,7 @@ def busi_commands(out: str, layers: str, kappa: str, cmax: str) -> list[str]:
         ("--layer_sets 0,1,2 --kappas 0.5 --cmaxes 10", f"--layer_sets {layers} --kappas {kappa} --cmaxes {cmax}"),
         ("--layers 0,1,2", f"--layers {layers}"),
         ("--blocks 0,1,2", f"--blocks {layers}"),
+        ("--config fga|combined|0,1,2|0.5|10", f"--config fga|combined|{layers}|{kappa}|{cmax}"),
     ]
     commands = []
     for command in chest_commands(out):
