@@ -12,6 +12,7 @@ scored them).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import io
 import json
@@ -24,6 +25,7 @@ from PIL import Image
 from scipy import optimize, stats
 
 from hf_fga import bundled
+from hf_fga.evaluation.configuration import EvaluationConfiguration
 from hf_fga.evaluation.hypothesis_tests import equivalence_margin, patient_keys, per_patient_means
 from hf_fga.evaluation.statistics import METRICS
 from hf_fga.evaluation.storage import read_parts
@@ -149,16 +151,24 @@ def main() -> None:
         return
     config = args.config or read_chosen_configuration(Path("docs/results") / args.domain / "chosen_configuration.txt")
     owner = dict(zip(test["file_name"], test["key"], strict=True))
+    centered = dataclasses.replace(EvaluationConfiguration.from_key(config), variant="centered").key
     for (preset, fill), group in frame.groupby(["preset", "fill"]):
         for metric in METRICS:
-            ours = group[group["config"] == config].set_index("image_id")[metric]
+            scores = {key: group[group["config"] == key].set_index("image_id")[metric] for key in (config, centered)}
             reference = group[group["config"] == "transmm||||"].set_index("image_id")[metric]
-            differences = (ours - reference).dropna()
-            per_unit = per_patient_means(differences.to_numpy(), [owner[i] for i in differences.index])
-            gain = per_unit.mean()
+
+            def per_unit(a: pd.Series, b: pd.Series) -> pd.Series:
+                differences = (a - b).dropna()
+                return per_patient_means(differences.to_numpy(), [owner[i] for i in differences.index])
+
+            gains = per_unit(scores[config], reference)
+            margin = equivalence_margin(gains.mean())
+            h1 = per_unit(scores[config], scores[centered])  # H1's differences, for the TOST's power (plan §3.1)
             print(
-                f"{preset} {fill} {metric}: n={len(differences)} per-{unit.split()[0][:-1]} gain {gain:+.6g} "
-                f"margin {equivalence_margin(gain):.6g} (SD of the per-unit gains {per_unit.std(ddof=1):.6g})"
+                f"{preset} {fill} {metric}: n={len((scores[config] - reference).dropna())} per-"
+                f"{unit.split()[0][:-1]} gain {gains.mean():+.6g} "
+                f"margin {margin:.6g}; δ / SD of the per-unit C − centered differences "
+                f"{margin / h1.std(ddof=1) if len(h1) > 1 else float('nan'):.3f}"
             )
 
 
