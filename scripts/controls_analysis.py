@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--issue7", type=Path, default=None, help="default docs/results/<domain>/test")
     parser.add_argument("--controls", type=Path, default=None, help="default docs/results/<domain>_controls/test")
     for name in ("pca", "random", "ev090", "ev075"):
-        parser.add_argument(f"--{name}", type=Path, default=None, help=f"default <controls' folder>/test_{name}")
+        where = f"default docs/results/<domain>_controls/test_{name}"
+        parser.add_argument(f"--{name}", type=Path, default=None, help=where)
     parser.add_argument("--config", default=None, help="the chosen configuration C (default: the domain's file)")
     parser.add_argument("--gamma", required=True, help="γ* of transmm-power, chosen on validation")
     parser.add_argument("--m", required=True, help="m* of selective, chosen on validation")
