@@ -1,20 +1,25 @@
 """
-The SAEs and dictionaries of the controls of method.md §10 on the bundled chest X-ray ViT, as fixed in
-`docs/results/chest_xray_controls/plan.md` §5. Resumable: every finished part is skipped on a rerun.
+The SAEs and dictionaries of the controls of method.md §10 on a bundled ViT (`--domain`, default `chest_xray`), as
+fixed in `docs/results/<domain>_controls/plan.md` §5. Resumable: every finished part is skipped on a rerun.
 
-1. Lower-fidelity SAEs: blocks 0, 1, 2 trained with the project's trainer and the bundled SAEs' settings
-   (`scripts/build_bundled_assets.sh`) except k, for k in `--ks`; per block and target explained variance (0.90,
-   0.75) the k whose held-out explained variance is closest, assembled into the sets `ev0.90/` and `ev0.75/`.
+1. Lower-fidelity SAEs: the gated blocks (`--blocks`) trained with the project's trainer and the domain's bundled
+   SAEs' settings (`SAE_SETTINGS`, as in the domain's build script) except k, for k in `--ks`; per block and target
+   explained variance (0.90, 0.75) the k whose held-out explained variance is closest, assembled into the sets
+   `ev0.90/` and `ev0.75/`.
 2. Matched dictionaries: PCA and random orthonormal (seed 0) dictionaries of each block's `resid_post` patch
    residuals (`hf_fga.sae.dictionaries`, as `pca_dictionary` / `random_dictionary`, directions computed once), fitted
-   on `--fit_images` images (seed 0) of the train split without the validation patients, with k matched to the
-   bundled SAE's explained variance on the validation sample's patch tokens (±0.005), as the sets `pca/`, `random/`.
+   on `--fit_images` images (seed 0) of the SAEs' training images (chest X-ray: the train split without the
+   validation patients; breast ultrasound: the train split), with k matched to the bundled SAE's explained variance
+   on the validation sample's patch tokens (±0.005), as the sets `pca/`, `random/`. The validation sample is the
+   evaluation tool's: the domain's validation images (`splits.json`), seeded permutation, first
+   `--validation_images`.
 
-Weights go to `--output_dir` (default `runs/controls_saes`, not committed); the cards and quality tables to
-`--report_dir` (default `docs/results/chest_xray_controls/saes`).
+Weights go to `--output_dir` (default `runs/controls_saes` for chest X-ray, `runs/<domain>_controls_saes` otherwise;
+not committed); the cards and quality tables to `--report_dir` (default `docs/results/<domain>_controls/saes`).
 
-    nice -n 10 python scripts/build_controls_saes.py                 # one thread, everything
+    nice -n 10 python scripts/build_controls_saes.py                 # one thread, everything (chest X-ray)
     python scripts/build_controls_saes.py --stages dictionaries      # only the dictionaries
+    python scripts/build_controls_saes.py --domain breast_ultrasound --blocks 0,1,2 --validation_images 117
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hf_fga import bundled
 from hf_fga.introspection import load_vision_model
 from hf_fga.sae import SparseAutoencoder, load_saes, save_sae_set
 from hf_fga.sae.activations import residual_activations
@@ -41,55 +47,83 @@ from hf_fga.sae.model_card import QUALITY_FIELDS
 from hf_fga.sae.quality import sae_quality
 from hf_fga.sae.training import SaeTrainingArguments, train_saes
 
-MODEL = "hf_fga/bundled/model"
-BUNDLED_SAES = "hf_fga/bundled/saes"
-SPLITS = "hf_fga/bundled/splits.json"
 TARGETS = (0.90, 0.75)
-# the bundled SAEs' training settings (scripts/build_bundled_assets.sh), all but k
-BUNDLED_SETTINGS = dict(
-    expansion_factor=4,
-    epochs=1.0,
-    batch_size=2048,
-    lr=1e-3,
-    warmup_steps=30,
-    dead_tokens=50_000,
-    aux_coefficient=0.0625,
-    seed=0,
-)
+_COMMON_SETTINGS = dict(batch_size=2048, lr=1e-3, warmup_steps=30, dead_tokens=50_000, aux_coefficient=0.0625, seed=0)
+# per domain, the bundled SAEs' training settings (the domain's build script), all but k; and the data licence
+SAE_SETTINGS = {
+    "chest_xray": dict(expansion_factor=4, epochs=1.0, **_COMMON_SETTINGS),  # scripts/build_bundled_assets.sh
+    "breast_ultrasound": dict(  # scripts/build_breast_ultrasound_assets.sh
+        expansion_factor=2, epochs=8.0, eval_fraction=0.1, **_COMMON_SETTINGS
+    ),
+}
+LICENSES = {"chest_xray": "cc-by-4.0", "breast_ultrasound": "cc0-1.0"}
+
+
+class Assets:
+    """The bundled files of a domain as relative paths (as the cards record them) and its validation split."""
+
+    def __init__(self, domain: str):
+        if domain not in SAE_SETTINGS:
+            raise SystemExit(f"no control settings for the domain {domain!r}: known are {sorted(SAE_SETTINGS)}.")
+        self.domain, self.info = domain, bundled.domain(domain)
+        root = Path("hf_fga/bundled", self.info.subfolder)
+        self.model, self.saes, self.splits = str(root / "model"), str(root / "saes"), root / "splits.json"
+        # the split the validation images come from (chest X-ray: carved out of train; else the dataset's own)
+        self.validation_split = json.loads(self.splits.read_text()).get("split_of", "validation")
+        self.flag = "" if domain == bundled.DEFAULT_DOMAIN else f" --domain {domain}"  # in the recorded commands
 
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def load_train(data: str, splits: dict):
-    """(train split without the validation patients, the validation sample's dataset rows), as `datasets`."""
+def load_train(data: str, assets: Assets):
+    """
+    (the SAEs' training images, the dataset of the validation split, the rows of its validation images), as
+    `datasets`: chest X-ray's validation images are carved out of its train split, so they leave the training images.
+    """
     import datasets
 
+    held_out = set(json.loads(assets.splits.read_text())["validation_file_names"])
+    split = assets.validation_split
     train = datasets.load_dataset(data, split="train")
-    held_out = set(splits["validation_file_names"])
-    is_val = np.array([name in held_out for name in train["file_name"]])
-    return train.select(np.flatnonzero(~is_val)), train, np.flatnonzero(is_val)
+    validation = train if split == "train" else datasets.load_dataset(data, split=split)
+    is_val = np.array([name in held_out for name in validation["file_name"]])
+    if not is_val.any():
+        raise SystemExit(f"no validation image of {assets.splits} is in the {split} split of {data}.")
+    if split == "train":
+        train = train.select(np.flatnonzero(~is_val))
+    return train, validation, np.flatnonzero(is_val)
 
 
-def lower_fidelity(args, fit_set, blocks: list[int]) -> dict[int, dict[int, dict]]:
+def lower_fidelity(args, assets: Assets, fit_set, blocks: list[int]) -> dict[int, dict[int, dict]]:
     """Train one SAE set per k (skipping finished ones); returns {k: {block: held-out metrics}}."""
+    expansion = SAE_SETTINGS[assets.domain]["expansion_factor"]
+    for block in blocks:  # e.g. chest X-ray's block 5 SAE was trained with settings of its own
+        config = json.loads((Path(assets.saes) / f"block_{block}" / "config.json").read_text())
+        if config["d_sae"] != expansion * config["d_in"]:
+            raise SystemExit(
+                f"the bundled SAE of block {block} ({assets.saes}) has {config['d_sae']} features, not "
+                f"{expansion} × {config['d_in']}: it was trained with other settings than "
+                f"SAE_SETTINGS[{assets.domain!r}], so lower-fidelity SAEs would not differ from it in k alone. Add "
+                "its settings before using it."
+            )
     metrics = {}
     for k in args.ks:
         out = Path(args.output_dir) / f"topk_k{k}"
         if not (out / "metrics.json").is_file():
             log(f"training k={k} on blocks {blocks} -> {out}")
             training = SaeTrainingArguments(
-                model_name_or_path=MODEL,
+                model_name_or_path=assets.model,
                 output_dir=str(out),
-                dataset_label="chest_xray_pneumonia",
-                license="cc-by-4.0",
+                dataset_label=assets.info.dataset,
+                license=LICENSES[assets.domain],
                 blocks=blocks,
                 k=k,
                 cache_dir=str(Path(args.output_dir) / "activations"),
                 torch_threads=args.threads,
-                command=f"python scripts/build_controls_saes.py --ks {k}",
-                **BUNDLED_SETTINGS,
+                command=f"python scripts/build_controls_saes.py{assets.flag} --ks {k}",
+                **SAE_SETTINGS[assets.domain],
             )
             train_saes(training, dataset=fit_set)
         metrics[k] = {int(b): m for b, m in json.loads((out / "metrics.json").read_text()).items()}
@@ -140,17 +174,18 @@ def quality_row(name: str, block: int, sae: SparseAutoencoder, quality: dict, ta
     return f"| {name} | {block} | {sae.config.k} | {sae.config.d_sae} | {cells} | {quality['eval_tokens']} | {gap} |"
 
 
-def dictionaries(args, fit_set, train, val_rows, blocks: list[int]) -> list[str]:
+def dictionaries(args, assets: Assets, fit_set, validation, val_rows, blocks: list[int]) -> list[str]:
     from transformers import AutoImageProcessor
 
     out = Path(args.output_dir)
-    model, processor = load_vision_model(MODEL).eval(), AutoImageProcessor.from_pretrained(MODEL)
+    model = load_vision_model(assets.model).eval()
+    processor = AutoImageProcessor.from_pretrained(assets.model)
     fit_rows = np.random.default_rng(0).permutation(len(fit_set))[: args.fit_images]
     sample = np.random.default_rng(args.seed).permutation(val_rows)[: args.validation_images]
     log(f"residuals of {len(fit_rows)} fit images and {len(sample)} validation images")
     fit = patch_residuals(model, processor, fit_set, fit_rows, blocks)
-    held_out = patch_residuals(model, processor, train, sample, blocks)
-    bundled = load_saes(BUNDLED_SAES)
+    held_out = patch_residuals(model, processor, validation, sample, blocks)
+    trained = load_saes(assets.saes)
     header = [
         "| dictionary | block | k | d_sae | "
         + " | ".join(label for _, label in QUALITY_FIELDS)
@@ -159,23 +194,23 @@ def dictionaries(args, fit_set, train, val_rows, blocks: list[int]) -> list[str]
     ]
     lines = [f"### Matched dictionaries (the {len(sample)} validation images' patch tokens)", "", *header]
     for block in blocks:
-        reference = bundled[block].float().eval()
+        reference = trained[block].float().eval()
         quality = sae_quality(reference, held_out[block].split(8192))
         target = quality["explained_variance"]
         lines.append(quality_row("trained SAE (bundled)", block, reference, quality))
         info = dict(
-            dataset="chest_xray_pneumonia",
-            dataset_split="train without the validation patients",
+            dataset=assets.info.dataset,
+            dataset_split="train without the validation patients" if assets.validation_split == "train" else "train",
             seed=0,
-            license="cc-by-4.0",
+            license=LICENSES[assets.domain],
             training_tokens=int(fit[block].shape[0]),
-            command="python scripts/build_controls_saes.py --stages dictionaries",
+            command=f"python scripts/build_controls_saes.py{assets.flag} --stages dictionaries",
         )
         tokens = fit[block]
         mean, principal, _ = principal_directions(tokens)  # once per block: each k reuses the same directions
         bases = {"pca": principal, "random": random_orthonormal_directions(tokens.shape[1], seed=0)}
         for kind, directions in bases.items():
-            kwargs = dict(hook_layer=block, hook_point="resid_post", base_model_name_or_path=MODEL)
+            kwargs = dict(hook_layer=block, hook_point="resid_post", base_model_name_or_path=assets.model)
             try:
                 sae, _ = match_explained_variance(
                     lambda k, u=directions, mu=mean, kwargs=kwargs: dictionary_sae(u, mu, k, **kwargs),
@@ -190,7 +225,7 @@ def dictionaries(args, fit_set, train, val_rows, blocks: list[int]) -> list[str]
             sae.config.training_info = {
                 **info,
                 "dictionary": kind,
-                "matched_to": BUNDLED_SAES,
+                "matched_to": assets.saes,
                 "metrics": {key: matched[key] for key, _ in QUALITY_FIELDS},
             }
             save_sae_set({block: sae}, out / kind / f"part_{block}")
@@ -206,9 +241,10 @@ def dictionaries(args, fit_set, train, val_rows, blocks: list[int]) -> list[str]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="/work/shared/data/chest_xray_pneumonia")
-    parser.add_argument("--output_dir", default="runs/controls_saes")
-    parser.add_argument("--report_dir", default="docs/results/chest_xray_controls/saes")
+    parser.add_argument("--domain", default=bundled.DEFAULT_DOMAIN, choices=sorted(SAE_SETTINGS))
+    parser.add_argument("--data", default=None, help="the dataset folder (default /work/shared/data/<its name>)")
+    parser.add_argument("--output_dir", default=None, help="default runs/controls_saes, runs/<domain>_controls_saes")
+    parser.add_argument("--report_dir", default=None, help="default docs/results/<domain>_controls/saes")
     parser.add_argument("--stages", default="lower_fidelity,dictionaries")
     parser.add_argument("--blocks", default="0,1,2")
     parser.add_argument("--ks", type=lambda s: [int(k) for k in s.split(",")], default=[8, 4, 2, 1])
@@ -217,18 +253,22 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the validation sample (plan.md §6)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    assets = Assets(args.domain)
+    args.data = args.data or f"/work/shared/data/{assets.info.dataset}"
+    first = args.domain == bundled.DEFAULT_DOMAIN  # chest X-ray's folder keeps its first name
+    args.output_dir = args.output_dir or ("runs/controls_saes" if first else f"runs/{args.domain}_controls_saes")
+    args.report_dir = args.report_dir or f"docs/results/{args.domain}_controls/saes"
     torch.set_num_threads(args.threads)
     blocks = [int(b) for b in args.blocks.split(",")]
     stages = set(args.stages.split(","))
     unknown = stages - {"lower_fidelity", "dictionaries"}
     if unknown:
         parser.error(f"unknown stage(s) {sorted(unknown)}: use lower_fidelity, dictionaries.")
-    splits = json.loads(Path(SPLITS).read_text())
-    fit_set, train, val_rows = load_train(args.data, splits)
+    fit_set, validation, val_rows = load_train(args.data, assets)
     report = Path(args.report_dir)
     report.mkdir(parents=True, exist_ok=True)
     if "lower_fidelity" in stages:
-        lines = assemble_lower_fidelity(args, lower_fidelity(args, fit_set, blocks), blocks)
+        lines = assemble_lower_fidelity(args, lower_fidelity(args, assets, fit_set, blocks), blocks)
         (report / "lower_fidelity.md").write_text("\n".join(lines) + "\n")
         for target in TARGETS:
             shutil.copy(Path(args.output_dir) / f"ev{target:.2f}" / "README.md", report / f"ev{target:.2f}_card.md")
@@ -236,7 +276,7 @@ def main() -> None:
     if "dictionaries" in stages:
         done = all((Path(args.output_dir) / kind / "sae_set.json").is_file() for kind in ("pca", "random"))
         if not done or not (report / "dictionaries.md").is_file():
-            lines = dictionaries(args, fit_set, train, val_rows, blocks)
+            lines = dictionaries(args, assets, fit_set, validation, val_rows, blocks)
             (report / "dictionaries.md").write_text("\n".join(lines) + "\n")
         for kind in ("pca", "random"):
             if (Path(args.output_dir) / kind / "README.md").is_file():

@@ -1,25 +1,32 @@
 """
-The confirmatory analysis of `docs/results/chest_xray_controls/plan.md` (issue 15, method.md §10): the superiority
-family (H1–H5, 48 patient-level Wilcoxon tests, Holm), the equivalence family (18 TOSTs, Holm), the secondary
-per-class family (H6, 24 tests, Holm) and the exploratory comparisons, written to `hypotheses.md` and CSV files.
+The confirmatory analysis of `docs/results/<domain>_controls/plan.md` (issues 15 and 16, method.md §10): the
+superiority family (H1–H5, 48 Wilcoxon tests, Holm), the equivalence family (18 TOSTs, Holm), the secondary
+per-class family (H6, 2 comparisons × classes × 6 cells, Holm) and the exploratory comparisons, written to
+`hypotheses.md` and CSV files. The unit of the tests is the patient where the dataset has patient ids (chest X-ray)
+and the image otherwise (breast ultrasound: every image is its own unit, and the report says so).
 
-    python scripts/controls_analysis.py --gamma 2 --m 64
+    python scripts/controls_analysis.py --gamma 2 --m 64                                  # chest X-ray
+    python scripts/controls_analysis.py --domain breast_ultrasound --gamma 2 --m 64
 
-Inputs (per-image results of `scripts/evaluate_faithfulness.py`):
-    --issue7   the issue-7 test run: TransMM, FGA combined, centered, mean-centered, no-sae (bundled SAEs)
-    --controls the issue-15 test run with the bundled SAEs: error-scaled, error-only, transmm-power, random-gates,
+Inputs (per-image results of `scripts/evaluate_faithfulness.py`; defaults from `--domain`):
+    --issue7   the test run of `scripts/reproduce.sh` (docs/results/<domain>/test): TransMM, FGA combined, centered,
+               mean-centered, no-sae (bundled SAEs)
+    --controls the controls' test run with the bundled SAEs: error-scaled, error-only, transmm-power, random-gates,
                selective
     --pca, --random, --ev090, --ev075   test runs of `combined` (and `centered` for the lower-fidelity sets) with the
                dictionaries / SAE sets of `scripts/build_controls_saes.py`
+    --config   the chosen configuration C (default: docs/results/<domain>/chosen_configuration.txt)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import pandas as pd
 
+from hf_fga import bundled
 from hf_fga.evaluation.configuration import REFERENCE, EvaluationConfiguration
 from hf_fga.evaluation.hypothesis_tests import (
     TWO_SIDED,
@@ -31,25 +38,31 @@ from hf_fga.evaluation.hypothesis_tests import (
     gain_margins,
     holm,
     patient_comparison,
-    split_patients,
+    split_units,
     superiority_family,
 )
 from hf_fga.evaluation.storage import RESULTS_FOLDER, read_parts
+from hf_fga.evaluation.summary import read_chosen_configuration
 
-CLASSES = {0: "NORMAL", 1: "PNEUMONIA"}
 COLUMNS = ["image_id", "preset", "fill", "config", "label", "saco", "faithfulness_correlation", "pixel_flipping"]
+SUBJECTS = {"chest_xray": "chest X-rays", "breast_ultrasound": "breast ultrasound images"}  # the report's title
 
 
-def load(folder: Path, tag: str | None, needed: list[str], keep_reference: bool = False) -> pd.DataFrame:
+def class_names(domain: str) -> dict[int, str]:
+    """The true classes of a bundled domain's model, `{label: name}` (its `config.json`'s `id2label`)."""
+    labels = json.loads((bundled.model_dir(domain) / "config.json").read_text())["id2label"]
+    return {int(label): name for label, name in sorted(labels.items(), key=lambda item: int(item[0]))}
+
+
+def load(
+    folder: Path, tag: str | None, needed: list[str], keep_reference: bool = False, produced_by: str = ""
+) -> pd.DataFrame:
     """
     Per-image results of a run, configuration keys prefixed with `tag/` when given; TransMM (which every run scores)
-    is kept from the issue-7 run only (`keep_reference`).
+    is kept from the protocol's test run only (`keep_reference`). `produced_by`: the command that makes the run.
     """
     if not (folder / RESULTS_FOLDER).is_dir():
-        raise SystemExit(
-            f"{folder / RESULTS_FOLDER} does not exist: run scripts/reproduce_chest_xray_controls.sh "
-            "(the test stages) first."
-        )
+        raise SystemExit(f"{folder / RESULTS_FOLDER} does not exist: run {produced_by} first.")
     frame = read_parts(folder / RESULTS_FOLDER, columns=COLUMNS)
     missing = sorted(set(needed) - set(frame["config"]))
     if missing:
@@ -61,6 +74,11 @@ def load(folder: Path, tag: str | None, needed: list[str], keep_reference: bool 
 
 def key(variant: str, chosen: EvaluationConfiguration) -> str:
     return EvaluationConfiguration("fga", variant, chosen.layers, chosen.kappa, chosen.cmax).key
+
+
+def unit_columns(columns: dict[str, str], unit: str) -> dict[str, str]:
+    """The report's column headers with the unit of the tests (`patients` or `images`) in place of `patients`."""
+    return {name: header.replace("patients", unit) for name, header in columns.items()}
 
 
 SUPERIORITY_COLUMNS = {
@@ -91,20 +109,31 @@ EQUIVALENCE_COLUMNS = {
 }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    root = Path("docs/results/chest_xray_controls")
-    parser.add_argument("--issue7", type=Path, default=Path("docs/results/chest_xray/test"))
-    parser.add_argument("--controls", type=Path, default=root / "test")
+    parser.add_argument("--domain", default=bundled.DEFAULT_DOMAIN, choices=sorted(SUBJECTS))
+    parser.add_argument("--issue7", type=Path, default=None, help="default docs/results/<domain>/test")
+    parser.add_argument("--controls", type=Path, default=None, help="default docs/results/<domain>_controls/test")
     for name in ("pca", "random", "ev090", "ev075"):
-        parser.add_argument(f"--{name}", type=Path, default=root / f"test_{name}")
-    parser.add_argument("--config", default="fga|combined|0,1,2|0.5|10", help="the chosen configuration C")
+        where = f"default docs/results/<domain>_controls/test_{name}"
+        parser.add_argument(f"--{name}", type=Path, default=None, help=where)
+    parser.add_argument("--config", default=None, help="the chosen configuration C (default: the domain's file)")
     parser.add_argument("--gamma", required=True, help="γ* of transmm-power, chosen on validation")
     parser.add_argument("--m", required=True, help="m* of selective, chosen on validation")
-    parser.add_argument("--data", default="/work/shared/data/chest_xray_pneumonia")
-    parser.add_argument("--output_dir", type=Path, default=root / "test")
+    parser.add_argument("--data", default=None, help="the dataset folder (default /work/shared/data/<its name>)")
+    parser.add_argument("--output_dir", type=Path, default=None, help="default docs/results/<domain>_controls/test")
     parser.add_argument("--n_resamples", type=int, default=10_000)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    protocol, root = Path("docs/results") / args.domain, Path("docs/results") / f"{args.domain}_controls"
+    args.issue7 = args.issue7 or protocol / "test"
+    args.controls = args.controls or root / "test"
+    for name in ("pca", "random", "ev090", "ev075"):
+        setattr(args, name, getattr(args, name) or root / f"test_{name}")
+    args.config = args.config or read_chosen_configuration(protocol / "chosen_configuration.txt")
+    args.data = args.data or f"/work/shared/data/{bundled.domain(args.domain).dataset}"
+    args.output_dir = args.output_dir or root / "test"
+    reproduce = f"scripts/reproduce.sh --dataset {args.domain} (its test stage)"
+    controls = f"scripts/reproduce_controls.sh --dataset {args.domain} (the test stages)"
 
     chosen = EvaluationConfiguration.from_key(args.config)
     c, centered = args.config, key("centered", chosen)
@@ -118,12 +147,13 @@ def main() -> None:
                 None,
                 [REFERENCE.key, c, centered, key("mean-centered", chosen), key("no-sae", chosen)],
                 keep_reference=True,
+                produced_by=reproduce,
             ),
-            load(args.controls, None, [power, random_gates, selective, *scaled]),
-            load(args.pca, "pca", [c]),
-            load(args.random, "random", [c]),
-            load(args.ev090, "ev0.90", [c, centered]),
-            load(args.ev075, "ev0.75", [c, centered]),
+            load(args.controls, None, [power, random_gates, selective, *scaled], produced_by=controls),
+            load(args.pca, "pca", [c], produced_by=controls),
+            load(args.random, "random", [c], produced_by=controls),
+            load(args.ev090, "ev0.90", [c, centered], produced_by=controls),
+            load(args.ev075, "ev0.75", [c, centered], produced_by=controls),
         ],
         ignore_index=True,
     )
@@ -131,7 +161,8 @@ def main() -> None:
         terms = {f"ev{level}/{c}": 1.0, f"ev{level}/{centered}": -1.0, centered: 1.0}
         derived = combine_configurations(results, f"D{level} − D0.98 + C", terms)
         results = pd.concat([results, derived], ignore_index=True)
-    patients = split_patients(args.data)
+    patients, by_patient = split_units(args.data)  # without patient ids, every image is its own unit
+    unit = "patients" if by_patient else "images"
     options = dict(n_resamples=args.n_resamples, seed=0)
 
     superiority = [
@@ -148,7 +179,7 @@ def main() -> None:
     margins = gain_margins(results, c, REFERENCE.key, patients)
     equivalence = equivalence_family(results, superiority[:3], patients, margins)
     per_class = []
-    for label, name in CLASSES.items():
+    for label, name in class_names(args.domain).items():
         subset = results[results["label"] == label]
         per_class.append(
             superiority_family(
@@ -181,34 +212,41 @@ def main() -> None:
     ):
         table.to_csv(out / f"hypotheses_{name}.csv", index=False)
     verdicts = family.groupby("hypothesis", sort=False)["holds"].agg(["sum", "count"])
+    level = (
+        "Patient-level two-sided Wilcoxon tests on per-patient mean differences"
+        if by_patient
+        else "Image-level two-sided Wilcoxon tests on per-image differences (the dataset has no patient ids, so every "
+        "image is its own unit: the columns headed 'images' count images, the bootstrap resamples images)"
+    )
+    superiority_columns = unit_columns(SUPERIORITY_COLUMNS, unit)
     lines = [
-        "# Controls of method.md §10 on chest X-rays: the pre-registered tests",
+        f"# Controls of method.md §10 on {SUBJECTS[args.domain]}: the pre-registered tests",
         "",
-        f"Plan: `docs/results/chest_xray_controls/plan.md`. C = `{c}`, γ* = {args.gamma}, m* = {args.m}. "
-        "Patient-level two-sided Wilcoxon tests on per-patient mean differences; Holm within each family.",
+        f"Plan: `docs/results/{args.domain}_controls/plan.md`. C = `{c}`, γ* = {args.gamma}, m* = {args.m}. "
+        f"{level}; Holm within each family.",
         "",
         "| hypothesis | cells that hold (Holm p < 0.05, hypothesised direction) |",
         "| --- | --- |",
         *[f"| {h} | {int(r['sum'])} of {int(r['count'])} |" for h, r in verdicts.iterrows()],
         "",
-        "## Superiority family (48 tests)",
+        f"## Superiority family ({len(family)} tests)",
         "",
-        comparison_markdown(family, SUPERIORITY_COLUMNS),
+        comparison_markdown(family, superiority_columns),
         "",
-        "## Equivalence family (18 TOSTs)",
+        f"## Equivalence family ({len(equivalence)} TOSTs)",
         "",
-        comparison_markdown(equivalence, EQUIVALENCE_COLUMNS),
+        comparison_markdown(equivalence, unit_columns(EQUIVALENCE_COLUMNS, unit)),
         "",
-        "## Secondary family: per class (24 tests)",
+        f"## Secondary family: per class ({len(secondary)} tests)",
         "",
-        comparison_markdown(secondary, SUPERIORITY_COLUMNS),
+        comparison_markdown(secondary, superiority_columns),
         "",
         "## Exploratory (uncorrected)",
         "",
-        comparison_markdown(exploratory.assign(holm_p=float("nan"), holds=False), SUPERIORITY_COLUMNS),
+        comparison_markdown(exploratory.assign(holm_p=float("nan"), holds=False), superiority_columns),
     ]
     (out / "hypotheses.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {out / 'hypotheses.md'}")
+    print(f"wrote {out / 'hypotheses.md'} ({unit} as the unit of the tests)")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,16 @@ def patient_keys(patient_ids: Sequence[str], file_names: Sequence[str]) -> list[
     return keys
 
 
+def _split_files(data_dir: str | Path, split: str) -> list[Path]:
+    files = sorted((Path(data_dir) / "data").glob(f"{split}-*.parquet"))
+    if not files:
+        raise FileNotFoundError(
+            f"no {split} split under {Path(data_dir) / 'data'} (expected {split}-*.parquet files of a Hub-style "
+            "dataset folder): pass the dataset's folder, e.g. /work/shared/data/chest_xray_pneumonia."
+        )
+    return files
+
+
 def split_patients(data_dir: str | Path, split: str = "test") -> dict[str, str]:
     """
     The patient key ([`patient_keys`]) of every image of a split of the chest X-ray dataset, by file name, read from
@@ -54,9 +64,27 @@ def split_patients(data_dir: str | Path, split: str = "test") -> dict[str, str]:
     """
     import pyarrow.parquet as pq
 
-    files = sorted((Path(data_dir) / "data").glob(f"{split}-*.parquet"))
-    frame = pq.read_table(files, columns=["patient_id", "file_name"]).to_pandas()
+    frame = pq.read_table(_split_files(data_dir, split), columns=["patient_id", "file_name"]).to_pandas()
     return dict(zip(frame["file_name"], patient_keys(frame["patient_id"], frame["file_name"]), strict=True))
+
+
+def split_units(data_dir: str | Path, split: str = "test") -> tuple[dict[str, str], bool]:
+    """
+    The unit of the confirmatory tests of every image of a split, by file name: its patient key ([`split_patients`])
+    where the split's parquet files have a `patient_id` column, else the file name itself. A dataset without patient
+    ids (breast ultrasound, CIFAR-10) is thereby tested per image: every function of this module then works on the
+    per-image differences (each "patient" holds one image, the cluster bootstrap is the ordinary bootstrap).
+
+    Returns:
+        `tuple[dict[str, str], bool]`: (file name → unit key, whether the units are patients).
+    """
+    import pyarrow.parquet as pq
+
+    files = _split_files(data_dir, split)
+    if "patient_id" in pq.read_schema(files[0]).names:
+        return split_patients(data_dir, split), True
+    names = pq.read_table(files, columns=["file_name"]).column("file_name").to_pylist()
+    return {name: name for name in names}, False
 
 
 def comparison_markdown(table: pd.DataFrame, columns: Mapping[str, str]) -> str:

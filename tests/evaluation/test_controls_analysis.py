@@ -1,13 +1,15 @@
 """scripts/controls_analysis.py end to end on synthetic runs with planted effects (plan.md's families)."""
 
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
-from hf_fga.evaluation.storage import RESULTS_FOLDER, write_part
+from hf_fga.evaluation.storage import RESULTS_FOLDER, read_parts, write_part
 
 ROOT = Path(__file__).resolve().parents[2]
 C = "fga|combined|0,1,2|0.5|10"
@@ -18,12 +20,12 @@ def v(name: str) -> str:
     return f"fga|{name}|0,1,2|0.5|10"
 
 
-def _write(folder: Path, shifts: dict[str, float], base: dict[str, np.ndarray], rng) -> None:
+def _write(folder: Path, shifts: dict[str, float], base: dict[str, np.ndarray], rng, classes: int = 2) -> None:
     """One run: per configuration, every image's scores = base + shift (+ small noise); PF moves the other way."""
     rows = []
     for config, shift in shifts.items():
         for i, image in enumerate(base["image_id"]):
-            row = {"image_id": image, "preset": "papers", "fill": "mean", "config": config, "label": i % 2}
+            row = {"image_id": image, "preset": "papers", "fill": "mean", "config": config, "label": i % classes}
             for metric in METRICS:
                 sign = -1.0 if metric == "pixel_flipping" else 1.0
                 row[metric] = float(base[metric][i] + sign * shift + rng.normal(0, 1e-4))
@@ -31,23 +33,23 @@ def _write(folder: Path, shifts: dict[str, float], base: dict[str, np.ndarray], 
     write_part(folder / RESULTS_FOLDER, rows, 0, 0)
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("controls")
+def _make_runs(root: Path, patient_ids: bool, classes: int) -> Path:
+    """
+    Synthetic runs of 60 images with planted effects; the dataset's test split has patient ids (two images each) or,
+    like breast ultrasound, none; labels cycle over `classes`.
+    """
     rng = np.random.default_rng(0)
     images = [f"IM-{i:04d}-0001.jpeg" for i in range(60)]
     base = {"image_id": images, **{m: rng.uniform(0.3, 0.7, len(images)) for m in METRICS}}
     data = root / "data" / "data"
     data.mkdir(parents=True)
-    pd.DataFrame({"file_name": images, "patient_id": [f"p{i // 2}" for i in range(60)]}).to_parquet(
-        data / "test-00000-of-00001.parquet"
-    )
-    _write(
-        root / "issue7",
-        {"transmm||||": 0.0, C: 0.05, v("centered"): 0.05, v("mean-centered"): 0.05, v("no-sae"): 0.05},
-        base,
-        rng,
-    )
+    split = pd.DataFrame({"file_name": images, "label": [i % classes for i in range(60)]})
+    if patient_ids:
+        split["patient_id"] = [f"p{i // 2}" for i in range(60)]
+    split.to_parquet(data / "test-00000-of-00001.parquet")
+    write = partial(_write, base=base, rng=rng, classes=classes)
+    protocol = {"transmm||||": 0.0, C: 0.05, v("centered"): 0.05, v("mean-centered"): 0.05, v("no-sae"): 0.05}
+    write(root / "issue7", protocol)
     controls = {
         v("transmm-power@2"): 0.01,
         v("random-gates"): -0.02,
@@ -57,39 +59,34 @@ def runs(tmp_path_factory):
         v("error-scaled@4"): 0.05,
         v("error-only"): 0.0,
     }
-    _write(root / "test", {"transmm||||": 0.0, **controls}, base, rng)
-    _write(root / "test_pca", {"transmm||||": 0.0, C: 0.05}, base, rng)
-    _write(root / "test_random", {"transmm||||": 0.0, C: 0.0}, base, rng)  # the random dictionary loses the gain
-    _write(root / "test_ev090", {"transmm||||": 0.0, C: 0.05, v("centered"): 0.05}, base, rng)
-    _write(root / "test_ev075", {"transmm||||": 0.0, C: 0.03, v("centered"): 0.05}, base, rng)  # separates
+    write(root / "test", {"transmm||||": 0.0, **controls})
+    write(root / "test_pca", {"transmm||||": 0.0, C: 0.05})
+    write(root / "test_random", {"transmm||||": 0.0, C: 0.0})  # the random dictionary loses the gain
+    write(root / "test_ev090", {"transmm||||": 0.0, C: 0.05, v("centered"): 0.05})
+    write(root / "test_ev075", {"transmm||||": 0.0, C: 0.03, v("centered"): 0.05})  # separates
     return root
 
 
-def test_the_pre_registered_families_on_planted_effects(runs, monkeypatch):
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    return _make_runs(tmp_path_factory.mktemp("controls"), patient_ids=True, classes=2)
+
+
+def _analyse(runs: Path, monkeypatch, *extra: str) -> None:
     sys.path.insert(0, str(ROOT / "scripts"))
     import controls_analysis
 
-    args = [
-        "controls_analysis.py",
-        "--gamma",
-        "2",
-        "--m",
-        "64",
-        "--issue7",
-        str(runs / "issue7"),
-        "--controls",
-        str(runs / "test"),
-        "--data",
-        str(runs / "data"),
-        "--output_dir",
-        str(runs / "out"),
-        "--n_resamples",
-        "200",
-    ]
+    args = ["controls_analysis.py", "--gamma", "2", "--m", "64", "--issue7", str(runs / "issue7")]
+    args += ["--controls", str(runs / "test"), "--data", str(runs / "data"), "--output_dir", str(runs / "out")]
+    args += ["--n_resamples", "200", "--config", C, *extra]
     for name in ("pca", "random", "ev090", "ev075"):
         args += [f"--{name}", str(runs / f"test_{name}")]
     monkeypatch.setattr(sys, "argv", args)
     controls_analysis.main()
+
+
+def test_the_pre_registered_families_on_planted_effects(runs, monkeypatch):
+    _analyse(runs, monkeypatch)
     family = pd.read_csv(runs / "out" / "hypotheses_superiority.csv")
     assert len(family) == 8 * 3  # one preset here: 8 comparisons × 3 metrics
     holds = family.groupby("hypothesis")["holds"].all()
@@ -100,8 +97,36 @@ def test_the_pre_registered_families_on_planted_effects(runs, monkeypatch):
     assert equivalence[equivalence["hypothesis"] == "H1"]["equivalent"].all()
     assert not equivalence[equivalence["hypothesis"] == "H2b"]["equivalent"].any()
     assert len(pd.read_csv(runs / "out" / "hypotheses_per_class.csv")) == 2 * 2 * 3
+    assert (family["n_patients"] == 30).all()  # two images per patient
     report = (runs / "out" / "hypotheses.md").read_text()
     assert "| H2b | 3 of 3 |" in report and "random: FGA combined [0,1,2]" in report
+    assert "Patient-level" in report and "| patients |" in report and "on chest X-rays" in report
+
+
+def test_a_dataset_without_patient_ids_is_tested_per_image_and_says_so(tmp_path, monkeypatch):
+    """Breast ultrasound: no patient ids, three classes; every image is its own unit, and the report says so."""
+    runs = _make_runs(tmp_path, patient_ids=False, classes=3)
+    _analyse(runs, monkeypatch, "--domain", "breast_ultrasound")
+    family = pd.read_csv(runs / "out" / "hypotheses_superiority.csv")
+    assert len(family) == 8 * 3 and (family["n_patients"] == 60).all() and (family["n_images"] == 60).all()
+    # per image, the tests are on the image differences themselves (float64 reference, not the library's grouping)
+    results = read_parts(runs / "issue7" / RESULTS_FOLDER)
+    ours = results[results["config"] == C].set_index("image_id")["saco"]
+    theirs = results[results["config"] == v("centered")].set_index("image_id")["saco"]
+    differences = (ours - theirs).to_numpy(np.float64)
+    h1 = family[(family["hypothesis"] == "H1") & (family["metric"] == "saco")].iloc[0]
+    assert h1["patient_mean_difference"] == pytest.approx(differences.mean(), abs=1e-12)
+    assert h1["wilcoxon_p"] == pytest.approx(stats.wilcoxon(differences).pvalue, rel=1e-9)
+    holds = family.groupby("hypothesis")["holds"].all()
+    assert holds["H2b"] and holds["H4b"] and not holds["H1"]
+    per_class = pd.read_csv(runs / "out" / "hypotheses_per_class.csv")
+    assert len(per_class) == 2 * 3 * 3 and set(per_class["n_patients"]) == {20}  # 3 classes of 20 images
+    assert {"H6 benign (H1)", "H6 malignant (H5)", "H6 normal (H1)"} <= set(per_class["hypothesis"])
+    report = (runs / "out" / "hypotheses.md").read_text()
+    assert "on breast ultrasound images" in report and "breast_ultrasound_controls/plan.md" in report
+    assert "Image-level" in report and "no patient ids" in report
+    assert "| images | A − B (images) |" in report and "patients" not in report.split("## Superiority")[1]
+    assert "## Secondary family: per class (18 tests)" in report
 
 
 def test_a_missing_run_is_named(runs, monkeypatch):

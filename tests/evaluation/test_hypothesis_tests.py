@@ -24,6 +24,7 @@ from hf_fga.evaluation.hypothesis_tests import (
     patient_paired_tests,
     per_patient_means,
     split_patients,
+    split_units,
     superiority_family,
     tost_paired,
 )
@@ -294,6 +295,20 @@ def test_split_patients_reads_the_split_files_only(tmp_path):
     )
     pd.DataFrame({"patient_id": ["x"], "file_name": ["x.jpeg"]}).to_parquet(tmp_path / "data" / "train-0.parquet")
     assert split_patients(tmp_path) == dict(zip(names, ["person1", "NORMAL2-IM-0012"], strict=True))
+
+
+def test_split_units_are_patients_where_the_dataset_has_them_and_images_otherwise(tmp_path):
+    names = ["person1_virus_6.jpeg", "person1_virus_7.jpeg", "NORMAL2-IM-0012-0001.jpeg"]
+    with_ids, without = tmp_path / "with", tmp_path / "without"
+    for folder in (with_ids, without):
+        (folder / "data").mkdir(parents=True)
+    frame = pd.DataFrame({"patient_id": ["person1", "person1", "NORMAL2-IM"], "file_name": names, "label": [1, 1, 0]})
+    frame.to_parquet(with_ids / "data" / "test-00000-of-00001.parquet")
+    frame.drop(columns="patient_id").to_parquet(without / "data" / "test-00000-of-00001.parquet")
+    assert split_units(with_ids) == (dict(zip(names, ["person1", "person1", "NORMAL2-IM-0012"], strict=True)), True)
+    assert split_units(without) == ({name: name for name in names}, False)
+    with pytest.raises(FileNotFoundError, match="no validation split"):
+        split_units(without, "validation")
 
 
 def test_comparison_markdown_formats_every_kind_of_cell():

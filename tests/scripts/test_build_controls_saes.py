@@ -1,0 +1,81 @@
+"""scripts/build_controls_saes.py per domain: the lower-fidelity SAEs repeat the bundled SAEs' training settings."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shlex
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from hf_fga import bundled
+from hf_fga.sae.training_arguments import SaeTrainingArguments
+
+ROOT = Path(__file__).resolve().parents[2]
+# chest X-ray's block 5 SAE was trained by a command of its own (expansion 2, scripts/build_bundled_assets.sh); the
+# controls' SAEs repeat the settings of blocks 0-4, which hold every gated set chosen so far
+SEPARATELY_TRAINED = {("chest_xray", "block_5")}
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("build_controls_saes", ROOT / "scripts" / "build_controls_saes.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("domain", bundled.list_domains())
+def test_settings_are_those_the_bundled_saes_were_trained_with(domain):
+    """Every setting but k equals the flag (or the trainer's default) in each bundled SAE's recorded command."""
+    script = _script()
+    settings = script.SAE_SETTINGS[domain]
+    blocks = [b for b in sorted(bundled.sae_dir(domain).glob("block_*")) if (domain, b.name) not in SEPARATELY_TRAINED]
+    assert blocks
+    for block in blocks:
+        info = json.loads((block / "config.json").read_text())["training_info"]
+        words = shlex.split(info["command"])
+        flags = {words[i][2:]: words[i + 1] for i in range(len(words) - 1) if words[i].startswith("--")}
+        assert flags["license"] == script.LICENSES[domain]
+        assert flags["dataset_label"] == bundled.domain(domain).dataset
+        for name in (
+            "expansion_factor",
+            "epochs",
+            "batch_size",
+            "lr",
+            "warmup_steps",
+            "dead_tokens",
+            "aux_coefficient",
+            "seed",
+            "eval_fraction",
+        ):
+            recorded = float(flags.get(name, getattr(SaeTrainingArguments, name)))
+            assert float(settings.get(name, getattr(SaeTrainingArguments, name))) == recorded, (domain, block, name)
+
+
+def test_assets_name_each_domain_s_files_and_validation_split():
+    script = _script()
+    chest, busi = script.Assets("chest_xray"), script.Assets("breast_ultrasound")
+    assert (chest.model, chest.saes, chest.validation_split, chest.flag) == (
+        "hf_fga/bundled/model",
+        "hf_fga/bundled/saes",
+        "train",
+        "",
+    )
+    assert (busi.model, busi.saes, busi.validation_split, busi.flag) == (
+        "hf_fga/bundled/breast_ultrasound/model",
+        "hf_fga/bundled/breast_ultrasound/saes",
+        "validation",
+        " --domain breast_ultrasound",
+    )
+    with pytest.raises(SystemExit, match="no control settings"):
+        script.Assets("cifar10")
+
+
+def test_a_block_trained_with_other_settings_is_refused(tmp_path):
+    script = _script()
+    args = SimpleNamespace(ks=[], output_dir=str(tmp_path))  # no k: only the check runs
+    assert script.lower_fidelity(args, script.Assets("chest_xray"), None, [0, 1, 2]) == {}
+    with pytest.raises(SystemExit, match="block 5 .* has 384 features, not 4 × 192"):
+        script.lower_fidelity(args, script.Assets("chest_xray"), None, [5])
