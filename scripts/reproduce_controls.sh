@@ -6,14 +6,19 @@
 #
 #   bash scripts/reproduce_controls.sh --dataset chest_xray          # everything (hours on a 2-core CPU)
 #   bash scripts/reproduce_controls.sh --dataset breast_ultrasound   # the same controls on the breast ultrasound ViT
+#   bash scripts/reproduce_controls.sh --dataset cifar10             # needs docs/results/cifar10_controls/plan.md
 #   STAGES=validation bash scripts/reproduce_controls.sh --dataset breast_ultrasound  # stop after the selection
 #   TEST_LIMIT=64 NUM_PROCESSES=1 bash scripts/reproduce_controls.sh --dataset chest_xray
 #   REPORT_ONLY=1 bash scripts/reproduce_controls.sh --dataset chest_xray   # rebuild the reports from what is done
 #
 # Per domain: chest_xray validates on 256 images of the validation patients carved out of the train split (the file
 # names in hf_fga/bundled/splits.json) and tests on 618 images; breast_ultrasound validates on the data set's own
-# validation split (117 images) and tests on its 118 test images. scripts/reproduce_chest_xray_controls.sh is
-# `--dataset chest_xray`.
+# validation split (117 images) and tests on its 118 test images; cifar10 (built outside the package by
+# scripts/build_cifar10_assets.sh) validates on 256 of the validation rows of its train split (splits.json,
+# `validation_rows`, row-index ids) and tests on 2,000 images, as scripts/reproduce.sh does. Its pre-registration
+# (docs/results/cifar10_controls/plan.md) is not written yet, so this script refuses it until it is, and
+# scripts/build_controls_saes.py and scripts/controls_analysis.py do not know the domain yet (their --domain choices).
+# scripts/reproduce_chest_xray_controls.sh is `--dataset chest_xray`.
 #
 # The chosen configuration (blocks, κ, c_max) is scripts/reproduce.sh's (docs/results/<domain>/
 # chosen_configuration.txt, or $CHOSEN); the TransMM, combined, centered, mean-centered and no-sae test scores are
@@ -25,16 +30,19 @@ while [ $# -gt 0 ]; do
   case $1 in
     --dataset) DOMAIN=$2; shift 2 ;;
     --dataset=*) DOMAIN=${1#--dataset=}; shift ;;
-    *) echo "unknown argument $1: pass --dataset chest_xray or --dataset breast_ultrasound" >&2; exit 2 ;;
+    *) echo "unknown argument $1: pass --dataset chest_xray, breast_ultrasound or cifar10" >&2; exit 2 ;;
   esac
 done
+IDS=(--id_column file_name); IDS_KEY=validation_file_names  # how images are named (cifar10: row indices)
 # the chest X-ray SAE folder keeps its first name (runs/controls_saes), so that its finished parts are reused
 case $DOMAIN in
   chest_xray) ASSETS=hf_fga/bundled; DATASET=chest_xray_pneumonia; VALIDATION_SPLIT=train; VALIDATION_SIZE=256
     TEST_SIZE=618; CONTROLS_SAES=runs/controls_saes ;;
   breast_ultrasound) ASSETS=hf_fga/bundled/breast_ultrasound; DATASET=breast_ultrasound; VALIDATION_SPLIT=validation
     VALIDATION_SIZE=117; TEST_SIZE=118; CONTROLS_SAES=runs/breast_ultrasound_controls_saes ;;
-  *) echo "unknown dataset $DOMAIN: the bundled domains are chest_xray and breast_ultrasound" >&2; exit 2 ;;
+  cifar10) ASSETS=${HF_FGA_CIFAR10_DIR:-runs/cifar10_assets}; DATASET=cifar10; VALIDATION_SPLIT=train
+    VALIDATION_SIZE=256; TEST_SIZE=2000; CONTROLS_SAES=runs/cifar10_controls_saes; IDS=(); IDS_KEY=validation_rows ;;
+  *) echo "unknown dataset $DOMAIN: the domains are chest_xray, breast_ultrasound and cifar10" >&2; exit 2 ;;
 esac
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONWARNINGS="ignore::UserWarning"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's hf_fga (a worktree's, not the venv's install)
@@ -66,8 +74,8 @@ source scripts/evaluation_stages.sh
 CONFIG=$(sed 's/^chosen configuration: //' "$CHOSEN")
 IFS='|' read -r _ _ LAYERS KAPPA CMAX <<< "$CONFIG"
 GRID=(--layer_sets "$LAYERS" --kappas "$KAPPA" --cmaxes "$CMAX")
-COMMON=(--dataset "$DATA" --id_column file_name --model "$ASSETS/model" --batch_size 8)
-VALIDATION_IDS=(--split "$VALIDATION_SPLIT" --include_ids "$ASSETS/splits.json" --ids_key validation_file_names
+COMMON=(--dataset "$DATA" "${IDS[@]}" --model "$ASSETS/model" --batch_size 8)
+VALIDATION_IDS=(--split "$VALIDATION_SPLIT" --include_ids "$ASSETS/splits.json" --ids_key "$IDS_KEY"
                 --limit "$VALIDATION_LIMIT" --seed 0)
 IMPORTANCE=$OUT/feature_importance.safetensors
 
@@ -80,7 +88,7 @@ fi
 # 2. validation: S_ℓ (feature importances) on the validation sample, then γ and m by the protocol's rule (papers)
 if has_stage validation; then
   if [ ! -f "$IMPORTANCE" ] && [ -z "${REPORT_ONLY:-}" ]; then
-    $PY scripts/compute_feature_importance.py --dataset "$DATA" --id_column file_name "${VALIDATION_IDS[@]}" \
+    $PY scripts/compute_feature_importance.py --dataset "$DATA" "${IDS[@]}" "${VALIDATION_IDS[@]}" \
       --model "$ASSETS/model" --sae "$ASSETS/saes" --layers "$LAYERS" --output "$IMPORTANCE"
   fi
   stage validation_controls "${COMMON[@]}" "${VALIDATION_IDS[@]}" --sae "$ASSETS/saes" \

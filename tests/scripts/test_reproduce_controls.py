@@ -100,11 +100,16 @@ def busi_commands(out: str, layers: str, kappa: str, cmax: str) -> list[str]:
     return commands
 
 
-def run(tmp_path: Path, script: str, *args: str, **env: str) -> tuple[subprocess.CompletedProcess, list[str]]:
-    """Run a reproduction script with the stand-in Python; returns the process and the commands it launched."""
+def run(
+    tmp_path: Path, script: str, *args: str, stand_in: str = FAKE_PYTHON, **env: str
+) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """
+    Run a reproduction script with a stand-in Python (`stand_in`: a bash script that appends its arguments to
+    `$ARGV_LOG`); returns the process and the commands it launched.
+    """
     tmp_path.mkdir(parents=True, exist_ok=True)
     fake, log = tmp_path / "python", tmp_path / "argv.log"
-    fake.write_text(FAKE_PYTHON)
+    fake.write_text(stand_in)
     fake.chmod(0o755)
     environment = {**os.environ, "PY": str(fake), "ARGV_LOG": str(log), "NUM_PROCESSES": "1", **env}
     process = subprocess.run(
@@ -170,7 +175,18 @@ def test_a_domain_without_a_chosen_configuration_is_refused(tmp_path):
     assert "run scripts/reproduce.sh --dataset breast_ultrasound first" in process.stderr
 
 
-@pytest.mark.parametrize("args", [("--dataset", "cifar10"), ("--model", "x")])
+def test_cifar10_is_refused_until_its_pre_registration_is_committed(tmp_path):
+    """The CIFAR-10 controls have no plan.md yet: nothing is scored, and the message says what is missing."""
+    chosen = tmp_path / "chosen_configuration.txt"
+    chosen.write_text("chosen configuration: fga|combined|3,4|1.0|50\n")
+    process, commands = run(
+        tmp_path, "reproduce_controls.sh", "--dataset", "cifar10", OUT=str(tmp_path), CHOSEN=str(chosen)
+    )
+    assert process.returncode == 1 and commands == []
+    assert "docs/results/cifar10_controls/plan.md is not committed" in process.stderr
+
+
+@pytest.mark.parametrize("args", [("--dataset", "imagenet"), ("--model", "x")])
 def test_unknown_arguments_are_refused(tmp_path, args):
     process, commands = run(tmp_path, "reproduce_controls.sh", *args, OUT=str(tmp_path))
     assert process.returncode == 2 and commands == [] and "chest_xray" in process.stderr
