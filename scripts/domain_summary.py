@@ -34,8 +34,8 @@ KNOWN_DOMAINS = {
     ),
     "cifar10": (
         "CIFAR-10",
-        "`scripts/train_cifar10.py` (the model), then the protocol of `scripts/reproduce.sh` (which does not offer "
-        "`--dataset cifar10` yet)",
+        "`bash scripts/build_cifar10_assets.sh --evaluate` (the model, its SAEs and assets, then "
+        "`bash scripts/reproduce.sh --dataset cifar10`; a GPU run: the CPU cost is in cifar10_classifier.md)",
         "docs/results/cifar10_classifier.md",
         NO_PATIENTS,
     ),
