@@ -1,4 +1,7 @@
-"""The bundled domains by name: chest X-ray (default) and breast ultrasound (model, SAEs, mean residuals, examples)."""
+"""
+The bundled domains by name: chest X-ray (default) and breast ultrasound (model, SAEs, mean residuals, examples),
+and CIFAR-10, built outside the package (HF_FGA_CIFAR10_DIR, default the checkout's runs/cifar10_assets).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +16,8 @@ from hf_fga import bundled
 from tests.helpers import SHARED_DATA
 
 BUSI = "breast_ultrasound"
+CIFAR = "cifar10"
+DOMAIN_NAMES = ["chest_xray", BUSI, CIFAR]
 BUSI_LABELS = {0: "benign", 1: "malignant", 2: "normal"}
 SHIPPED = (bundled.ROOT / BUSI / "model" / "config.json").is_file()
 needs_busi = pytest.mark.skipif(not SHIPPED, reason="the breast ultrasound model is not bundled in this checkout")
@@ -26,8 +31,16 @@ NAMED = (
 )
 
 
+@pytest.fixture(autouse=True)
+def unbuilt_cifar10(monkeypatch, tmp_path):
+    """Every test sees an unbuilt CIFAR-10 domain (a missing folder named by the variable), whatever is built."""
+    root = tmp_path / "external" / "cifar10_assets"
+    monkeypatch.setenv("HF_FGA_CIFAR10_DIR", str(root))
+    return root
+
+
 def test_list_domains_starts_with_the_default():
-    assert bundled.list_domains() == ["chest_xray", "breast_ultrasound"]
+    assert bundled.list_domains() == DOMAIN_NAMES
     assert bundled.DEFAULT_DOMAIN == "chest_xray"
 
 
@@ -38,7 +51,7 @@ def test_calls_without_a_name_are_the_chest_xray_assets(function):
 
 @pytest.mark.parametrize("function", NAMED, ids=lambda f: f.__name__)
 def test_unknown_domain_names_the_bundled_ones(function):
-    with pytest.raises(ValueError, match=r"chest_x_ray.*\['chest_xray', 'breast_ultrasound'\]"):
+    with pytest.raises(ValueError, match=r"chest_x_ray.*\['chest_xray', 'breast_ultrasound', 'cifar10'\]"):
         function("chest_x_ray")
 
 
@@ -103,10 +116,49 @@ def test_empty_asset_folders_make_a_domain_incomplete(monkeypatch, tmp_path, emp
     assert bundled.available_domains() == []
 
 
-def test_this_checkout_offers_the_chest_xray_domain():
+def test_this_checkout_offers_the_chest_xray_domain(monkeypatch):
+    monkeypatch.delenv("HF_FGA_CIFAR10_DIR")  # the checkout's own runs/cifar10_assets (offered only once built)
     assert bundled.available_domains()[0] == "chest_xray"
     assert set(bundled.available_domains()) <= set(bundled.list_domains())
     assert (BUSI in bundled.available_domains()) == SHIPPED
+    assert (CIFAR in bundled.available_domains()) == (not bundled.missing_assets(CIFAR))
+
+
+# ----------------------------------------------------------------------------------- CIFAR-10: an external domain
+
+
+def test_cifar10_lives_outside_the_package(monkeypatch, unbuilt_cifar10):
+    assert bundled.domain_root(CIFAR) == unbuilt_cifar10
+    monkeypatch.delenv("HF_FGA_CIFAR10_DIR")
+    assert bundled.domain_root(CIFAR) == bundled.EXTERNAL_ROOT / "cifar10_assets"
+    assert bundled.EXTERNAL_ROOT == bundled.ROOT.parents[1] / "runs"
+    monkeypatch.setenv("HF_FGA_CIFAR10_DIR", "")  # empty: as if unset
+    assert bundled.domain_root(CIFAR) == bundled.EXTERNAL_ROOT / "cifar10_assets"
+
+
+@pytest.mark.parametrize("function", NAMED, ids=lambda f: f.__name__)
+def test_unbuilt_cifar10_names_its_build_script_and_variable(function, unbuilt_cifar10):
+    with pytest.raises(FileNotFoundError) as raised:
+        function(CIFAR)
+    message = str(raised.value)
+    assert f"'cifar10' domain is missing at {unbuilt_cifar10}" in message
+    assert "built, not shipped" in message and "`bash scripts/build_cifar10_assets.sh`" in message
+    assert "HF_FGA_CIFAR10_DIR" in message
+
+
+def test_cifar10_is_offered_once_built(monkeypatch, tmp_path, unbuilt_cifar10):
+    monkeypatch.setattr(bundled, "ROOT", tmp_path / "package")
+    fake_domain_files(tmp_path / "package")
+    assert bundled.available_domains() == ["chest_xray"]
+    assert len(bundled.missing_assets(CIFAR)) == 4
+    fake_domain_files(unbuilt_cifar10, examples=False)
+    (missing,) = bundled.missing_assets(CIFAR)
+    assert "example folder" in missing and "build_cifar10_assets.sh" in missing
+    (unbuilt_cifar10 / "examples").mkdir()
+    (unbuilt_cifar10 / "examples" / "cat_test_00001.jpg").write_bytes(b"")
+    assert bundled.available_domains() == ["chest_xray", CIFAR]
+    assert bundled.model_dir(CIFAR) == unbuilt_cifar10 / "model"
+    assert bundled.example_images(CIFAR) == [unbuilt_cifar10 / "examples" / "cat_test_00001.jpg"]
 
 
 # ----------------------------------------------------------------------------------------- the breast ultrasound ViT
