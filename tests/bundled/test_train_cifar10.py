@@ -18,6 +18,7 @@ from transformers import get_cosine_schedule_with_warmup
 from hf_fga.bundled.training_state import load_training_state, save_training_state
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]  # as shared/data
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +31,7 @@ def script():
 
 
 def write_tiny_cifar(root: Path, n_train: int = 60, n_test: int = 20) -> Path:
+    """A dataset folder like `shared/data/cifar10`: 32 px RGB images, 10 named classes, train and test splits."""
     rng = np.random.default_rng(0)
     for split, n in (("train", n_train), ("test", n_test)):
         ds = datasets.Dataset.from_dict(
@@ -37,7 +39,7 @@ def write_tiny_cifar(root: Path, n_train: int = 60, n_test: int = 20) -> Path:
                 "image": [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(n)],
                 "label": [i % 10 for i in range(n)],
             },
-            features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")}),
+            features=datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASSES)}),
         )
         (root / "data").mkdir(parents=True, exist_ok=True)
         ds.to_parquet(str(root / "data" / f"{split}-00000-of-00001.parquet"))
