@@ -13,6 +13,7 @@ import shlex
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from transformers import ViTForImageClassification
 
@@ -101,3 +102,55 @@ def test_the_build_script_refuses_unknown_arguments(argument):
 
     process = subprocess.run(["bash", str(BUILD), argument], capture_output=True, text=True, timeout=30)
     assert process.returncode == 2 and "--evaluate" in process.stderr
+
+
+# ------------------------------------------------------------------- the 8 x 8 patch grid through the metric presets
+
+
+@pytest.mark.parametrize(
+    "preset, forwards",
+    [  # method.md §5 on N = 64 patches, plus the clean forward: SaCo K, FC runs x trials, Pixel Flipping N
+        ("papers", {"saco": 10, "faithfulness_correlation": 100, "pixel_flipping": 64}),
+        ("thesis", {"saco": 64 // 4, "faithfulness_correlation": 20 * 3, "pixel_flipping": 64}),
+    ],
+)
+def test_both_presets_fit_the_64_patches_of_a_32_px_image(preset, forwards):
+    """SaCo groups of 4 patches -> 16 groups (thesis), K = 10 (papers); FC subsets of 20 of the 64 patches in both."""
+    import torch
+
+    from hf_fga.faithfulness import evaluate_faithfulness, resolve_preset
+
+    counted = []
+
+    def model(pixels):  # two scores that depend on every pixel; counts the images it sees
+        counted.append(len(pixels))
+        return torch.stack([pixels.mean(dim=(1, 2, 3)), pixels[:, 0].mean(dim=(1, 2))], dim=1)
+
+    pixel_values, attributions = torch.rand(2, 3, 32, 32), torch.rand(2, 8, 8)
+    assert resolve_preset(preset).subset_size(4) == 20
+    for metric, count in forwards.items():
+        counted.clear()
+        scores = evaluate_faithfulness(
+            model, pixel_values, attributions, [metric], preset, patch_size=4, progress=False
+        )
+        assert sum(counted) == 2 * (count + 1) and np.isfinite(scores[metric]).all()
+
+
+def test_the_spaces_quick_metrics_take_a_64_patch_map():
+    import torch
+    from transformers import ViTConfig
+
+    sys.path.insert(0, str(REPO / "spaces"))
+    try:
+        from fga_space import quick_faithfulness
+    finally:
+        sys.path.remove(str(REPO / "spaces"))
+    config = ViTConfig(
+        image_size=32, patch_size=4, hidden_size=16, num_hidden_layers=6, num_attention_heads=2, intermediate_size=32
+    )
+    model = ViTForImageClassification(config).eval()
+    scores = quick_faithfulness(
+        model, torch.rand(1, 3, 32, 32), {"TransMM": torch.rand(8, 8), "FGA": torch.rand(8, 8)}
+    )
+    assert set(scores) == {"TransMM", "FGA"}
+    assert all(np.isfinite(list(s.values())).all() and 0 <= s["pixel_flipping"] <= 1 for s in scores.values())
