@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--domain",
         default="chest_xray",
-        help="the bundled model to explain: chest_xray or breast_ultrasound (hf_fga.bundled.list_domains())",
+        help="the bundled model to explain: chest_xray, breast_ultrasound or cifar10 (once built by "
+        "scripts/build_cifar10_assets.sh; hf_fga.bundled.list_domains())",
     )
     parser.add_argument(
         "--layers",
