@@ -21,6 +21,8 @@
 #    2.88 M x 192 x 2 B = 1.1 GB per block (6.6 GB in all, under runs/cifar10_sae_activations). If a block misses
 #    EV >= 0.90 or dead < 10 %, retrain it alone (--blocks i) and merge it with --override, as the chest X-ray build did.
 # 4. merge_sae_sets writes the set (with its card) into the domain folder; the mean residuals (mean-centered control).
+# 5. The classifier command again: it resumes a finished run (nothing is trained, the one recorded test evaluation is
+#    reused) and re-writes the model card (model/README.md) with the SAE quality table. Last: check the domain.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 EVALUATE=
@@ -46,5 +48,6 @@ $PY scripts/export_sae_images.py --data_dir "$DATA" --splits_path "$A/splits.jso
 $PY scripts/train_sae.py --model_name_or_path "$A/model" --output_dir "$RUNS/cifar10_saes" --dataset_name_or_path "$RUNS/cifar10_train_without_validation" --dataset_split train --dataset_label cifar10 --license unknown --expansion_factor 8 --k 32 --epochs 2 --batch_size 4096 --lr 0.001 --warmup_steps 50 --dead_tokens 50000 --aux_coefficient 0.0625 --eval_fraction 0.05 --harvest_batch_size 256 --cache_dir "$RUNS/cifar10_sae_activations" --seed 0
 $PY scripts/merge_sae_sets.py --base "$RUNS/cifar10_saes" --output "$A/saes"
 $PY scripts/compute_bundled_mean_residuals.py --domain cifar10 --data_dir "$RUNS/cifar10_train_without_validation" --batch_size 256
+$PY scripts/train_cifar10.py --data_dir "$DATA" --output_dir "$RUNS/cifar10" --export_dir "$A/model" --splits_path "$A/splits.json" --device "$DEVICE" --batch_size 512 --learning_rate 2e-3 --epochs 200 --seed 0
 $PY -c "from hf_fga import bundled; m = bundled.missing_assets('cifar10'); print('\n'.join(m) or 'cifar10 domain complete: ' + str(bundled.domain_root('cifar10'))); raise SystemExit(bool(m))"
 [ -z "$EVALUATE" ] || bash scripts/reproduce.sh --dataset cifar10

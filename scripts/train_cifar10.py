@@ -11,7 +11,9 @@ Resumable without pickle: every `--checkpoint_every` steps and at the end of eve
 scheduler, RNG states, the epoch's sample order and the position in it go to `<output_dir>/last/` (safetensors +
 JSON, `hf_fga.bundled.training_state`); re-running the same command continues from there, mid-epoch included. The
 checkpoint with the best validation accuracy is kept in `<output_dir>/best/` (`save_pretrained`), and the test split
-is evaluated once, at the end, through the saved image processor.
+is evaluated once, at the end, through the saved image processor. With `--export_dir` the model, its processor,
+`training_results.json` and its card (`README.md`, `hf_fga.bundled.model_card.write_cifar10_card`; with the SAE
+table once `<export_dir>/../saes` exists: re-run the finished command to refresh it) are written there.
 
 The validation rows go to `--splits_path` (default `<output_dir>/splits.json`, key `validation_rows`: row indices of
 the train split as strings), so the SAEs, mean residuals and evaluations leave the same images out / in.
@@ -39,6 +41,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from hf_fga.bundled import classifier_training as training
+from hf_fga.bundled.model_card import write_cifar10_card
 from hf_fga.bundled.training_state import load_training_state, save_training_state
 
 REPO = Path(__file__).resolve().parents[1]
@@ -361,7 +364,10 @@ def finish(args: TrainCifarArguments, out: Path, state: dict, counts: dict) -> d
         result["test"] = training.evaluate_test_once(out, model, processor, args.data_dir, batch_size=500)
     training.write_results(out, result)
     if args.export_dir:
-        training.export_model(args.export_dir, model, processor, result, args)
+        export = training.export_model(args.export_dir, model, processor, result, args)
+        if args.evaluate_test:  # the card, with the SAE table once the SAE set sits beside the model
+            sae_dir = export.parent / "saes"
+            write_cifar10_card(export, sae_dir if sae_dir.is_dir() else None)
     return result
 
 

@@ -24,6 +24,7 @@ DOMAIN_CARDS = {
         "hf_fga/bundled/breast_ultrasound",
     ),
 }
+CIFAR10_CARD = (REPO / "hub_cards" / "cifar10_card.md", REPO / "scripts" / "build_cifar10_assets.sh")
 RESULTS_NAME = "training_results.json"
 SAE_QUALITY = (
     ("explained_variance", "explained variance"),
@@ -33,11 +34,15 @@ SAE_QUALITY = (
 )
 
 
-def build_commands(script: str | Path = BUILD_SCRIPT) -> list[str]:
-    """The command lines of the build script (comments, `set`, `cd` and `export` lines left out)."""
+def build_commands(script: str | Path = BUILD_SCRIPT, only: str | None = None) -> list[str]:
+    """
+    The command lines of the build script (comments, `set`, `cd` and `export` lines left out); with `only`, just the
+    lines that start with it (e.g. `"$PY scripts/"`, for a script that also parses its arguments).
+    """
     skip = ("#", "set ", "cd ", "export ")
     lines = Path(script).read_text(encoding="utf-8").splitlines()
-    return [line for line in lines if line.strip() and not line.lstrip().startswith(skip)]
+    kept = [line for line in lines if line.strip() and not line.lstrip().startswith(skip)]
+    return kept if only is None else [line for line in kept if line.startswith(only)]
 
 
 def sae_rows(sae_dir: str | Path) -> list[dict]:
@@ -237,5 +242,68 @@ def write_classifier_card(model_dir: str | Path, sae_dir: str | Path | None = No
         raise FileNotFoundError(f"{results_path} is missing: export the model with scripts/train_classifier.py first.")
     results = json.loads(results_path.read_text(encoding="utf-8"))
     card = render_classifier_card(results, build_commands(), sae_dir)
+    (model_dir / "README.md").write_text(card, encoding="utf-8")
+    return model_dir / "README.md"
+
+
+def write_cifar10_card(model_dir: str | Path, sae_dir: str | Path | None = None) -> Path:
+    """
+    The card of the CIFAR-10 ViT (`scripts/train_cifar10.py`), from `<model_dir>/training_results.json`, the SAE set's
+    quality table when `sae_dir` holds one, and the `$PY scripts/` commands of `scripts/build_cifar10_assets.sh`;
+    written to `<model_dir>/README.md`.
+    """
+    template, build_script = CIFAR10_CARD
+    model_dir = Path(model_dir)
+    results_path = model_dir / RESULTS_NAME
+    if not results_path.is_file():
+        raise FileNotFoundError(f"{results_path} is missing: export the model with scripts/train_cifar10.py first.")
+    results = json.loads(results_path.read_text(encoding="utf-8"))
+    args, test = results["args"], test_figures(results)
+    labels = list(test["recall_per_class"])
+    grid = 32 // args["patch_size"]
+    train_images = f"the {results['num_train_images']} train images (the validation rows left out)"
+    values = dict(
+        num_test=test["num_examples"],
+        test_accuracy=f"{test['accuracy']:.4f}",
+        results_table=results_table(test),
+        confusion_table=confusion_table(labels, test["confusion_matrix"]),
+        label_list=", ".join(f"{i} `{name}`" for i, name in enumerate(labels)),
+        num_layers=args["num_hidden_layers"],
+        hidden_size=args["hidden_size"],
+        num_heads=args["num_attention_heads"],
+        grid=grid,
+        num_patches=grid * grid,
+        num_parameters=f"{results['num_parameters']:,}",
+        gflops=f"{results['forward_gflops']:.4f}",
+        best_epoch=results["best_epoch"],
+        val_accuracy=f"{results['validation_accuracy']:.4f}",
+        num_val=results["num_validation_images"],
+        num_train=results["num_train_images"],
+        train_hours=f"{results['train_seconds'] / 3600:.2f}",
+        sae_section=sae_section(sae_dir, "<HF_FGA_CIFAR10_DIR>", 'bundled.sae_dir("cifar10")', train_images),
+        commands="\n".join(build_commands(build_script, only="$PY scripts/")),
+        **{
+            key: results[key] if key in results else args[key]
+            for key in ("epochs", "global_steps", "device", "torch_version")
+        },
+        **{
+            key: args[key]
+            for key in (
+                "intermediate_size",
+                "patch_size",
+                "pad",
+                "mix_prob",
+                "mixup_alpha",
+                "cutmix_alpha",
+                "label_smoothing",
+                "learning_rate",
+                "weight_decay",
+                "batch_size",
+                "warmup_epochs",
+                "seed",
+            )
+        },
+    )
+    card = Template(Path(template).read_text(encoding="utf-8")).substitute(values).rstrip() + "\n"
     (model_dir / "README.md").write_text(card, encoding="utf-8")
     return model_dir / "README.md"

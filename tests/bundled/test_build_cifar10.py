@@ -70,6 +70,7 @@ def test_the_build_script_leaves_a_complete_cifar10_domain(tmp_path, monkeypatch
         "train_sae.py",
         "merge_sae_sets.py",
         "compute_bundled_mean_residuals.py",
+        "train_cifar10.py",  # again: re-writes the model card with the SAE table
     ]
     assert bundled.missing_assets("cifar10")  # nothing built yet
     for argv in commands:
@@ -90,6 +91,9 @@ def test_the_build_script_leaves_a_complete_cifar10_domain(tmp_path, monkeypatch
     assert sorted(saes) == list(range(6))
     means = load_mean_residuals(bundled.mean_residuals_path("cifar10"))
     assert sorted(means) == list(range(6)) and all(mu.shape == (16,) for mu in means.values())
+    card = (bundled.model_dir("cifar10") / "README.md").read_text()
+    assert "| test | " in card and "## Bundled SAEs" in card and card.count("| `resid_post` |") == 6
+    assert "scripts/train_sae.py --model_name_or_path" in card and "$" + "test_accuracy" not in card
     records = bundled.example_records("cifar10")
     assert len(records) == 2 * 10 and {r["label"] for r in records} == set(range(10))
     assert all(re.fullmatch(r"test_\d{5}\.png", r["source_file_name"]) for r in records)
