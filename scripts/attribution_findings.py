@@ -74,6 +74,8 @@ def load_split(args: argparse.Namespace) -> tuple[datasets.Dataset, int]:
     if not folder.is_dir():
         raise SystemExit(f"{folder} does not exist: pass --data_root with the folder holding the dataset.")
     dataset = datasets.load_dataset(str(folder), split=args.split)
+    if "file_name" not in dataset.column_names:  # CIFAR-10: the row index in the split is the id, as in evaluations
+        dataset = dataset.add_column("file_name", [str(row) for row in range(len(dataset))])
     if args.limit is None or args.limit >= len(dataset):
         return dataset, len(dataset)
     rows = np.random.default_rng(args.seed).choice(len(dataset), args.limit, replace=False)
@@ -81,7 +83,10 @@ def load_split(args: argparse.Namespace) -> tuple[datasets.Dataset, int]:
 
 
 def image_table(dataset: datasets.Dataset) -> tuple[pd.DataFrame, bool]:
-    """Per image: `image_id` (file name), `unit` (its patient where the dataset has patient ids), true `label`."""
+    """
+    Per image: `image_id` (file name; for a dataset without file names, its row index in the split, as
+    [`load_split`] adds it), `unit` (its patient where the dataset has patient ids), true `label`.
+    """
     names = [str(n) for n in dataset["file_name"]]
     has_patients = "patient_id" in dataset.column_names
     keys = patient_keys([str(p) for p in dataset["patient_id"]], names) if has_patients else names

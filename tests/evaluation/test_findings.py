@@ -306,3 +306,25 @@ def test_script_without_patient_ids_tests_per_image(tmp_path):
     text = (out / "findings.md").read_text()
     assert "3 test images (the whole test split), no patient ids, so the tests are per image" in text
     assert "images / images" not in text and "| Wilcoxon p (images) | Holm p (images) |" in text
+
+
+def test_a_split_without_file_names_is_identified_by_row_index(tmp_path):
+    """CIFAR-10 has no file_name column: the ids are the rows of the whole split (as the evaluations' ids), also in
+    a --limit subset."""
+    import argparse
+
+    import datasets
+
+    write_dataset(tmp_path / "data", 6, patients=False)
+    folder = tmp_path / "data" / "chest_xray_pneumonia" / "data"
+    parquet = folder / "test-00000-of-00001.parquet"
+    datasets.Dataset.from_parquet(str(parquet)).remove_columns("file_name").to_parquet(str(parquet))
+    spec = importlib.util.spec_from_file_location("attribution_findings", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    args = argparse.Namespace(domain="chest_xray", data_root=tmp_path / "data", split="test", limit=3, seed=0)
+    subset, size = module.load_split(args)
+    table, has_patients = module.image_table(subset)
+    expected = sorted(np.random.default_rng(0).choice(6, 3, replace=False).tolist())
+    assert size == 6 and not has_patients
+    assert table["image_id"].tolist() == table["unit"].tolist() == [str(row) for row in expected]
