@@ -26,7 +26,11 @@ def _script():
     return module
 
 
-@pytest.mark.parametrize("domain", bundled.list_domains())
+# the domains shipped in the package (an external one, CIFAR-10, is built elsewhere and has no controls plan yet)
+SHIPPED_DOMAINS = [name for name in bundled.list_domains() if bundled.domain(name).root_variable is None]
+
+
+@pytest.mark.parametrize("domain", SHIPPED_DOMAINS)
 def test_settings_are_those_the_bundled_saes_were_trained_with(domain):
     """Every setting but k equals the flag (or the trainer's default) in each bundled SAE's recorded command."""
     script = _script()
