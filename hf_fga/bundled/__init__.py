@@ -20,6 +20,7 @@ returns a location that `from_pretrained` (or PIL) can read:
 3
 >>> "chest_xray" in bundled.available_domains()  # model, SAEs, mean residuals and examples all installed
 True
+
 ```
 
 The assets are produced by `scripts/train_classifier.py`, `scripts/export_bundled_examples.py` and
