@@ -208,6 +208,7 @@ def feature_drivers(
     >>> out = attributor.attribute(pixel_values, return_contributions=True)  # doctest: +SKIP
     >>> [(f.block, f.index, f.sign) for f in feature_drivers(out, 0, max_features=3)]  # doctest: +SKIP
     [(4, 1021, 'amplifier'), (5, 77, 'suppressor'), (4, 9, 'amplifier')]
+
     ```
     """
     found: dict[tuple[int, int, str], list] = {}

@@ -326,8 +326,10 @@ def model_linears(model: nn.Module, backend: str, stock: Callable[[], Tensor], b
 
     Example:
     ```python
-    >>> with model_linears(model, "auto", lambda: model(pixel_values=pixels[:1]).logits, backward=True):
+    >>> stock = lambda: model(pixel_values=pixels[:1]).logits  # doctest: +SKIP
+    >>> with model_linears(model, "auto", stock, backward=True):  # doctest: +SKIP
     ...     logits = model(pixel_values=pixels).logits
+
     ```
     """
     check_backend(backend)

@@ -71,6 +71,7 @@ def real_number(
     >>> import numpy as np
     >>> real_number("kappa", np.float32(0.5), low=0, inclusive=False)
     0.5
+
     ```
     """
     low_inclusive, high_inclusive = (inclusive, inclusive) if isinstance(inclusive, bool) else inclusive
@@ -102,6 +103,7 @@ def integer(name: str, value: Any, *, low: int | None = None, high: int | None =
     ```python
     >>> integer("top_k_features", 5, low=1)
     5
+
     ```
     """
     bounds = [f">= {low}"] if low is not None else []
@@ -127,6 +129,7 @@ def candidate_label_list(value: Any, name: str = "candidate_labels") -> list[str
     ```python
     >>> candidate_label_list("cat, dog")
     ['cat', 'dog']
+
     ```
     """
     if isinstance(value, str):

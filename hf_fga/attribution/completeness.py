@@ -119,6 +119,7 @@ def model_completeness_terms(
     ```python
     >>> terms = model_completeness_terms(model.double(), pixel_values.double())
     >>> terms["errors"]  # large for plain gradients, < 1e-8 under LibraGrad in float64
+
     ```
     """
     with prepared_model(model):

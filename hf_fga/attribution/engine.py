@@ -145,6 +145,7 @@ class Attributor:
     >>> out.attribution.shape  # (B, h, w)
     >>> capture = attr.capture(pixel_values)  # one forward + one backward pass ...
     >>> maps = [attr.explain(capture, kappa=k).attribution for k in (0.1, 0.5, 1.0)]  # ... any number of maps
+
     ```
     """
 

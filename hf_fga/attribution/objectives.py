@@ -56,6 +56,7 @@ def logit_objective(
     ```python
     >>> objective = logit_objective(model, target=torch.tensor([3, 1]))
     >>> y = objective(pixel_values, torch.arange(2))  # (2,)
+
     ```
     """
 

@@ -11,6 +11,7 @@ The scripts' arguments are `HfArgumentParser` dataclasses; the functions here re
 >>> out, gen = start_run(args)
 >>> model = fresh_vit(args, image_size=32, labels=("cat", "dog"))
 >>> optimizer, scheduler = adamw_cosine(model, args, steps_per_epoch=100)
+
 ```
 """
 

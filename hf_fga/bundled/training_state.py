@@ -7,10 +7,12 @@ A checkpoint is a folder holding `tensors.safetensors` and `state.json`; [`save_
 the scheduler and the RNG states (Python, NumPy, torch CPU, torch CUDA when saved, and a `torch.Generator`) exactly.
 
 ```python
->>> save_training_state("runs/x/last", model=model, optimizer=optimizer, scheduler=scheduler, generator=gen,
-...                     extra={"epoch": 3}, extra_tensors={"order": order})
->>> extra, extra_tensors = load_training_state("runs/x/last", model=model, optimizer=optimizer,
+>>> save_training_state(  # doctest: +SKIP
+...     "runs/x/last", model=model, optimizer=optimizer, scheduler=scheduler, generator=gen,
+...     extra={"epoch": 3}, extra_tensors={"order": order})
+>>> extra, extra_tensors = load_training_state("runs/x/last", model=model, optimizer=optimizer,  # doctest: +SKIP
 ...                                            scheduler=scheduler, generator=gen)
+
 ```
 """
 

@@ -392,6 +392,7 @@ def explain_feature(
     ```python
     >>> out = explain_feature(model, sae, pixel_values, feature=[12, 40], method="gradient-x-input")
     >>> out.ierf.shape, out.activation_map.shape, out.position  # (B, 2, h, w), (B, 2, h, w), (B, 2)
+
     ```
     """
     if method not in BACKENDS:

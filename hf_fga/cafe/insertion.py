@@ -87,6 +87,7 @@ def feature_insertion(
     >>> scores = feature_insertion(model, sae, pixel_values, 7, out.position,
     ...                            {"ierf": out.ierf, "activation": out.activation_map})
     >>> scores.auc["ierf"], scores.auc["activation"]  # (B,), (B,)
+
     ```
     """
     block, hook_point = check_sae_for_model(model, sae)

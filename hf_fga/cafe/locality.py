@@ -53,6 +53,7 @@ def neighbourhood_share(
     >>> ierf = torch.zeros(1, 4, 4); ierf[0, 0, 0] = 1.0; ierf[0, 3, 3] = 3.0
     >>> neighbourhood_share(ierf, torch.tensor([1])).share  # q = patch (0, 0): 1 of 4
     tensor([0.2500])
+
     ```
     """
     height, width = ierf.shape[-2:]
@@ -79,6 +80,7 @@ def verdict(share: float, non_local: bool, at_cls: bool) -> str:
     ```python
     >>> verdict(0.12, True, False)
     'non-local: 12% of the positive iERF within 3×3 of the peak'
+
     ```
     """
     if at_cls:

@@ -30,6 +30,7 @@ Example:
 >>> fc_scores = fc(model=wrapped, x_batch=x, y_batch=y, a_batch=a, softmax=False, batch_size=len(x))
 >>> curves = pf(model=wrapped, x_batch=x, y_batch=y, a_batch=a, softmax=True, batch_size=len(x))
 >>> pf_scores = pixel_flipping_auc(curves, wrapped.probabilities(y))
+
 ```
 """
 

@@ -33,6 +33,7 @@ def metric_path(name: str) -> str:
     >>> import evaluate
     >>> from hf_fga.metrics import metric_path
     >>> saco = evaluate.load(metric_path("saco"))
+
     ```
     """
     if name not in METRIC_NAMES:

@@ -138,6 +138,7 @@ class FeatureGradientAttributionPipeline(Pipeline):
     'PNEUMONIA'
     >>> [out["label"] for out in explain(hf_fga.bundled.example_images()[:4], batch_size=4)]  # doctest: +SKIP
     ['PNEUMONIA', 'NORMAL', 'NORMAL', 'NORMAL']
+
     ```
     """
 

@@ -62,6 +62,7 @@ class SparseAutoencoder(PreTrainedModel):
     >>> out = sae(torch.randn(3, 16))
     >>> out.features.shape, int((out.features > 0).sum(-1).max()) <= 4
     (torch.Size([3, 64]), True)
+
     ```
     """
 

@@ -55,6 +55,7 @@ def save_sae_set(
     >>> folder = save_sae_set(saes, tempfile.mkdtemp())
     >>> sorted(load_saes(folder))
     [1, 2]
+
     ```
     """
     if not saes:
@@ -235,6 +236,7 @@ def load_saes(
     Example:
     ```python
     >>> saes = load_saes("path/to/sae_set", layers=[4, 5])  # doctest: +SKIP
+
     ```
     """
     if isinstance(sae, Mapping):

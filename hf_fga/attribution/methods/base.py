@@ -205,6 +205,7 @@ def check_integer(
     >>> check_integer("seed", -1, minimum=0)
     Traceback (most recent call last):
     ValueError: seed=-1: expected an integer >= 0.
+
     ```
     """
     if value is None and none_means is not None:

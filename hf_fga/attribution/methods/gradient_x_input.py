@@ -52,6 +52,7 @@ def gradient_x_input(objective: Objective, pixel_values: Tensor, grid: PatchGrid
     ```python
     >>> grid = patch_grid(model, pixel_values)
     >>> attribution, y = gradient_x_input(logit_objective(model, target), pixel_values, grid)
+
     ```
     """
     scores, grads = input_gradients(objective, pixel_values)

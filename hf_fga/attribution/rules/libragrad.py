@@ -32,6 +32,7 @@ def libragrad(model: nn.Module) -> Iterator[nn.Module]:
     ...     logits = model(pixel_values=pixels).logits
     ...     (grad,) = torch.autograd.grad(logits[:, 0].sum(), pixels)
     >>> attribution = (pixels * grad)  # FullGrad-complete up to the bias terms
+
     ```
     """
     with rules_applied(model, attention="prune") as patched:
