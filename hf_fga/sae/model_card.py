@@ -11,6 +11,7 @@ from .configuration_sae import SparseAutoencoderConfig
 # hf_fga/templates links to the repository's hub_cards/, so the templates also ship inside a built wheel.
 HUB_CARDS = Path(__file__).resolve().parents[1] / "templates"
 CARD_TEMPLATE = HUB_CARDS / "sae_card.md"
+TOKEN_PHRASES = {"patches": "patch tokens (not CLS)", "cls": "the CLS token", "all": "all tokens (CLS and patches)"}
 SET_CARD_TEMPLATE = HUB_CARDS / "sae_set_card.md"
 QUALITY_FIELDS = (
     ("explained_variance", "explained variance"),
@@ -108,6 +109,7 @@ def render_sae_card(config: SparseAutoencoderConfig, template: str | Path | None
         hook_layer=config.hook_layer,
         hook_point=config.hook_point,
         token_scope=config.token_scope,
+        token_phrase=TOKEN_PHRASES.get(config.token_scope, f"{config.token_scope} tokens"),
         architecture=architecture,
         sparsity=sparsity,
         d_in=config.d_in,
