@@ -142,8 +142,10 @@ def main() -> None:
             f"power: at α = {alpha:.3g} a paired test on {units} units detects d_z = mean/SD of the per-unit "
             f"differences ≥ {detectable_effect(units, alpha):.3f} with 80 % power (t-test; Wilcoxon ≈ 1.02× that)"
         )
-    print(f"power: a TOST at α = 0.05 on {units} units claims equivalence of a null difference with 80 % power "
-          f"when δ ≥ {tost_margin(units):.3f} SD of the per-unit differences")
+    print(
+        f"power: a TOST at α = 0.05 on {units} units claims equivalence of a null difference with 80 % power "
+        f"when δ ≥ {tost_margin(units):.3f} SD of the per-unit differences"
+    )
 
     frame = read_parts(results)
     if frame.empty:
