@@ -1,5 +1,16 @@
-# Shared by the reproduction scripts (source it after setting NUM_PROCESSES, PY and OUT): how a stage of
-# scripts/evaluate_faithfulness.py is launched and timed.
+# Shared by the reproduction scripts: which domain a script runs on, and how a stage of
+# scripts/evaluate_faithfulness.py is launched and timed (launch and stage read NUM_PROCESSES, PY and OUT).
+
+domain_argument() {  # domain_argument "$@": sets DOMAIN from --dataset NAME (default chest_xray)
+  DOMAIN=chest_xray
+  while [ $# -gt 0 ]; do
+    case $1 in
+      --dataset) DOMAIN=$2; shift 2 ;;
+      --dataset=*) DOMAIN=${1#--dataset=}; shift ;;
+      *) echo "unknown argument $1: pass --dataset chest_xray, breast_ultrasound or cifar10" >&2; exit 2 ;;
+    esac
+  done
+}
 
 launch() {  # one process per CPU core share; accelerate 1.15 starts N CPU processes only with --multi_gpu
   if [ "$NUM_PROCESSES" -gt 1 ]; then

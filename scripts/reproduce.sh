@@ -24,14 +24,8 @@
 # validation images (hf_fga.evaluation.statistics.rank_configurations).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DOMAIN=chest_xray
-while [ $# -gt 0 ]; do
-  case $1 in
-    --dataset) DOMAIN=$2; shift 2 ;;
-    --dataset=*) DOMAIN=${1#--dataset=}; shift ;;
-    *) echo "unknown argument $1: pass --dataset chest_xray, breast_ultrasound or cifar10" >&2; exit 2 ;;
-  esac
-done
+source scripts/evaluation_stages.sh
+domain_argument "$@"
 # per domain: assets, dataset, validation split and size, test size, and how images are named (IDS: the id column
 # arguments; IDS_KEY: the split file's list of validation ids)
 IDS=(--id_column file_name); IDS_KEY=validation_file_names; VALIDATION_SIZE=64
@@ -56,8 +50,6 @@ NUM_PROCESSES=${NUM_PROCESSES:-2}
 OUT=${OUT:-docs/results/$DOMAIN}
 PY=${PY:-.venv/bin/python}
 mkdir -p "$OUT"
-
-source scripts/evaluation_stages.sh
 
 COMMON=(--dataset "$DATA" "${IDS[@]}" --model "$ASSETS/model" --sae "$ASSETS/saes"
         --mean_residuals "$ASSETS/mean_residuals.safetensors" --batch_size 8)

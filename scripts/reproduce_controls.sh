@@ -25,14 +25,8 @@
 # read from its test run (docs/results/<domain>/test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DOMAIN=chest_xray
-while [ $# -gt 0 ]; do
-  case $1 in
-    --dataset) DOMAIN=$2; shift 2 ;;
-    --dataset=*) DOMAIN=${1#--dataset=}; shift ;;
-    *) echo "unknown argument $1: pass --dataset chest_xray, breast_ultrasound or cifar10" >&2; exit 2 ;;
-  esac
-done
+source scripts/evaluation_stages.sh
+domain_argument "$@"
 IDS=(--id_column file_name); IDS_KEY=validation_file_names  # how images are named (cifar10: row indices)
 # the chest X-ray SAE folder keeps its first name (runs/controls_saes), so that its finished parts are reused
 case $DOMAIN in
@@ -68,8 +62,6 @@ if [ ! -f "$CHOSEN" ]; then
   exit 1
 fi
 mkdir -p "$OUT"
-
-source scripts/evaluation_stages.sh
 
 CONFIG=$(sed 's/^chosen configuration: //' "$CHOSEN")
 IFS='|' read -r _ _ LAYERS KAPPA CMAX <<< "$CONFIG"
