@@ -28,7 +28,7 @@ KNOWN_DOMAINS = {
     "chest_xray": ("Chest X-ray (pneumonia)", "`bash scripts/reproduce.sh --dataset chest_xray`", "", ""),
     "breast_ultrasound": (
         "Breast ultrasound (BUSI)",
-        "`bash scripts/reproduce.sh --dataset breast_ultrasound` (its validation sweeps are under way)",
+        "`bash scripts/reproduce.sh --dataset breast_ultrasound`",
         "docs/results/breast_ultrasound_classifier.md",
         NO_PATIENTS,
     ),

@@ -224,11 +224,13 @@ def summary_markdown(
     figure: str | None = None,
     command: str = "",
     findings_root: Path | None = None,
+    reading: str | None = None,
 ) -> str:
     """
     The whole summary page (see the module docstring) from `results_table` and `verdict_table` of the `runs`;
     `output_dir` is where the page lies (for its links), `figure` the figure's file name next to it, if any,
-    `findings_root` the folder of the domains' attribution findings (the section is left out when `None`).
+    `findings_root` the folder of the domains' attribution findings (the section is left out when `None`),
+    `reading` a hand-written reading of the numbers (Markdown, shown first under its own heading; none when `None`).
     """
     run_domains = [d for d in domains if d.name in runs]
     pending = [d for d in domains if d.name not in runs]
@@ -245,6 +247,16 @@ def summary_markdown(
         ]
     if command:
         lines += [f"Regenerated from the stored results only (no model runs): `{command}`", ""]
+    if reading and reading.strip():
+        lines += [
+            "## What the numbers say",
+            "",
+            "*Hand-written after reading the tables below (the `<page>_reading.md` file next to this page: the "
+            "script embeds it and never overwrites it; the tables are regenerated).*",
+            "",
+            reading.strip(),
+            "",
+        ]
     lines += [
         "## 1. Test results in the form of the thesis's Table 7.3",
         "",
@@ -336,7 +348,8 @@ def write_summary(
     """
     Write the summary Markdown to `output` (and, with `figure`, `<output stem>_change.png` next to it) from the
     stored runs of `domains` (`load_domain`; `data_root` for the patient ids), with the attribution findings of
-    `findings_root` (default: the `findings` folder next to `output`).
+    `findings_root` (default: the `findings` folder next to `output`) and, when `<output stem>_reading.md` exists
+    next to `output`, that hand-written reading of the numbers first.
     """
     names = [d.name for d in domains]
     if len(set(names)) != len(names):
@@ -352,6 +365,7 @@ def write_summary(
         figure_name = path.name
     output.parent.mkdir(parents=True, exist_ok=True)
     findings_root = Path(findings_root) if findings_root is not None else output.parent / "findings"
+    reading = output.with_name(f"{output.stem}_reading.md")
     text = summary_markdown(
         domains,
         runs,
@@ -362,6 +376,7 @@ def write_summary(
         figure=figure_name,
         command=command,
         findings_root=findings_root,
+        reading=reading.read_text() if reading.is_file() else None,
     )
     output.write_text(text)
     return Summary(runs, table, verdicts, text)

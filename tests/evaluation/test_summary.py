@@ -274,3 +274,20 @@ def test_script_writes_the_summary(domains, tmp_path):
         in text
     )
     assert not (tmp_path / "summary_change.png").exists()
+
+
+def test_hand_written_reading_is_embedded_first_and_kept(domains, tmp_path):
+    listed, _ = domains
+    output = tmp_path / "summary.md"
+    without = write_summary(listed, output, figure=False)
+    assert "## What the numbers say" not in without.markdown
+    reading = tmp_path / "summary_reading.md"
+    reading.write_text("FGA gains on SaCo in both domains; the controls match it.\n")
+    with_reading = write_summary(listed, output, figure=False)
+    text = output.read_text()
+    assert text == with_reading.markdown
+    section = text.index("## What the numbers say")
+    assert section < text.index("## 1. Test results") < text.index("## 2. Which claims hold")
+    assert "FGA gains on SaCo in both domains; the controls match it." in text[section:]
+    assert reading.read_text() == "FGA gains on SaCo in both domains; the controls match it.\n"  # never rewritten
+    assert with_reading.markdown.replace(text[section : text.index("## 1. Test results")], "") == without.markdown
