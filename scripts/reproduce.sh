@@ -84,3 +84,6 @@ stage test "${COMMON[@]}" --split test --limit "$TEST_LIMIT" --seed 0 --presets 
   --methods transmm,fga,rollout,raw-attention \
   --variants combined,activation,gradient,no-sae,shuffled,centered,mean-centered \
   --layer_sets "$layers" --kappas "$kappa" --cmaxes "$cmax" --output_dir "$OUT/test"
+# 5. the thesis's claims on the test run (hf_fga.evaluation.claims, paired Wilcoxon per image, as the thesis tested):
+#    claims.md beside its report
+$PY scripts/thesis_claims.py "$OUT/test" --config "$chosen" --output "$OUT/test/claims.md" > /dev/null

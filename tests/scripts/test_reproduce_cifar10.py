@@ -59,6 +59,11 @@ def test_cifar10_runs_the_protocol_on_its_external_assets_with_row_ids(tmp_path)
     assert test[test.index("--split") + 1] == "test" and test[test.index("--limit") + 1] == "2000"
     assert test[test.index("--layer_sets") + 1] == "4,5" and test[test.index("--output_dir") + 1] == f"{out}/test"
     assert (out / "chosen_configuration.txt").read_text() == "chosen configuration: fga|combined|4,5|0.5|10\n"
+    claims = shlex.split(commands[-1])  # last: the thesis's claims on the finished test run
+    assert claims == [
+        "scripts/thesis_claims.py", f"{out}/test", "--config", "fga|combined|4,5|0.5|10",
+        "--output", f"{out}/test/claims.md",
+    ]  # fmt: skip
 
 
 def test_cifar10_limits_can_be_overridden(tmp_path):
