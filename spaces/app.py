@@ -650,8 +650,9 @@ FGA with** shows another registered attribution method's map in place of TransMM
 On the chest X-ray model (618 test X-rays, tested per patient) FGA is more faithful than TransMM on SaCo and Pixel
 Flipping, not on Faithfulness Correlation; a control without SAE features (gradient × centred residual) reaches the
 same gains, and no metric separates it from FGA: nothing so far shows that the gain comes from what the features mean
-(`docs/results/chest_xray.md`). The breast ultrasound model (BUSI, test balanced accuracy 0.698) is a second domain;
-its evaluation is under way, so no claim is made about it yet.
+(`docs/results/chest_xray.md`). On the breast ultrasound model (BUSI, 118 test images, test balanced accuracy 0.698)
+the same holds: FGA beats TransMM on SaCo and Pixel Flipping (and here on Faithfulness Correlation too), and the
+control without SAE features gains as much (`docs/results/summary.md`).
 """
 
 
