@@ -13,20 +13,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
-from PIL import Image
 from scipy import optimize, stats
 
 from hf_fga import bundled
 from hf_fga.evaluation.configuration import EvaluationConfiguration
 from hf_fga.evaluation.hypothesis_tests import equivalence_margin, patient_keys, per_patient_means
+from hf_fga.evaluation.split_overlap import image_digest, thumbnail_matrix
 from hf_fga.evaluation.statistics import METRICS
 from hf_fga.evaluation.storage import read_parts
 from hf_fga.evaluation.summary import read_chosen_configuration
@@ -43,23 +41,10 @@ def load(data: Path, split: str) -> pd.DataFrame:
     return frame
 
 
-def thumbnails(images: pd.Series) -> np.ndarray:
-    """16 × 16 grey thumbnails, centred and scaled to unit norm: their dot product is a correlation."""
-    rows = np.stack(
-        [
-            np.asarray(Image.open(io.BytesIO(item["bytes"])).convert("L").resize((16, 16)), np.float64).ravel()
-            for item in images
-        ]
-    )
-    rows -= rows.mean(axis=1, keepdims=True)
-    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
-
-
 def duplicates(name: str, images: pd.Series, test: pd.Series) -> str:
     """How many of `images` are byte-identical to a test image, and their best thumbnail correlation with one."""
-    digest = lambda item: hashlib.sha256(item["bytes"]).hexdigest()  # noqa: E731
-    identical = images.map(digest).isin(set(test.map(digest))).sum()
-    best = (thumbnails(images) @ thumbnails(test).T).max(axis=1)
+    identical = images.map(image_digest).isin(set(test.map(image_digest))).sum()
+    best = (thumbnail_matrix(images) @ thumbnail_matrix(test).T).max(axis=1)
     return (
         f"{name} images byte-identical to a test image: {identical}; best thumbnail correlation with a test "
         f"image: max {best.max():.4f}, above 0.99: {(best > 0.99).sum()}"
