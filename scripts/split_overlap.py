@@ -1,7 +1,7 @@
 """
 Which test images of a bundled domain also sit, byte for byte or almost, in the images its model learnt from (the
-train and validation splits), and what that does to the model's test score and to the attribution comparisons
-(`hf_fga.evaluation.split_overlap`).
+train split, and the validation split where the data set has one), and what that does to the model's test score and
+to the attribution comparisons (`hf_fga.evaluation.split_overlap`).
 
     python scripts/split_overlap.py --domain breast_ultrasound    # → docs/results/breast_ultrasound/split_overlap
 
@@ -61,12 +61,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def load_split(folder: Path, split: str) -> datasets.Dataset:
-    """A split with its images left encoded (`{'bytes', 'path'}`): digests read the files as stored."""
-    dataset = datasets.load_dataset(str(folder), split=split)
-    if "file_name" not in dataset.column_names:
-        raise SystemExit(f"{folder} has no file_name column: this check needs named images.")
-    return dataset.cast_column("image", datasets.Image(decode=False))
+def load_splits(folder: Path) -> dict[str, datasets.Dataset]:
+    """
+    The test split and the splits the model learnt from or was selected on (train, and validation where the data set
+    has one), images left encoded (`{'bytes', 'path'}`): digests read the files as stored.
+    """
+    loaded = datasets.load_dataset(str(folder))
+    if "test" not in loaded or "train" not in loaded:
+        raise SystemExit(f"{folder} needs a train and a test split; it has {sorted(loaded)}.")
+    splits = {name: loaded[name] for name in ("train", "validation", "test") if name in loaded}
+    for name, dataset in splits.items():
+        if "file_name" not in dataset.column_names:
+            raise SystemExit(f"the {name} split of {folder} has no file_name column: this check needs named images.")
+    return {name: d.cast_column("image", datasets.Image(decode=False)) for name, d in splits.items()}
 
 
 def paired_rows(results: pd.DataFrame, keep: set[str], config: str) -> list[dict]:
@@ -125,13 +132,14 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(
             f"{args.run} holds no results/: run scripts/reproduce.sh --dataset {args.domain} first (its test stage)."
         )
-    splits = {name: load_split(folder, name) for name in ("train", "validation", "test")}
+    splits = load_splits(folder)
+    learnt = [name for name in ("train", "validation") if name in splits]
     config = json.loads((bundled.model_dir(args.domain) / "config.json").read_text())
     names = {int(k): v for k, v in config["id2label"].items()}
-    reference_split = [s for s in ("train", "validation") for _ in range(len(splits[s]))]
-    reference_images = list(splits["train"]["image"]) + list(splits["validation"]["image"])
-    reference_names = list(splits["train"]["file_name"]) + list(splits["validation"]["file_name"])
-    reference_labels = list(splits["train"]["label"]) + list(splits["validation"]["label"])
+    reference_split = [s for s in learnt for _ in range(len(splits[s]))]
+    reference_images = [item for s in learnt for item in splits[s]["image"]]
+    reference_names = [name for s in learnt for name in splits[s]["file_name"]]
+    reference_labels = [label for s in learnt for label in splits[s]["label"]]
     test = splits["test"]
     matches = nearest_matches(
         list(test["image"]), reference_images, query_ids=list(test["file_name"]),
@@ -177,8 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"# Test images of `{args.domain}` that the model has (almost) seen",
         "",
-        f"`{command}`. Test split: {len(test)} images; compared with the {len(reference_images)} train and validation "
-        f"images the model learnt from or was selected on. Near-duplicate: 16 × 16 grey-thumbnail correlation > "
+        f"`{command}`. Test split: {len(test)} images; compared with the {len(reference_images)} images of the "
+        f"{' and '.join(learnt)} split(s), which the model learnt from or was selected on. Near-duplicate: 16 × 16 "
+        "grey-thumbnail correlation > "
         f"{args.threshold} (the threshold `scripts/controls_plan_facts.py` already used, set before these pairs were "
         "looked at; a screening rule: `hf_fga.evaluation.split_overlap`).",
         "",
