@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         f"- **{len(duplicated)} of {len(test)} test images ({len(duplicated) / len(test):.0%}) have a "
         "near-duplicate** "
         f"among them ({int(overlap['identical'].sum())} byte-identical); by class: "
-        + ", ".join(f"{c} {n}" for c, n in duplicated["label"].value_counts().items())
+        + (", ".join(f"{c} {n}" for c, n in duplicated["label"].value_counts().items()) or "none")
         + f". Test images above other thresholds: {thresholds}.",
         f"- **Label conflicts**: {len(conflicts)} near-duplicate pair(s) carry different labels"
         + (
