@@ -28,6 +28,7 @@ import pandas as pd
 
 from hf_fga import bundled
 from hf_fga.evaluation.configuration import REFERENCE, EvaluationConfiguration
+from hf_fga.evaluation.figures import difference_figure
 from hf_fga.evaluation.hypothesis_tests import (
     TWO_SIDED,
     Comparison,
@@ -70,6 +71,20 @@ def load(
     if not keep_reference:
         frame = frame[frame["config"] != REFERENCE.key]
     return frame if tag is None else frame.assign(config=tag + "/" + frame["config"])
+
+
+def comparison_points(
+    results: pd.DataFrame, pairs: list[tuple[str, str, str]], units: dict, options: dict
+) -> pd.DataFrame:
+    """
+    The points of a difference figure: per (x label, config, reference) of `pairs`, the unit-level mean difference
+    config − reference and its bootstrap 95 % CI, per preset and metric (columns preset, metric, x, mean, ci_low,
+    ci_high, config, reference).
+    """
+    frames = [patient_comparison(results, a, b, units, **options).assign(x=x) for x, a, b in pairs]
+    frame = pd.concat(frames, ignore_index=True).drop(columns="mean")
+    frame = frame.rename(columns={"patient_mean_difference": "mean"})
+    return frame[["preset", "metric", "x", "mean", "ci_low", "ci_high", "config", "reference"]]
 
 
 def key(variant: str, chosen: EvaluationConfiguration) -> str:
@@ -211,6 +226,65 @@ def main(argv: list[str] | None = None) -> None:
         ("exploratory", exploratory),
     ):
         table.to_csv(out / f"hypotheses_{name}.csv", index=False)
+    # figures (plan §7 and issue 15: the λ dose–response, the trained SAE against its matched dictionaries and the
+    # other controls, and combined − centered as the SAE's fidelity falls)
+    dose = comparison_points(
+        results,
+        [
+            ("λ 0 (centered)", centered, REFERENCE.key),
+            ("λ 0.5", scaled[0], REFERENCE.key),
+            ("λ 1 (combined)", c, REFERENCE.key),
+            ("λ 2", scaled[1], REFERENCE.key),
+            ("λ 4", scaled[2], REFERENCE.key),
+            ("error only", scaled[3], REFERENCE.key),
+        ],
+        patients,
+        options,
+    )
+    controls_points = comparison_points(
+        results,
+        [
+            ("FGA (trained SAE)", c, REFERENCE.key),
+            ("PCA dictionary", f"pca/{c}", REFERENCE.key),
+            ("random dictionary", f"random/{c}", REFERENCE.key),
+            ("centered (no SAE)", centered, REFERENCE.key),
+            (f"selective m={args.m}", selective, REFERENCE.key),
+            (f"transmm-power γ={args.gamma}", power, REFERENCE.key),
+            ("random-gates", random_gates, REFERENCE.key),
+        ],
+        patients,
+        options,
+    )
+    fidelity = comparison_points(
+        results,
+        [
+            ("bundled SAE", c, centered),
+            ("ev0.90 set", f"ev0.90/{c}", f"ev0.90/{centered}"),
+            ("ev0.75 set", f"ev0.75/{c}", f"ev0.75/{centered}"),
+        ],
+        patients,
+        options,
+    )
+    per = "patient" if by_patient else "image"
+    difference_figure(
+        dose, out / "dose_response.png", "Error dose–response: gate score g·(x − b_dec) − λ·g·e, minus TransMM",
+        x_label="λ", y_label=f"mean per-{per} difference vs TransMM",
+    )  # fmt: skip
+    difference_figure(
+        controls_points, out / "controls.png", "Each gate against TransMM: the trained SAE, its matched dictionaries "
+        "and the controls", y_label=f"mean per-{per} difference vs TransMM", connect=False,
+    )  # fmt: skip
+    difference_figure(
+        fidelity, out / "fidelity.png", "combined − centered as the SAE's fidelity falls",
+        x_label="SAE set of the gated blocks", y_label=f"mean per-{per} difference",
+    )  # fmt: skip
+    pd.concat(
+        [
+            dose.assign(figure="dose_response"),
+            controls_points.assign(figure="controls"),
+            fidelity.assign(figure="fidelity"),
+        ]
+    ).to_csv(out / "hypotheses_figures.csv", index=False)
     verdicts = family.groupby("hypothesis", sort=False)["holds"].agg(["sum", "count"])
     level = (
         "Patient-level two-sided Wilcoxon tests on per-patient mean differences"
@@ -244,6 +318,26 @@ def main(argv: list[str] | None = None) -> None:
         "## Exploratory (uncorrected)",
         "",
         comparison_markdown(exploratory.assign(holm_p=float("nan"), holds=False), superiority_columns),
+        "",
+        "## Figures",
+        "",
+        f"Mean per-{per} differences with their bootstrap 95 % CIs ({args.n_resamples:,} resamples of {unit}); the "
+        "points are in `hypotheses_figures.csv`.",
+        "",
+        "![Each gate against TransMM](controls.png)",
+        "",
+        "*Each gate against TransMM: FGA with the trained SAE, with the PCA and random dictionaries of matched "
+        "fidelity, `centered` (no SAE), `selective`, a sharpened TransMM (`transmm-power`) and FGA's gates permuted "
+        "over the patches (`random-gates`).*",
+        "",
+        "![The error dose–response](dose_response.png)",
+        "",
+        "*The error dose–response (exploratory): λ scales the SAE's reconstruction error e out of the centred "
+        "residual (λ = 0: `centered`, λ = 1: `combined`); `error only` gates with g·e alone.*",
+        "",
+        "![combined − centered as fidelity falls](fidelity.png)",
+        "",
+        "*combined − centered (the quantity of H3) with the bundled SAEs and the lower-fidelity sets.*",
     ]
     (out / "hypotheses.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out / 'hypotheses.md'} ({unit} as the unit of the tests)")

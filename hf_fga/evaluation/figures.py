@@ -1,6 +1,7 @@
 """
 Figures of an evaluation (matplotlib, Agg): bars with SEM per metric, κ × c_max heatmaps of % improvement (thesis
-Figure 7.10), metric-by-block curves of single-block sweeps (Figure 7.1) and mean Pixel Flipping curves per method.
+Figure 7.10), metric-by-block curves of single-block sweeps (Figure 7.1), mean Pixel Flipping curves per method,
+% change bars per domain, and paired differences with their confidence intervals along a dose or a list of controls.
 """
 
 from __future__ import annotations
@@ -161,4 +162,51 @@ def change_bars_figure(changes: pd.DataFrame, path: str | os.PathLike, title: st
             axis.set_ylabel("% change vs TransMM")
     axes[0, 0].legend(fontsize=7)
     figure.suptitle(title)
+    return _save(figure, Path(path))
+
+
+def difference_figure(
+    differences: pd.DataFrame,
+    path: str | os.PathLike,
+    title: str,
+    *,
+    x_label: str = "",
+    y_label: str = "",
+    connect: bool = True,
+) -> Path:
+    """
+    Paired mean differences with their 95 % confidence intervals: one row of panels per preset, one panel per metric,
+    the `x` values (categories, in the order of their first row) along the horizontal axis, one line per `series`
+    (optional column; one line when absent). Columns: preset, metric, x, mean, ci_low, ci_high[, series]. The zero
+    line is drawn; each panel's title says which way is better for its metric. `connect`: join a series' points
+    with a line (for an ordered `x`, e.g. a dose), or draw them apart (for categories).
+    """
+    if differences.empty:
+        raise ValueError("difference_figure: there are no differences to draw.")
+    frame = differences if "series" in differences.columns else differences.assign(series="")
+    presets = list(dict.fromkeys(frame["preset"]))
+    metrics = list(dict.fromkeys(frame["metric"]))
+    positions = {x: i for i, x in enumerate(dict.fromkeys(frame["x"]))}
+    figure, axes = plt.subplots(
+        len(presets), len(metrics), figsize=(max(3.6, 0.55 * len(positions) + 1.6) * len(metrics), 3.3 * len(presets))
+    )
+    axes = np.atleast_2d(axes)
+    for row, preset in enumerate(presets):
+        for axis, metric in zip(axes[row], metrics, strict=True):
+            panel = frame[(frame["preset"] == preset) & (frame["metric"] == metric)]
+            for name, line in panel.groupby("series", sort=False):
+                xs = line["x"].map(positions).to_numpy(dtype=float)
+                ys = line["mean"].to_numpy(dtype=float)
+                errors = np.abs(np.vstack([ys - line["ci_low"].to_numpy(float), line["ci_high"].to_numpy(float) - ys]))
+                style = "-" if connect else "none"
+                axis.errorbar(xs, ys, yerr=errors, marker="o", linestyle=style, capsize=3, label=name or None)
+            axis.axhline(0.0, color="black", linewidth=0.8)
+            axis.set_xticks(range(len(positions)), list(positions), rotation=30, ha="right", fontsize=7)
+            better = "lower" if metric in LOWER_IS_BETTER else "higher"
+            axis.set_title(f"{metric_title(metric)}, preset {preset} ({better} is better)", fontsize=8)
+            axis.set_xlabel(x_label, fontsize=8)
+            axis.set_ylabel(y_label, fontsize=8)
+            if panel["series"].astype(str).str.len().gt(0).any():
+                axis.legend(fontsize=6)
+    figure.suptitle(title, fontsize=10)
     return _save(figure, Path(path))

@@ -101,6 +101,20 @@ def test_the_pre_registered_families_on_planted_effects(runs, monkeypatch):
     report = (runs / "out" / "hypotheses.md").read_text()
     assert "| H2b | 3 of 3 |" in report and "random: FGA combined [0,1,2]" in report
     assert "Patient-level" in report and "| patients |" in report and "on chest X-rays" in report
+    # the figures' points: planted shifts come back as the mean differences (noise 1e-4 per image)
+    points = pd.read_csv(runs / "out" / "hypotheses_figures.csv")
+    saco = points[points["metric"] == "saco"].set_index(["figure", "x"])["mean"]
+    assert saco[("controls", "FGA (trained SAE)")] == pytest.approx(0.05, abs=1e-3)
+    assert saco[("controls", "random dictionary")] == pytest.approx(0.0, abs=1e-3)
+    assert saco[("controls", "random-gates")] == pytest.approx(-0.02, abs=1e-3)
+    assert saco[("dose_response", "error only")] == pytest.approx(0.0, abs=1e-3)
+    assert saco[("fidelity", "bundled SAE")] == pytest.approx(0.0, abs=1e-3)
+    assert saco[("fidelity", "ev0.75 set")] == pytest.approx(-0.02, abs=1e-3)  # 0.03 − 0.05
+    pixel_flipping = points[points["metric"] == "pixel_flipping"].set_index(["figure", "x"])["mean"]
+    assert pixel_flipping[("fidelity", "ev0.75 set")] == pytest.approx(0.02, abs=1e-3)  # PF moves the other way
+    assert (points["ci_low"] <= points["mean"] + 1e-12).all() and (points["mean"] <= points["ci_high"] + 1e-12).all()
+    for name in ("controls", "dose_response", "fidelity"):
+        assert (runs / "out" / f"{name}.png").stat().st_size > 10_000 and f"({name}.png)" in report
 
 
 def test_a_dataset_without_patient_ids_is_tested_per_image_and_says_so(tmp_path, monkeypatch):
