@@ -651,8 +651,9 @@ On the chest X-ray model (618 test X-rays, tested per patient) FGA is more faith
 Flipping, not on Faithfulness Correlation; a control without SAE features (gradient × centred residual) reaches the
 same gains, and no metric separates it from FGA: nothing so far shows that the gain comes from what the features mean
 (`docs/results/chest_xray.md`). On the breast ultrasound model (BUSI, 118 test images, test balanced accuracy 0.698)
-the same holds: FGA beats TransMM on SaCo and Pixel Flipping (and here on Faithfulness Correlation too), and the
-control without SAE features gains as much (`docs/results/summary.md`).
+the same holds: FGA beats TransMM on SaCo and Pixel Flipping (and here on Faithfulness Correlation too), the
+control without SAE features gains as much, and the pre-registered controls find the trained SAE no better than a PCA
+or random dictionary of equal fidelity (`docs/results/breast_ultrasound_controls.md`).
 """
 
 
