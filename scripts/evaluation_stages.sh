@@ -22,13 +22,18 @@ launch() {  # one process per CPU core share; accelerate 1.15 starts N CPU proce
   fi
 }
 
-stage() {  # stage NAME ARGS...: run (only rebuild the report with REPORT_ONLY set), and log the wall time
-  local name=$1 start; shift
+stage() {  # stage NAME ARGS...: run (only rebuild the report with REPORT_ONLY set), and log the wall time; a
+           # stage whose --output_dir already held result parts is logged as resumed (its time covers only this run)
+  local name=$1 start dir="" previous="" resumed=""; shift
   if [ -n "${REPORT_ONLY:-}" ]; then
     $PY scripts/evaluate_faithfulness.py "$@" --report_only
     return
   fi
+  for argument in "$@"; do [ "$previous" = --output_dir ] && dir=$argument; previous=$argument; done
+  if [ -n "$dir" ] && compgen -G "$dir/results/part-*.parquet" > /dev/null; then
+    resumed=" (resumed: parts of an earlier run were kept; this is the time of this run only)"
+  fi
   start=$(date +%s)
   launch "$@"
-  echo "$name $(( $(date +%s) - start )) s ($(date -u +%FT%TZ))" | tee -a "$OUT/wall_times.txt"
+  echo "$name $(( $(date +%s) - start )) s ($(date -u +%FT%TZ))$resumed" | tee -a "$OUT/wall_times.txt"
 }

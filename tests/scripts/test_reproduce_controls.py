@@ -140,9 +140,14 @@ def test_chest_xray_wrapper_launches_the_commands_of_the_script_it_replaced(tmp_
     stages = [line.split()[0] for line in (out / "wall_times.txt").read_text().splitlines()]
     assert stages == ["validation_controls", "test_controls", "test_pca", "test_random", "test_ev090", "test_ev075"]
     assert (out / "chosen_parameters.txt").read_text() == "chosen on validation: gamma=1.5 m=16\n"
-    # the generic script with --dataset chest_xray is the same run
+    assert "resumed" not in (out / "wall_times.txt").read_text()
+    # the generic script with --dataset chest_xray is the same run; a stage with parts already written says so
+    (out / "test_pca" / "results").mkdir(parents=True)
+    (out / "test_pca" / "results" / "part-000-000000-abc.parquet").write_text("")
     direct, again = run(tmp_path / "direct", "reproduce_controls.sh", "--dataset", "chest_xray", OUT=str(out))
     assert direct.returncode == 0 and again == commands
+    logged = (out / "wall_times.txt").read_text().splitlines()[6:]
+    assert [("resumed" in line) for line in logged] == [False, False, True, False, False, False]
 
 
 def test_report_only_rebuilds_every_stage_report_and_runs_nothing_else(tmp_path):
