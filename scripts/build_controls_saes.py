@@ -25,6 +25,7 @@ not committed); the cards and quality tables to `--report_dir` (default `docs/re
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import time
@@ -239,6 +240,41 @@ def dictionaries(args, assets: Assets, fit_set, validation, val_rows, blocks: li
     return lines
 
 
+SETS = ("pca", "random", "ev0.90", "ev0.75")  # the SAE sets the controls' test stages score
+
+
+def weight_fingerprints(output_dir: Path) -> dict[str, str]:
+    """SHA-256 of each built set's weights (its blocks' `model.safetensors`, in block order), by set name."""
+    fingerprints = {}
+    for kind in SETS:
+        files = sorted((output_dir / kind).glob("block_*/model.safetensors"))
+        if files:
+            digest = hashlib.sha256()
+            for path in files:
+                digest.update(path.read_bytes())
+            fingerprints[kind] = digest.hexdigest()
+    return fingerprints
+
+
+def check_fingerprints(output_dir: Path, record: Path) -> None:
+    """
+    Compare the built sets with the fingerprints in `record` (written by the first build whose sets were scored):
+    a rebuilt set that differs would mix two SAEs in one test run, so that stops the build; sets not yet recorded
+    are added.
+    """
+    built = weight_fingerprints(output_dir)
+    known = json.loads(record.read_text()) if record.is_file() else {}
+    changed = sorted(kind for kind in built if kind in known and known[kind] != built[kind])
+    if changed:
+        raise SystemExit(
+            f"the rebuilt SAE set(s) {changed} in {output_dir} differ from the ones recorded in {record}, whose test "
+            "scores are committed: scoring on with them would mix two SAEs in one run. Rebuild on the machine "
+            "settings of the first build (one thread), or move the affected test_* results aside and score them "
+            "again from the start (and delete their lines in the record)."
+        )
+    record.write_text(json.dumps({**known, **built}, indent=1, sort_keys=True) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--domain", default=bundled.DEFAULT_DOMAIN, choices=sorted(SAE_SETTINGS))
@@ -282,6 +318,7 @@ def main() -> None:
             if (Path(args.output_dir) / kind / "README.md").is_file():
                 shutil.copy(Path(args.output_dir) / kind / "README.md", report / f"{kind}_card.md")
         log("dictionaries done")
+    check_fingerprints(Path(args.output_dir), report / "weights_sha256.json")
 
 
 if __name__ == "__main__":

@@ -83,3 +83,27 @@ def test_a_block_trained_with_other_settings_is_refused(tmp_path):
     assert script.lower_fidelity(args, script.Assets("chest_xray"), None, [0, 1, 2]) == {}
     with pytest.raises(SystemExit, match="block 5 .* has 384 features, not 4 × 192"):
         script.lower_fidelity(args, script.Assets("chest_xray"), None, [5])
+
+
+def test_a_rebuilt_set_that_differs_from_the_scored_one_stops_the_build(tmp_path):
+    module = _script()
+    built, record = tmp_path / "saes", tmp_path / "report" / "weights_sha256.json"
+    record.parent.mkdir()
+    for kind, payload in (("pca", b"pca weights"), ("ev0.90", b"ev weights")):
+        for block in (0, 1):
+            (built / kind / f"block_{block}").mkdir(parents=True)
+            (built / kind / f"block_{block}" / "model.safetensors").write_bytes(payload + bytes([block]))
+    module.check_fingerprints(built, record)
+    first = json.loads(record.read_text())
+    assert sorted(first) == ["ev0.90", "pca"] and all(len(v) == 64 for v in first.values())
+    module.check_fingerprints(built, record)  # the same weights: accepted, unchanged
+    assert json.loads(record.read_text()) == first
+    (built / "random" / "block_0").mkdir(parents=True)  # a set built later is added
+    (built / "random" / "block_0" / "model.safetensors").write_bytes(b"random")
+    module.check_fingerprints(built, record)
+    assert sorted(json.loads(record.read_text())) == ["ev0.90", "pca", "random"]
+    (built / "pca" / "block_1" / "model.safetensors").write_bytes(b"pca weights, retrained")
+    with pytest.raises(SystemExit, match=r"\['pca'\] .* differ from the ones recorded"):
+        module.check_fingerprints(built, record)
+    assert sorted(json.loads(record.read_text())) == ["ev0.90", "pca", "random"]  # the record is left as it was
+    assert json.loads(record.read_text())["pca"] == first["pca"]
