@@ -87,6 +87,14 @@ def comparison_points(
     return frame[["preset", "metric", "x", "mean", "ci_low", "ci_high", "config", "reference"]]
 
 
+def predicted_classes(folder: Path) -> pd.Series | None:
+    """Each image's predicted class in a run (`prediction`, the same in every row of an image); None without one."""
+    frame = read_parts(folder / RESULTS_FOLDER)
+    if "prediction" not in frame.columns or frame.empty:
+        return None
+    return frame.drop_duplicates("image_id").set_index("image_id")["prediction"].astype(int)
+
+
 def key(variant: str, chosen: EvaluationConfiguration) -> str:
     return EvaluationConfiguration("fga", variant, chosen.layers, chosen.kappa, chosen.cmax).key
 
@@ -217,6 +225,21 @@ def main(argv: list[str] | None = None) -> None:
         ignore_index=True,
     )
 
+    # exploratory, by predicted class (the audit of issue 15 saw FC fall on images predicted NORMAL): C and
+    # `centered` against TransMM and C against `centered`, uncorrected
+    predicted = predicted_classes(args.issue7)
+    by_prediction = pd.DataFrame()
+    if predicted is not None:
+        frames = []
+        for label, name in class_names(args.domain).items():
+            subset = results[results["image_id"].map(predicted) == label]
+            if subset.empty:
+                continue
+            for a, b in ((c, REFERENCE.key), (centered, REFERENCE.key), (c, centered)):
+                table = patient_comparison(subset, a, b, patients, **options)
+                frames.append(table.assign(hypothesis=f"predicted {name}"))
+        by_prediction = pd.concat(frames, ignore_index=True) if frames else by_prediction
+
     out = args.output_dir
     out.mkdir(parents=True, exist_ok=True)
     for name, table in (
@@ -224,6 +247,7 @@ def main(argv: list[str] | None = None) -> None:
         ("equivalence", equivalence),
         ("per_class", secondary),
         ("exploratory", exploratory),
+        ("by_prediction", by_prediction),
     ):
         table.to_csv(out / f"hypotheses_{name}.csv", index=False)
     # figures (plan §7 and issue 15: the λ dose–response, the trained SAE against its matched dictionaries and the
@@ -318,6 +342,16 @@ def main(argv: list[str] | None = None) -> None:
         "## Exploratory (uncorrected)",
         "",
         comparison_markdown(exploratory.assign(holm_p=float("nan"), holds=False), superiority_columns),
+        "",
+        "## Exploratory: by predicted class (uncorrected)",
+        "",
+        "The audit of issue 15 saw Faithfulness Correlation fall on chest X-rays predicted NORMAL: C and `centered` "
+        f"against TransMM, and C against `centered`, within the {unit} of each predicted class "
+        "(the unit's images of that class; a unit with images of both classes counts in both).",
+        "",
+        comparison_markdown(by_prediction.assign(holm_p=float("nan"), holds=False), superiority_columns)
+        if not by_prediction.empty
+        else "(the protocol's run stores no predictions)",
         "",
         "## Figures",
         "",

@@ -26,6 +26,7 @@ def _write(folder: Path, shifts: dict[str, float], base: dict[str, np.ndarray], 
     for config, shift in shifts.items():
         for i, image in enumerate(base["image_id"]):
             row = {"image_id": image, "preset": "papers", "fill": "mean", "config": config, "label": i % classes}
+            row["prediction"] = (i // 3) % classes  # not the label: the by-prediction table groups by this
             for metric in METRICS:
                 sign = -1.0 if metric == "pixel_flipping" else 1.0
                 row[metric] = float(base[metric][i] + sign * shift + rng.normal(0, 1e-4))
@@ -113,6 +114,13 @@ def test_the_pre_registered_families_on_planted_effects(runs, monkeypatch):
     pixel_flipping = points[points["metric"] == "pixel_flipping"].set_index(["figure", "x"])["mean"]
     assert pixel_flipping[("fidelity", "ev0.75 set")] == pytest.approx(0.02, abs=1e-3)  # PF moves the other way
     assert (points["ci_low"] <= points["mean"] + 1e-12).all() and (points["mean"] <= points["ci_high"] + 1e-12).all()
+    by_prediction = pd.read_csv(runs / "out" / "hypotheses_by_prediction.csv")
+    assert len(by_prediction) == 2 * 3 * 3  # predicted classes × comparisons × metrics
+    assert set(by_prediction["hypothesis"]) == {"predicted NORMAL", "predicted PNEUMONIA"}
+    gain = by_prediction[(by_prediction["reference"] == "transmm||||") & (by_prediction["metric"] == "saco")]
+    assert np.allclose(gain[gain["config"] == C]["patient_mean_difference"], 0.05, atol=1e-3)
+    assert (by_prediction["n_images"] == 30).all()  # images 0-2 predicted 0, 3-5 predicted 1, ...
+    assert "## Exploratory: by predicted class (uncorrected)" in report and "predicted NORMAL" in report
     for name in ("controls", "dose_response", "fidelity"):
         assert (runs / "out" / f"{name}.png").stat().st_size > 10_000 and f"({name}.png)" in report
 
