@@ -186,6 +186,77 @@ def percent_changes(table: pd.DataFrame, runs: Mapping[str, DomainRun]) -> pd.Da
     return pd.concat([ours, theirs], ignore_index=True)
 
 
+# the pre-registered hypotheses of the controls' plans (docs/results/<domain>_controls/plan.md), in words
+CONTROL_HYPOTHESES = {
+    "H1": "the features add something beyond centring (FGA beats `centered`)",
+    "H2a": "a trained SAE beats a PCA dictionary of matched fidelity",
+    "H2b": "a trained SAE beats a random orthonormal dictionary of matched fidelity",
+    "H3a": "combined − centered changes when the SAE's explained variance falls to ≈ 0.90 (two-sided)",
+    "H3b": "the same at the lowest fidelity of the plan (two-sided)",
+    "H4a": "FGA beats a sharpened TransMM (`transmm-power` γ*)",
+    "H4b": "FGA beats its own gates permuted over the patches (`random-gates`)",
+    "H5": "a feature-selective use (`selective` m*) beats `centered`",
+}
+SUPERIORITY_FILE, EQUIVALENCE_FILE = "hypotheses_superiority.csv", "hypotheses_equivalence.csv"
+
+
+def _control_cell(superiority: pd.DataFrame, equivalence: pd.DataFrame | None, hypothesis: str) -> str:
+    rows = superiority[superiority["hypothesis"] == hypothesis]
+    if rows.empty:
+        return "—"
+    cell = f"{int(rows['holds'].astype(bool).sum())} of {len(rows)}"
+    if equivalence is not None:
+        same = equivalence[equivalence["hypothesis"] == hypothesis]
+        if len(same):
+            cell += f" (equivalent in {int(same['equivalent'].astype(bool).sum())} of {len(same)})"
+    return cell
+
+
+def controls_markdown(domains: Sequence[Domain], controls_root: Path, output_dir: Path) -> str:
+    """
+    The controls section: per pre-registered hypothesis of method.md §10 and per domain, in how many of its metric ×
+    preset cells it holds after Holm (and, for H1, H2a and H2b, in how many "no difference" is shown by the TOSTs),
+    from `<controls_root>/<name>_controls/test/hypotheses_*.csv` (`scripts/controls_analysis.py`); a domain without
+    them is "not scored yet" (with its status page when there is one) or "no plan".
+    """
+    header = "| hypothesis | " + " | ".join(d.title for d in domains) + " |"
+    lines = [
+        "Per pre-registered hypothesis of each domain's controls plan (`docs/results/<domain>_controls/plan.md`, "
+        "method.md §10): in how many of its 6 metric × preset cells it holds (Holm within the domain's family, "
+        "patient-level where the dataset has patient ids, image-level otherwise); for H1, H2a and H2b, in brackets, "
+        "in how many cells a paired TOST shows equivalence within ±10 % of FGA's gain over TransMM (Holm). A cell "
+        "that neither holds nor is shown equivalent is inconclusive, not evidence of no difference.",
+        "",
+        header,
+        "|" + " --- |" * (len(domains) + 1),
+    ]
+    cells: dict[str, list[str]] = {h: [] for h in CONTROL_HYPOTHESES}
+    notes = []
+    for domain in domains:
+        folder = Path(controls_root) / f"{domain.name}_controls"
+        superiority_path = folder / "test" / SUPERIORITY_FILE
+        if superiority_path.is_file():
+            superiority = pd.read_csv(superiority_path)
+            equivalence_path = folder / "test" / EQUIVALENCE_FILE
+            equivalence = pd.read_csv(equivalence_path) if equivalence_path.is_file() else None
+            for hypothesis in CONTROL_HYPOTHESES:
+                cells[hypothesis].append(_control_cell(superiority, equivalence, hypothesis))
+            report = Path(controls_root) / f"{domain.name}_controls.md"
+            where = report if report.is_file() else folder / "test" / "hypotheses.md"
+            notes.append(f"{domain.title}: {_link(str(where), output_dir)}")
+            continue
+        status = "not scored yet" if (folder / "plan.md").is_file() else "no plan"
+        for hypothesis in CONTROL_HYPOTHESES:
+            cells[hypothesis].append(status)
+        if (folder / "README.md").is_file():
+            notes.append(f"{domain.title} ({status}): {_link(str(folder / 'README.md'), output_dir)}")
+    for hypothesis, statement in CONTROL_HYPOTHESES.items():
+        lines.append(f"| {hypothesis}: {statement} | " + " | ".join(cells[hypothesis]) + " |")
+    if notes:
+        lines += ["", "Reports: " + "; ".join(notes) + "."]
+    return "\n".join(lines)
+
+
 def findings_markdown(domains: Sequence[Domain], findings_root: Path, output_dir: Path) -> str:
     """
     The "what the attributions reveal" section: per domain the key lines and first figure of its findings folder
@@ -225,12 +296,15 @@ def summary_markdown(
     command: str = "",
     findings_root: Path | None = None,
     reading: str | None = None,
+    controls_root: Path | None = None,
 ) -> str:
     """
     The whole summary page (see the module docstring) from `results_table` and `verdict_table` of the `runs`;
     `output_dir` is where the page lies (for its links), `figure` the figure's file name next to it, if any,
     `findings_root` the folder of the domains' attribution findings (the section is left out when `None`),
-    `reading` a hand-written reading of the numbers (Markdown, shown first under its own heading; none when `None`).
+    `reading` a hand-written reading of the numbers (Markdown, shown first under its own heading; none when `None`),
+    `controls_root` the folder of the domains' `<name>_controls` folders (the controls section is left out when
+    `None`).
     """
     run_domains = [d for d in domains if d.name in runs]
     pending = [d for d in domains if d.name not in runs]
@@ -319,6 +393,10 @@ def summary_markdown(
         lines += [f"## {section}. % change against TransMM per domain", "", f"![% change against TransMM]({figure})"]
         lines.append("")
         section += 1
+    if controls_root is not None:
+        lines += [f"## {section}. The controls: what the SAE's features add", ""]
+        lines += [controls_markdown(domains, controls_root, output_dir), ""]
+        section += 1
     if findings_root is not None:
         lines += [f"## {section}. What the attributions reveal", ""]
         lines.append(findings_markdown(domains, findings_root, output_dir))
@@ -377,13 +455,16 @@ def write_summary(
         command=command,
         findings_root=findings_root,
         reading=reading.read_text() if reading.is_file() else None,
+        controls_root=output.parent,
     )
     output.write_text(text)
     return Summary(runs, table, verdicts, text)
 
 
 __all__ = [
+    "CONTROL_HYPOTHESES",
     "Summary",
+    "controls_markdown",
     "findings_markdown",
     "percent_changes",
     "summary_markdown",

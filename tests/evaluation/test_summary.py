@@ -291,3 +291,36 @@ def test_hand_written_reading_is_embedded_first_and_kept(domains, tmp_path):
     assert "FGA gains on SaCo in both domains; the controls match it." in text[section:]
     assert reading.read_text() == "FGA gains on SaCo in both domains; the controls match it.\n"  # never rewritten
     assert with_reading.markdown.replace(text[section : text.index("## 1. Test results")], "") == without.markdown
+
+
+def test_controls_section_counts_cells_per_hypothesis_and_domain(domains, tmp_path):
+    listed, _ = domains
+    output = tmp_path / "summary.md"
+    folder = tmp_path / "a_controls" / "test"
+    folder.mkdir(parents=True)
+    rows = [
+        {"hypothesis": h, "preset": p, "metric": m, "holds": h == "H4b" or (h == "H5" and m == "pixel_flipping")}
+        for h in ("H1", "H2a", "H2b", "H3a", "H3b", "H4a", "H4b", "H5")
+        for p in ("papers", "thesis")
+        for m in ("saco", "faithfulness_correlation", "pixel_flipping")
+    ]
+    pd.DataFrame(rows).to_csv(folder / "hypotheses_superiority.csv", index=False)
+    equivalent = [
+        {"hypothesis": h, "preset": p, "metric": m, "equivalent": h == "H1" and m != "saco"}
+        for h in ("H1", "H2a", "H2b")
+        for p in ("papers", "thesis")
+        for m in ("saco", "faithfulness_correlation", "pixel_flipping")
+    ]
+    pd.DataFrame(equivalent).to_csv(folder / "hypotheses_equivalence.csv", index=False)
+    (tmp_path / "b_controls").mkdir()
+    (tmp_path / "b_controls" / "plan.md").write_text("plan\n")
+    text = write_summary(listed, output, figure=False).markdown
+    section = text[text.index("The controls: what the SAE's features add") :]
+    assert "| hypothesis | Domain a | Domain b | Domain c |" in section
+    assert "| H1: the features add something beyond centring (FGA beats `centered`) | 0 of 6 (equivalent in 4 of 6) " \
+        "| not scored yet | no plan |" in section  # fmt: skip
+    assert "| H4b: FGA beats its own gates permuted over the patches (`random-gates`) | 6 of 6 |" in section
+    assert "| H5: a feature-selective use (`selective` m*) beats `centered` | 2 of 6 |" in section
+    assert "| H3a: combined − centered changes" in section and "| 0 of 6 | not scored yet | no plan |" in section
+    assert "Domain a: [hypotheses.md](a_controls/test/hypotheses.md)" in section
+    assert section.index("controls") < section.index("What the attributions reveal")
