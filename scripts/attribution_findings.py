@@ -9,7 +9,8 @@ scale bars sit), per class and per correct / wrong prediction, FGA against Trans
 
 One pass over the split (one capture per batch, both maps from it through the evaluation's
 `attribute_configurations`), each map explaining the predicted class, 1 torch thread. Writes to `--output`:
-`per_image.csv` (one row per image and method), `findings.md`, `key_findings.json` (what `scripts/domain_summary.py`
+`per_image.csv` (one row per image and method), `border_ablation.csv` (the border intervention, one row per image),
+`findings.md`, `key_findings.json` (what `scripts/domain_summary.py`
 shows), `figure_border_top.png` (the `--figure_count` images of highest FGA border share), `figure_random.png`
 (`--figure_count` images drawn with `--seed`), `border_share_histogram.png` and `run.json`. A hand-written
 `observations.md` in the folder (what the figures show) is embedded in `findings.md` and never overwritten.
@@ -40,7 +41,7 @@ from hf_fga.evaluation.hypothesis_tests import patient_keys
 from hf_fga.evaluation.run_setup import torch_threads
 from hf_fga.evaluation.summary import read_chosen_configuration
 from hf_fga.images import load_image
-from hf_fga.introspection import load_vision_model
+from hf_fga.introspection import load_vision_model, model_logits
 from hf_fga.sae import load_saes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,17 +102,30 @@ def pixel_batch(dataset: datasets.Dataset, rows: list[int], processor) -> np.nda
     ]
 
 
+def probabilities(model, pixels: np.ndarray) -> np.ndarray:
+    """The model's class probabilities `(B, classes)` of a batch of processed images."""
+    with torch.no_grad():
+        return torch.softmax(model_logits(model, torch.from_numpy(np.ascontiguousarray(pixels))), dim=-1).numpy()
+
+
 def attribute_split(
-    dataset: datasets.Dataset, processor, attr: Attributor, configurations: dict, args: argparse.Namespace
-) -> tuple[pd.DataFrame, dict[str, np.ndarray], list[int], float]:
-    """Per image and method the location statistics; the maps `{method: (N, h, w)}`; the predicted classes; seconds."""
+    dataset: datasets.Dataset, processor, attr: Attributor, configurations: dict, args: argparse.Namespace, model
+) -> tuple[pd.DataFrame, dict[str, np.ndarray], list[int], float, pd.DataFrame]:
+    """
+    Per image and method the location statistics; the maps `{method: (N, h, w)}`; the predicted classes; seconds;
+    and the border intervention (`findings.border_ablation` of the clean and the border-blanked images).
+    """
     maps = {name: [] for name in configurations}
     statistics, targets, start = [], [], time.perf_counter()
+    clean, blanked = [], []
     with torch_threads(args.num_threads):
         for first in range(0, len(dataset), args.batch_size):
             rows = list(range(first, min(first + args.batch_size, len(dataset))))
             pixels = pixel_batch(dataset, rows, processor)
             out = attribute_configurations(attr, torch.from_numpy(pixels), list(configurations.values()))
+            grid = next(iter(out.maps.values())).shape[1:]
+            clean.append(probabilities(model, pixels))
+            blanked.append(probabilities(model, findings.blank_border(pixels, tuple(grid))))
             intensity = findings.input_intensity(pixels, processor.image_mean, processor.image_std)
             for name, configuration in configurations.items():
                 batch_maps = out.maps[configuration.key].numpy()
@@ -124,7 +138,8 @@ def attribute_split(
             print(f"{rows[-1] + 1}/{len(dataset)} images", file=sys.stderr, flush=True)
     seconds = time.perf_counter() - start
     maps = {name: np.concatenate(parts) for name, parts in maps.items()}
-    return pd.concat(statistics, ignore_index=True), maps, targets, seconds
+    ablation = findings.border_ablation(np.concatenate(clean), np.concatenate(blanked))
+    return pd.concat(statistics, ignore_index=True), maps, targets, seconds, ablation
 
 
 def model_view(pixel_values: np.ndarray, processor) -> list[Image.Image]:
@@ -165,9 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     dataset, split_size = load_split(args)
     images, has_patients = image_table(dataset)
     processor = AutoImageProcessor.from_pretrained(model_dir)
-    attr = Attributor(load_vision_model(str(model_dir)), load_saes(str(sae_dir)))
+    model = load_vision_model(str(model_dir))
+    attr = Attributor(model, load_saes(str(sae_dir)))
     configurations = {"TransMM": REFERENCE, "FGA": chosen}
-    statistics, maps, targets, seconds = attribute_split(dataset, processor, attr, configurations, args)
+    statistics, maps, targets, seconds, ablation = attribute_split(
+        dataset, processor, attr, configurations, args, model
+    )
     images["prediction"] = [dataset.features["label"].names[t] for t in targets]
     images["correct"] = images["label"] == images["prediction"]
     table = images.rename_axis("row").reset_index().merge(statistics, on="row")
@@ -219,6 +237,22 @@ def main(argv: list[str] | None = None) -> int:
         f"{100 * images['correct'].mean():.1f} %); TransMM and {chosen.label}, each explaining the predicted class; "
         f"{seconds:.0f} s for the maps on {args.num_threads} thread(s). `{command}`"
     )
+    names = dataset.features["label"].names
+    intervention = images[["image_id", "label"]].assign(
+        prediction=[names[i] for i in ablation["prediction"]],
+        blanked_prediction=[names[i] for i in ablation["blanked_prediction"]],
+        changed=ablation["changed"].to_numpy(),
+        probability=ablation["probability"].to_numpy(),
+        blanked_probability=ablation["blanked_probability"].to_numpy(),
+        drop=ablation["drop"].to_numpy(),
+    )
+    intervention = intervention.join(border[list(configurations)], on="image_id")
+    intervention.to_csv(args.output / "border_ablation.csv", index=False, float_format="%.6g")
+    ablation_line = (
+        f"Blanking the border ring (mean fill) changes {int(intervention['changed'].sum())} of {len(intervention)} "
+        f"predictions ({100 * intervention['changed'].mean():.1f} %); accuracy {100 * images['correct'].mean():.1f} % "
+        f"→ {100 * (intervention['blanked_prediction'] == intervention['label']).mean():.1f} %."
+    )
     observations = args.output / findings.OBSERVATIONS_FILE
     page = findings.FindingsPage(
         title=title[0].upper() + title[1:],
@@ -231,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         border_area=border_area,
         bright_area=float(table.drop_duplicates("image_id")["bright_area"].median()),
         observations=observations.read_text() if observations.is_file() else None,
+        ablation=findings.ablation_markdown(intervention, list(configurations)),
+        ablation_line=ablation_line,
     )
     (args.output / findings.FINDINGS_FILE).write_text(page.markdown())
     findings.write_key_findings(args.output, page.key_lines(), figure_list[:1])

@@ -25,6 +25,14 @@ Methods are compared image by image (`d = method − reference` on each statisti
 Wilcoxon signed-rank test on the per-patient means of `d` (`hypothesis_tests.patient_paired_tests`; per image where
 the dataset has no patient ids), Holm across the three statistics. Groups (true class, correct / wrong prediction)
 are described, not tested.
+
+**The intervention** (added 2026-12-02, its rules fixed before it was run): a border share says where a map puts its
+mass, not whether the model needs what is there. [`blank_border`] replaces every pixel of the ring's patches with the
+image's per-channel mean (the `mean` fill of method.md §5's papers preset) and the model classifies the image again;
+[`border_ablation`] reports per image whether the predicted class changes and how far the probability of the clean
+prediction falls, and [`ablation_markdown`] the share of changed predictions, accuracy and balanced accuracy before
+and after, and, descriptively, the Spearman correlation between each method's border share and that fall (does a
+map that puts more mass on the border pick the images whose prediction leans on it?).
 """
 
 from __future__ import annotations
@@ -101,6 +109,88 @@ def border_mask(grid: tuple[int, int], width: int = BORDER_WIDTH) -> np.ndarray:
     mask = np.ones((h, w), dtype=bool)
     mask[width : h - width, width : w - width] = False
     return mask
+
+
+def blank_border(pixel_values: np.ndarray, grid: tuple[int, int], width: int = BORDER_WIDTH) -> np.ndarray:
+    """
+    A copy of `pixel_values (B, C, H, W)` whose outer ring of `width` patches of the `grid = (h, w)` patch grid holds
+    each image's per-channel mean over all its pixels (method.md §5's `mean` fill); the inner patches are unchanged.
+    """
+    pixel_values = np.asarray(pixel_values)
+    if pixel_values.ndim != 4:
+        raise ValueError(f"pixel_values must be (batch, channels, height, width); got shape {pixel_values.shape}.")
+    h, w = grid
+    height, width_px = pixel_values.shape[-2:]
+    if height % h or width_px % w:
+        raise ValueError(f"an image of {height} × {width_px} pixels does not split into a {h} × {w} patch grid.")
+    mask = np.kron(border_mask(grid, width), np.ones((height // h, width_px // w), dtype=bool))
+    mean = pixel_values.mean(axis=(2, 3), keepdims=True)
+    return np.where(mask, mean, pixel_values)
+
+
+def border_ablation(clean: np.ndarray, blanked: np.ndarray) -> pd.DataFrame:
+    """
+    Per image, from the class probabilities `(N, classes)` of the clean and the border-blanked image: `prediction`
+    and `blanked_prediction` (class indices), `changed`, `probability` (of the clean prediction), `blanked_probability`
+    (of the same class on the blanked image) and `drop` (= probability − blanked_probability).
+    """
+    clean, blanked = np.asarray(clean, np.float64), np.asarray(blanked, np.float64)
+    if clean.shape != blanked.shape or clean.ndim != 2:
+        raise ValueError(f"clean and blanked probabilities must both be (images, classes); got {clean.shape} and "
+                         f"{blanked.shape}.")  # fmt: skip
+    prediction = clean.argmax(axis=1)
+    rows = np.arange(len(clean))
+    return pd.DataFrame(
+        {
+            "prediction": prediction,
+            "blanked_prediction": blanked.argmax(axis=1),
+            "changed": prediction != blanked.argmax(axis=1),
+            "probability": clean[rows, prediction],
+            "blanked_probability": blanked[rows, prediction],
+            "drop": clean[rows, prediction] - blanked[rows, prediction],
+        }
+    )
+
+
+def _balanced_accuracy(labels: pd.Series, predictions: pd.Series) -> float:
+    return float(np.mean([(predictions[labels == c] == c).mean() for c in labels.unique()]))
+
+
+def ablation_markdown(table: pd.DataFrame, methods: Sequence[str], border_width: int = BORDER_WIDTH) -> str:
+    """
+    The intervention's paragraph and table from a per-image `table` with `label`, `prediction`,
+    `blanked_prediction`, `changed`, `drop` (class names or indices, compared as they are) and one border share
+    column per method in `methods`.
+    """
+    from scipy import stats
+
+    n = len(table)
+    correct = table["prediction"] == table["label"]
+    still = table["blanked_prediction"] == table["label"]
+    lines = [
+        f"Every pixel of the outer ring of {border_width} patch(es) set to the image's per-channel mean, and the "
+        f"model asked again (rules fixed beforehand, module docstring of `hf_fga/evaluation/findings.py`): "
+        f"**{int(table['changed'].sum())} of {n} predictions change ({_percent(table['changed'].mean())})**; the "
+        f"probability of the clean prediction falls by {table['drop'].median():+.3f} at the median "
+        f"(mean {table['drop'].mean():+.3f}; it rises where negative).",
+        "",
+        "| | accuracy | balanced accuracy |",
+        "| --- | --- | --- |",
+        f"| clean | {correct.mean():.3f} | {_balanced_accuracy(table['label'], table['prediction']):.3f} |",
+        f"| border blanked | {still.mean():.3f} | "
+        f"{_balanced_accuracy(table['label'], table['blanked_prediction']):.3f} |",
+        "",
+        "Does a map's border share pick the images whose prediction leans on the border? Spearman correlation, per "
+        "image (descriptive), between each method's border share and the fall in probability:",
+        "",
+        "| method | Spearman ρ | p | images |",
+        "| --- | --- | --- | --- |",
+    ]
+    for method in methods:
+        pairs = table[[method, "drop"]].dropna()
+        rho, p = stats.spearmanr(pairs[method], pairs["drop"]) if len(pairs) > 2 else (float("nan"), float("nan"))
+        lines.append(f"| {method} | {rho:+.3f} | {_p(p)} | {len(pairs)} |")
+    return "\n".join(lines)
 
 
 def input_intensity(pixel_values: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
@@ -443,6 +533,8 @@ class FindingsPage:
         border_area (`float`): the ring's fraction of the patches (a uniform map's border share).
         bright_area (`float`): the median fraction of the patches in the near-white set.
         observations (`str | None`): what a person saw in the figures (`observations.md`), if written.
+        ablation (`str | None`): the intervention's section ([`ablation_markdown`]), if it was run.
+        ablation_line (`str | None`): its one-line result for the cross-domain summary.
     """
 
     title: str
@@ -457,6 +549,8 @@ class FindingsPage:
     method: str = "FGA"
     reference: str = "TransMM"
     observations: str | None = None
+    ablation: str | None = None
+    ablation_line: str | None = None
 
     def key_lines(self) -> list[str]:
         """The lines the cross-domain summary shows: the run, the border and near-white comparisons, what was seen."""
@@ -472,6 +566,8 @@ class FindingsPage:
             for _, row in self.comparison.iterrows()
             if row["statistic"] in ("border_share", "bright_share")
         ]
+        if self.ablation_line:
+            lines.append(self.ablation_line)
         if self.observations:
             first = next((line.strip() for line in self.observations.splitlines() if line.strip()), "")
             lines.append(f"By eye: {first}")
@@ -511,6 +607,10 @@ class FindingsPage:
             "",
             *heavy_lines,
             "",
+        ]
+        if self.ablation:
+            lines += ["## Intervention: the border ring blanked", "", self.ablation, ""]
+        lines += [
             "## Figures",
             "",
         ]
@@ -656,6 +756,9 @@ __all__ = [
     "NEAR_WHITE",
     "STATISTICS",
     "KeyFindings",
+    "ablation_markdown",
+    "blank_border",
+    "border_ablation",
     "border_mask",
     "findings_command",
     "bright_patch_mask",

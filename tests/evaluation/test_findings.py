@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 from scipy import stats
 
@@ -292,6 +293,55 @@ def test_script_end_to_end_on_the_bundled_model(tmp_path):
     assert findings.read_key_findings(out).figures[0][0] == "figure_border_top.png"
     for name in ("figure_border_top.png", "figure_random.png", "border_share_histogram.png"):
         assert 0 < (out / name).stat().st_size < 1_000_000
+    # the intervention: the same image with its border ring blanked, classified directly
+    ablation = pd.read_csv(out / "border_ablation.csv").set_index("image_id")
+    model = load_vision_model(str(bundled.model_dir()))
+    blanked = findings.blank_border(pixels.numpy(), direct.grid)
+    with torch.no_grad():
+        clean_p = torch.softmax(model(pixel_values=pixels).logits, -1)[0].double()
+        blanked_p = torch.softmax(model(pixel_values=torch.from_numpy(blanked)).logits, -1)[0].double()
+    predicted = int(clean_p.argmax())
+    row = ablation.loc[first["image_id"]]
+    assert row["drop"] == pytest.approx(float(clean_p[predicted] - blanked_p[predicted]), abs=1e-5)
+    assert bool(row["changed"]) == (int(blanked_p.argmax()) != predicted)
+    assert row["FGA"] == pytest.approx(first["border_share"], rel=1e-5)
+    assert "## Intervention: the border ring blanked" in text and "predictions change" in text
+    assert any(line.startswith("Blanking the border ring") for line in findings.read_key_findings(out).lines)
+
+
+def test_blank_border_and_the_ablation_table_against_direct_computations():
+    rng = np.random.default_rng(0)
+    pixels = rng.normal(size=(2, 3, 8, 12))  # a 4 × 6 grid of 2 × 2 patches
+    blanked = findings.blank_border(pixels, (4, 6))
+    for b in range(2):
+        for c in range(3):
+            mean = pixels[b, c].mean()
+            for y in range(8):
+                for x in range(12):
+                    ring = y < 2 or y >= 6 or x < 2 or x >= 10
+                    assert blanked[b, c, y, x] == (mean if ring else pixels[b, c, y, x])
+    with pytest.raises(ValueError, match="does not split into a 5 × 6 patch grid"):
+        findings.blank_border(pixels, (5, 6))
+    with pytest.raises(ValueError, match="batch, channels, height, width"):
+        findings.blank_border(pixels[0], (4, 6))
+    clean = np.array([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3]])
+    after = np.array([[0.3, 0.6, 0.1], [0.1, 0.7, 0.2]])
+    table = findings.border_ablation(clean, after)
+    assert table["prediction"].tolist() == [0, 1] and table["blanked_prediction"].tolist() == [1, 1]
+    assert table["changed"].tolist() == [True, False]
+    assert np.allclose(table["drop"], [0.4, -0.1]) and np.allclose(table["blanked_probability"], [0.3, 0.7])
+    with pytest.raises(ValueError, match="both be \\(images, classes\\)"):
+        findings.border_ablation(clean, after[:1])
+    frame = pd.DataFrame(
+        {"label": ["a", "b", "b", "a"], "prediction": ["a", "b", "a", "a"], "blanked_prediction": ["b", "b", "a", "a"],
+         "changed": [True, False, False, False], "drop": [0.4, 0.0, 0.1, 0.3], "M": [0.9, 0.1, 0.2, 0.8]}
+    )  # fmt: skip
+    text = findings.ablation_markdown(frame, ["M"])
+    assert "**1 of 4 predictions change (25.0 %)**" in text
+    assert "| clean | 0.750 | 0.750 |" in text  # recalls a 2/2, b 1/2
+    assert "| border blanked | 0.500 | 0.500 |" in text  # a 1/2, b 1/2
+    rho = stats.spearmanr(frame["M"], frame["drop"])[0]
+    assert f"| M | {rho:+.3f} |" in text
 
 
 def test_script_without_patient_ids_tests_per_image(tmp_path):
