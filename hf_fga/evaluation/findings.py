@@ -50,6 +50,7 @@ from PIL import Image, ImageDraw
 from .. import bundled
 from ..viz import captioned_stack, draw_patch_boxes, image_grid, overlay
 from .hypothesis_tests import holm, patient_paired_tests, per_patient_means
+from .split_overlap import balanced_accuracy
 from .statistics import paired_tests
 
 BORDER_WIDTH = 1
@@ -152,10 +153,6 @@ def border_ablation(clean: np.ndarray, blanked: np.ndarray) -> pd.DataFrame:
     )
 
 
-def _balanced_accuracy(labels: pd.Series, predictions: pd.Series) -> float:
-    return float(np.mean([(predictions[labels == c] == c).mean() for c in labels.unique()]))
-
-
 def ablation_markdown(table: pd.DataFrame, methods: Sequence[str], border_width: int = BORDER_WIDTH) -> str:
     """
     The intervention's paragraph and table from a per-image `table` with `label`, `prediction`,
@@ -176,9 +173,9 @@ def ablation_markdown(table: pd.DataFrame, methods: Sequence[str], border_width:
         "",
         "| | accuracy | balanced accuracy |",
         "| --- | --- | --- |",
-        f"| clean | {correct.mean():.3f} | {_balanced_accuracy(table['label'], table['prediction']):.3f} |",
+        f"| clean | {correct.mean():.3f} | {balanced_accuracy(table['label'], table['prediction']):.3f} |",
         f"| border blanked | {still.mean():.3f} | "
-        f"{_balanced_accuracy(table['label'], table['blanked_prediction']):.3f} |",
+        f"{balanced_accuracy(table['label'], table['blanked_prediction']):.3f} |",
         "",
         "Does a map's border share pick the images whose prediction leans on the border? Spearman correlation, per "
         "image (descriptive), between each method's border share and the fall in probability:",

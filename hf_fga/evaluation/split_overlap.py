@@ -117,13 +117,18 @@ def nearest_matches(
     )
 
 
-def _scores(labels: pd.Series, predictions: pd.Series) -> dict[str, float]:
+def balanced_accuracy(labels: pd.Series, predictions: pd.Series) -> float:
+    """The mean recall over the classes present in `labels` (NaN without images)."""
     recalls = [float((predictions[labels == c] == c).mean()) for c in sorted(labels.unique())]
+    return float(np.mean(recalls)) if recalls else float("nan")
+
+
+def _scores(labels: pd.Series, predictions: pd.Series) -> dict[str, float]:
     return {
         "images": int(len(labels)),
         "accuracy": float((predictions == labels).mean()) if len(labels) else float("nan"),
-        "balanced_accuracy": float(np.mean(recalls)) if recalls else float("nan"),
-        "classes": int(len(recalls)),
+        "balanced_accuracy": balanced_accuracy(labels, predictions),
+        "classes": int(labels.nunique()),
     }
 
 
@@ -148,4 +153,4 @@ def scores_by_overlap(labels: Sequence[Any], predictions: Sequence[Any], duplica
     return pd.DataFrame([{"group": name, **_scores(g["label"], g["prediction"])} for name, g in groups.items()])
 
 
-__all__ = ["image_digest", "nearest_matches", "scores_by_overlap", "thumbnail_matrix"]
+__all__ = ["balanced_accuracy", "image_digest", "nearest_matches", "scores_by_overlap", "thumbnail_matrix"]
