@@ -35,6 +35,7 @@ from PIL import Image  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from hf_fga import bundled  # noqa: E402
+from hf_fga.evaluation.configuration import REFERENCE  # noqa: E402
 from hf_fga.evaluation.hypothesis_tests import comparison_markdown  # noqa: E402
 from hf_fga.evaluation.split_overlap import nearest_matches, scores_by_overlap  # noqa: E402
 from hf_fga.evaluation.storage import read_parts  # noqa: E402
@@ -80,7 +81,7 @@ def paired_rows(results: pd.DataFrame, keep: set[str], config: str) -> list[dict
     """Mean per-image difference against TransMM and its Wilcoxon p, on all images and on `keep`."""
     rows = []
     for preset, frame in results.groupby("preset"):
-        reference = frame[frame["config"] == "transmm||||"].set_index("image_id")
+        reference = frame[frame["config"] == REFERENCE.key].set_index("image_id")
         for key, title in ((config, "FGA combined"), (config.replace("|combined|", "|centered|"), "`centered`")):
             scored = frame[frame["config"] == key].set_index("image_id")
             for metric, better in BETTER.items():
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     overlap["near_duplicate"] = overlap["correlation"] > args.threshold
     results = read_parts(args.run / "results")
-    transmm = results[(results["config"] == "transmm||||") & (results["preset"] == results["preset"].iloc[0])]
+    transmm = results[(results["config"] == REFERENCE.key) & (results["preset"] == results["preset"].iloc[0])]
     predicted = transmm.set_index("image_id")["prediction"].map(lambda p: names[int(p)])
     overlap["prediction"] = overlap["image_id"].map(predicted)
     scored = overlap.dropna(subset=["prediction"])
