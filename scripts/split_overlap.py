@@ -32,18 +32,22 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from PIL import Image  # noqa: E402
-from scipy import stats  # noqa: E402
 
 from hf_fga import bundled  # noqa: E402
 from hf_fga.evaluation.configuration import REFERENCE  # noqa: E402
-from hf_fga.evaluation.hypothesis_tests import comparison_markdown  # noqa: E402
+from hf_fga.evaluation.hypothesis_tests import (  # noqa: E402
+    comparison_markdown,
+    directional_holds,
+    patient_comparison,
+    split_units,
+)
 from hf_fga.evaluation.split_overlap import nearest_matches, scores_by_overlap  # noqa: E402
+from hf_fga.evaluation.statistics import METRICS  # noqa: E402
 from hf_fga.evaluation.storage import read_parts  # noqa: E402
 from hf_fga.evaluation.summary import read_chosen_configuration  # noqa: E402
 from hf_fga.images import load_image  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-BETTER = {"saco": 1, "faithfulness_correlation": 1, "pixel_flipping": -1}  # the sign of an improvement
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -77,26 +81,24 @@ def load_splits(folder: Path) -> dict[str, datasets.Dataset]:
     return {name: d.cast_column("image", datasets.Image(decode=False)) for name, d in splits.items()}
 
 
-def paired_rows(results: pd.DataFrame, keep: set[str], config: str) -> list[dict]:
-    """Mean per-image difference against TransMM and its Wilcoxon p, on all images and on `keep`."""
-    rows = []
-    for preset, frame in results.groupby("preset"):
-        reference = frame[frame["config"] == REFERENCE.key].set_index("image_id")
-        for key, title in ((config, "FGA combined"), (config.replace("|combined|", "|centered|"), "`centered`")):
-            scored = frame[frame["config"] == key].set_index("image_id")
-            for metric, better in BETTER.items():
-                difference = (scored[metric] - reference[metric]).dropna()
-                subsets = (("all", difference), ("without a near-duplicate", difference[difference.index.isin(keep)]))
-                for group, values in subsets:
-                    p = float(stats.wilcoxon(values).pvalue) if (values != 0).any() else 1.0
-                    rows.append(
-                        {
-                            "preset": preset, "configuration": title, "metric": metric, "images": group,
-                            "n": len(values), "mean_difference": float(values.mean()),
-                            "better": bool(better * values.mean() > 0 and p < 0.05), "wilcoxon_p": p,
-                        }
-                    )  # fmt: skip
-    return rows
+def paired_table(results: pd.DataFrame, keep: set[str], config: str, units: dict[str, str]) -> pd.DataFrame:
+    """
+    The chosen configuration and its `centered` control against TransMM, on all test images and on `keep`: one row
+    per (preset, configuration, metric, images) of `hypothesis_tests.patient_comparison` (per unit of `units`: the
+    patient where the data set has patient ids, the image otherwise; bootstrap CI over units, 2,000 resamples,
+    seed 0), with `better`: the mean points the better way and the uncorrected Wilcoxon p < 0.05.
+    """
+    tables = []
+    controls = ((config, "FGA combined"), (config.replace("|combined|", "|centered|"), "`centered`"))
+    for rank, (key, title) in enumerate(controls):
+        for group, subset in (("all", results), ("without a near-duplicate", results[results["image_id"].isin(keep)])):
+            table = patient_comparison(subset, key, REFERENCE.key, units, n_resamples=2_000, seed=0)
+            tables.append(table.assign(configuration=title, images=group, rank=rank, subset=group != "all"))
+    table = pd.concat(tables, ignore_index=True)
+    table["better"] = directional_holds(table, p_column="wilcoxon_p")
+    table["metric_rank"] = table["metric"].map({m: i for i, m in enumerate(METRICS)})
+    ordered = table.sort_values(["preset", "rank", "metric_rank", "subset"], kind="stable", ignore_index=True)
+    return ordered.drop(columns=["rank", "metric_rank", "subset"])
 
 
 def figure_pairs(overlap: pd.DataFrame, threshold: float, count: int) -> pd.DataFrame:
@@ -170,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     table = scores_by_overlap(scored["label"], scored["prediction"], scored["near_duplicate"])
     chosen = read_chosen_configuration(args.run.parent / "chosen_configuration.txt")
     keep = set(overlap.loc[~overlap["near_duplicate"], "image_id"])
-    paired = pd.DataFrame(paired_rows(results, keep, chosen))
+    units, by_patient = split_units(folder, "test")
+    paired = paired_table(results, keep, chosen, units)
 
     args.output.mkdir(parents=True, exist_ok=True)
     overlap.to_csv(args.output / "overlap.csv", index=False)
@@ -225,9 +228,15 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "## Exploratory: do the attribution comparisons lean on the duplicated images?",
         "",
-        f"Per image, the configuration's score minus TransMM's (chosen configuration `{chosen}` and its `centered` "
-        "control), on all test images and on those without a near-duplicate; two-sided Wilcoxon signed-rank test, "
-        "no correction (not in any plan). 'better than TransMM': the mean points the better way and p < 0.05.",
+        f"The configuration's score minus TransMM's (chosen configuration `{chosen}` and its `centered` control), on "
+        "all test images and on those without a near-duplicate, "
+        + ("per patient (the mean of each patient's images)" if by_patient else "per image (no patient ids)")
+        + ": mean per-image difference"
+        + (", the mean of the per-patient means" if by_patient else "")
+        + ", its "
+        + ("patient-cluster " if by_patient else "")
+        + "bootstrap 95 % CI (2,000 resamples, seed 0), two-sided Wilcoxon signed-rank test, no correction (not in "
+        "any plan). 'better than TransMM': the mean points the better way and p < 0.05.",
         "",
         comparison_markdown(
             paired,
@@ -236,8 +245,11 @@ def main(argv: list[str] | None = None) -> int:
                 "configuration": "configuration",
                 "metric": "metric",
                 "images": "images",
-                "n": "n",
+                "n_images": "n",
+                **({"n_patients": "patients", "patient_mean_difference": "per-patient mean"} if by_patient else {}),
                 "mean_difference": "mean difference",
+                "ci_low": "CI low",
+                "ci_high": "CI high",
                 "wilcoxon_p": "Wilcoxon p",
                 "better": "better than TransMM",
             },

@@ -96,7 +96,14 @@ def test_script_finds_the_repeats_and_splits_the_scores(layout):
     # without: te_new0 benign right, te_new1 normal wrong → accuracy 0.5, balanced (1 + 0) / 2
     assert "| without | 2 | 0.500 | 0.500 | 2 |" in text
     assert "| all | 4 | 0.500 | 0.500 | 3 |" in text  # benign 1/1, malignant 1/2, normal 0/1 → 0.5
-    assert "| papers | FGA combined | SaCo | without a near-duplicate | 2 | +0.35 |" in text  # 0.1 × (3 + 4) / 2
+    # 0.1 × (3 + 4) / 2, and its bootstrap CI over the two images (no patient ids: each image its own unit)
+    assert "| papers | FGA combined | SaCo | without a near-duplicate | 2 | +0.35 | +0.3 | +0.4 |" in text
+    assert "per image (no patient ids)" in text
+    rows = [line for line in text.splitlines() if line.startswith("| papers |")]
+    assert [line.split(" | ")[1:4] for line in rows[:3]] == [
+        ["FGA combined", "SaCo", "all"], ["FGA combined", "SaCo", "without a near-duplicate"],
+        ["FGA combined", "Faithfulness Correlation", "all"],
+    ]  # fmt: skip
     assert (output / "pairs.png").stat().st_size > 5_000
     assert json.loads((output / "run.json").read_text())["threshold"] == 0.99
 
