@@ -54,6 +54,20 @@ class TrainCifarArguments:
     """Command-line arguments (parsed with `HfArgumentParser`)."""
 
     output_dir: str = field(default="runs/cifar10", metadata={"help": "Checkpoints, logs and the best model."})
+    cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where the decoded uint8 images are cached (154 MB for the train split; default: output_dir)."
+        },
+    )
+    checkpoint_shard_mb: float | None = field(
+        default=None,
+        metadata={
+            "help": "Split the resumable checkpoint's tensors over files of at most this many MiB (so that a long CPU "
+            "run's output_dir can be committed to a repository with a file-size limit and resumed in a fresh "
+            "checkout); one file when not given."
+        },
+    )
     export_dir: str | None = field(default=None, metadata={"help": "Where the final model and processor go."})
     splits_path: str | None = field(
         default=None,
@@ -94,6 +108,8 @@ class TrainCifarArguments:
             raise ValueError(f"patch_size={self.patch_size} must divide the 32 px images: pass e.g. 4.")
         if not 0.0 <= self.mix_prob <= 1.0:
             raise ValueError(f"mix_prob must be in [0, 1], got {self.mix_prob}.")
+        if self.checkpoint_shard_mb is not None and self.checkpoint_shard_mb <= 0:
+            raise ValueError(f"checkpoint_shard_mb must be positive, got {self.checkpoint_shard_mb}.")
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"device must be cpu or cuda, got {self.device!r}.")
 
@@ -230,7 +246,7 @@ def train(args: TrainCifarArguments) -> dict:
         raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device: pass --device cpu.")
     out, gen = training.start_run(args)
 
-    data = load_split(args.data_dir, "train", out)
+    data = load_split(args.data_dir, "train", Path(args.cache_dir) if args.cache_dir else out)
     is_val = torch.zeros(len(data["labels"]), dtype=torch.bool)
     is_val[validation_index(data["labels"], args.val_size, args.seed)] = True
     train_idx, val_idx = (~is_val).nonzero().squeeze(1), is_val.nonzero().squeeze(1)
@@ -278,6 +294,7 @@ def train(args: TrainCifarArguments) -> dict:
             generator=gen,
             extra=state,
             extra_tensors={"order": order},
+            max_shard_bytes=None if args.checkpoint_shard_mb is None else int(args.checkpoint_shard_mb * 2**20),
         )
 
     def autocast():

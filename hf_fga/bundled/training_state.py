@@ -5,6 +5,9 @@ file beside it, so that resuming never unpickles anything.
 A checkpoint is a folder holding `tensors.safetensors` and `state.json`; [`save_training_state`] writes it atomically
 (into a temporary folder that then replaces the old one) and [`load_training_state`] restores the model, the optimizer,
 the scheduler and the RNG states (Python, NumPy, torch CPU, torch CUDA when saved, and a `torch.Generator`) exactly.
+With `max_shard_bytes` the tensors are split over `tensors-00001-of-0000N.safetensors` files of at most that size
+each (a checkpoint that has to be committed to a repository with a per-file size limit, so that a long CPU run can
+resume in a fresh checkout); loading reads either layout.
 
 ```python
 >>> save_training_state(  # doctest: +SKIP
@@ -29,6 +32,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 TENSORS_NAME = "tensors.safetensors"
+SHARD_NAME = "tensors-{index:05d}-of-{count:05d}.safetensors"
 STATE_NAME = "state.json"
 FORMAT = "hf_fga.training_state"
 _TENSOR = "__tensor__"
@@ -116,6 +120,7 @@ def save_training_state(
     generator: torch.Generator | None = None,
     extra: dict | None = None,
     extra_tensors: dict[str, torch.Tensor] | None = None,
+    max_shard_bytes: int | None = None,
 ) -> Path:
     """
     Write a checkpoint folder (`tensors.safetensors` + `state.json`), atomically.
@@ -128,6 +133,8 @@ def save_training_state(
         generator (`torch.Generator`, *optional*): saved with the global RNG states.
         extra (`dict`, *optional*): JSON-able values (epoch, step, history, ...).
         extra_tensors (`dict[str, torch.Tensor]`, *optional*): more tensors (e.g. the epoch's sample order).
+        max_shard_bytes (`int`, *optional*): split the tensors over numbered files of at most this many bytes of
+            tensor data each (a single tensor larger than that gets a file of its own); one file when not given.
 
     Returns:
         `Path`: the folder.
@@ -147,7 +154,12 @@ def save_training_state(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    save_file(tensors, str(tmp / TENSORS_NAME))
+    if max_shard_bytes is None:
+        save_file(tensors, str(tmp / TENSORS_NAME))
+    else:
+        shards = _shards(tensors, max_shard_bytes)
+        for index, shard in enumerate(shards, start=1):
+            save_file(shard, str(tmp / SHARD_NAME.format(index=index, count=len(shards))))
     (tmp / STATE_NAME).write_text(json.dumps(state) + "\n")
     old = folder.with_name(folder.name + ".old")
     if folder.exists():
@@ -156,6 +168,40 @@ def save_training_state(
     if old.exists():
         shutil.rmtree(old)
     return folder
+
+
+def _shards(tensors: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:
+    """`tensors` in order, cut into groups of at most `max_bytes` of data (one oversized tensor alone)."""
+    if max_bytes <= 0:
+        raise ValueError(f"max_shard_bytes must be positive, got {max_bytes}.")
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, tensor in tensors.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > max_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = tensor
+        size += nbytes
+    return shards
+
+
+def _tensor_files(folder: Path) -> list[Path]:
+    """The checkpoint's tensor file(s): `tensors.safetensors`, or every shard of one complete numbered set."""
+    if (folder / TENSORS_NAME).is_file():
+        return [folder / TENSORS_NAME]
+    shards = sorted(folder.glob("tensors-*-of-*.safetensors"))
+    if not shards:
+        return []
+    count = int(shards[0].stem.rsplit("-of-", 1)[1])
+    expected = [folder / SHARD_NAME.format(index=i, count=count) for i in range(1, count + 1)]
+    if shards != expected:
+        missing = sorted({p.name for p in expected} - {p.name for p in shards})
+        raise FileNotFoundError(
+            f"{folder} holds an incomplete or mixed set of tensor shards (missing {missing or 'none'}, found "
+            f"{[p.name for p in shards]}): restore the whole checkpoint folder."
+        )
+    return expected
 
 
 def load_training_state(
@@ -173,15 +219,16 @@ def load_training_state(
         `tuple[dict, dict[str, torch.Tensor]]`: the saved `extra` and `extra_tensors`.
     """
     folder = Path(folder)
-    if not (folder / STATE_NAME).is_file() or not (folder / TENSORS_NAME).is_file():
+    files = _tensor_files(folder)
+    if not (folder / STATE_NAME).is_file() or not files:
         raise FileNotFoundError(
-            f"{folder} is not a training checkpoint: it needs {STATE_NAME} and {TENSORS_NAME} (written by "
-            "save_training_state)."
+            f"{folder} is not a training checkpoint: it needs {STATE_NAME} and {TENSORS_NAME} (or its numbered "
+            "shards), written by save_training_state."
         )
     state = json.loads((folder / STATE_NAME).read_text())
     if state.get("format") != FORMAT:
         raise ValueError(f"{folder / STATE_NAME} has format {state.get('format')!r}, expected {FORMAT!r}.")
-    tensors = load_file(str(folder / TENSORS_NAME))
+    tensors = {name: tensor for path in files for name, tensor in load_file(str(path)).items()}
     model.load_state_dict(_join(state["model"], tensors))
     for name, target in (("optimizer", optimizer), ("scheduler", scheduler)):
         if target is not None:

@@ -80,17 +80,22 @@ def test_interrupted_run_resumes_exactly(script, tmp_path):
     """Stopping mid-epoch (--max_steps) and re-running gives bit for bit the uninterrupted run's model."""
     data = write_tiny_cifar(tmp_path / "data")
     full = script.main(tiny_args(data, tmp_path / "full"))
-    stopped = script.main(tiny_args(data, tmp_path / "parts", max_steps=7))  # 5 steps per epoch: stops in epoch 2
+    # the interrupted run keeps its image cache elsewhere and its checkpoint in shards of ≤ 20 KiB (the layout of a
+    # run whose output_dir is committed between sessions): neither changes the result
+    sharded = {"cache_dir": tmp_path / "cache", "checkpoint_shard_mb": 0.02}
+    stopped = script.main(tiny_args(data, tmp_path / "parts", max_steps=7, **sharded))  # 5 steps / epoch: in epoch 2
     assert stopped == {"stopped_at_step": 7, "train_seconds": pytest.approx(stopped["train_seconds"])}
     assert not any((tmp_path / "parts").rglob("*.pt")) and not any((tmp_path / "parts").rglob("*.pkl"))
-    resumed = script.main(tiny_args(data, tmp_path / "parts"))
-    for a, b in zip(
-        sorted((tmp_path / "full").glob("last/*")), sorted((tmp_path / "parts").glob("last/*")), strict=True
-    ):
-        if a.suffix == ".safetensors":
-            left, right = load_file(str(a)), load_file(str(b))
-            assert left.keys() == right.keys()
-            assert all(torch.equal(left[k], right[k]) for k in left if k.startswith(("model.", "optimizer.")))
+    assert not any((tmp_path / "parts").glob("cache_*")) and (tmp_path / "cache" / "cache_train.safetensors").is_file()
+    shards = list((tmp_path / "parts" / "last").glob("tensors-*.safetensors"))
+    assert len(shards) > 1 and all(path.stat().st_size < 0.03 * 2**20 for path in shards)
+    resumed = script.main(tiny_args(data, tmp_path / "parts", **sharded))
+    left = load_file(str(tmp_path / "full" / "last" / "tensors.safetensors"))
+    right = {
+        k: v for path in (tmp_path / "parts" / "last").glob("*.safetensors") for k, v in load_file(str(path)).items()
+    }
+    assert left.keys() == right.keys()
+    assert all(torch.equal(left[k], right[k]) for k in left if k.startswith(("model.", "optimizer.")))
     assert resumed["test"] == full["test"] and resumed["global_steps"] == full["global_steps"] == 10
     log = [json.loads(line) for line in (tmp_path / "parts" / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2]
@@ -135,6 +140,8 @@ def test_bad_arguments_are_named(script):
         script.TrainCifarArguments(num_hidden_layers=4)
     with pytest.raises(ValueError, match="patch_size"):
         script.TrainCifarArguments(patch_size=5)
+    with pytest.raises(ValueError, match="checkpoint_shard_mb must be positive"):
+        script.TrainCifarArguments(checkpoint_shard_mb=0)
 
 
 def test_training_state_restores_everything_without_pickle(tmp_path):
@@ -181,3 +188,39 @@ def test_training_state_refuses_what_json_cannot_hold(tmp_path):
         save_training_state(tmp_path / "x", model=torch.nn.Linear(2, 2), extra={"f": object()})
     with pytest.raises(FileNotFoundError, match="save_training_state"):
         load_training_state(tmp_path / "missing", model=torch.nn.Linear(2, 2))
+
+
+def test_training_state_shards_restore_the_same_state(tmp_path):
+    """A sharded checkpoint (files of at most max_shard_bytes, for a repository's file-size limit) loads as one."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 2))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randn(4, 8)).sum().backward()
+    optimizer.step()
+    save_training_state(tmp_path / "one", model=model, optimizer=optimizer, extra={"epoch": 1})
+    save_training_state(tmp_path / "many", model=model, optimizer=optimizer, extra={"epoch": 1}, max_shard_bytes=300)
+    shards = sorted(p.name for p in (tmp_path / "many").glob("*.safetensors"))
+    assert len(shards) > 2 and shards[0] == f"tensors-00001-of-{len(shards):05d}.safetensors"
+    for path in (tmp_path / "many").glob("*.safetensors"):
+        shard = load_file(str(path))  # at most 300 bytes, or one larger tensor alone (the RNG states: ~5 kB)
+        assert sum(t.numel() * t.element_size() for t in shard.values()) <= 300 or len(shard) == 1
+    joined = {k: v for p in (tmp_path / "many").glob("*.safetensors") for k, v in load_file(str(p)).items()}
+    single = load_file(str(tmp_path / "one" / "tensors.safetensors"))
+    assert joined.keys() == single.keys() and all(torch.equal(joined[k], single[k]) for k in single)
+    # re-saving with fewer shards leaves no stale shard behind (the folder is replaced as a whole)
+    save_training_state(tmp_path / "many", model=model, optimizer=optimizer, extra={"epoch": 2}, max_shard_bytes=10**6)
+    assert [p.name for p in (tmp_path / "many").glob("*.safetensors")] == ["tensors-00001-of-00001.safetensors"]
+    other = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 2))
+    other_opt = torch.optim.AdamW(other.parameters(), lr=1e-3)
+    extra, _ = load_training_state(tmp_path / "many", model=other, optimizer=other_opt)
+    assert extra == {"epoch": 2} and repr(other_opt.state_dict()) == repr(optimizer.state_dict())
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values(), strict=True)
+    )
+    # a shard lost (e.g. not committed) is named, not a KeyError deep inside load_state_dict
+    save_training_state(tmp_path / "lost", model=model, optimizer=optimizer, max_shard_bytes=300)
+    sorted((tmp_path / "lost").glob("*.safetensors"))[1].unlink()
+    with pytest.raises(FileNotFoundError, match="incomplete or mixed set of tensor shards"):
+        load_training_state(tmp_path / "lost", model=other, optimizer=other_opt)
+    with pytest.raises(ValueError, match="max_shard_bytes must be positive"):
+        save_training_state(tmp_path / "bad", model=model, max_shard_bytes=0)
