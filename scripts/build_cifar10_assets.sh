@@ -7,6 +7,7 @@
 #   bash scripts/build_cifar10_assets.sh               # build (a GPU: about an hour; CPU only: DEVICE=cpu, days)
 #   bash scripts/build_cifar10_assets.sh --evaluate    # build, then scripts/reproduce.sh --dataset cifar10
 #   DEVICE=cpu HF_FGA_CIFAR10_DIR=/data/cifar10_assets bash scripts/build_cifar10_assets.sh
+#   DEVICE=cpu THREADS=2 TRAIN_DIR=<a committed folder> bash scripts/build_cifar10_assets.sh   # CPU, across checkouts
 #
 # 1. The ViT (scripts/train_cifar10.py: 32 px, patch 4, 64 patches, 6 blocks, from scratch, 200 epochs), its split
 #    file (validation_rows: 5,000 stratified train rows) and its test metrics. The recipe is the same on CPU and GPU
@@ -39,15 +40,17 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's hf_fga (a
 DATA=${DATA:-../shared/data/cifar10}
 DEVICE=${DEVICE:-cuda}
 RUNS=${RUNS:-runs}
+TRAIN_DIR=${TRAIN_DIR:-$RUNS/cifar10}  # the classifier's run folder (checkpoint in 9 MiB shards: committable)
+THREADS=${THREADS:-1}                  # the classifier's torch threads (on a CPU: the free cores)
 PY=${PY:-.venv/bin/python}
 A=$HF_FGA_CIFAR10_DIR
 mkdir -p "$A"
 $PY scripts/export_bundled_examples.py --domain cifar10 --data_dir "$DATA" --seed 0 --per_class 2
-$PY scripts/train_cifar10.py --data_dir "$DATA" --output_dir "$RUNS/cifar10" --export_dir "$A/model" --splits_path "$A/splits.json" --device "$DEVICE" --batch_size 512 --learning_rate 2e-3 --epochs 200 --seed 0
+$PY scripts/train_cifar10.py --data_dir "$DATA" --output_dir "$TRAIN_DIR" --cache_dir "$RUNS/cifar10_cache" --checkpoint_shard_mb 9 --num_threads "$THREADS" --export_dir "$A/model" --splits_path "$A/splits.json" --device "$DEVICE" --batch_size 512 --learning_rate 2e-3 --epochs 200 --seed 0
 $PY scripts/export_sae_images.py --data_dir "$DATA" --splits_path "$A/splits.json" --id_column none --ids_key validation_rows --output_dir "$RUNS/cifar10_train_without_validation"
 $PY scripts/train_sae.py --model_name_or_path "$A/model" --output_dir "$RUNS/cifar10_saes" --dataset_name_or_path "$RUNS/cifar10_train_without_validation" --dataset_split train --dataset_label cifar10 --license unknown --expansion_factor 8 --k 32 --epochs 2 --batch_size 4096 --lr 0.001 --warmup_steps 50 --dead_tokens 50000 --aux_coefficient 0.0625 --eval_fraction 0.05 --harvest_batch_size 256 --cache_dir "$RUNS/cifar10_sae_activations" --seed 0
 $PY scripts/merge_sae_sets.py --base "$RUNS/cifar10_saes" --output "$A/saes"
 $PY scripts/compute_bundled_mean_residuals.py --domain cifar10 --data_dir "$RUNS/cifar10_train_without_validation" --batch_size 256
-$PY scripts/train_cifar10.py --data_dir "$DATA" --output_dir "$RUNS/cifar10" --export_dir "$A/model" --splits_path "$A/splits.json" --device "$DEVICE" --batch_size 512 --learning_rate 2e-3 --epochs 200 --seed 0
+$PY scripts/train_cifar10.py --data_dir "$DATA" --output_dir "$TRAIN_DIR" --cache_dir "$RUNS/cifar10_cache" --checkpoint_shard_mb 9 --num_threads "$THREADS" --export_dir "$A/model" --splits_path "$A/splits.json" --device "$DEVICE" --batch_size 512 --learning_rate 2e-3 --epochs 200 --seed 0
 $PY -c "from hf_fga import bundled; m = bundled.missing_assets('cifar10'); print('\n'.join(m) or 'cifar10 domain complete: ' + str(bundled.domain_root('cifar10'))); raise SystemExit(bool(m))"
 [ -z "$EVALUATE" ] || bash scripts/reproduce.sh --dataset cifar10

@@ -61,7 +61,10 @@ def run_script(argv: list[str], monkeypatch) -> None:
 def test_the_build_script_leaves_a_complete_cifar10_domain(tmp_path, monkeypatch):
     data, assets, runs = write_tiny_cifar(tmp_path / "data"), tmp_path / "assets", tmp_path / "runs"
     monkeypatch.setenv("HF_FGA_CIFAR10_DIR", str(assets))
-    variables = {"DATA": str(data), "A": str(assets), "RUNS": str(runs), "DEVICE": "cpu"}
+    variables = {
+        "DATA": str(data), "A": str(assets), "RUNS": str(runs), "DEVICE": "cpu", "TRAIN_DIR": str(runs / "train"),
+        "THREADS": "1",
+    }  # fmt: skip
     commands = script_commands(variables)
     assert [Path(argv[0]).name for argv in commands] == [
         "export_bundled_examples.py",
@@ -77,6 +80,10 @@ def test_the_build_script_leaves_a_complete_cifar10_domain(tmp_path, monkeypatch
         run_script(argv, monkeypatch)
 
     assert bundled.missing_assets("cifar10") == [] and "cifar10" in bundled.available_domains()
+    # the run folder holds the sharded checkpoint and no image cache: it can be committed between sessions
+    assert list((runs / "train" / "last").glob("tensors-00001-of-*.safetensors"))
+    assert not list((runs / "train").glob("cache_*"))
+    assert (runs / "cifar10_cache" / "cache_train.safetensors").is_file()
     model = ViTForImageClassification.from_pretrained(bundled.model_dir("cifar10"))
     assert (model.config.image_size, model.config.patch_size, model.config.num_hidden_layers) == (32, 4, 6)
     splits = json.loads(bundled.splits_path("cifar10").read_text())
