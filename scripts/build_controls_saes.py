@@ -14,8 +14,12 @@ fixed in `docs/results/<domain>_controls/plan.md` §5. Resumable: every finished
    evaluation tool's: the domain's validation images (`splits.json`), seeded permutation, first
    `--validation_images`.
 
-Weights go to `--output_dir` (default `runs/controls_saes` for chest X-ray, `runs/<domain>_controls_saes` otherwise;
-not committed); the cards and quality tables to `--report_dir` (default `docs/results/<domain>_controls/saes`).
+Weights go to `--output_dir` (default `runs/controls_saes` for chest X-ray, `runs/<domain>_controls_saes` otherwise);
+the cards and quality tables to `--report_dir` (default `docs/results/<domain>_controls/saes`), and a copy of every
+built set to `<report_dir>/weights/<set>/` (a few MB; committed). SAE training is not bit-reproducible across machines
+(a fresh checkout may run on another CPU), so a set that a test stage has scored must not be rebuilt: when every set of
+a stage has a copy under `weights/`, the stage restores the copies into `--output_dir` instead of building, and the
+fingerprints in `weights_sha256.json` are checked either way.
 
     nice -n 10 python scripts/build_controls_saes.py                 # one thread, everything (chest X-ray)
     python scripts/build_controls_saes.py --stages dictionaries      # only the dictionaries
@@ -241,6 +245,25 @@ def dictionaries(args, assets: Assets, fit_set, validation, val_rows, blocks: li
 
 
 SETS = ("pca", "random", "ev0.90", "ev0.75")  # the SAE sets the controls' test stages score
+STAGE_SETS = {"lower_fidelity": ("ev0.90", "ev0.75"), "dictionaries": ("pca", "random")}
+
+
+def restore_committed(stage: str, output_dir: Path, weights_dir: Path) -> bool:
+    """Copy the committed sets of `stage` into `output_dir` when all of them are committed; True when it did."""
+    kinds = STAGE_SETS[stage]
+    if not all((weights_dir / kind / "sae_set.json").is_file() for kind in kinds):
+        return False
+    for kind in kinds:
+        shutil.copytree(weights_dir / kind, output_dir / kind, dirs_exist_ok=True)
+    log(f"{stage}: restored the committed sets {list(kinds)} from {weights_dir} (not rebuilt)")
+    return True
+
+
+def keep_copies(output_dir: Path, weights_dir: Path) -> None:
+    """Copy every built set (weights, configs, cards) to `weights_dir`, the folder that is committed."""
+    for kind in SETS:
+        if (output_dir / kind / "sae_set.json").is_file():
+            shutil.copytree(output_dir / kind, weights_dir / kind, dirs_exist_ok=True)
 
 
 def weight_fingerprints(output_dir: Path) -> dict[str, str]:
@@ -303,13 +326,15 @@ def main() -> None:
     fit_set, validation, val_rows = load_train(args.data, assets)
     report = Path(args.report_dir)
     report.mkdir(parents=True, exist_ok=True)
-    if "lower_fidelity" in stages:
+    weights = report / "weights"
+    output = Path(args.output_dir)
+    if "lower_fidelity" in stages and not restore_committed("lower_fidelity", output, weights):
         lines = assemble_lower_fidelity(args, lower_fidelity(args, assets, fit_set, blocks), blocks)
         (report / "lower_fidelity.md").write_text("\n".join(lines) + "\n")
         for target in TARGETS:
             shutil.copy(Path(args.output_dir) / f"ev{target:.2f}" / "README.md", report / f"ev{target:.2f}_card.md")
         log("lower-fidelity SAEs done")
-    if "dictionaries" in stages:
+    if "dictionaries" in stages and not restore_committed("dictionaries", output, weights):
         done = all((Path(args.output_dir) / kind / "sae_set.json").is_file() for kind in ("pca", "random"))
         if not done or not (report / "dictionaries.md").is_file():
             lines = dictionaries(args, assets, fit_set, validation, val_rows, blocks)
@@ -318,7 +343,8 @@ def main() -> None:
             if (Path(args.output_dir) / kind / "README.md").is_file():
                 shutil.copy(Path(args.output_dir) / kind / "README.md", report / f"{kind}_card.md")
         log("dictionaries done")
-    check_fingerprints(Path(args.output_dir), report / "weights_sha256.json")
+    check_fingerprints(output, report / "weights_sha256.json")
+    keep_copies(output, weights)
 
 
 if __name__ == "__main__":

@@ -107,3 +107,32 @@ def test_a_rebuilt_set_that_differs_from_the_scored_one_stops_the_build(tmp_path
         module.check_fingerprints(built, record)
     assert sorted(json.loads(record.read_text())) == ["ev0.90", "pca", "random"]  # the record is left as it was
     assert json.loads(record.read_text())["pca"] == first["pca"]
+
+
+def _fake_set(folder: Path, payload: bytes) -> None:
+    for block in (0, 1):
+        (folder / f"block_{block}").mkdir(parents=True)
+        (folder / f"block_{block}" / "model.safetensors").write_bytes(payload + bytes([block]))
+    (folder / "sae_set.json").write_text("{}")
+
+
+def test_committed_sets_are_restored_instead_of_rebuilt_and_built_sets_are_kept(tmp_path):
+    module = _script()
+    built, weights = tmp_path / "runs" / "saes", tmp_path / "report" / "weights"
+    _fake_set(weights / "ev0.90", b"scored ev0.90")
+    # a stage is restored only when every one of its sets is committed
+    assert not module.restore_committed("lower_fidelity", built, weights)
+    assert not (built / "ev0.90").exists()
+    _fake_set(weights / "ev0.75", b"scored ev0.75")
+    _fake_set(built / "ev0.75", b"a rebuild that differs")
+    assert module.restore_committed("lower_fidelity", built, weights)
+    for kind in ("ev0.90", "ev0.75"):
+        for block in (0, 1):
+            restored = (built / kind / f"block_{block}" / "model.safetensors").read_bytes()
+            assert restored == f"scored {kind}".encode() + bytes([block])
+    assert not module.restore_committed("dictionaries", built, weights)  # pca and random: nothing committed
+    _fake_set(built / "pca", b"pca")
+    module.keep_copies(built, weights)
+    assert (weights / "pca" / "block_1" / "model.safetensors").read_bytes() == b"pca" + bytes([1])
+    assert not (weights / "random").exists()
+    assert module.weight_fingerprints(built) == module.weight_fingerprints(weights)
