@@ -77,13 +77,15 @@ def comparison_points(
     results: pd.DataFrame, pairs: list[tuple[str, str, str]], units: dict, options: dict
 ) -> pd.DataFrame:
     """
-    The points of a difference figure: per (x label, config, reference) of `pairs`, the unit-level mean difference
-    config − reference and its bootstrap 95 % CI, per preset and metric (columns preset, metric, x, mean, ci_low,
+    The points of a difference figure: per (x label, config, reference) of `pairs`, the mean per-image difference
+    config − reference and its bootstrap 95 % CI (resampling patients where the dataset has them), per preset and metric (columns preset, metric, x, mean, ci_low,
     ci_high, config, reference).
     """
     frames = [patient_comparison(results, a, b, units, **options).assign(x=x) for x, a, b in pairs]
+    # the image-level mean difference: the estimand of the (patient-cluster) bootstrap CI drawn around it; on a
+    # dataset without patient ids every image is its own unit and it is also the unit-level mean
     frame = pd.concat(frames, ignore_index=True).drop(columns="mean")
-    frame = frame.rename(columns={"patient_mean_difference": "mean"})
+    frame = frame.rename(columns={"mean_difference": "mean"})
     return frame[["preset", "metric", "x", "mean", "ci_low", "ci_high", "config", "reference"]]
 
 
@@ -100,7 +102,12 @@ def key(variant: str, chosen: EvaluationConfiguration) -> str:
 
 
 def unit_columns(columns: dict[str, str], unit: str) -> dict[str, str]:
-    """The report's column headers with the unit of the tests (`patients` or `images`) in place of `patients`."""
+    """
+    The report's column headers with the unit of the tests (`patients` or `images`) in place of `patients`. With
+    images as the unit the per-unit and the per-image mean difference are one number: its second column is dropped.
+    """
+    if unit == "images":
+        columns = {name: header for name, header in columns.items() if name != "mean_difference"}
     return {name: header.replace("patients", unit) for name, header in columns.items()}
 
 
@@ -112,8 +119,9 @@ SUPERIORITY_COLUMNS = {
     "reference": "B",
     "n_patients": "patients",
     "patient_mean_difference": "A − B (patients)",
-    "ci_low": "CI low",
-    "ci_high": "CI high",
+    "mean_difference": "A − B (images)",  # the estimand of the CI: the image-level mean, patients resampled
+    "ci_low": "CI low (images)",
+    "ci_high": "CI high (images)",
     "wilcoxon_p": "Wilcoxon p",
     "holm_p": "Holm p",
     "holds": "holds",
@@ -289,18 +297,18 @@ def main(argv: list[str] | None = None) -> None:
         patients,
         options,
     )
-    per = "patient" if by_patient else "image"
+    per = "image, patient-cluster bootstrap CI" if by_patient else "image, bootstrap CI"
     difference_figure(
         dose, out / "dose_response.png", "Error dose–response: gate score g·(x − b_dec) − λ·g·e, minus TransMM",
-        x_label="λ", y_label=f"mean per-{per} difference vs TransMM",
+        x_label="λ", y_label=f"mean difference vs TransMM (per {per})",
     )  # fmt: skip
     difference_figure(
         controls_points, out / "controls.png", "Each gate against TransMM: the trained SAE, its matched dictionaries "
-        "and the controls", y_label=f"mean per-{per} difference vs TransMM", connect=False,
+        "and the controls", y_label=f"mean difference vs TransMM (per {per})", connect=False,
     )  # fmt: skip
     difference_figure(
         fidelity, out / "fidelity.png", "combined − centered as the SAE's fidelity falls",
-        x_label="SAE set of the gated blocks", y_label=f"mean per-{per} difference",
+        x_label="SAE set of the gated blocks", y_label=f"mean difference (per {per})",
     )  # fmt: skip
     pd.concat(
         [
@@ -311,7 +319,10 @@ def main(argv: list[str] | None = None) -> None:
     ).to_csv(out / "hypotheses_figures.csv", index=False)
     verdicts = family.groupby("hypothesis", sort=False)["holds"].agg(["sum", "count"])
     level = (
-        "Patient-level two-sided Wilcoxon tests on per-patient mean differences"
+        "Patient-level two-sided Wilcoxon tests on per-patient mean differences ('A − B (patients)': the mean of "
+        "the per-patient means, what the test and the hypotheses' directions read); beside it the image-level mean "
+        "difference 'A − B (images)' with its patient-cluster bootstrap 95 % CI (plan §3: the CI is of the "
+        "image-level mean, so it need not contain the per-patient mean)"
         if by_patient
         else "Image-level two-sided Wilcoxon tests on per-image differences (the dataset has no patient ids, so every "
         "image is its own unit: the columns headed 'images' count images, the bootstrap resamples images)"

@@ -102,6 +102,10 @@ def test_the_pre_registered_families_on_planted_effects(runs, monkeypatch):
     report = (runs / "out" / "hypotheses.md").read_text()
     assert "| H2b | 3 of 3 |" in report and "random: FGA combined [0,1,2]" in report
     assert "Patient-level" in report and "| patients |" in report and "on chest X-rays" in report
+    # the CI is of the image-level mean (plan §3), so that mean stands beside it, apart from the per-patient mean
+    assert "| patients | A − B (patients) | A − B (images) | CI low (images) | CI high (images) |" in report
+    h1 = family[family["hypothesis"] == "H1"].iloc[0]
+    assert h1["ci_low"] <= h1["mean_difference"] <= h1["ci_high"]
     # the figures' points: planted shifts come back as the mean differences (noise 1e-4 per image)
     points = pd.read_csv(runs / "out" / "hypotheses_figures.csv")
     saco = points[points["metric"] == "saco"].set_index(["figure", "x"])["mean"]
