@@ -201,13 +201,18 @@ def cluster_bootstrap_ci(
     return float(low), float(high)
 
 
-def holm(p_values: Sequence[float]) -> np.ndarray:
+def holm(p_values: Sequence[float], pending: int = 0) -> np.ndarray:
     """
     Holm's step-down adjusted p-values of a family of tests (Holm 1979), in the order given.
 
     Sort the m p-values ascending, p_(1) ≤ … ≤ p_(m); the adjusted p_(i) is max_{j ≤ i} min(1, (m − j + 1) p_(j)).
     Rejecting where the adjusted p < α controls the family-wise error rate at α. A NaN p-value (a test that could not
     run) is an error: the family must be declared in full before it is tested.
+
+    `pending` declared tests of the family whose data are not complete yet enter as p = 1 (m counts them): each
+    adjusted p returned is then an upper bound of the one the complete family will give (a pending test with p ≤ 1
+    can only take a rank before a given test with a multiplier no larger than that test's), so a rejection stays a
+    rejection; a non-rejection may still change.
 
     Example:
     ```python
@@ -224,12 +229,16 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
             f"p_values must all lie in [0, 1]; got {p.tolist()}: a NaN means a test of the family could not run "
             "(too few pairs), fix that before correcting."
         )
+    if pending < 0:
+        raise ValueError(f"pending must be >= 0 (tests of the family not computed yet); got {pending!r}.")
+    given = len(p)
+    p = np.concatenate([p, np.ones(pending)])
     m = len(p)
     order = np.argsort(p, kind="stable")
     adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
     out = np.empty(m)
     out[order] = adjusted
-    return out
+    return out[:given]
 
 
 def equivalence_margin(reference_gain: float, fraction: float = 0.1) -> float:
@@ -438,12 +447,15 @@ def superiority_family(
     alpha: float = 0.05,
     n_resamples: int = 10_000,
     seed: int = 0,
+    pending: int = 0,
 ) -> pd.DataFrame:
     """
     Every comparison of a declared family at the patient level ([`patient_comparison`], one row per preset, fill
     and metric), Holm-corrected across all its rows together: `holm_p`, and `holds` (`holm_p < alpha`, in the
     better direction for `"better"` comparisons). A comparison whose configurations are missing is an error: a family
-    is tested in full or not at all.
+    is tested in full or not at all, except for a provisional report: `pending` rows of the declared family that
+    are not computed yet enter Holm's correction as p = 1 ([`holm`]), so every `holm_p` is an upper bound of the
+    complete family's and a cell that holds keeps holding.
     """
     tables = []
     for comparison in comparisons:
@@ -454,7 +466,7 @@ def superiority_family(
         )
         tables.append(table.assign(hypothesis=comparison.hypothesis, direction=comparison.direction))
     family = pd.concat(tables, ignore_index=True)
-    family["holm_p"] = holm(family["wilcoxon_p"].to_numpy())
+    family["holm_p"] = holm(family["wilcoxon_p"].to_numpy(), pending=pending)
     significant = family["holm_p"] < alpha
     family["holds"] = directional_holds(family, alpha).where(family["direction"] == BETTER, significant)
     return family

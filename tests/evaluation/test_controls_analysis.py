@@ -73,12 +73,12 @@ def runs(tmp_path_factory):
     return _make_runs(tmp_path_factory.mktemp("controls"), patient_ids=True, classes=2)
 
 
-def _analyse(runs: Path, monkeypatch, *extra: str) -> None:
+def _analyse(runs: Path, monkeypatch, *extra: str, out: str = "out") -> None:
     sys.path.insert(0, str(ROOT / "scripts"))
     import controls_analysis
 
     args = ["controls_analysis.py", "--gamma", "2", "--m", "64", "--issue7", str(runs / "issue7")]
-    args += ["--controls", str(runs / "test"), "--data", str(runs / "data"), "--output_dir", str(runs / "out")]
+    args += ["--controls", str(runs / "test"), "--data", str(runs / "data"), "--output_dir", str(runs / out)]
     args += ["--n_resamples", "200", "--config", C, *extra]
     for name in ("pca", "random", "ev090", "ev075"):
         args += [f"--{name}", str(runs / f"test_{name}")]
@@ -153,6 +153,27 @@ def test_a_dataset_without_patient_ids_is_tested_per_image_and_says_so(tmp_path,
     assert "Image-level" in report and "no patient ids" in report
     assert "| images | A − B (images) |" in report and "patients" not in report.split("## Superiority")[1]
     assert "## Secondary family: per class (18 tests)" in report
+
+
+def test_a_provisional_report_leaves_out_unfinished_fidelity_runs_and_bounds_holm_from_above(tmp_path, monkeypatch):
+    runs = _make_runs(tmp_path, patient_ids=True, classes=2)
+    _analyse(runs, monkeypatch, out="complete")
+    (runs / "test_ev090" / "summary.csv").write_text("finished\n")  # ev0.75's run is still going
+    _analyse(runs, monkeypatch, "--provisional", out="provisional")
+    complete = pd.read_csv(runs / "complete" / "hypotheses_superiority.csv")
+    provisional = pd.read_csv(runs / "provisional" / "hypotheses_superiority.csv")
+    assert len(complete) == 8 * 3 and len(provisional) == 7 * 3 and "H3b" not in set(provisional["hypothesis"])
+    both = provisional.merge(complete, on=["hypothesis", "preset", "metric"], suffixes=("", "_complete"))
+    assert len(both) == 7 * 3
+    assert np.allclose(both["wilcoxon_p"], both["wilcoxon_p_complete"])  # the tests themselves do not change
+    assert (both["holm_p"] >= both["holm_p_complete"] - 1e-12).all()  # H3b enters as p = 1: an upper bound
+    assert (both["holds_complete"] | ~both["holds"]).all()  # what holds now holds in the final analysis
+    report = (runs / "provisional" / "hypotheses.md").read_text()
+    assert "**Provisional**" in report and "| H3b | not scored yet |" in report
+    assert "## Superiority family (24 tests, 3 not scored yet)" in report
+    without_flag = runs / "without_flag"
+    _analyse(runs, monkeypatch, out="without_flag")  # without --provisional every run is read as it is
+    assert len(pd.read_csv(without_flag / "hypotheses_superiority.csv")) == 8 * 3
 
 
 def test_a_missing_run_is_named(runs, monkeypatch):

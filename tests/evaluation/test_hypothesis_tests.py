@@ -62,6 +62,20 @@ def test_holm_against_a_hand_computed_example():
         holm([0.01, float("nan")])
 
 
+def test_holm_with_pending_tests_bounds_the_complete_family_from_above():
+    # m = 5 with two tests pending: 0.001 ×5, 0.01 ×4, 0.012 ×3 → 0.005, 0.04, 0.04
+    np.testing.assert_allclose(holm([0.01, 0.001, 0.012], pending=2), [0.04, 0.005, 0.04], rtol=1e-12)
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        known, later = rng.uniform(0, 0.1, 9) ** 2, rng.uniform(0, 1, 3) ** rng.uniform(1, 4)
+        provisional = holm(known, pending=3)
+        complete = holm(np.concatenate([known, later]))[:9]
+        assert np.all(provisional >= complete - 1e-15)  # a rejection now stays a rejection
+    np.testing.assert_allclose(holm([0.2, 0.01], pending=0), holm([0.2, 0.01]))
+    with pytest.raises(ValueError, match="pending must be >= 0"):
+        holm([0.1], pending=-1)
+
+
 def test_holm_is_at_least_as_strict_as_unadjusted_and_at_most_bonferroni():
     p = np.random.default_rng(0).uniform(0, 0.2, 12)
     adjusted = holm(p)
