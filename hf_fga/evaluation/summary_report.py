@@ -203,7 +203,7 @@ SUPERIORITY_FILE, EQUIVALENCE_FILE = "hypotheses_superiority.csv", "hypotheses_e
 def _control_cell(superiority: pd.DataFrame, equivalence: pd.DataFrame | None, hypothesis: str) -> str:
     rows = superiority[superiority["hypothesis"] == hypothesis]
     if rows.empty:
-        return "—"
+        return "not scored yet"  # a provisional analysis (controls_analysis.py --provisional) leaves it out
     cell = f"{int(rows['holds'].astype(bool).sum())} of {len(rows)}"
     if equivalence is not None:
         same = equivalence[equivalence["hypothesis"] == hypothesis]

@@ -324,3 +324,11 @@ def test_controls_section_counts_cells_per_hypothesis_and_domain(domains, tmp_pa
     assert "| H3a: combined − centered changes" in section and "| 0 of 6 | not scored yet | no plan |" in section
     assert "Domain a: [hypotheses.md](a_controls/test/hypotheses.md)" in section
     assert section.index("controls") < section.index("What the attributions reveal")
+    # a provisional analysis (controls_analysis.py --provisional) leaves H3b out: that cell is not scored yet
+    provisional = pd.DataFrame([r for r in rows if r["hypothesis"] != "H3b"])
+    provisional.to_csv(folder / "hypotheses_superiority.csv", index=False)
+    text = write_summary(listed, output, figure=False).markdown
+    section = text[text.index("The controls: what the SAE's features add") :]
+    assert "| H3b: the same at the lowest fidelity of the plan (two-sided) | not scored yet | not scored yet |" in (
+        section
+    )
