@@ -10,7 +10,12 @@
 #   STAGES=validation bash scripts/reproduce_controls.sh --dataset breast_ultrasound  # stop after the selection
 #   TEST_LIMIT=64 NUM_PROCESSES=1 bash scripts/reproduce_controls.sh --dataset chest_xray
 #   REPORT_ONLY=1 bash scripts/reproduce_controls.sh --dataset chest_xray   # rebuild the reports from what is done
+#   TEST_STAGES=ev090,ev075 bash scripts/reproduce_controls.sh --dataset chest_xray  # only these test stages
 #
+# TEST_STAGES (default controls,pca,random,ev090,ev075) picks the test stages; the saes stage then builds or restores
+# only the SAE sets they score (lower_fidelity for ev090 / ev075, dictionaries for pca / random). A finished stage
+# need not run again, and its SAE set need not exist: a rebuild on another machine can differ in the last bits
+# (scripts/build_controls_saes.py refuses a set whose fingerprint differs from the scored one).
 # Per domain: chest_xray validates on 256 images of the validation patients carved out of the train split (the file
 # names in hf_fga/bundled/splits.json) and tests on 618 images; breast_ultrasound validates on the data set's own
 # validation split (117 images) and tests on its 118 test images; cifar10 (built outside the package by
@@ -45,11 +50,22 @@ VALIDATION_LIMIT=${VALIDATION_LIMIT:-$VALIDATION_SIZE}
 TEST_LIMIT=${TEST_LIMIT:-$TEST_SIZE}
 NUM_PROCESSES=${NUM_PROCESSES:-2}
 STAGES=${STAGES:-saes,validation,test,analysis}
+TEST_STAGES=${TEST_STAGES:-controls,pca,random,ev090,ev075}
 OUT=${OUT:-docs/results/${DOMAIN}_controls}
 SAES=${SAES:-$CONTROLS_SAES}
 CHOSEN=${CHOSEN:-docs/results/$DOMAIN/chosen_configuration.txt}
 PY=${PY:-.venv/bin/python}
 has_stage() { [[ ",$STAGES," == *",$1,"* ]]; }
+has_test() { [[ ",$TEST_STAGES," == *",$1,"* ]]; }
+for name in ${TEST_STAGES//,/ }; do
+  case $name in controls|pca|random|ev090|ev075) ;; *)
+    echo "unknown test stage $name in TEST_STAGES: use controls, pca, random, ev090, ev075 (comma-separated)" >&2
+    exit 2 ;;
+  esac
+done
+SAE_STAGES=()  # the SAE sets the chosen test stages score
+{ has_test ev090 || has_test ev075; } && SAE_STAGES+=(lower_fidelity)
+{ has_test pca || has_test random; } && SAE_STAGES+=(dictionaries)
 
 PLAN=docs/results/${DOMAIN}_controls/plan.md
 if [ -z "$(git log --format=%h -1 -- "$PLAN" 2>/dev/null)" ]; then
@@ -72,9 +88,11 @@ VALIDATION_IDS=(--split "$VALIDATION_SPLIT" --include_ids "$ASSETS/splits.json" 
 IMPORTANCE=$OUT/feature_importance.safetensors
 
 # 1. lower-fidelity SAEs and matched dictionaries (plan.md §5) of the gated blocks, one thread, niced
-if has_stage saes && [ -z "${REPORT_ONLY:-}" ]; then
+if has_stage saes && [ -z "${REPORT_ONLY:-}" ] && [ ${#SAE_STAGES[@]} -gt 0 ]; then
+  SAE_STAGE_FLAG=()  # the script's default is both stages
+  [ ${#SAE_STAGES[@]} -eq 2 ] || SAE_STAGE_FLAG=(--stages "${SAE_STAGES[0]}")
   nice -n 10 $PY scripts/build_controls_saes.py --domain "$DOMAIN" --data "$DATA" --blocks "$LAYERS" \
-    --validation_images "$VALIDATION_LIMIT" --output_dir "$SAES" --report_dir "$OUT/saes"
+    --validation_images "$VALIDATION_LIMIT" --output_dir "$SAES" --report_dir "$OUT/saes" "${SAE_STAGE_FLAG[@]}"
 fi
 
 # 2. validation: S_ℓ (feature importances) on the validation sample, then γ and m by the protocol's rule (papers)
@@ -101,13 +119,18 @@ fi
 if has_stage test; then
   [ -n "${GAMMA:-}" ] || { echo "no validation selection yet: run the validation stage first." >&2; exit 1; }
   TEST=(--split test --limit "$TEST_LIMIT" --seed 0 --presets papers,thesis --methods fga --skip_reference "${GRID[@]}")
-  stage test_controls "${COMMON[@]}" "${TEST[@]}" --sae "$ASSETS/saes" --feature_importance "$IMPORTANCE" \
+  ! has_test controls || stage test_controls "${COMMON[@]}" "${TEST[@]}" --sae "$ASSETS/saes" \
+    --feature_importance "$IMPORTANCE" \
     --variants "error-scaled@0.5,error-scaled@2,error-scaled@4,error-only,transmm-power@$GAMMA,random-gates,selective@$M" \
     --output_dir "$OUT/test"
-  stage test_pca "${COMMON[@]}" "${TEST[@]}" --sae "$SAES/pca" --variants combined --output_dir "$OUT/test_pca"
-  stage test_random "${COMMON[@]}" "${TEST[@]}" --sae "$SAES/random" --variants combined --output_dir "$OUT/test_random"
-  stage test_ev090 "${COMMON[@]}" "${TEST[@]}" --sae "$SAES/ev0.90" --variants combined,centered --output_dir "$OUT/test_ev090"
-  stage test_ev075 "${COMMON[@]}" "${TEST[@]}" --sae "$SAES/ev0.75" --variants combined,centered --output_dir "$OUT/test_ev075"
+  ! has_test pca || stage test_pca "${COMMON[@]}" "${TEST[@]}" --sae "$SAES/pca" --variants combined \
+    --output_dir "$OUT/test_pca"
+  ! has_test random || stage test_random "${COMMON[@]}" "${TEST[@]}" --sae "$SAES/random" --variants combined \
+    --output_dir "$OUT/test_random"
+  ! has_test ev090 || stage test_ev090 "${COMMON[@]}" "${TEST[@]}" --sae "$SAES/ev0.90" --variants combined,centered \
+    --output_dir "$OUT/test_ev090"
+  ! has_test ev075 || stage test_ev075 "${COMMON[@]}" "${TEST[@]}" --sae "$SAES/ev0.75" --variants combined,centered \
+    --output_dir "$OUT/test_ev075"
 fi
 
 # 4. the pre-registered tests (plan.md §3), on scripts/reproduce.sh's test run and this script's

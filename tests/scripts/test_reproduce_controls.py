@@ -195,3 +195,19 @@ def test_cifar10_is_refused_until_its_pre_registration_is_committed(tmp_path):
 def test_unknown_arguments_are_refused(tmp_path, args):
     process, commands = run(tmp_path, "reproduce_controls.sh", *args, OUT=str(tmp_path))
     assert process.returncode == 2 and commands == [] and "chest_xray" in process.stderr
+
+
+def test_test_stages_pick_the_test_runs_and_the_sae_sets_they_need(tmp_path):
+    out = finished_validation(tmp_path)
+    process, commands = run(tmp_path, "reproduce_chest_xray_controls.sh", OUT=str(out), TEST_STAGES="ev090,ev075")
+    assert process.returncode == 0, process.stderr
+    full = normalised(chest_commands(str(out)))
+    kept = [c for c in full if not c.startswith(EVALUATE) or "--split test" not in c or "ev0." in c]
+    kept[0] += " --stages lower_fidelity"  # only the lower-fidelity SAEs are built or restored
+    assert commands == kept
+    stages = [line.split()[0] for line in (out / "wall_times.txt").read_text().splitlines()]
+    assert stages == ["validation_controls", "test_ev090", "test_ev075"]
+    _, commands = run(tmp_path / "dictionaries", "reproduce_chest_xray_controls.sh", OUT=str(out), TEST_STAGES="pca")
+    assert commands[0].endswith("--stages dictionaries") and sum("--split test" in c for c in commands) == 1
+    refused, commands = run(tmp_path / "bad", "reproduce_chest_xray_controls.sh", OUT=str(out), TEST_STAGES="ev050")
+    assert refused.returncode == 2 and commands == [] and "unknown test stage ev050" in refused.stderr
