@@ -180,15 +180,27 @@ def test_a_domain_without_a_chosen_configuration_is_refused(tmp_path):
     assert "run scripts/reproduce.sh --dataset breast_ultrasound first" in process.stderr
 
 
-def test_cifar10_is_refused_until_its_pre_registration_is_committed(tmp_path):
-    """The CIFAR-10 controls have no plan.md yet: nothing is scored, and the message says what is missing."""
+def test_a_domain_is_refused_until_its_pre_registration_is_committed(tmp_path):
+    """A plan.md that is not committed (here: one the tests write): nothing is scored, and the message says why."""
     chosen = tmp_path / "chosen_configuration.txt"
     chosen.write_text("chosen configuration: fga|combined|3,4|1.0|50\n")
+    plan = "docs/results/cifar10_controls/plan_not_committed.md"
     process, commands = run(
-        tmp_path, "reproduce_controls.sh", "--dataset", "cifar10", OUT=str(tmp_path), CHOSEN=str(chosen)
+        tmp_path, "reproduce_controls.sh", "--dataset", "cifar10", OUT=str(tmp_path), CHOSEN=str(chosen), PLAN=plan
     )
     assert process.returncode == 1 and commands == []
-    assert "docs/results/cifar10_controls/plan.md is not committed" in process.stderr
+    assert f"{plan} is not committed: the pre-registration must be committed before any control" in process.stderr
+
+
+def test_every_domain_s_controls_plan_is_committed():
+    """The pre-registrations (chest X-ray, breast ultrasound, CIFAR-10) are in the history, as the script requires."""
+    for domain in ("chest_xray", "breast_ultrasound", "cifar10"):
+        plan = f"docs/results/{domain}_controls/plan.md"
+        assert (ROOT / plan).is_file(), plan
+        logged = subprocess.run(
+            ["git", "log", "--format=%h", "-1", "--", plan], cwd=ROOT, capture_output=True, text=True
+        )
+        assert logged.stdout.strip() or not (ROOT / ".git").exists(), f"{plan} is not committed"
 
 
 @pytest.mark.parametrize("args", [("--dataset", "imagenet"), ("--model", "x")])
