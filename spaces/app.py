@@ -652,9 +652,9 @@ Flipping, not on Faithfulness Correlation; but **the SAE's features are not what
 controls the trained SAE beats neither a control without SAE features (gradient × centred residual) nor a PCA or
 random dictionary of equal fidelity on any metric, and where a meaningless dictionary differs it is slightly ahead
 (`docs/results/chest_xray_controls.md`). On the breast ultrasound model (BUSI, 118 test images, test balanced
-accuracy 0.698) the same holds: FGA beats TransMM on SaCo and Pixel Flipping (and here on Faithfulness Correlation too), the
-control without SAE features gains as much, and the pre-registered controls find the trained SAE no better than a PCA
-or random dictionary of equal fidelity (`docs/results/breast_ultrasound_controls.md`).
+accuracy 0.698) the same holds: FGA beats TransMM on SaCo and Pixel Flipping (and here on Faithfulness
+Correlation too), the control without SAE features gains as much, and the pre-registered controls find the trained
+SAE no better than a PCA or random dictionary of equal fidelity (`docs/results/breast_ultrasound_controls.md`).
 """
 
 
