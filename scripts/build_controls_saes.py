@@ -60,8 +60,19 @@ SAE_SETTINGS = {
     "breast_ultrasound": dict(  # scripts/build_breast_ultrasound_assets.sh
         expansion_factor=2, epochs=8.0, eval_fraction=0.1, **_COMMON_SETTINGS
     ),
+    "cifar10": dict(  # scripts/build_cifar10_assets.sh (its own batch and warm-up)
+        expansion_factor=8,
+        epochs=2.0,
+        batch_size=4096,
+        lr=1e-3,
+        warmup_steps=50,
+        dead_tokens=50_000,
+        aux_coefficient=0.0625,
+        eval_fraction=0.05,
+        seed=0,
+    ),
 }
-LICENSES = {"chest_xray": "cc-by-4.0", "breast_ultrasound": "cc0-1.0"}
+LICENSES = {"chest_xray": "cc-by-4.0", "breast_ultrasound": "cc0-1.0", "cifar10": "unknown"}
 
 
 class Assets:
@@ -71,10 +82,18 @@ class Assets:
         if domain not in SAE_SETTINGS:
             raise SystemExit(f"no control settings for the domain {domain!r}: known are {sorted(SAE_SETTINGS)}.")
         self.domain, self.info = domain, bundled.domain(domain)
-        root = Path("hf_fga/bundled", self.info.subfolder)
+        # a shipped domain by its path in the repository (as the cards record it); an external one (CIFAR-10) where
+        # its build script put it (hf_fga.bundled.domain_root, which names the script while it is not built)
+        external = self.info.root_variable is not None
+        root = bundled.domain_root(domain) if external else Path("hf_fga/bundled", self.info.subfolder)
+        if external and not (root / "splits.json").is_file():
+            raise SystemExit(f"{root} holds no built {domain} domain: run {self.info.build_script} first.")
         self.model, self.saes, self.splits = str(root / "model"), str(root / "saes"), root / "splits.json"
-        # the split the validation images come from (chest X-ray: carved out of train; else the dataset's own)
-        self.validation_split = json.loads(self.splits.read_text()).get("split_of", "validation")
+        record = json.loads(self.splits.read_text())
+        # the validation images: by file name, or by row index where the dataset has no file names (CIFAR-10)
+        self.ids_key = "validation_file_names" if "validation_file_names" in record else "validation_rows"
+        # the split they come from (chest X-ray, CIFAR-10: carved out of train; else the dataset's own)
+        self.validation_split = record.get("split_of", "train" if self.ids_key == "validation_rows" else "validation")
         self.flag = "" if domain == bundled.DEFAULT_DOMAIN else f" --domain {domain}"  # in the recorded commands
 
 
@@ -89,11 +108,14 @@ def load_train(data: str, assets: Assets):
     """
     import datasets
 
-    held_out = set(json.loads(assets.splits.read_text())["validation_file_names"])
+    held_out = set(json.loads(assets.splits.read_text())[assets.ids_key])
     split = assets.validation_split
     train = datasets.load_dataset(data, split="train")
     validation = train if split == "train" else datasets.load_dataset(data, split=split)
-    is_val = np.array([name in held_out for name in validation["file_name"]])
+    if assets.ids_key == "validation_rows":  # row indices as strings, the evaluation tool's default ids
+        is_val = np.array([str(i) in held_out for i in range(len(validation))])
+    else:
+        is_val = np.array([name in held_out for name in validation["file_name"]])
     if not is_val.any():
         raise SystemExit(f"no validation image of {assets.splits} is in the {split} split of {data}.")
     if split == "train":

@@ -48,7 +48,11 @@ from hf_fga.evaluation.summary import read_chosen_configuration
 
 COLUMNS = ["image_id", "preset", "fill", "config", "label", "saco", "faithfulness_correlation", "pixel_flipping"]
 H3 = {"H3a": "0.90", "H3b": "0.75"}  # the fidelity hypotheses and their SAE sets (plan §2)
-SUBJECTS = {"chest_xray": "chest X-rays", "breast_ultrasound": "breast ultrasound images"}  # the report's title
+SUBJECTS = {
+    "chest_xray": "chest X-rays",
+    "breast_ultrasound": "breast ultrasound images",
+    "cifar10": "CIFAR-10 images",
+}  # the report's title
 
 
 def class_names(domain: str) -> dict[int, str]:

@@ -21,9 +21,9 @@
 # validation split (117 images) and tests on its 118 test images; cifar10 (built outside the package by
 # scripts/build_cifar10_assets.sh) validates on 256 of the validation rows of its train split (splits.json,
 # `validation_rows`, row-index ids) and tests on 2,000 images, as scripts/reproduce.sh does. Its pre-registration
-# (docs/results/cifar10_controls/plan.md) is committed; scripts/build_controls_saes.py and scripts/controls_analysis.py
-# do not know the domain yet (their --domain choices): that comes with its assets. A domain whose plan is not
-# committed is refused (PLAN overrides the plan's path, for the tests).
+# (docs/results/cifar10_controls/plan.md) is committed, and scripts/build_controls_saes.py and
+# scripts/controls_analysis.py take --domain cifar10 (row-index ids, its build folder); they need the domain built.
+# A domain whose plan is not committed is refused (PLAN overrides the plan's path, for the tests).
 # scripts/reproduce_chest_xray_controls.sh is `--dataset chest_xray`.
 #
 # The chosen configuration (blocks, κ, c_max) is scripts/reproduce.sh's (docs/results/<domain>/

@@ -71,9 +71,10 @@ def split_patients(data_dir: str | Path, split: str = "test") -> dict[str, str]:
 def split_units(data_dir: str | Path, split: str = "test") -> tuple[dict[str, str], bool]:
     """
     The unit of the confirmatory tests of every image of a split, by file name: its patient key ([`split_patients`])
-    where the split's parquet files have a `patient_id` column, else the file name itself. A dataset without patient
-    ids (breast ultrasound, CIFAR-10) is thereby tested per image: every function of this module then works on the
-    per-image differences (each "patient" holds one image, the cluster bootstrap is the ordinary bootstrap).
+    where the split's parquet files have a `patient_id` column, else the file name itself (without a `file_name`
+    column, as in CIFAR-10, the row index as a string: the evaluation tool's default image id). A dataset without
+    patient ids (breast ultrasound, CIFAR-10) is thereby tested per image: every function of this module then works on
+    the per-image differences (each "patient" holds one image, the cluster bootstrap is the ordinary bootstrap).
 
     Returns:
         `tuple[dict[str, str], bool]`: (file name → unit key, whether the units are patients).
@@ -81,8 +82,12 @@ def split_units(data_dir: str | Path, split: str = "test") -> tuple[dict[str, st
     import pyarrow.parquet as pq
 
     files = _split_files(data_dir, split)
-    if "patient_id" in pq.read_schema(files[0]).names:
+    columns = pq.read_schema(files[0]).names
+    if "patient_id" in columns:
         return split_patients(data_dir, split), True
+    if "file_name" not in columns:  # CIFAR-10: the evaluation tool's default ids, the row index as a string
+        rows = sum(pq.read_metadata(path).num_rows for path in files)
+        return {str(i): str(i) for i in range(rows)}, False
     names = pq.read_table(files, columns=["file_name"]).column("file_name").to_pylist()
     return {name: name for name in names}, False
 

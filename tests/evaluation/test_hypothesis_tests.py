@@ -323,6 +323,12 @@ def test_split_units_are_patients_where_the_dataset_has_them_and_images_otherwis
     assert split_units(without) == ({name: name for name in names}, False)
     with pytest.raises(FileNotFoundError, match="no validation split"):
         split_units(without, "validation")
+    # CIFAR-10: no file names; the evaluation tool names an image by its row index, over every file of the split
+    rows = tmp_path / "rows" / "data"
+    rows.mkdir(parents=True)
+    pd.DataFrame({"label": [3, 8]}).to_parquet(rows / "test-00000-of-00002.parquet")
+    pd.DataFrame({"label": [0]}).to_parquet(rows / "test-00001-of-00002.parquet")
+    assert split_units(rows.parent) == ({"0": "0", "1": "1", "2": "2"}, False)
 
 
 def test_comparison_markdown_formats_every_kind_of_cell():

@@ -74,7 +74,44 @@ def test_assets_name_each_domain_s_files_and_validation_split():
         " --domain breast_ultrasound",
     )
     with pytest.raises(SystemExit, match="no control settings"):
+        script.Assets("imagenet")
+
+
+def test_cifar10_is_read_from_its_build_folder_by_row_index(tmp_path, monkeypatch):
+    """CIFAR-10 (external, no file names): its build folder, validation rows carved out of train, by row index."""
+    import pandas as pd
+
+    script = _script()
+    monkeypatch.setenv("HF_FGA_CIFAR10_DIR", str(tmp_path / "assets"))
+    with pytest.raises(SystemExit, match=r"holds no built cifar10 domain: run scripts/build_cifar10_assets.sh"):
         script.Assets("cifar10")
+    (tmp_path / "assets").mkdir()
+    splits = {"dataset": "cifar10", "split": "train", "validation_rows": ["1", "4"]}  # as train_cifar10.py writes
+    (tmp_path / "assets" / "splits.json").write_text(json.dumps(splits))
+    assets = script.Assets("cifar10")
+    assert (assets.model, assets.saes) == (str(tmp_path / "assets" / "model"), str(tmp_path / "assets" / "saes"))
+    assert (assets.ids_key, assets.validation_split, assets.flag) == ("validation_rows", "train", " --domain cifar10")
+    data = tmp_path / "cifar10" / "data"
+    data.mkdir(parents=True)
+    pd.DataFrame({"label": [0, 1, 2, 3, 4, 5]}).to_parquet(data / "train-00000-of-00001.parquet")
+    fit_set, validation, rows = script.load_train(str(data.parent), assets)
+    assert rows.tolist() == [1, 4] and len(validation) == 6
+    assert fit_set["label"] == [0, 2, 3, 5]  # the SAEs' images: train without the validation rows
+
+
+def test_cifar10_settings_are_its_build_script_s():
+    """The lower-fidelity SAEs repeat scripts/build_cifar10_assets.sh's train_sae.py flags (all but k)."""
+    script = _script()
+    command = next(
+        line
+        for line in (ROOT / "scripts" / "build_cifar10_assets.sh").read_text().splitlines()
+        if "scripts/train_sae.py" in line
+    )
+    words = shlex.split(command.replace('"', ""))
+    flags = {words[i][2:]: words[i + 1] for i in range(len(words) - 1) if words[i].startswith("--")}
+    assert flags["license"] == script.LICENSES["cifar10"] and flags["k"] == "32"
+    for name, value in script.SAE_SETTINGS["cifar10"].items():
+        assert float(flags.get(name, getattr(SaeTrainingArguments, name))) == float(value), name
 
 
 def test_a_block_trained_with_other_settings_is_refused(tmp_path):
