@@ -354,16 +354,16 @@ def main() -> None:
         lines = assemble_lower_fidelity(args, lower_fidelity(args, assets, fit_set, blocks), blocks)
         (report / "lower_fidelity.md").write_text("\n".join(lines) + "\n")
         for target in TARGETS:
-            shutil.copy(Path(args.output_dir) / f"ev{target:.2f}" / "README.md", report / f"ev{target:.2f}_card.md")
+            shutil.copy(output / f"ev{target:.2f}" / "README.md", report / f"ev{target:.2f}_card.md")
         log("lower-fidelity SAEs done")
     if "dictionaries" in stages and not restore_committed("dictionaries", output, weights):
-        done = all((Path(args.output_dir) / kind / "sae_set.json").is_file() for kind in ("pca", "random"))
+        done = all((output / kind / "sae_set.json").is_file() for kind in ("pca", "random"))
         if not done or not (report / "dictionaries.md").is_file():
             lines = dictionaries(args, assets, fit_set, validation, val_rows, blocks)
             (report / "dictionaries.md").write_text("\n".join(lines) + "\n")
         for kind in ("pca", "random"):
-            if (Path(args.output_dir) / kind / "README.md").is_file():
-                shutil.copy(Path(args.output_dir) / kind / "README.md", report / f"{kind}_card.md")
+            if (output / kind / "README.md").is_file():
+                shutil.copy(output / kind / "README.md", report / f"{kind}_card.md")
         log("dictionaries done")
     check_fingerprints(output, report / "weights_sha256.json")
     keep_copies(output, weights)

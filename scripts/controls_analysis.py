@@ -181,9 +181,8 @@ def main(argv: list[str] | None = None) -> None:
 
     # the lower-fidelity runs (H3); a provisional report leaves out those not finished
     fidelity = {"0.90": args.ev090, "0.75": args.ev075}
-    pending = [level for level, folder in fidelity.items() if not (folder / "summary.csv").is_file()]
-    if not args.provisional:
-        pending = []
+    unfinished = [level for level, folder in fidelity.items() if not (folder / "summary.csv").is_file()]
+    pending = unfinished if args.provisional else []
     fidelity = {level: folder for level, folder in fidelity.items() if level not in pending}
 
     chosen = EvaluationConfiguration.from_key(args.config)
